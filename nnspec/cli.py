@@ -1,0 +1,165 @@
+"""The `nnspec` command line.
+
+Exit codes: 0 success, 1 a mistake in the spec (or config), 2 a usage error, 3 an internal error in nnspec.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import sympy
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nnspec import __version__
+from nnspec.compiler.check import CheckResult, check
+from nnspec.compiler.elaborate import UsageError
+from nnspec.compiler.printer import print_model
+from nnspec.errors import SpecError, errors_to_json
+
+EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="nnspec: check, compile and render model specs.")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set n_layer=2 --set tie_word_embeddings=false` -> typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set takes name=value, got {item!r}")
+        raw = raw.strip()
+        value: Any
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        out[key] = value
+    return out
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fmt_flops(expr: sympy.Expr) -> str:
+    """`3.8e+04·B·T² + 2.48e+08·B·T`: a polynomial in the free dims with short coefficients."""
+    expr = sympy.expand(expr)
+    if expr.is_Number:
+        return f"{float(expr):.4g}"
+    terms = []
+    for term in sympy.Add.make_args(expr):
+        coeff, rest = term.as_coeff_Mul()
+        factors = []
+        for base, exp in sorted(rest.as_powers_dict().items(), key=lambda kv: str(kv[0])):
+            factors.append(f"{base}" + ("" if exp == 1 else "²" if exp == 2 else f"^{exp}"))
+        terms.append((f"{float(coeff):.4g}·" if coeff != 1 else "") + "·".join(factors))
+    return " + ".join(sorted(terms, key=len, reverse=True))
+
+
+def _report(result: CheckResult, console: Console) -> None:
+    model = result.model
+    table = Table(title=f"{model.name} ({result.spec.source.name})", title_justify="left")
+    for col, justify in [("name", "left"), ("block / op", "left"), ("shape", "left"), ("concrete", "left"),
+                         ("params", "right"), ("FLOPs", "right")]:
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in result.rows:
+        table.add_row(row.name, row.kind, row.shape, row.concrete, _fmt_int(row.params), _fmt_flops(row.flops))
+    table.add_section()
+    table.add_row("total", "", "", "", _fmt_int(result.params), _fmt_flops(result.flops))
+    console.print(table)
+    ins = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.inputs.items())
+    outs = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.outputs.items())
+    console.print(f"inputs   {ins}", highlight=False)
+    console.print(f"outputs  {outs}", highlight=False)
+    console.print(f"params   {_fmt_int(result.params)}", highlight=False)
+    if result.free_dims:
+        console.print(f"free     {', '.join(result.free_dims)} (FLOPs per forward pass are a formula in these)",
+                      highlight=False)
+    for g in model.guards:
+        console.print(f"guard    {g.text}  (checked at run time)", highlight=False)
+
+
+def _fail(err: SpecError, as_json: bool, warnings: list[Any] | None = None) -> None:
+    if as_json:
+        print(errors_to_json(err, warnings or []))
+    else:
+        for w in warnings or []:
+            print(w.render(), file=sys.stderr)
+        print(err.render(), file=sys.stderr)
+    raise typer.Exit(EXIT_SPEC)
+
+
+@app.command("check")
+def check_cmd(
+    spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option or bind a free dim: name=value")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in docs/cli.md)")] = False,
+    emit: Annotated[str | None, typer.Option("--emit", help="also print an artefact: 'ir'")] = None,
+) -> None:
+    """Check a spec: shapes, dtypes and constraints; print blocks, shapes, parameters and FLOPs."""
+    try:
+        if emit not in (None, "ir"):
+            raise UsageError(f"--emit takes 'ir', got {emit!r}")
+        result = check(spec, config=config, **parse_sets(set_ or []))
+    except SpecError as err:
+        _fail(err, as_json)
+        return
+    except (UsageError, FileNotFoundError) as err:
+        print(f"nnspec: error: {err}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+    if as_json:
+        payload = json.loads(errors_to_json(None, result.warnings))
+        payload["model"] = result.to_json()
+        if emit == "ir":
+            payload["ir"] = print_model(result.model)
+        print(json.dumps(payload, indent=2))
+        return
+    console = Console(highlight=False, width=max(120, Console().width))
+    for w in result.warnings:
+        print(w.render(), file=sys.stderr)
+    _report(result, console)
+    if emit == "ir":
+        print(print_model(result.model))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nnspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False) -> None:
+    """nnspec: a declarative model-spec compiler."""
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception:  # a bug in nnspec, never the user's mistake: say so, with the trace to report
+        print("nnspec: internal error (this is a bug in nnspec; please report it with the spec and this trace):",
+              file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

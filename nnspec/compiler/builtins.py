@@ -1,0 +1,303 @@
+"""The spec language's built-in functions. Each reads its arguments, makes parameters and emits the
+graph ops defined in `compiler/ops/` (where each op's meaning lives)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import sympy
+
+from nnspec.compiler.elaborate import Builder, FuncRef, TensorValue, TupleValue, static_call
+from nnspec.compiler.ir import Axis, DType
+from nnspec.compiler.ops.elementwise import UNARY
+from nnspec.compiler.ops.registry import BUILTINS, builtin
+from nnspec.errors import SpecError
+from nnspec.spec import ast
+
+REQUIRED: Any = object()
+INIT_STD = 0.02  # GPT-2/BERT/Llama's initializer_range
+
+
+def bind(call: ast.Call, fname: str, params: list[tuple[str, Any]], varargs: bool = False
+         ) -> tuple[dict[str, ast.Expr | None], list[ast.Expr]]:
+    """Match a call's arguments to `params` [(name, default)], REQUIRED marking required ones."""
+    names = [n for n, _ in params]
+    out: dict[str, ast.Expr | None] = {}
+    positional = list(call.args)
+    rest: list[ast.Expr] = []
+    if len(positional) > len(params):
+        if not varargs:
+            raise SpecError("E019", f"{fname} takes at most {len(params)} positional arguments "
+                            f"({', '.join(names)}), got {len(positional)}", call.span)
+        rest = positional[len(params):]
+        positional = positional[:len(params)]
+    for (name, _), expr in zip(params, positional):
+        out[name] = expr
+    for kw in call.kwargs:
+        if kw.name not in names:
+            hint = difflib.get_close_matches(kw.name, names, n=1)
+            raise SpecError("E016", f"{fname} has no argument '{kw.name}'" +
+                            (f"; did you mean '{hint[0]}'?" if hint else f" (its arguments: {', '.join(names)})"),
+                            kw.span)
+        if kw.name in out:
+            raise SpecError("E019", f"{fname}: argument '{kw.name}' given twice", kw.span)
+        out[kw.name] = kw.value
+    for name, default in params:
+        if name not in out:
+            if default is REQUIRED:
+                raise SpecError("E019", f"{fname} needs argument '{name}'", call.span)
+            out[name] = None
+    return out, rest
+
+
+def _over(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, span: Any) -> str:
+    t = b.type_of(x)
+    if expr is None:
+        if not t.axes:
+            raise SpecError("E017", f"{fname} needs an axis, but its input is a scalar", span)
+        return t.axes[-1].name
+    name = b.axis_name(expr)
+    if name not in t.names:
+        hint = difflib.get_close_matches(name, list(t.names), n=1)
+        raise SpecError("E017", f"{fname}: no axis '{name}' in {b.el.show(t)}" +
+                        (f"; did you mean '{hint[0]}'?" if hint else ""), expr.span)
+    return name
+
+
+# ---- learned maps ----
+@builtin("linear", "linear(x, out, bias=true, over=last, name=linear)", "Affine map over one axis.")
+def _linear(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "linear", [("x", REQUIRED), ("out", REQUIRED), ("bias", None), ("over", None), ("name", None)])
+    x = b.tensor(a["x"])
+    out = b.size(a["out"], "linear output size")
+    over = _over(b, a["over"], x, "linear", call.span)
+    has_bias = True if a["bias"] is None else b.flag(a["bias"], "bias")
+    in_axis = b.type_of(x).axis(over)
+    assert in_axis is not None
+    scope = b.claim_scope(b.scope_kwarg(call), "linear", call.span)
+    if out.name == in_axis.name:
+        # a square map keeps its axis name; the weight still needs two distinct axis names
+        w_axes = (out, Axis(f"{in_axis.name}_in", in_axis.size))
+    else:
+        w_axes = (out, in_axis)
+    w = b.param(scope, "weight", w_axes, ("normal", INIT_STD), call.span)
+    inputs = [x.node, w.node]
+    if has_bias:
+        inputs.append(b.param(scope, "bias", (out,), ("zeros",), call.span).node)
+    return b.emit("linear", inputs, {"axis": over}, call.span, hint=scope)
+
+
+@builtin("embedding", "embedding(ids, num, dim, name=embedding)", "Lookup table of `num` rows of size `dim`.")
+def _embedding(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "embedding", [("ids", REQUIRED), ("num", REQUIRED), ("dim", REQUIRED), ("name", None)])
+    ids = b.tensor(a["ids"])
+    num = b.size(a["num"], "embedding rows")  # type: ignore[arg-type]
+    dim = b.size(a["dim"], "embedding size")  # type: ignore[arg-type]
+    if not b.type_of(ids).dtype.is_int:
+        raise SpecError("E013", f"embedding indices must be an integer tensor, got {b.el.show(b.type_of(ids))}",
+                        call.span)
+    scope = b.claim_scope(b.scope_kwarg(call), "embedding", call.span)
+    w = b.param(scope, "weight", (num, dim), ("normal", INIT_STD), call.span)
+    return b.emit("embedding", [ids.node, w.node], {}, call.span, hint=scope)
+
+
+def _norm(kind: str, default_eps: float) -> Any:
+    def fn(b: Builder, call: ast.Call) -> Any:
+        params = [("x", REQUIRED), ("eps", None), ("over", None), ("name", None)]
+        if kind == "layernorm":
+            params.insert(3, ("bias", None))
+        a, _ = bind(call, kind, params)
+        x = b.tensor(a["x"])
+        eps = default_eps if a["eps"] is None else b.number(a["eps"], "eps")
+        over = _over(b, a["over"], x, kind, call.span)
+        axis = b.type_of(x).axis(over)
+        assert axis is not None
+        scope = b.claim_scope(b.scope_kwarg(call), kind, call.span)
+        inputs = [x.node, b.param(scope, "weight", (axis,), ("ones",), call.span).node]
+        if kind == "layernorm":
+            if a.get("bias") is not None and not b.flag(a["bias"], "bias"):
+                raise SpecError("E016", "layernorm without bias is not supported yet", a["bias"].span)
+            inputs.append(b.param(scope, "bias", (axis,), ("zeros",), call.span).node)
+        return b.emit(kind, inputs, {"axis": over, "eps": eps}, call.span, hint=scope)
+    return fn
+
+
+builtin("layernorm", "layernorm(x, eps=1e-5, over=last, name=layernorm)", "Layer normalisation.")(
+    _norm("layernorm", 1e-5))
+builtin("rmsnorm", "rmsnorm(x, eps=1e-6, over=last, name=rmsnorm)", "RMS normalisation.")(_norm("rmsnorm", 1e-6))
+
+
+# ---- elementwise ----
+def _unary(name: str) -> Any:
+    def fn(b: Builder, call: ast.Call) -> Any:
+        a, _ = bind(call, name, [("x", REQUIRED)])
+        v = b.eval(a["x"])  # type: ignore[arg-type]
+        if not isinstance(v, TensorValue):
+            if name in ("sqrt", "exp", "log", "abs"):
+                return static_call(name, [b.static(a["x"], name)], call.span)  # type: ignore[arg-type]
+            raise SpecError("E026", f"{name} applies to a tensor, got {v!r}", call.span)
+        return b.emit(name, [v.node], {}, call.span)
+    return fn
+
+
+for _name in UNARY:
+    if _name not in ("neg", "logical_not"):
+        builtin(_name, f"{_name}(x)", UNARY[_name][0])(_unary(_name))
+
+
+@builtin("where", "where(cond, a, b)", "`a` where `cond`, else `b`.")
+def _where(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "where", [("cond", REQUIRED), ("a", REQUIRED), ("b", REQUIRED)])
+    values = [b.eval(a[k]) for k in ("cond", "a", "b")]  # type: ignore[arg-type]
+    if not any(isinstance(v, TensorValue) for v in values):
+        raise SpecError("E026", "where needs at least one tensor", call.span)
+    return b.elementwise("where", values, call.span)
+
+
+@builtin("dropout", "dropout(x, p)", "Random zeroing while training.")
+def _dropout(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "dropout", [("x", REQUIRED), ("p", REQUIRED)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    return b.emit("dropout", [x.node], {"p": b.number(a["p"], "dropout p")}, call.span)  # type: ignore[arg-type]
+
+
+# ---- along an axis ----
+@builtin("softmax", "softmax(x, over=last)", "Normalised exponentials along an axis.")
+def _softmax(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "softmax", [("x", REQUIRED), ("over", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    return b.emit("softmax", [x.node], {"axis": _over(b, a["over"], x, "softmax", call.span)}, call.span)
+
+
+def _reduction(name: str, op: str) -> Any:
+    def fn(b: Builder, call: ast.Call) -> Any:
+        a, _ = bind(call, name, [("x", REQUIRED), ("over", None)])
+        x = b.tensor(a["x"])  # type: ignore[arg-type]
+        return b.emit(op, [x.node], {"axis": _over(b, a["over"], x, name, call.span)}, call.span)
+    return fn
+
+
+builtin("sum", "sum(x, over=last)", "Sum along an axis.")(_reduction("sum", "sum"))
+builtin("mean", "mean(x, over=last)", "Mean along an axis.")(_reduction("mean", "mean"))
+
+
+def _extremum(name: str) -> Any:
+    def fn(b: Builder, call: ast.Call) -> Any:
+        if len(call.args) >= 2:
+            values = [b.eval(e) for e in call.args]
+            if call.kwargs:
+                raise SpecError("E016", f"{name}(a, b, ...) takes no keyword arguments", call.kwargs[0].span)
+            if not any(isinstance(v, TensorValue) for v in values):
+                return static_call(name, [b.static(e, name) for e in call.args], call.span)
+            out = values[0]
+            for v in values[1:]:
+                out = b.elementwise("maximum" if name == "max" else "minimum", [out, v], call.span)
+            return out
+        a, _ = bind(call, name, [("x", REQUIRED), ("over", None)])
+        x = b.tensor(a["x"])  # type: ignore[arg-type]
+        return b.emit("amax" if name == "max" else "amin", [x.node],
+                      {"axis": _over(b, a["over"], x, name, call.span)}, call.span)
+    return fn
+
+
+builtin("max", "max(x, over=last) | max(a, b, ...)", "Maximum along an axis, or elementwise.")(_extremum("max"))
+builtin("min", "min(x, over=last) | min(a, b, ...)", "Minimum along an axis, or elementwise.")(_extremum("min"))
+
+
+# ---- shape ----
+MAX_SPLIT = 64
+
+
+@builtin("split", "split(x, over=AXIS)", "Unpack an axis of literal size k into k tensors.")
+def _split(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "split", [("x", REQUIRED), ("over", REQUIRED)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = _over(b, a["over"], x, "split", call.span)
+    axis = b.type_of(x).axis(over)
+    assert axis is not None
+    n = b.sizes.value(axis.size)
+    if n is None or n > MAX_SPLIT:
+        raise SpecError("E012", f"split needs an axis of known size at most {MAX_SPLIT}; {over} has size "
+                        f"{b.sizes.describe(axis.size)}", call.span)
+    return TupleValue(tuple(b.emit("select", [x.node], {"axis": over, "index": i}, call.span) for i in range(n)))
+
+
+@builtin("arange", "arange(AXIS)", "0, 1, ... along an axis.")
+def _arange(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "arange", [("axis", REQUIRED)])
+    name = b.axis_name(a["axis"])  # type: ignore[arg-type]
+    return b.emit("arange", [], {"axis": b.axis(name, a["axis"].span)}, call.span)  # type: ignore[union-attr]
+
+
+@builtin("causal_mask", "causal_mask(Q, K)", "bool[Q, K]: key index <= query index.")
+def _causal_mask(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "causal_mask", [("q", REQUIRED), ("k", REQUIRED)])
+    q = b.axis(b.axis_name(a["q"]), a["q"].span)  # type: ignore[arg-type, union-attr]
+    k = b.axis(b.axis_name(a["k"]), a["k"].span)  # type: ignore[arg-type, union-attr]
+    return b.emit("causal_mask", [], {"q": q, "k": k}, call.span)
+
+
+@builtin("cast", 'cast(x, "dtype")', "Convert dtype.")
+def _cast(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "cast", [("x", REQUIRED), ("dtype", REQUIRED)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    name = b.axis_name(a["dtype"])  # type: ignore[arg-type]
+    if name not in DType.__members__ and name != "float":
+        raise SpecError("E004", f"unknown dtype '{name}'", a["dtype"].span)  # type: ignore[union-attr]
+    return b.emit("cast", [x.node], {"dtype": DType.float32 if name == "float" else DType(name)}, call.span)
+
+
+@builtin("matmul", "matmul(a, b, over=AXIS)", "Contract one named axis shared by a and b.")
+def _matmul(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "matmul", [("a", REQUIRED), ("b", REQUIRED), ("over", None)])
+    x, y = b.tensor(a["a"]), b.tensor(a["b"])  # type: ignore[arg-type]
+    if a["over"] is None:
+        return b.matmul(x, y, call.span)
+    over = _over(b, a["over"], x, "matmul", call.span)
+    if over not in b.type_of(y).names:
+        raise SpecError("E017", f"matmul: no axis '{over}' in the second operand {b.el.show(b.type_of(y))}",
+                        a["over"].span)
+    out = tuple(dict.fromkeys(n for n in (*b.type_of(x).names, *b.type_of(y).names) if n != over))
+    return b.emit("einsum", [x.node, y.node], {"out": out}, call.span)
+
+
+# ---- structure ----
+@builtin("repeat", "repeat(N, block, x, ..., name=block, shared=false)",
+         "Apply a block N times, feeding its output back in.")
+def _repeat(b: Builder, call: ast.Call) -> Any:
+    if len(call.args) < 3:
+        raise SpecError("E019", "repeat takes a count, a block and its input: repeat(n_layer, layer, x)", call.span)
+    count_expr, block_expr = call.args[0], call.args[1]
+    count = b.sizes.concrete(b.static(count_expr, "repeat count"))
+    if not isinstance(count, sympy.Basic) or not count.is_Integer or not 0 <= int(count) <= 100_000:
+        raise SpecError("E023", f"repeat count must be an integer from 0 to 100000, got {count}", count_expr.span)
+    ref = b.eval(block_expr)
+    if isinstance(ref, str) and ref in b.el.spec.blocks:
+        ref = FuncRef(ref)
+    if not isinstance(ref, FuncRef) or ref.name not in b.el.spec.blocks:
+        raise SpecError("E016", "repeat's second argument must be a block of this spec", block_expr.span)
+    shared = False
+    kwargs = []
+    for kw in call.kwargs:
+        if kw.name == "shared":
+            shared = b.flag(kw.value, "shared")
+        else:
+            kwargs.append(kw)
+    decl = b.el.spec.blocks[ref.name]
+    inner = ast.Call(block_expr, call.args[2:], kwargs, span=call.span)
+    tensors, template = b.block_binding(decl, inner)
+    scope = b.claim_scope(b.scope_kwarg(call), ref.name, call.span)
+    params = tuple(b.graph[t].type for t in tensors)
+    result = template.output_type()
+    if not params or result != params[0]:
+        got = b.el.show(result)
+        want = b.el.show(params[0]) if params else "no tensor"
+        raise SpecError("E025", f"repeat feeds block '{ref.name}' its own output, but it takes {want} and "
+                        f"returns {got}", call.span)
+    return b.emit("repeat", tensors, {"block": template.name, "scope": scope, "count": int(count),
+                                      "shared": shared, "params": params, "result": result}, call.span, hint=scope)
+
+
+def builtin_names() -> list[str]:
+    return sorted(BUILTINS)

@@ -1,0 +1,101 @@
+"""Maps a Hugging Face `config.json` onto a spec's dims and options.
+
+Spec dims and options use HF key names, so most keys map by name. Keys nnspec knows change the
+computation are refused unless the spec consumes them or they hold their neutral value; every other
+unused key is a warning, so nothing in a config is silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from nnspec.errors import SpecError, Warning_
+from nnspec.spec.load import Spec
+from nnspec.spec.source import Source, Span
+
+# key -> values under which it does not change what the model computes
+SEMANTIC_KEYS: dict[str, tuple[Any, ...]] = {
+    "rope_scaling": (None,),
+    "attention_bias": (False,),
+    "mlp_bias": (False,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "reorder_and_upcast_attn": (False,),
+    "add_cross_attention": (False,),
+    "is_encoder_decoder": (False,),
+    "hidden_act": (),
+    "activation_function": (),
+    "tie_word_embeddings": (),
+    "n_inner": (None,),
+    "intermediate_size": (),
+    "num_key_value_heads": (),
+    "rope_theta": (),
+    "rms_norm_eps": (),
+    "layer_norm_eps": (),
+    "layer_norm_epsilon": (),
+    "position_embedding_type": ("absolute",),
+    "sliding_window": (None,),
+    "use_sliding_window": (False,),
+    "qkv_bias": (False,),
+    "head_dim": (),
+}
+
+
+def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
+    text = Path(path).read_text(encoding="utf-8")
+    source = Source(str(path), text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError("E022", f"config is not valid JSON: {e.msg}", source.span(e.pos, e.pos + 1)) from None
+    if not isinstance(data, dict):
+        raise SpecError("E022", "config must be a JSON object", source.span(0, 1))
+    return data, source
+
+
+def _key_span(source: Source, key: str) -> Span:
+    m = re.search(r'"' + re.escape(key) + r'"\s*:', source.text)
+    return source.span(m.start(), m.start() + len(key) + 2) if m else source.span(0, 1)
+
+
+def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Warning_]]:
+    """Returns the overrides the config implies and warnings for keys it does not use."""
+    overrides: dict[str, Any] = {}
+    warnings: list[Warning_] = []
+    hf_keys = {opt.hf_key: name for name, opt in spec.options.items() if opt.hf_key}
+    for key, value in config.items():
+        span = _key_span(source, key)
+        if key in spec.dims:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpecError("E022", f"'{key}' must be an integer for dim {key}, got {value!r}", span)
+            overrides[key] = value
+        elif key in spec.options or key in hf_keys:
+            name = hf_keys.get(key, key)
+            opt = spec.options[name]
+            if opt.hf_values is not None:
+                if not isinstance(value, str) or value not in opt.hf_values:
+                    raise SpecError("E022", f"{key}={value!r} is not supported by this spec (it supports "
+                                    f"{', '.join(map(repr, opt.hf_values))})", span).with_note(
+                        f"option '{name}' declared here", opt.key_span)
+                value = opt.hf_values[value]
+            if opt.choices is not None and value not in opt.choices:
+                raise SpecError("E022", f"{key}={value!r} is not one of option {name}'s choices {opt.choices}",
+                                span).with_note("option declared here", opt.key_span)
+            if type(value) is not type(opt.default) and not (isinstance(opt.default, float) and
+                                                              isinstance(value, int) and not isinstance(value, bool)):
+                raise SpecError("E022", f"{key}={value!r} has the wrong type for option {name} "
+                                f"(default {opt.default!r})", span)
+            overrides[name] = float(value) if isinstance(opt.default, float) else value
+        elif key in spec.hf_require:
+            want, where = spec.hf_require[key]
+            if value != want:
+                raise SpecError("E022", f"this spec implements only {key}={json.dumps(want)}, the config has "
+                                f"{json.dumps(value)}", span).with_note("required by the spec here", where)
+        elif key in SEMANTIC_KEYS and value not in SEMANTIC_KEYS[key] and key not in spec.hf_ignore:
+            raise SpecError("E022", f"{key}={json.dumps(value)} changes the computation and this spec does not "
+                            "implement it", span)
+        elif key not in spec.hf_ignore:
+            warnings.append(Warning_(f"config key '{key}' is not used by this spec", span))
+    return overrides, warnings

@@ -1,0 +1,86 @@
+"""Learned maps: linear, embedding, layer/RMS normalisation. Their weights are `param` nodes (inputs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+
+from nnspec.compiler.ir import Axis, TensorType, Type
+from nnspec.compiler.ops.registry import find_axis, need_float, need_same_size, op, tensor
+from nnspec.compiler.sizes import Sizes
+from nnspec.errors import SpecError
+
+
+def unique_axes(axes: tuple[Axis, ...], what: str) -> tuple[Axis, ...]:
+    names = [a.name for a in axes]
+    for n in names:
+        if names.count(n) > 1:
+            raise SpecError("E017", f"{what} would give two axes named '{n}'; rename one with an "
+                            f"annotation first")
+    return axes
+
+
+def _linear_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Expr:
+    x, w = tensor(ins[0], "x"), tensor(ins[1], "w")
+    macs = x.numel() * w.axes[0].size
+    bias = tensor(out, "out").numel() if len(ins) == 3 else 0
+    return 2 * macs + bias
+
+
+@op("linear", "nn", doc="`y = x W^T + b` over axis `axis` of x; W is `[out, in]`, b is `[out]`. The `in` axis "
+    "is replaced, in place, by W's `out` axis.", attrs={"axis": str}, arity=(2, 3), glyph="L",
+    flops=_linear_flops, flops_doc="2·numel(x)·out (+ numel(y) with bias)")
+def _linear(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x, w = tensor(ins[0], "linear"), tensor(ins[1], "linear weight")
+    need_float(x, "linear")
+    i = find_axis(x, attrs["axis"], "linear")
+    out_axis, in_axis = w.axes
+    need_same_size(sizes, x.axes[i].size, in_axis.size,
+                   f"linear expects axis {x.axes[i].name} of size {sizes.describe(in_axis.size)}, "
+                   f"got {sizes.describe(x.axes[i].size)}")
+    if len(ins) == 3:
+        b = tensor(ins[2], "linear bias")
+        if b.axes != (out_axis,):
+            raise SpecError("E012", f"linear bias must be [{out_axis.name}], got {b}")
+    axes = x.axes[:i] + (out_axis,) + x.axes[i + 1:]
+    return TensorType(unique_axes(axes, "linear"), x.dtype)
+
+
+@op("embedding", "nn", doc="Row lookup: `y[..., dim] = W[ids[...], dim]`; ids are integers.", arity=2,
+    glyph="E", flops_doc="0")
+def _embedding(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    ids, w = tensor(ins[0], "embedding"), tensor(ins[1], "embedding table")
+    if not ids.dtype.is_int:
+        raise SpecError("E013", f"embedding indices must be an integer tensor, got {ids}")
+    return TensorType(unique_axes(ids.axes + (w.axes[1],), "embedding"), w.dtype)
+
+
+def _norm_flops(cost: int) -> Any:
+    def flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Expr:
+        return cost * tensor(out, "out").numel()
+    return flops
+
+
+def _norm_rule(name: str, n_params: int) -> Any:
+    def rule(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+        x = tensor(ins[0], name)
+        need_float(x, name)
+        i = find_axis(x, attrs["axis"], name)
+        for p in ins[1:1 + n_params]:
+            p = tensor(p, f"{name} parameter")
+            need_same_size(sizes, p.axes[0].size, x.axes[i].size,
+                           f"{name} parameter has size {sizes.describe(p.axes[0].size)}, axis {x.axes[i].name} "
+                           f"has {sizes.describe(x.axes[i].size)}")
+        if attrs["eps"] <= 0:
+            raise SpecError("E015", f"{name} eps must be positive, got {attrs['eps']}")
+        return x
+    return rule
+
+
+op("layernorm", "normalize", doc="`(x - mean) / sqrt(var + eps) * weight + bias` over axis `axis` (biased "
+   "variance).", attrs={"axis": str, "eps": float}, arity=3, glyph="LN", flops=_norm_flops(8),
+   flops_doc="8 per element")(_norm_rule("layernorm", 2))
+op("rmsnorm", "normalize", doc="`x / sqrt(mean(x²) + eps) * weight` over axis `axis`.",
+   attrs={"axis": str, "eps": float}, arity=2, glyph="RMS", flops=_norm_flops(5),
+   flops_doc="5 per element")(_norm_rule("rmsnorm", 1))

@@ -1,0 +1,64 @@
+"""Graph structure: inputs, parameters, constants, block calls, repeats and tuple access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnspec.compiler.ir import TensorType, Type
+from nnspec.compiler.ops.registry import op
+from nnspec.compiler.sizes import Sizes
+from nnspec.errors import SpecError
+
+
+@op("input", "source", doc="A graph input (a model input or a block parameter).", attrs={"name": str, "type": TensorType},
+    arity=0, glyph="")
+def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    return attrs["type"]
+
+
+@op("param", "source", doc="A learned parameter at path `path`, initialised by `init` "
+    "(`('normal', std)`, `('zeros',)`, `('ones',)`).", attrs={"path": str, "type": TensorType, "init": tuple},
+    arity=0, glyph="")
+def _param(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    return attrs["type"]
+
+
+@op("const", "source", doc="A scalar constant (no axes) of dtype `type.dtype`.",
+    attrs={"value": (int, float, bool), "type": TensorType}, arity=0, glyph="")
+def _const(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    return attrs["type"]
+
+
+def _check_args(what: str, ins: list[Type], params: tuple[TensorType, ...], sizes: Sizes) -> None:
+    if len(ins) != len(params):
+        raise SpecError("E019", f"{what} takes {len(params)} tensor arguments, got {len(ins)}")
+    for got, want in zip(ins, params):
+        if got != want:
+            raise SpecError("E012", f"{what} expects {want}, got {got}")
+
+
+@op("call", "structure", doc="Apply block template `block` with its parameters under scope `scope`.",
+    attrs={"block": str, "scope": str, "params": tuple, "result": (TensorType, tuple)}, glyph="")
+def _call(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    _check_args(f"block {attrs['block']}", ins, attrs["params"], sizes)
+    return attrs["result"]
+
+
+@op("repeat", "structure", doc="Apply block template `block` `count` times, feeding the output back as the first "
+    "argument; weights under `scope.0`, `scope.1`, ... or, when `shared`, one set under `scope`.",
+    attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple, "result": TensorType},
+    glyph="×N")
+def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    _check_args(f"repeat of {attrs['block']}", ins, attrs["params"], sizes)
+    if attrs["result"] != attrs["params"][0]:
+        raise SpecError("E025", f"repeated block {attrs['block']} takes {attrs['params'][0]} but returns "
+                        f"{attrs['result']}")
+    return attrs["result"]
+
+
+@op("getitem", "structure", doc="Member `index` of a tuple-valued call.", attrs={"index": int}, arity=1, glyph="")
+def _getitem(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    t = ins[0]
+    if not isinstance(t, tuple) or not 0 <= attrs["index"] < len(t):
+        raise SpecError("E019", f"cannot take member {attrs['index']} of {t}")
+    return t[attrs["index"]]

@@ -1,0 +1,64 @@
+"""Symbolic sizes: dims as sympy symbols, their concrete values, and proofs of (in)equality.
+
+Every declared dim has a concrete value, so most facts are decided by substitution; what still depends
+on free dims (batch, sequence) is either proved symbolically or kept as a run-time guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+MAX_SIZE = 1 << 40
+
+
+def symbol(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+@dataclass
+class Sizes:
+    values: dict[sympy.Symbol, sympy.Integer] = field(default_factory=dict)   # declared (and bound free) dims
+    free: dict[str, sympy.Symbol] = field(default_factory=dict)      # dims left symbolic
+    declared: dict[str, sympy.Symbol] = field(default_factory=dict)
+
+    def lookup(self, name: str) -> sympy.Symbol | None:
+        return self.declared.get(name) or self.free.get(name)
+
+    def free_symbol(self, name: str) -> sympy.Symbol:
+        if name not in self.free:
+            self.free[name] = symbol(name)
+        return self.free[name]
+
+    def concrete(self, expr: sympy.Basic | int) -> sympy.Expr:
+        return sympy.sympify(sympy.sympify(expr).xreplace(self.values))
+
+    def value(self, expr: sympy.Basic | int) -> int | None:
+        """The integer value of a size, or None while it depends on a free dim."""
+        c = self.concrete(expr)
+        if c.is_Integer:
+            return int(c)
+        if c.is_Number:
+            raise ValueError(f"size {expr} = {c} is not an integer")
+        return None
+
+    def equal(self, a: sympy.Basic | int, b: sympy.Basic | int) -> bool | None:
+        """True or False when decided; None when it depends on free dims and cannot be proved."""
+        diff = self.concrete(a) - self.concrete(b)
+        if diff == 0:
+            return True
+        if diff.is_Number:
+            return False
+        diff = sympy.cancel(diff)
+        if diff == 0:
+            return True
+        return False if diff.is_Number else None
+
+    def describe(self, size: sympy.Basic) -> str:
+        """`n_embd=768`, or the expression alone when it is a number or still symbolic."""
+        c = self.concrete(size)
+        text = str(size)
+        if c.is_Number and str(c) != text:
+            return f"{text}={c}"
+        return text

@@ -1,0 +1,131 @@
+"""One error type for every mistake in a spec, and one for nnspec's own bugs.
+
+A `SpecError` always names a place in the user's text (a `Span`) and a stable code; an `InternalError`
+means nnspec is wrong, never the user, and is reported differently (exit code 3, "please report").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspec.spec.source import Span
+
+# Stable codes. Titles feed docs/errors.md; never renumber, only add.
+CODES: dict[str, str] = {
+    "E001": "YAML syntax error",
+    "E002": "duplicate key",
+    "E003": "unknown key",
+    "E004": "wrong kind of value",
+    "E005": "input exceeds a structural limit",
+    "E006": "unreadable input (encoding, binary data, tabs)",
+    "E007": "unsupported format version",
+    "E008": "missing required key",
+    "E010": "expression syntax error",
+    "E011": "undefined name",
+    "E012": "axis size or name mismatch",
+    "E013": "dtype mismatch",
+    "E014": "size does not divide",
+    "E015": "constraint violated",
+    "E016": "unknown function or argument",
+    "E017": "unknown or duplicate axis",
+    "E018": "invalid rearrange",
+    "E019": "wrong number of arguments or values",
+    "E020": "cycle",
+    "E021": "output missing or of the wrong type",
+    "E022": "Hugging Face config cannot be honoured",
+    "E023": "size out of range",
+    "E024": "name defined twice",
+    "E025": "repeated block changes its type",
+    "E026": "value of the wrong kind in an expression",
+}
+
+
+@dataclass
+class Note:
+    message: str
+    span: Span | None = None
+
+
+@dataclass
+class SpecError(Exception):
+    """A mistake in a spec: a code, a message and the place it was made."""
+
+    code: str
+    message: str
+    span: Span | None = None
+    notes: list[Note] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:
+            raise InternalError(f"unregistered error code {self.code}")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def with_note(self, message: str, span: Span | None = None) -> SpecError:
+        self.notes.append(Note(message, span))
+        return self
+
+    def render(self) -> str:
+        """`file:line:col: error[E012]: message`, the source line, a caret, then notes."""
+        lines = [_headline(self.span, f"error[{self.code}]", self.message)]
+        lines += _excerpt(self.span)
+        for note in self.notes:
+            if note.span is not None:
+                lines.append(_headline(note.span, "note", note.message))
+                lines += _excerpt(note.span)
+            else:
+                lines.append(f"note: {note.message}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "severity": "error",
+            "code": self.code,
+            "message": self.message,
+            "span": self.span.to_json() if self.span else None,
+            "notes": [{"message": n.message, "span": n.span.to_json() if n.span else None}
+                      for n in self.notes],
+        }
+
+
+class InternalError(Exception):
+    """nnspec itself is wrong. Never raised for a user's mistake."""
+
+
+@dataclass
+class Warning_:
+    message: str
+    span: Span | None = None
+
+    def render(self) -> str:
+        return "\n".join([_headline(self.span, "warning", self.message), *_excerpt(self.span)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": "warning", "message": self.message,
+                "span": self.span.to_json() if self.span else None}
+
+
+def _headline(span: Span | None, kind: str, message: str) -> str:
+    where = f"{span.source.name}:{span.line}:{span.col}: " if span else ""
+    return f"{where}{kind}: {message}"
+
+
+def _excerpt(span: Span | None) -> list[str]:
+    if span is None:
+        return []
+    text = span.source.line_text(span.line)
+    if text is None:
+        return []
+    width = max(1, (span.end_col - span.col) if span.end_line == span.line else len(text) - span.col + 1)
+    gutter = f"{span.line:>5} | "
+    return [gutter + text.replace("\t", " "), " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" * width]
+
+
+def errors_to_json(error: SpecError | None, warnings: list[Warning_]) -> str:
+    return json.dumps({"version": 1, "ok": error is None,
+                       "diagnostics": [w.to_json() for w in warnings] + ([error.to_json()] if error else [])},
+                      indent=2)

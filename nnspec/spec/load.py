@@ -1,0 +1,206 @@
+"""Spec text -> a validated `Spec`: declarations with parsed expressions, each with its span.
+
+This is the whole of the spec layer's output; the compiler never sees YAML.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnspec.errors import SpecError
+from nnspec.spec import ast
+from nnspec.spec.parser import parse
+from nnspec.spec.schema import OptionDoc, validate
+from nnspec.spec.source import Source, Span
+from nnspec.spec.yaml_loader import MAX_BYTES, YNode, decode, load_yaml
+
+FORMAT_VERSIONS = (1,)
+
+
+@dataclass
+class DimDecl:
+    name: str
+    value: int | ast.Expr
+    span: Span
+    key_span: Span
+
+
+@dataclass
+class OptionDecl:
+    name: str
+    default: Any
+    choices: list[Any] | None
+    hf_key: str | None
+    hf_values: dict[str, Any] | None
+    span: Span
+    key_span: Span
+
+
+@dataclass
+class TensorDecl:
+    name: str
+    type: ast.TypeExpr
+    span: Span
+    key_span: Span
+
+
+@dataclass
+class BlockDecl:
+    signature: ast.Signature
+    body: list[ast.Stmt]
+    span: Span
+
+
+@dataclass
+class RequireDecl:
+    expr: ast.Expr
+    span: Span
+
+
+@dataclass
+class Spec:
+    source: Source
+    name: str
+    name_span: Span
+    doc: str | None
+    dims: dict[str, DimDecl]
+    options: dict[str, OptionDecl]
+    require: list[RequireDecl]
+    inputs: dict[str, TensorDecl]
+    outputs: dict[str, TensorDecl]
+    blocks: dict[str, BlockDecl]
+    body: list[ast.Stmt]
+    body_span: Span
+    hf_ignore: list[str] = field(default_factory=list)
+    hf_require: dict[str, tuple[Any, Span]] = field(default_factory=dict)
+
+
+def read_source(path_or_text: str | os.PathLike[str]) -> Source:
+    """A `Path`, or a string without a newline, is a file; any other string is spec text."""
+    if isinstance(path_or_text, os.PathLike) or "\n" not in path_or_text:
+        path = Path(path_or_text)
+        try:
+            size = path.stat().st_size
+            if size > MAX_BYTES:
+                raise SpecError("E005", f"spec is {size:,} bytes; the limit is {MAX_BYTES:,}",
+                                Source(str(path_or_text), "").span(0, 0))
+            data = path.read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"cannot read spec {str(path_or_text)!r}: {e.strerror}") from None
+        return decode(data, str(path_or_text))
+    return decode(path_or_text.encode("utf-8"), "<string>")
+
+
+def load(path_or_text: str | os.PathLike[str]) -> Spec:
+    return load_source(read_source(path_or_text))
+
+
+def load_source(source: Source) -> Spec:
+    root = load_yaml(source)
+    if isinstance(root.value, dict) and "nnspec" in root.value:
+        version = root.value["nnspec"]
+        if version.value not in FORMAT_VERSIONS or isinstance(version.value, bool):
+            raise SpecError("E007", f"unsupported spec format version {version.value!r}; this nnspec reads "
+                            f"version {', '.join(map(str, FORMAT_VERSIONS))}", version.span)
+    doc = validate(root)
+    top = root.value
+    _check_identifier(doc.name, top["name"].span, "model name")
+
+    dims: dict[str, DimDecl] = {}
+    for name, node in _items(top, "dims"):
+        _check_identifier(name, root.value["dims"].key_spans[name], "dim name")
+        value: int | ast.Expr = node.value if isinstance(node.value, int) else _expr(node, "dimexpr")
+        dims[name] = DimDecl(name, value, node.span, top["dims"].key_spans[name])
+
+    options: dict[str, OptionDecl] = {}
+    for name, node in _items(top, "options"):
+        key_span = top["options"].key_spans[name]
+        _check_identifier(name, key_span, "option name")
+        if name in dims:
+            raise SpecError("E024", f"'{name}' is both a dim and an option", key_span).with_note(
+                "dim declared here", dims[name].key_span)
+        raw = doc.options[name]
+        if isinstance(raw, OptionDoc):
+            span = node.value["default"].span
+            hf = raw.hf
+            options[name] = OptionDecl(name, raw.default, raw.choices, hf.key if hf else None,
+                                       hf.values if hf else None, span, key_span)
+        else:
+            options[name] = OptionDecl(name, raw, None, None, None, node.span, key_span)
+
+    require = [RequireDecl(_expr(n, "dimexpr"), n.span) for n in _list(top, "require")]
+    inputs = {name: _tensor(name, node, top["inputs"]) for name, node in _items(top, "inputs")}
+    outputs = {name: _tensor(name, node, top["outputs"]) for name, node in _items(top, "outputs")}
+    for name in outputs:
+        if name in inputs:
+            raise SpecError("E024", f"'{name}' is both an input and an output",
+                            top["outputs"].key_spans[name]).with_note("input declared here",
+                                                                      top["inputs"].key_spans[name])
+
+    blocks: dict[str, BlockDecl] = {}
+    for key, node in _items(top, "blocks"):
+        key_node = YNode(key, top["blocks"].key_spans[key])
+        key_node.text = _key_text_map(source, key, top["blocks"].key_spans[key])
+        sig = _expr(key_node, "signature")
+        _check_identifier(sig.name, sig.span, "block name")
+        if sig.name in blocks:
+            raise SpecError("E024", f"block '{sig.name}' defined twice", sig.span).with_note(
+                "first defined here", blocks[sig.name].signature.span)
+        blocks[sig.name] = BlockDecl(sig, _expr(node, "start"), node.span)
+
+    hf_ignore: list[str] = []
+    hf_require: dict[str, tuple[Any, Span]] = {}
+    if doc.hf_config is not None:
+        hf_ignore = list(doc.hf_config.ignore)
+        for key, node in _items(top["hf_config"].value, "require"):
+            hf_require[key] = (node.plain(), node.span)
+
+    return Spec(source, doc.name, top["name"].span, doc.doc, dims, options, require, inputs, outputs,
+                blocks, _expr(top["body"], "start"), top["body"].span, hf_ignore, hf_require)
+
+
+def _items(mapping: dict[str, YNode], key: str) -> list[tuple[str, YNode]]:
+    node = mapping.get(key)
+    return list(node.value.items()) if node is not None and isinstance(node.value, dict) else []
+
+
+def _list(mapping: dict[str, YNode], key: str) -> list[YNode]:
+    node = mapping.get(key)
+    return list(node.value) if node is not None and isinstance(node.value, list) else []
+
+
+def _expr(node: YNode, start: str) -> Any:
+    assert node.text is not None, "validated string scalars always carry a text map"
+    return parse(node.value, node.text, start)
+
+
+def _tensor(name: str, node: YNode, parent: YNode) -> TensorDecl:
+    _check_identifier(name, parent.key_spans[name], "tensor name")
+    return TensorDecl(name, _expr(node, "typeexpr"), node.span, parent.key_spans[name])
+
+
+def _key_text_map(source: Source, key: str, span: Span) -> Any:
+    from nnspec.spec.source import TextMap
+
+    start = source.offset(span.line, span.col)
+    if source.text[start:start + len(key)] == key:
+        return TextMap(source, [start + i for i in range(len(key) + 1)])
+    if source.text[start + 1:start + 1 + len(key)] == key:  # quoted key
+        return TextMap(source, [start + 1 + i for i in range(len(key) + 1)])
+    return TextMap(source, [start] * (len(key) + 1))
+
+
+_RESERVED = {"true", "false", "inf", "nan", "return", "if", "else", "and", "or", "not"}
+
+
+def _check_identifier(name: str, span: Span, what: str) -> None:
+    """Names reach generated code and file names: only plain identifiers, never keywords."""
+    if not name.isidentifier() or not name.isascii():
+        raise SpecError("E004", f"{what} '{name}' is not an identifier (letters, digits, _; not starting "
+                        "with a digit)", span)
+    if keyword.iskeyword(name) or name in _RESERVED or name.startswith("__"):
+        raise SpecError("E004", f"{what} '{name}' is a reserved word", span)

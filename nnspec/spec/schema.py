@@ -1,0 +1,131 @@
+"""The shape of a spec document, as pydantic models, and pydantic errors mapped back to YAML spans."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from nnspec.errors import SpecError
+from nnspec.spec.yaml_loader import YNode
+
+Scalar = bool | int | float | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HfOption(_Strict):
+    key: str | None = None
+    values: dict[str, Scalar] | None = None
+
+
+class OptionDoc(_Strict):
+    default: Scalar
+    choices: list[Scalar] | None = None
+    doc: str | None = None
+    hf: HfOption | None = None
+
+
+class HfConfigDoc(_Strict):
+    ignore: list[str] = Field(default_factory=list)
+    require: dict[str, Scalar | None] = Field(default_factory=dict)
+
+
+class SpecDoc(_Strict):
+    nnspec: int
+    name: str
+    doc: str | None = None
+    dims: dict[str, int | str] = Field(default_factory=dict)
+    options: dict[str, Scalar | OptionDoc] = Field(default_factory=dict)
+    require: list[str] = Field(default_factory=list)
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    blocks: dict[str, str] = Field(default_factory=dict)
+    body: str
+    hf_config: HfConfigDoc | None = None
+
+
+def validate(root: YNode) -> SpecDoc:
+    if not isinstance(root.value, dict):
+        raise SpecError("E004", "a spec must be a YAML mapping of keys (nnspec, name, inputs, ...)", root.span)
+    try:
+        return SpecDoc.model_validate(root.plain())
+    except pydantic.ValidationError as e:
+        raise _to_spec_error(e, root) from None
+
+
+def _to_spec_error(e: pydantic.ValidationError, root: YNode) -> SpecError:
+    # pydantic reports every alternative of a union; the first error by source position is the one
+    # a person fixes first, and unknown/missing keys are clearer than type complaints.
+    errors = e.errors()
+    rank = {"extra_forbidden": 0, "missing": 1}
+    errors.sort(key=lambda err: rank.get(err["type"], 2))
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not ((isinstance(p, str) and p[:1].isupper()) or "[" in str(p)))
+    loc = tuple(p for p in loc if p not in ("str", "int", "bool", "float", "OptionDoc", "function-after"))
+    if err["type"] == "extra_forbidden":
+        parent, _ = root.at(loc[:-1])
+        key = loc[-1]
+        node = _node_at(root, loc[:-1])
+        span = node.key_spans.get(str(key), parent) if node is not None else parent
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        where = f" in '{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else ""
+        message = f"unknown key '{key}'{where}"
+        message += f"; did you mean '{hint[0]}'?" if hint else f"; allowed keys are {', '.join(allowed)}"
+        return SpecError("E003", message, span)
+    if err["type"] == "missing":
+        span, _ = root.at(loc[:-1])
+        where = f" in '{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else ""
+        return SpecError("E008", f"missing required key '{loc[-1]}'{where}", span)
+    span, _ = root.at(loc)
+    got = _node_at(root, loc)
+    value = got.plain() if got is not None else None
+    what = ".".join(map(str, loc)) or "spec"
+    return SpecError("E004", f"'{what}' {_expected(err)}, got {_kind(value)} {value!r}"[:300], span)
+
+
+def _node_at(root: YNode, loc: tuple[Any, ...]) -> YNode | None:
+    node = root
+    for key in loc:
+        if (isinstance(node.value, dict) and key in node.value) or (isinstance(node.value, list) and isinstance(key, int) and key < len(node.value)):
+            node = node.value[key]
+        else:
+            return None
+    return node
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    if not loc:
+        return list(SpecDoc.model_fields)
+    if loc[0] == "hf_config":
+        return list(HfConfigDoc.model_fields) if len(loc) == 1 else []
+    if loc[0] == "options":
+        return list(OptionDoc.model_fields) if len(loc) == 2 else list(HfOption.model_fields)
+    return []
+
+
+def _expected(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind.startswith("int"):
+        return "must be an integer"
+    if kind.startswith("string"):
+        return "must be a string"
+    if kind.startswith("bool"):
+        return "must be true or false"
+    if kind.startswith("dict") or kind == "model_type":
+        return "must be a mapping"
+    if kind.startswith("list"):
+        return "must be a list"
+    if kind.startswith("float"):
+        return "must be a number"
+    return "is invalid: " + err["msg"].lower()
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "the string", bool: "the boolean",
+            int: "the integer", float: "the number", type(None): "nothing"}.get(type(value), "")
