@@ -1,0 +1,169 @@
+"""The reference interpreter: runs a checked model node by node with plain torch ops.
+
+It is the definition of what a spec computes: generated code and optimised graphs are tested against it.
+Parameters live in an `nn.Module` tree whose paths are the spec's (`h.3.attn.c_attn.weight`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+import torch
+from torch import nn
+
+from nnspec.backends.torch.lowering import LOWERINGS, TORCH_DTYPES
+from nnspec.compiler.ir import Graph, Model, TensorType
+
+
+class RuntimeShapeError(ValueError):
+    """An input does not match the spec's declared type, or a run-time guard fails."""
+
+
+class Scope(nn.Module):
+    """A parameter container; nested by dotted path."""
+
+    def add_param(self, path: str, param: nn.Parameter) -> None:
+        head, _, rest = path.partition(".")
+        if not rest:
+            self.register_parameter(head, param)
+            return
+        child = self._modules.get(head)
+        if child is None:
+            child = Scope()
+            self.add_module(head, child)
+        assert isinstance(child, Scope)
+        child.add_param(rest, param)
+
+    def child(self, name: str) -> Scope:
+        child = self._modules.get(name)
+        if child is None:
+            child = Scope()
+            self.add_module(name, child)
+        assert isinstance(child, Scope)
+        return child
+
+
+def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.device | str,
+          generator: torch.Generator | None) -> nn.Parameter:
+    dtype = TORCH_DTYPES[t.dtype]
+    data = torch.empty(shape, dtype=dtype, device=device)
+    if data.device.type != "meta":
+        kind = init[0]
+        if kind == "normal":
+            data.normal_(0.0, init[1], generator=generator)
+        elif kind == "zeros":
+            data.zero_()
+        elif kind == "ones":
+            data.fill_(1.0)
+        else:
+            raise ValueError(f"unknown init {init}")
+    return nn.Parameter(data)
+
+
+@dataclass
+class Frame:
+    """What a lowering sees while one graph runs."""
+
+    interp: Interpreter
+    graph: Graph
+    module: nn.Module
+    args: list[Any]
+    sizes: dict[sympy.Symbol, sympy.Integer]
+    device: torch.device | str
+
+    def size(self, expr: sympy.Expr) -> int:
+        value = sympy.sympify(expr).xreplace(self.sizes)
+        if not value.is_Integer:
+            raise RuntimeShapeError(f"size {expr} is not known at run time (got {value})")
+        return int(value)
+
+    def run_block(self, name: str, module: nn.Module, args: list[Any]) -> list[Any]:
+        return self.interp.run_graph(self.interp.model.templates[name], module, args, self.sizes)
+
+
+class Interpreter(nn.Module):
+    """`Interpreter(model)(input_ids=...)` -> dict of outputs by spec name."""
+
+    def __init__(self, model: Model, *, device: torch.device | str = "cpu", seed: int | None = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.device = device
+        gen = None
+        if seed is not None and torch.device(device).type != "meta":
+            gen = torch.Generator(device=device).manual_seed(seed)
+        self.root = Scope()
+        self._build(model.graph, self.root, gen)
+
+    def _build(self, graph: Graph, scope: Scope, gen: torch.Generator | None) -> None:
+        sizes = self.model.dims
+        for node in graph:
+            if node.op == "param":
+                t = node.attrs["type"]
+                shape = [int(sizes.concrete(s)) for s in t.sizes]
+                scope.add_param(node.attrs["path"], _init(t, node.attrs["init"], shape, self.device, gen))
+            elif node.op == "call":
+                self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)
+            elif node.op == "repeat":
+                outer = scope.child(node.attrs["scope"])
+                template = self.model.templates[node.attrs["block"]]
+                if node.attrs["shared"]:
+                    self._build(template, outer, gen)
+                else:
+                    for i in range(node.attrs["count"]):
+                        self._build(template, outer.child(str(i)), gen)
+
+    def named_spec_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.root.named_parameters())
+
+    def bind_sizes(self, inputs: dict[str, torch.Tensor]) -> dict[sympy.Symbol, sympy.Integer]:
+        """Free dims from the inputs' shapes; checks ranks, dtypes, sizes and guards."""
+        model = self.model
+        sizes = dict(model.dims.values)
+        missing = [n for n in model.inputs if n not in inputs]
+        extra = [n for n in inputs if n not in model.inputs]
+        if missing or extra:
+            raise RuntimeShapeError(f"{model.name} takes inputs {', '.join(model.inputs)}; "
+                                    f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        for name, node_name in model.inputs.items():
+            t = model.graph[node_name].type
+            assert isinstance(t, TensorType)
+            x = inputs[name]
+            if x.dim() != t.rank:
+                raise RuntimeShapeError(f"input {name} must be {t} ({t.rank} axes), got shape {tuple(x.shape)}")
+            if x.dtype != TORCH_DTYPES[t.dtype]:
+                raise RuntimeShapeError(f"input {name} must have dtype {t.dtype}, got {x.dtype}")
+            for axis, n in zip(t.axes, x.shape, strict=True):
+                value = sympy.sympify(axis.size).xreplace(sizes)
+                if isinstance(value, sympy.Symbol):
+                    sizes[value] = sympy.Integer(n)
+                elif value.is_Integer and int(value) != n:
+                    raise RuntimeShapeError(f"input {name} axis {axis.name} must have size {value}, got {n}")
+        for guard in model.guards:
+            if sympy.sympify(guard.expr).xreplace(sizes) is not sympy.true:
+                bound = ", ".join(f"{s}={v}" for s, v in sizes.items() if s.name in model.dims.free)
+                raise RuntimeShapeError(f"{model.name}: requirement {guard.text} does not hold for {bound}")
+        return sizes
+
+    def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes = self.bind_sizes(inputs)
+        graph = self.model.graph
+        args = [inputs[self.model.graph[n].attrs["name"]] for n in graph.inputs]
+        outs = self.run_graph(graph, self.root, args, sizes)
+        return dict(zip(self.model.outputs, outs, strict=True))
+
+    def run_graph(self, graph: Graph, module: nn.Module, args: list[Any],
+                  sizes: dict[sympy.Symbol, sympy.Integer]) -> list[Any]:
+        frame = Frame(self, graph, module, args, sizes, self.device)
+        env: dict[str, Any] = {}
+        for node in graph:
+            env[node.name] = LOWERINGS[node.op](frame, node, [env[i] for i in node.inputs])
+        return [env[o] for o in graph.outputs]
+
+
+def interpret(model: Model, inputs: dict[str, torch.Tensor], *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Build parameters (seeded) and run once in eval mode."""
+    interp = Interpreter(model, seed=seed).eval()
+    with torch.no_grad():
+        return interp(**inputs)
