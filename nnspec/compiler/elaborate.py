@@ -283,10 +283,11 @@ class Elaborator:
         return TensorType(tuple(axes), dtype)
 
     def same_type(self, a: Type, b: Type) -> bool:
+        """Declared output types bind by position and size, like a block signature: names may differ."""
         if isinstance(a, tuple) or isinstance(b, tuple):
             return a == b
-        return a.dtype == b.dtype and a.names == b.names and all(
-            self.sizes.equal(x, y) is not False for x, y in zip(a.sizes, b.sizes))
+        return a.dtype == b.dtype and a.rank == b.rank and all(
+            self.sizes.equal(x, y) is not False for x, y in zip(a.sizes, b.sizes, strict=True))
 
     def show(self, t: Type) -> str:
         if isinstance(t, tuple):
@@ -614,12 +615,19 @@ class Builder:
             if err.span is None:
                 err.span = span
             raise
+        self._take_guards(span)
         if isinstance(t, TensorType):
             self._record_axes(t, span)
         self.el.node_count += 1
         if self.el.node_count > MAX_NODES:
             raise SpecError("E005", f"the model has more than {MAX_NODES:,} graph nodes", span)
         return TensorValue(self.graph.add(op, inputs, attrs, t, span, hint).name)
+
+    def _take_guards(self, span: Span | None) -> None:
+        for fact, text in self.sizes.pending:
+            if not any(g.expr == fact for g in self.el.guards):
+                self.el.guards.append(Guard(fact, text, span))
+        self.sizes.pending.clear()
 
     def _record_axes(self, t: TensorType, span: Span | None) -> None:
         """Within one block an axis name means one size."""
@@ -772,6 +780,13 @@ class Builder:
                 raise SpecError("E014", f"cannot split axis {self.sizes.describe(axis.size)} into "
                                 f"({' '.join(names)}): {total} is not divisible by {part}", span)
             known[unknown[0]] = sympy.cancel(axis.size / product)
+            if not (total.is_Number and part.is_Number):
+                self.sizes.assume(sympy.Eq(sympy.Mod(axis.size, product), 0),
+                                  f"{axis.size} % {product} == 0")
+                self._take_guards(span)
+        elif self.sizes.equal(axis.size, product) is None:
+            self.sizes.assume(sympy.Eq(axis.size, product), f"{axis.size} == {product}")
+            self._take_guards(span)
         elif self.sizes.equal(axis.size, product) is False:
             raise SpecError("E014", f"cannot split axis {self.sizes.describe(axis.size)} into ({' '.join(names)}) "
                             f"= {self.sizes.concrete(product)}", span)

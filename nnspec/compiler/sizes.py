@@ -22,6 +22,11 @@ class Sizes:
     values: dict[sympy.Symbol, sympy.Integer] = field(default_factory=dict)   # declared (and bound free) dims
     free: dict[str, sympy.Symbol] = field(default_factory=dict)      # dims left symbolic
     declared: dict[str, sympy.Symbol] = field(default_factory=dict)
+    # facts that depend on free dims, noted by shape rules; the elaborator turns them into located guards
+    pending: list[tuple[sympy.Basic, str]] = field(default_factory=list)
+
+    def assume(self, fact: sympy.Basic, text: str) -> None:
+        self.pending.append((fact, text))
 
     def lookup(self, name: str) -> sympy.Symbol | None:
         return self.declared.get(name) or self.free.get(name)

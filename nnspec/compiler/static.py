@@ -90,7 +90,7 @@ def python_value(value: Static) -> bool | int | float | str:
     if isinstance(value, sympy.Basic):
         if value.is_Integer:
             return int(value)
-        if value.is_Number or value in (sympy.oo, -sympy.oo):
+        if value.is_number or value in (sympy.oo, -sympy.oo):  # includes irrationals like 4*sqrt(2)
             return float(value)
         if value is sympy.true or value is sympy.false:
             return bool(value)

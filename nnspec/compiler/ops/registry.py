@@ -112,9 +112,12 @@ def need_float(t: TensorType, what: str) -> None:
 
 
 def need_same_size(sizes: Sizes, a: sympy.Expr, b: sympy.Expr, message: str) -> None:
-    """Raise E012 when two sizes are provably different; equal or undecided passes."""
-    if sizes.equal(a, b) is False:
+    """Raise E012 when two sizes are provably different; an undecided equality becomes a run-time guard."""
+    verdict = sizes.equal(a, b)
+    if verdict is False:
         raise SpecError("E012", message)
+    if verdict is None:
+        sizes.assume(sympy.Eq(a, b), f"{a} == {b}")
 
 
 def find_axis(t: TensorType, name: str, what: str) -> int:
