@@ -39,6 +39,7 @@ CODES: dict[str, str] = {
     "E024": "name defined twice",
     "E025": "repeated block changes its type",
     "E026": "value of the wrong kind in an expression",
+    "E027": "weight mapping does not fit the parameters",
 }
 
 

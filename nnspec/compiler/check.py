@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
 
 import nnspec.compiler.builtins  # noqa: F401  (registers the spec language's functions)
-from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.elaborate import Elaborator
+from nnspec.compiler.analysis import Analysis, ParamInfo
+from nnspec.compiler.elaborate import Elaborator, UsageError
 from nnspec.compiler.hf_config import load_config, map_config
 from nnspec.compiler.ir import Model, TensorType
-from nnspec.errors import Warning_
+from nnspec.errors import SpecError, Warning_
+from nnspec.spec import ast
 from nnspec.spec.load import Spec, load
 
 
@@ -66,8 +69,76 @@ def check(path_or_text: str | os.PathLike[str], *, config: str | os.PathLike[str
         data, source = load_config(config)
         mapped, warnings = map_config(spec, data, source)
         overrides = {**mapped, **overrides}
+    _refuse_unknown_overrides(spec, overrides)
     model = Elaborator(spec, overrides).elaborate()
+    model.weight_maps = _weight_maps(spec, Analysis(model).parameters())
     return _report(model, spec, warnings)
+
+
+def _pattern(rule: str) -> re.Pattern[str]:
+    return re.compile("".join(r"(?P<%s>\d+)" % part[1:-1] if part.startswith("{") else re.escape(part)
+                              for part in re.split(r"(\{\w+\})", rule)) + "$")
+
+
+def _weight_maps(spec: Spec, params: list[ParamInfo]) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
+    """Every rule must match a parameter and every parameter must be matched by exactly one rule."""
+    maps: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+    for source, rules in spec.weights.items():
+        compiled = [(_pattern(r.ours), r) for r in rules]
+        used: set[int] = set()
+        for p in params:
+            hits = [i for i, (pat, _) in enumerate(compiled) if pat.match(p.path)]
+            if not hits:
+                span = spec.weights_spans.get(source)
+                raise SpecError("E027", f"parameter {p.path} has no mapping under weights.{source}", span)
+            if len(hits) > 1:
+                a, b = (compiled[i][1] for i in hits[:2])
+                raise SpecError("E027", f"parameter {p.path} matches two rules: '{a.ours}' and '{b.ours}'",
+                                b.span).with_note("the other rule", a.span)
+            used.update(hits)
+        for i, (_, r) in enumerate(compiled):
+            if i not in used:
+                raise SpecError("E027", f"weights.{source} rule '{r.ours}' matches no parameter", r.span)
+        maps[source] = [(r.ours, r.theirs, tuple(r.transforms)) for r in rules]
+    return maps
+
+
+def _refuse_unknown_overrides(spec: Spec, overrides: dict[str, Any]) -> None:
+    """A name that is not a dim or option can only bind a free dim, and a free dim is a name the spec uses.
+
+    Without this, `--set n_layers=2` (a typo) would bind an unused free dim and be silently ignored.
+    """
+    mentioned = _names_used(spec)
+    for name in overrides:
+        if name not in spec.dims and name not in spec.options and name not in mentioned:
+            known = [*spec.dims, *spec.options]
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise UsageError(f"cannot set {name!r}: not a dim, option or free dim of this spec"
+                             + (f" (did you mean {hint[0]}?)" if hint else ""))
+
+
+def _names_used(spec: Spec) -> set[str]:
+    """Every name and axis name written anywhere in the spec's expressions, types and signatures."""
+    out: set[str] = set()
+
+    def walk(n: object) -> None:
+        if isinstance(n, list):
+            for v in n:
+                walk(v)
+        elif isinstance(n, ast.Node):
+            if isinstance(n, ast.Name):
+                out.add(n.id)
+            elif isinstance(n, ast.AxisName):
+                out.add(n.name)
+            for value in vars(n).values():
+                walk(value)
+
+    walk([d.value for d in spec.dims.values()])
+    walk([r.expr for r in spec.require])
+    walk([t.type for t in (*spec.inputs.values(), *spec.outputs.values())])
+    walk([[b.signature, b.body] for b in spec.blocks.values()])
+    walk(spec.body)
+    return out
 
 
 def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:

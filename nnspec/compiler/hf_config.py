@@ -8,7 +8,6 @@ unused key is a warning, so nothing in a config is silently dropped.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +43,58 @@ SEMANTIC_KEYS: dict[str, tuple[Any, ...]] = {
 
 
 def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:  # a usage error (exit 2), like a spec that cannot be read
+        raise FileNotFoundError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        source = Source(str(path), data[: e.start].decode("utf-8"))
+        raise SpecError("E006", f"config is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
+                        source.span(len(source.text), len(source.text) + 1)) from None
     source = Source(str(path), text)
     try:
-        data = json.loads(text)
+        config = json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError("E022", f"config is not valid JSON: {e.msg}", source.span(e.pos, e.pos + 1)) from None
-    if not isinstance(data, dict):
+    if not isinstance(config, dict):
         raise SpecError("E022", "config must be a JSON object", source.span(0, 1))
-    return data, source
+    return config, source
 
 
-def _key_span(source: Source, key: str) -> Span:
-    m = re.search(r'"' + re.escape(key) + r'"\s*:', source.text)
-    return source.span(m.start(), m.start() + len(key) + 2) if m else source.span(0, 1)
+def _top_level_key_spans(source: Source) -> dict[str, Span]:
+    """The span of each key of the outermost JSON object (the last one, as `json.loads` keeps the last).
+
+    A plain text search would find a nested key of the same name (`"text_config": {"rope_scaling": ...}`)
+    first; this scans valid JSON tracking depth and strings.
+    """
+    text = source.text
+    spans: dict[str, Span] = {}
+    depth = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if depth == 1:
+                k = j + 1
+                while k < len(text) and text[k] in " \t\r\n":
+                    k += 1
+                if k < len(text) and text[k] == ":":
+                    spans[json.loads(text[i:j + 1])] = source.span(i, j + 1)
+            i = j + 1
+            continue
+        if c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+        i += 1
+    return spans
 
 
 def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict[str, Any], list[Warning_]]:
@@ -65,8 +102,9 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
     overrides: dict[str, Any] = {}
     warnings: list[Warning_] = []
     hf_keys = {opt.hf_key: name for name, opt in spec.options.items() if opt.hf_key}
+    key_spans = _top_level_key_spans(source)
     for key, value in config.items():
-        span = _key_span(source, key)
+        span = key_spans.get(key) or source.span(0, 1)
         if key in spec.dims:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpecError("E022", f"'{key}' must be an integer for dim {key}, got {value!r}", span)

@@ -192,6 +192,8 @@ class Model:
     outputs: dict[str, str]   # spec output name -> node name in `graph`
     guards: list[Guard]
     source_name: str
+    # source ("hf") -> [(our path pattern, their key pattern, transforms)]; `{i}` placeholders match indices
+    weight_maps: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict)
 
     def graphs(self) -> list[Graph]:
         return [self.graph, *self.templates.values()]

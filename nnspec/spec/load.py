@@ -62,6 +62,19 @@ class RequireDecl:
 
 
 @dataclass
+class WeightRule:
+    """`"h.{i}.attn.c_attn.weight": "transformer.h.{i}.attn.c_attn.weight | transpose"`."""
+
+    ours: str
+    theirs: str
+    transforms: list[str]
+    span: Span
+
+
+WEIGHT_TRANSFORMS = ("transpose",)
+
+
+@dataclass
 class Spec:
     source: Source
     name: str
@@ -77,6 +90,8 @@ class Spec:
     body_span: Span
     hf_ignore: list[str] = field(default_factory=list)
     hf_require: dict[str, tuple[Any, Span]] = field(default_factory=dict)
+    weights: dict[str, list[WeightRule]] = field(default_factory=dict)
+    weights_spans: dict[str, Span] = field(default_factory=dict)
 
 
 def read_source(path_or_text: str | os.PathLike[str]) -> Source:
@@ -159,8 +174,31 @@ def load_source(source: Source) -> Spec:
         for key, node in _items(top["hf_config"].value, "require"):
             hf_require[key] = (node.plain(), node.span)
 
+    weights: dict[str, list[WeightRule]] = {}
+    weights_spans: dict[str, Span] = {}
+    for source_name, node in _items(top, "weights"):
+        rules = []
+        for ours, value in node.value.items():
+            theirs, *transforms = [part.strip() for part in value.value.split("|")]
+            for t in transforms:
+                if t not in WEIGHT_TRANSFORMS:
+                    raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
+                                    value.span)
+            if not theirs or _placeholders(ours) != _placeholders(theirs):
+                raise SpecError("E027", f"'{ours}' and '{theirs}' must use the same placeholders",
+                                value.span)
+            rules.append(WeightRule(ours, theirs, transforms, node.key_spans[ours]))
+        weights[source_name] = rules
+        weights_spans[source_name] = top["weights"].key_spans[source_name]
+
     return Spec(source, doc.name, top["name"].span, doc.doc, dims, options, require, inputs, outputs,
-                blocks, _expr(top["body"], "start"), top["body"].span, hf_ignore, hf_require)
+                blocks, _expr(top["body"], "start"), top["body"].span, hf_ignore, hf_require, weights, weights_spans)
+
+
+def _placeholders(pattern: str) -> list[str]:
+    import re
+
+    return sorted(re.findall(r"\{(\w+)\}", pattern))
 
 
 def _items(mapping: dict[str, YNode], key: str) -> list[tuple[str, YNode]]:

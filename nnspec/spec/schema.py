@@ -47,6 +47,7 @@ class SpecDoc(_Strict):
     blocks: dict[str, str] = Field(default_factory=dict)
     body: str
     hf_config: HfConfigDoc | None = None
+    weights: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 def validate(root: YNode) -> SpecDoc:
