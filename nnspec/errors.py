@@ -40,6 +40,7 @@ CODES: dict[str, str] = {
     "E025": "repeated block changes its type",
     "E026": "value of the wrong kind in an expression",
     "E027": "weight mapping does not fit the parameters",
+    "E028": "include not found or not allowed",
 }
 
 

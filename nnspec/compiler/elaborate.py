@@ -222,7 +222,12 @@ class Elaborator:
         inputs: dict[str, str] = {}
         for name, decl in spec.inputs.items():
             t = self.tensor_type(decl.type)
-            node = body.emit("input", [], {"name": name, "type": t}, decl.span, hint=name)
+            attrs: dict[str, Any] = {"name": name, "type": t}
+            if decl.default is not None:
+                if isinstance(decl.default, str):
+                    raise SpecError("E004", f"input '{name}' default must be a number or true/false", decl.span)
+                attrs["default"] = decl.default
+            node = body.emit("input", [], attrs, decl.span, hint=name)
             body.bind(name, node, decl.key_span)
             inputs[name] = node.node
         body.run(spec.body)
@@ -453,6 +458,8 @@ class Builder:
             return FuncRef(e.id)
         if e.id in self.el.sizes.free:
             return self.el.sizes.free[e.id]
+        if e.id in self.axis_sizes:  # an axis named in this block stands for its size
+            return self.axis_sizes[e.id][0]
         candidates = [*self.vars, *self.el.sizes.declared, *self.el.options, *BUILTINS, *self.el.spec.blocks]
         raise self.el.undefined(e.id, e.span, candidates)
 
@@ -523,6 +530,9 @@ class Builder:
     def _eval_Annotate(self, e: ast.Annotate) -> Any:
         return self.annotate(self.tensor(e.value), e.axes, e.span)
 
+    def _eval_Tuple(self, e: ast.Tuple) -> Any:
+        return TupleValue(tuple(self.eval(x) for x in e.items))
+
     def _eval_Attr(self, e: ast.Attr) -> Any:
         path = _dotted(e)
         if path is None:
@@ -591,6 +601,37 @@ class Builder:
         if isinstance(expr, ast.Str):
             return expr.value
         raise SpecError("E017", "expected an axis name", expr.span)
+
+    def known_size(self, name: str) -> sympy.Expr | None:
+        """The size a name denotes in an annotation: a dim, a size-valued block parameter, or an axis seen here."""
+        sym = self.sizes.lookup(name)
+        if sym is not None:
+            return sym
+        value = self.vars.get(name)
+        if isinstance(value, sympy.Basic) and not isinstance(value, bool):
+            return value
+        if name in self.axis_sizes:
+            return self.axis_sizes[name][0]
+        return None
+
+    def axis_names(self, expr: ast.Expr) -> list[str]:
+        """`T` or `(H, W)`."""
+        if isinstance(expr, ast.Tuple):
+            return [self.axis_name(x) for x in expr.items]
+        return [self.axis_name(expr)]
+
+    def ints(self, expr: ast.Expr, n: int, what: str) -> tuple[int, ...]:
+        """An integer, or a tuple of `n` integers, known when the spec is checked."""
+        items = expr.items if isinstance(expr, ast.Tuple) else [expr] * n
+        if len(items) != n:
+            raise SpecError("E019", f"{what} needs {n} values, got {len(items)}", expr.span)
+        out = []
+        for item in items:
+            v = self._concrete(self.static(item, what))
+            if not isinstance(v, sympy.Basic) or not v.is_Integer:
+                raise SpecError("E026", f"{what} must be an integer, got {v}", item.span)
+            out.append(int(v))
+        return tuple(out)
 
     def axis(self, name: str, span: Span) -> Axis:
         """An axis named in this scope: one seen on a tensor here, or a dim."""
@@ -747,9 +788,7 @@ class Builder:
             name = str(item.value)
         else:
             name = item.name
-            want = self.sizes.lookup(name)
-            if want is None and name in self.axis_sizes:
-                want = self.axis_sizes[name][0]
+            want = self.known_size(name)
         if want is not None:
             if self.sizes.equal(want, axis.size) is False:
                 raise SpecError("E012", f"axis {axis.name} has size {self.sizes.describe(axis.size)}, but "
@@ -763,9 +802,7 @@ class Builder:
             if isinstance(atom, ast.AxisInt):
                 known.append(sympy.Integer(atom.value))
             else:
-                sym = self.sizes.lookup(atom.name)
-                known.append(sym if sym is not None else
-                             (self.axis_sizes[atom.name][0] if atom.name in self.axis_sizes else None))
+                known.append(self.known_size(atom.name))
         unknown = [i for i, k in enumerate(known) if k is None]
         names = [a.name if isinstance(a, ast.AxisName) else str(a.value) for a in group.items]
         if len(unknown) > 1:
@@ -858,6 +895,13 @@ class Builder:
         node = self.emit("param", [], {"path": path, "type": t, "init": init}, span, hint=path.replace(".", "_"))
         self.params[path] = node.node
         return node
+
+    def buffer(self, scope: str, local: str, axes: tuple[Axis, ...], init: tuple[Any, ...], span: Span,
+               dtype: DType = DType.float32, persistent: bool = True) -> TensorValue:
+        path = f"{scope}.{local}"
+        t = TensorType(axes, dtype)
+        return self.emit("buffer", [], {"path": path, "type": t, "init": init, "persistent": persistent}, span,
+                         hint=path.replace(".", "_"))
 
     def scope_kwarg(self, call: ast.Call) -> str | None:
         for kw in call.kwargs:

@@ -111,7 +111,12 @@ class Attr(Node):
     name: str
 
 
-Expr = Num | Str | Name | BinOp | Unary | Compare | BoolOp | Not | Ternary | Call | Annotate | Attr
+@dataclass(eq=False)
+class Tuple(Node):
+    items: list[Expr]
+
+
+Expr = Num | Str | Name | BinOp | Unary | Compare | BoolOp | Not | Ternary | Call | Annotate | Attr | Tuple
 
 
 # ---- statements ----

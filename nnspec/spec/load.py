@@ -8,13 +8,13 @@ from __future__ import annotations
 import keyword
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 from nnspec.spec.parser import parse
-from nnspec.spec.schema import OptionDoc, validate
+from nnspec.spec.schema import OptionDoc, validate, validate_library
 from nnspec.spec.source import Source, Span
 from nnspec.spec.yaml_loader import MAX_BYTES, YNode, decode, load_yaml
 
@@ -46,6 +46,7 @@ class TensorDecl:
     type: ast.TypeExpr
     span: Span
     key_span: Span
+    default: Any = None   # an optional input is filled with this value when not given
 
 
 @dataclass
@@ -106,7 +107,7 @@ def read_source(path_or_text: str | os.PathLike[str]) -> Source:
             data = path.read_bytes()
         except OSError as e:
             raise FileNotFoundError(f"cannot read spec {str(path_or_text)!r}: {e.strerror}") from None
-        return decode(data, str(path_or_text))
+        return decode(data, str(path_or_text), path)
     return decode(path_or_text.encode("utf-8"), "<string>")
 
 
@@ -157,15 +158,8 @@ def load_source(source: Source) -> Spec:
                                                                       top["inputs"].key_spans[name])
 
     blocks: dict[str, BlockDecl] = {}
-    for key, node in _items(top, "blocks"):
-        key_node = YNode(key, top["blocks"].key_spans[key])
-        key_node.text = _key_text_map(source, key, top["blocks"].key_spans[key])
-        sig = _expr(key_node, "signature")
-        _check_identifier(sig.name, sig.span, "block name")
-        if sig.name in blocks:
-            raise SpecError("E024", f"block '{sig.name}' defined twice", sig.span).with_note(
-                "first defined here", blocks[sig.name].signature.span)
-        blocks[sig.name] = BlockDecl(sig, _expr(node, "start"), node.span)
+    _Includes(source).load(top, blocks)
+    _add_blocks(source, top, blocks)
 
     hf_ignore: list[str] = []
     hf_require: dict[str, tuple[Any, Span]] = {}
@@ -201,6 +195,90 @@ def _placeholders(pattern: str) -> list[str]:
     return sorted(re.findall(r"\{(\w+)\}", pattern))
 
 
+def _add_blocks(source: Source, top: dict[str, YNode], blocks: dict[str, BlockDecl]) -> None:
+    for key, node in _items(top, "blocks"):
+        key_node = YNode(key, top["blocks"].key_spans[key])
+        key_node.text = _key_text_map(source, key, top["blocks"].key_spans[key])
+        sig = _expr(key_node, "signature")
+        _check_identifier(sig.name, sig.span, "block name")
+        if sig.name in blocks:
+            raise SpecError("E024", f"block '{sig.name}' defined twice", sig.span).with_note(
+                "first defined here", blocks[sig.name].signature.span)
+        blocks[sig.name] = BlockDecl(sig, _expr(node, "start"), node.span)
+
+
+STDLIB = Path(__file__).resolve().parent.parent / "stdlib"
+MAX_INCLUDES = 64
+
+
+class _Includes:
+    """Loads `include:` files: only below the spec's own directory or from `std/`, each once, no cycles."""
+
+    def __init__(self, top: Source) -> None:
+        self.root = Path(top.origin).resolve().parent if top.origin is not None else None
+        self.loaded: set[Path] = set()
+        self.chain: list[Path] = []
+
+    def load(self, doc: dict[str, YNode], blocks: dict[str, BlockDecl], base: Path | None = None,
+             root: Path | None = None) -> None:
+        base = base if base is not None else self.root
+        root = root if root is not None else self.root
+        for item in _list(doc, "include"):
+            path, item_root = self.resolve(item.value, item.span, base, root)
+            if path in self.chain:
+                cycle = " -> ".join(p.name for p in [*self.chain, path])
+                raise SpecError("E020", f"include cycle: {cycle}", item.span)
+            if path in self.loaded:
+                continue
+            if len(self.loaded) >= MAX_INCLUDES:
+                raise SpecError("E005", f"more than {MAX_INCLUDES} included files", item.span)
+            self.loaded.add(path)
+            source = decode(path.read_bytes(), self.display(path), path)
+            node = load_yaml(source)
+            version = node.value.get("nnspec") if isinstance(node.value, dict) else None
+            if version is not None and version.value not in FORMAT_VERSIONS:
+                raise SpecError("E007", f"unsupported spec format version {version.value!r}", version.span)
+            validate_library(node)
+            self.chain.append(path)
+            self.load(node.value, blocks, path.parent, item_root)
+            self.chain.pop()
+            _add_blocks(source, node.value, blocks)
+
+    def resolve(self, ref: str, span: Span, base: Path | None, root: Path | None) -> tuple[Path, Path]:
+        if "://" in ref or ref.startswith(("http:", "https:", "file:", "ftp:")):
+            raise SpecError("E028", f"include '{ref}': URLs are not allowed; include files next to the spec", span)
+        if "\\" in ref or "\x00" in ref:
+            raise SpecError("E028", f"include '{ref}': use / to separate directories", span)
+        std = ref.startswith("std/")
+        rel = PurePosixPath(ref[4:] if std else ref)
+        if rel.is_absolute() or ref.startswith("~"):
+            raise SpecError("E028", f"include '{ref}': absolute paths are not allowed", span)
+        if ".." in rel.parts:
+            raise SpecError("E028", f"include '{ref}': '..' is not allowed; includes stay inside the spec's "
+                            "directory", span)
+        if std:
+            base, root = STDLIB, STDLIB
+        elif base is None or root is None:
+            raise SpecError("E028", f"include '{ref}': a spec given as text can include only std/ files", span)
+        path = (base / rel).resolve()
+        if not path.is_relative_to(root):
+            where = "the standard library" if std else "the spec's directory"
+            raise SpecError("E028", f"include '{ref}' resolves outside {where} (through a symbolic link?)", span)
+        if not path.is_file():
+            known = ", ".join(sorted("std/" + p.name for p in STDLIB.glob("*.yaml"))) if std else ""
+            raise SpecError("E028", f"include '{ref}' not found" + (f" (the library has {known})" if known else ""),
+                            span)
+        return path, root
+
+    def display(self, path: Path) -> str:
+        if path.is_relative_to(STDLIB):
+            return "std/" + path.relative_to(STDLIB).as_posix()
+        try:
+            return os.path.relpath(path)
+        except ValueError:
+            return str(path)
+
+
 def _items(mapping: dict[str, YNode], key: str) -> list[tuple[str, YNode]]:
     node = mapping.get(key)
     return list(node.value.items()) if node is not None and isinstance(node.value, dict) else []
@@ -218,6 +296,10 @@ def _expr(node: YNode, start: str) -> Any:
 
 def _tensor(name: str, node: YNode, parent: YNode) -> TensorDecl:
     _check_identifier(name, parent.key_spans[name], "tensor name")
+    if isinstance(node.value, dict):  # {type: ..., default: ...}
+        default = node.value["default"].value if "default" in node.value else None
+        return TensorDecl(name, _expr(node.value["type"], "typeexpr"), node.value["type"].span,
+                          parent.key_spans[name], default)
     return TensorDecl(name, _expr(node, "typeexpr"), node.span, parent.key_spans[name])
 
 

@@ -191,6 +191,9 @@ class _ToAst(lark.Transformer):
         value: int | float = int(text) if text.isdigit() else float(text)
         return ast.Num(value, span=span)
 
+    def _tuple(self, c: list[Any], span: Any) -> ast.Tuple:
+        return ast.Tuple([x for x in c if x is not None], span=span)
+
     def _name(self, c: list[Any], span: Any) -> ast.Name:
         return ast.Name(str(c[0]), span=span)
 

@@ -30,6 +30,12 @@ class OptionDoc(_Strict):
     hf: HfOption | None = None
 
 
+class InputDoc(_Strict):
+    type: str
+    default: Scalar | None = None
+    doc: str | None = None
+
+
 class HfConfigDoc(_Strict):
     ignore: list[str] = Field(default_factory=list)
     require: dict[str, Scalar | None] = Field(default_factory=dict)
@@ -42,9 +48,10 @@ class SpecDoc(_Strict):
     dims: dict[str, int | str] = Field(default_factory=dict)
     options: dict[str, Scalar | OptionDoc] = Field(default_factory=dict)
     require: list[str] = Field(default_factory=list)
-    inputs: dict[str, str]
+    inputs: dict[str, str | InputDoc]
     outputs: dict[str, str]
     blocks: dict[str, str] = Field(default_factory=dict)
+    include: list[str] = Field(default_factory=list)
     body: str
     hf_config: HfConfigDoc | None = None
     weights: dict[str, dict[str, str]] = Field(default_factory=dict)
@@ -59,7 +66,7 @@ def validate(root: YNode) -> SpecDoc:
         raise _to_spec_error(e, root) from None
 
 
-def _to_spec_error(e: pydantic.ValidationError, root: YNode) -> SpecError:
+def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseModel] = SpecDoc) -> SpecError:
     # pydantic reports every alternative of a union; the first error by source position is the one
     # a person fixes first, and unknown/missing keys are clearer than type complaints.
     errors = e.errors()
@@ -73,7 +80,7 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode) -> SpecError:
         key = loc[-1]
         node = _node_at(root, loc[:-1])
         span = node.key_spans.get(str(key), parent) if node is not None else parent
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1]) if model is SpecDoc else list(model.model_fields)
         hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         where = f" in '{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else ""
         message = f"unknown key '{key}'{where}"
@@ -130,3 +137,21 @@ def _expected(err: dict[str, Any]) -> str:
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "the string", bool: "the boolean",
             int: "the integer", float: "the number", type(None): "nothing"}.get(type(value), "")
+
+
+class LibraryDoc(_Strict):
+    """An included file: blocks (and its own includes) only."""
+
+    nnspec: int
+    doc: str | None = None
+    include: list[str] = Field(default_factory=list)
+    blocks: dict[str, str] = Field(default_factory=dict)
+
+
+def validate_library(root: YNode) -> LibraryDoc:
+    if not isinstance(root.value, dict):
+        raise SpecError("E004", "an included file must be a YAML mapping (nnspec, blocks, include)", root.span)
+    try:
+        return LibraryDoc.model_validate(root.plain())
+    except pydantic.ValidationError as e:
+        raise _to_spec_error(e, root, LibraryDoc) from None

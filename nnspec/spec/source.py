@@ -13,6 +13,7 @@ class Source:
 
     name: str
     text: str
+    origin: Any = None  # the file's Path, when it came from one (includes resolve against it)
     _line_starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ class YNode:
         return node.span, True
 
 
-def decode(data: bytes, name: str) -> Source:
+def decode(data: bytes, name: str, origin: Any = None) -> Source:
     """Bytes -> Source, refusing what is not a text spec with a located message."""
     if len(data) > MAX_BYTES:
         raise SpecError("E005", f"spec is {len(data):,} bytes; the limit is {MAX_BYTES:,}",
@@ -65,7 +65,7 @@ def decode(data: bytes, name: str) -> Source:
         src = Source(name, data[: e.start].decode("utf-8"))
         raise SpecError("E006", f"spec is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})",
                         src.span(len(src.text), len(src.text) + 1)) from None
-    return Source(name, text)
+    return Source(name, text, origin)
 
 
 def load_yaml(source: Source) -> YNode:

@@ -36,6 +36,13 @@ class Scope(nn.Module):
         assert isinstance(child, Scope)
         child.add_param(rest, param)
 
+    def add_state(self, path: str, tensor: torch.Tensor, persistent: bool) -> None:
+        head, _, rest = path.partition(".")
+        if not rest:
+            self.register_buffer(head, tensor, persistent=persistent)
+            return
+        self.child(head).add_state(rest, tensor, persistent)
+
     def child(self, name: str) -> Scope:
         child = self._modules.get(name)
         if child is None:
@@ -49,7 +56,9 @@ def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.
           generator: torch.Generator | None) -> nn.Parameter:
     dtype = TORCH_DTYPES[t.dtype]
     data = torch.empty(shape, dtype=dtype, device=device)
-    if data.device.type != "meta":
+    if data.device.type != "meta" and not dtype.is_floating_point:
+        data.zero_()
+    elif data.device.type != "meta":
         kind = init[0]
         if kind == "normal":
             data.normal_(0.0, init[1], generator=generator)
@@ -103,7 +112,12 @@ class Interpreter(nn.Module):
                 t = node.attrs["type"]
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
                 scope.add_param(node.attrs["path"], _init(t, node.attrs["init"], shape, self.device, gen))
-            elif node.op == "call":
+            elif node.op == "buffer":
+                t = node.attrs["type"]
+                shape = [int(sizes.concrete(s)) for s in t.sizes]
+                value = _init(t, node.attrs["init"], shape, self.device, gen).detach()
+                scope.add_state(node.attrs["path"], value, node.attrs["persistent"])
+            elif node.op in ("call", "scan"):
                 self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)
             elif node.op == "repeat":
                 outer = scope.child(node.attrs["scope"])
@@ -121,7 +135,7 @@ class Interpreter(nn.Module):
         """Free dims from the inputs' shapes; checks ranks, dtypes, sizes and guards."""
         model = self.model
         sizes = dict(model.dims.values)
-        missing = [n for n in model.inputs if n not in inputs]
+        missing = [n for n in model.inputs if n not in inputs and "default" not in model.graph[model.inputs[n]].attrs]
         extra = [n for n in inputs if n not in model.inputs]
         if missing or extra:
             raise RuntimeShapeError(f"{model.name} takes inputs {', '.join(model.inputs)}; "
@@ -129,6 +143,8 @@ class Interpreter(nn.Module):
         for name, node_name in model.inputs.items():
             t = model.graph[node_name].type
             assert isinstance(t, TensorType)
+            if name not in inputs:
+                continue
             x = inputs[name]
             if x.dim() != t.rank:
                 raise RuntimeShapeError(f"input {name} must be {t} ({t.rank} axes), got shape {tuple(x.shape)}")
@@ -146,8 +162,29 @@ class Interpreter(nn.Module):
                 raise RuntimeShapeError(f"{model.name}: requirement {guard.text} does not hold for {bound}")
         return sizes
 
+    def fill_defaults(self, inputs: dict[str, torch.Tensor], sizes: dict[sympy.Symbol, sympy.Integer]
+                      ) -> dict[str, torch.Tensor]:
+        """Optional inputs that were not given, filled with their declared default."""
+        out = dict(inputs)
+        for name, node_name in self.model.inputs.items():
+            node = self.model.graph[node_name]
+            if name in out:
+                continue
+            t = node.type
+            assert isinstance(t, TensorType)
+            shape = []
+            for a in t.axes:
+                value = sympy.sympify(a.size).xreplace(sizes)
+                if not value.is_Integer:
+                    raise RuntimeShapeError(f"input {name} was not given and its axis {a.name} is not bound by the "
+                                            "other inputs")
+                shape.append(int(value))
+            out[name] = torch.full(shape, node.attrs["default"], dtype=TORCH_DTYPES[t.dtype], device=self.device)
+        return out
+
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         sizes = self.bind_sizes(inputs)
+        inputs = self.fill_defaults(inputs, sizes)
         graph = self.model.graph
         args = [inputs[self.model.graph[n].attrs["name"]] for n in graph.inputs]
         outs = self.run_graph(graph, self.root, args, sizes)

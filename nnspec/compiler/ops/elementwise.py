@@ -122,3 +122,18 @@ def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if not 0.0 <= attrs["p"] < 1.0:
         raise SpecError("E015", f"dropout probability must be in [0, 1), got {attrs['p']}")
     return x
+
+
+@op("clamp", "elementwise", doc="Clamp into `[min, max]` (either bound may be absent).",
+    attrs={"min": (float, type(None)), "max": (float, type(None))}, arity=1, glyph="⌈⌋",
+    flops=_elementwise_flops(1), flops_doc="1 per element")
+def _clamp(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x = tensor(ins[0], "clamp")
+    if x.dtype == DType.bool:
+        raise SpecError("E013", f"clamp of a bool tensor {x}")
+    lo, hi = attrs["min"], attrs["max"]
+    if lo is None and hi is None:
+        raise SpecError("E019", "clamp needs min, max or both")
+    if lo is not None and hi is not None and lo > hi:
+        raise SpecError("E015", f"clamp: min {lo} is greater than max {hi}")
+    return x

@@ -84,3 +84,20 @@ op("layernorm", "normalize", doc="`(x - mean) / sqrt(var + eps) * weight + bias`
 op("rmsnorm", "normalize", doc="`x / sqrt(mean(x²) + eps) * weight` over axis `axis`.",
    attrs={"axis": str, "eps": float}, arity=2, glyph="RMS", flops=_norm_flops(5),
    flops_doc="5 per element")(_norm_rule("rmsnorm", 1))
+
+
+@op("batchnorm", "normalize", doc="Batch normalisation over channel axis `axis`: statistics over every other axis "
+    "while training (updating running_mean/running_var with `momentum`), running statistics in eval mode. "
+    "Inputs: x, weight, bias, running_mean, running_var, num_batches_tracked.",
+    attrs={"axis": str, "eps": float, "momentum": float}, arity=6, glyph="BN", flops=_norm_flops(4),
+    flops_doc="4 per element")
+def _batchnorm(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x = tensor(ins[0], "batchnorm")
+    need_float(x, "batchnorm")
+    i = find_axis(x, attrs["axis"], "batchnorm")
+    for p in ins[1:5]:
+        need_same_size(sizes, tensor(p, "batchnorm state").axes[0].size, x.axes[i].size,
+                       f"batchnorm state does not match axis {x.axes[i].name}")
+    if not 0.0 <= attrs["momentum"] <= 1.0 or attrs["eps"] <= 0:
+        raise SpecError("E015", "batchnorm needs 0 <= momentum <= 1 and eps > 0")
+    return x

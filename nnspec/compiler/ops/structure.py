@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnspec.compiler.ir import TensorType, Type
+from nnspec.compiler.ir import Axis, TensorType, Type
 from nnspec.compiler.ops.registry import op
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
 
-@op("input", "source", doc="A graph input (a model input or a block parameter).", attrs={"name": str, "type": TensorType},
-    arity=0, glyph="")
+@op("input", "source", doc="A graph input (a model input or a block parameter); an optional model input has the "
+    "`default` value it is filled with when not given.", attrs={"name": str, "type": TensorType,
+                                                                "default": (int, float, bool)},
+    optional=("default",), arity=0, glyph="")
 def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
@@ -62,3 +64,21 @@ def _getitem(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if not isinstance(t, tuple) or not 0 <= attrs["index"] < len(t):
         raise SpecError("E019", f"cannot take member {attrs['index']} of {t}")
     return t[attrs["index"]]
+
+
+@op("buffer", "source", doc="Non-learned state at path `path` (running statistics); `persistent` buffers are "
+    "saved in the state dict.", attrs={"path": str, "type": TensorType, "init": tuple, "persistent": bool},
+    arity=0, glyph="")
+def _buffer(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    return attrs["type"]
+
+
+@op("scan", "structure", doc="A sequential recurrence: for each index along axis `axis` of the inputs after the "
+    "first, apply block `block` to (state, slices...) -> (new state, output); returns (final state, outputs "
+    "stacked along `axis` at position `position`). One set of weights under `scope`.",
+    attrs={"block": str, "scope": str, "axis": Axis, "position": int, "params": tuple, "result": tuple},
+    glyph="scan")
+def _scan(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    if len(ins) < 2:
+        raise SpecError("E019", "scan needs an initial state and at least one sequence")
+    return attrs["result"]

@@ -51,7 +51,7 @@ def bind(call: ast.Call, fname: str, params: list[tuple[str, Any]], varargs: boo
     return out, rest
 
 
-def _over(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, span: Any) -> str:
+def over_axis(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, span: Any) -> str:
     t = b.type_of(x)
     if expr is None:
         if not t.axes:
@@ -71,7 +71,7 @@ def _linear(b: Builder, call: ast.Call) -> Any:
     a, _ = bind(call, "linear", [("x", REQUIRED), ("out", REQUIRED), ("bias", None), ("over", None), ("name", None)])
     x = b.tensor(a["x"])
     out = b.size(a["out"], "linear output size")
-    over = _over(b, a["over"], x, "linear", call.span)
+    over = over_axis(b, a["over"], x, "linear", call.span)
     has_bias = True if a["bias"] is None else b.flag(a["bias"], "bias")
     in_axis = b.type_of(x).axis(over)
     assert in_axis is not None
@@ -110,7 +110,7 @@ def _norm(kind: str, default_eps: float) -> Any:
         a, _ = bind(call, kind, params)
         x = b.tensor(a["x"])
         eps = default_eps if a["eps"] is None else b.number(a["eps"], "eps")
-        over = _over(b, a["over"], x, kind, call.span)
+        over = over_axis(b, a["over"], x, kind, call.span)
         axis = b.type_of(x).axis(over)
         assert axis is not None
         scope = b.claim_scope(b.scope_kwarg(call), kind, call.span)
@@ -167,14 +167,14 @@ def _dropout(b: Builder, call: ast.Call) -> Any:
 def _softmax(b: Builder, call: ast.Call) -> Any:
     a, _ = bind(call, "softmax", [("x", REQUIRED), ("over", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
-    return b.emit("softmax", [x.node], {"axis": _over(b, a["over"], x, "softmax", call.span)}, call.span)
+    return b.emit("softmax", [x.node], {"axis": over_axis(b, a["over"], x, "softmax", call.span)}, call.span)
 
 
 def _reduction(name: str, op: str) -> Any:
     def fn(b: Builder, call: ast.Call) -> Any:
         a, _ = bind(call, name, [("x", REQUIRED), ("over", None)])
         x = b.tensor(a["x"])  # type: ignore[arg-type]
-        return b.emit(op, [x.node], {"axis": _over(b, a["over"], x, name, call.span)}, call.span)
+        return b.emit(op, [x.node], {"axis": over_axis(b, a["over"], x, name, call.span)}, call.span)
     return fn
 
 
@@ -197,7 +197,7 @@ def _extremum(name: str) -> Any:
         a, _ = bind(call, name, [("x", REQUIRED), ("over", None)])
         x = b.tensor(a["x"])  # type: ignore[arg-type]
         return b.emit("amax" if name == "max" else "amin", [x.node],
-                      {"axis": _over(b, a["over"], x, name, call.span)}, call.span)
+                      {"axis": over_axis(b, a["over"], x, name, call.span)}, call.span)
     return fn
 
 
@@ -213,7 +213,7 @@ MAX_SPLIT = 64
 def _split(b: Builder, call: ast.Call) -> Any:
     a, _ = bind(call, "split", [("x", REQUIRED), ("over", REQUIRED)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
-    over = _over(b, a["over"], x, "split", call.span)
+    over = over_axis(b, a["over"], x, "split", call.span)
     axis = b.type_of(x).axis(over)
     assert axis is not None
     n = b.sizes.value(axis.size)
@@ -254,7 +254,7 @@ def _matmul(b: Builder, call: ast.Call) -> Any:
     x, y = b.tensor(a["a"]), b.tensor(a["b"])  # type: ignore[arg-type]
     if a["over"] is None:
         return b.matmul(x, y, call.span)
-    over = _over(b, a["over"], x, "matmul", call.span)
+    over = over_axis(b, a["over"], x, "matmul", call.span)
     if over not in b.type_of(y).names:
         raise SpecError("E017", f"matmul: no axis '{over}' in the second operand {b.el.show(b.type_of(y))}",
                         a["over"].span)

@@ -1,0 +1,118 @@
+"""Indexing along named axes: top-k, sort, gather, scatter, cumsum, concat, slice, clamp."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+
+from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
+from nnspec.compiler.elaborate import Builder, TensorValue, TupleValue
+from nnspec.compiler.ir import Axis
+from nnspec.compiler.ops.registry import builtin
+from nnspec.errors import SpecError
+from nnspec.spec import ast
+
+
+def _into(b: Builder, expr: ast.Expr | None, size: sympy.Expr) -> Axis:
+    """The renamed axis: `into=NAME`, or named after its size."""
+    if expr is not None:
+        name = b.axis_name(expr)
+        known = b.sizes.lookup(name)
+        if known is not None and b.sizes.equal(known, size) is False:
+            raise SpecError("E012", f"'{name}' is {b.sizes.describe(known)}, but this axis has size "
+                            f"{b.sizes.describe(size)}", expr.span)
+        return Axis(name, known if known is not None else size)
+    return Axis(str(size), size)
+
+
+def _tuple(b: Builder, node: TensorValue, n: int, span: Any) -> TupleValue:
+    return TupleValue(tuple(b.emit("getitem", [node.node], {"index": i}, span) for i in range(n)))
+
+
+@builtin("topk", "topk(x, k, over=last, into=NAME) -> (values, indices)", "The k largest along an axis.")
+def _topk(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "topk", [("x", REQUIRED), ("k", REQUIRED), ("over", None), ("into", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "topk", call.span)
+    k = b.ints(a["k"], 1, "k")[0]  # type: ignore[arg-type]
+    into = _into(b, a["into"], sympy.Integer(k))
+    node = b.emit("topk", [x.node], {"axis": over, "k": k, "into": into}, call.span)
+    return _tuple(b, node, 2, call.span)
+
+
+@builtin("sort", "sort(x, over=last, descending=false) -> (values, indices)", "Sort along an axis.")
+def _sort(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "sort", [("x", REQUIRED), ("over", None), ("descending", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "sort", call.span)
+    desc = False if a["descending"] is None else b.flag(a["descending"], "descending")
+    return _tuple(b, b.emit("sort", [x.node], {"axis": over, "descending": desc}, call.span), 2, call.span)
+
+
+@builtin("gather", "gather(x, idx, over=AXIS)", "Pick entries along an axis by index.")
+def _gather(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "gather", [("x", REQUIRED), ("idx", REQUIRED), ("over", REQUIRED)])
+    x, idx = b.tensor(a["x"]), b.tensor(a["idx"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "gather", call.span)
+    return b.emit("gather", [x.node, idx.node], {"axis": over}, call.span)
+
+
+@builtin("scatter", 'scatter(x, idx, src, over=AXIS, reduce="set")', "Write entries along an axis by index.")
+def _scatter(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "scatter", [("x", REQUIRED), ("idx", REQUIRED), ("src", REQUIRED), ("over", REQUIRED),
+                                  ("reduce", None)])
+    x, idx, src = b.tensor(a["x"]), b.tensor(a["idx"]), b.tensor(a["src"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "scatter", call.span)
+    reduce = "set" if a["reduce"] is None else str(b.static(a["reduce"], "reduce"))
+    return b.emit("scatter", [x.node, idx.node, src.node], {"axis": over, "reduce": reduce}, call.span)
+
+
+@builtin("cumsum", "cumsum(x, over=last)", "Running sum along an axis.")
+def _cumsum(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "cumsum", [("x", REQUIRED), ("over", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    return b.emit("cumsum", [x.node], {"axis": over_axis(b, a["over"], x, "cumsum", call.span)}, call.span)
+
+
+@builtin("concat", "concat(a, b, ..., over=AXIS, into=NAME)", "Join tensors along an axis.")
+def _concat(b: Builder, call: ast.Call) -> Any:
+    kw = {k.name: k for k in call.kwargs}
+    for name in kw:
+        if name not in ("over", "into"):
+            raise SpecError("E016", f"concat has no argument '{name}' (it takes tensors, over=, into=)", kw[name].span)
+    if not call.args or "over" not in kw:
+        raise SpecError("E019", "concat takes tensors and over=AXIS", call.span)
+    xs = [b.tensor(e) for e in call.args]
+    over = over_axis(b, kw["over"].value, xs[0], "concat", call.span)
+    total = sympy.Add(*[b.type_of(x).axis(over).size for x in xs if b.type_of(x).axis(over) is not None])
+    into = _into(b, kw["into"].value if "into" in kw else None, total)
+    return b.emit("concat", [x.node for x in xs], {"axis": over, "into": into}, call.span)
+
+
+@builtin("slice", "slice(x, over=AXIS, start=0, stop=size, step=1, into=NAME)", "A range along an axis.")
+def _slice(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "slice", [("x", REQUIRED), ("over", REQUIRED), ("start", None), ("stop", None), ("step", None),
+                                ("into", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "slice", call.span)
+    n = b.sizes.value(b.type_of(x).axis(over).size)  # type: ignore[union-attr]
+    start = 0 if a["start"] is None else b.ints(a["start"], 1, "start")[0]
+    step = 1 if a["step"] is None else b.ints(a["step"], 1, "step")[0]
+    if a["stop"] is None and n is None:
+        raise SpecError("E026", f"slice: give stop=; the size of {over} is not known when checking", call.span)
+    stop = n if a["stop"] is None else b.ints(a["stop"], 1, "stop")[0]
+    assert stop is not None
+    size = sympy.Integer(max(0, -(-(stop - start) // step)))
+    into = _into(b, a["into"], size)
+    return b.emit("slice", [x.node], {"axis": over, "start": start, "stop": stop, "step": step, "into": into},
+                  call.span)
+
+
+@builtin("clamp", "clamp(x, min=none, max=none)", "Clamp into a range.")
+def _clamp(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "clamp", [("x", REQUIRED), ("min", None), ("max", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    lo = None if a["min"] is None else b.number(a["min"], "min")
+    hi = None if a["max"] is None else b.number(a["max"], "max")
+    return b.emit("clamp", [x.node], {"min": lo, "max": hi}, call.span)

@@ -1,0 +1,85 @@
+"""Attention and positional encodings."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
+from nnspec.compiler.elaborate import Builder
+from nnspec.compiler.ops.registry import builtin
+from nnspec.errors import SpecError
+from nnspec.spec import ast
+
+
+@builtin("attention", "attention(q, k, v, key=AXIS, dim=last, query=AXIS, causal=false, mask=none, bias=none, "
+         "scale=1/sqrt(dim))", "Scaled dot-product attention by axis names (GQA/MQA by broadcasting).")
+def _attention(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "attention", [("q", REQUIRED), ("k", REQUIRED), ("v", REQUIRED), ("key", None), ("dim", None),
+                                    ("query", None), ("causal", None), ("mask", None), ("bias", None),
+                                    ("scale", None)])
+    q, k, v = b.tensor(a["q"]), b.tensor(a["k"]), b.tensor(a["v"])  # type: ignore[arg-type]
+    tq, tk = b.type_of(q), b.type_of(k)
+    dim = over_axis(b, a["dim"], q, "attention", call.span)
+    if a["key"] is not None:
+        key = b.axis_name(a["key"])
+    else:
+        only_k = [n for n in tk.names if n not in tq.names]
+        if len(only_k) != 1:
+            raise SpecError("E019", f"attention: say which axis of the keys is the key axis (key=...); the keys "
+                            f"have {', '.join(only_k) or 'no axes'} beyond the query's", call.span)
+        key = only_k[0]
+    causal = False if a["causal"] is None else b.flag(a["causal"], "causal")
+    query = ""
+    if a["query"] is not None:
+        query = b.axis_name(a["query"])
+    elif causal:
+        key_axis = tk.axis(key)
+        candidates = [x.name for x in tq.axes if x.name not in tk.names and key_axis is not None
+                      and b.sizes.equal(x.size, key_axis.size) is not False]
+        if len(candidates) != 1:
+            raise SpecError("E019", "causal attention: say which query axis is the position (query=...)", call.span)
+        query = candidates[0]
+    d = tq.axis(dim)
+    assert d is not None
+    if a["scale"] is not None:
+        scale = b.number(a["scale"], "scale")
+    else:
+        n = b.sizes.value(d.size)
+        if n is None:
+            raise SpecError("E026", f"attention: give scale=...; the size of {dim} is not known", call.span)
+        scale = 1.0 / math.sqrt(n)
+    inputs = [q.node, k.node, v.node]
+    has_mask = a["mask"] is not None
+    has_bias = a["bias"] is not None
+    if has_mask:
+        inputs.append(b.tensor(a["mask"]).node)  # type: ignore[arg-type]
+    if has_bias:
+        inputs.append(b.tensor(a["bias"]).node)  # type: ignore[arg-type]
+    return b.emit("attention", inputs, {"dim": dim, "key": key, "query": query, "causal": causal, "scale": scale,
+                                        "has_mask": has_mask, "has_bias": has_bias}, call.span)
+
+
+@builtin("rotary", 'rotary(x, pos=AXIS, dim=last, base=10000, style="half", positions=none)',
+         "Rotary position embedding.")
+def _rotary(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "rotary", [("x", REQUIRED), ("pos", REQUIRED), ("dim", None), ("base", None), ("style", None),
+                                 ("positions", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    pos = over_axis(b, a["pos"], x, "rotary", call.span)
+    dim = over_axis(b, a["dim"], x, "rotary", call.span)
+    base = 10000.0 if a["base"] is None else b.number(a["base"], "base")
+    style = "half" if a["style"] is None else str(b.static(a["style"], "style"))
+    inputs = [x.node]
+    if a["positions"] is not None:
+        inputs.append(b.tensor(a["positions"]).node)
+    return b.emit("rotary", inputs, {"pos": pos, "dim": dim, "base": base, "style": style}, call.span)
+
+
+@builtin("sinusoidal", "sinusoidal(POS, size, base=10000)", "Fixed sine/cosine position table.")
+def _sinusoidal(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "sinusoidal", [("pos", REQUIRED), ("dim", REQUIRED), ("base", None)])
+    pos = b.axis(b.axis_name(a["pos"]), a["pos"].span)  # type: ignore[arg-type, union-attr]
+    dim = b.size(a["dim"], "sinusoidal size")  # type: ignore[arg-type]
+    base = 10000.0 if a["base"] is None else b.number(a["base"], "base")
+    return b.emit("sinusoidal", [], {"pos": pos, "dim": dim, "base": base}, call.span)
