@@ -97,9 +97,10 @@ def _weight_maps(spec: Spec, params: list[ParamInfo]) -> dict[str, list[tuple[st
                                 b.span).with_note("the other rule", a.span)
             used.update(hits)
         for i, (_, r) in enumerate(compiled):
-            if i not in used:
+            if i not in used and "optional" not in r.transforms:
                 raise SpecError("E027", f"weights.{source} rule '{r.ours}' matches no parameter", r.span)
-        maps[source] = [(r.ours, r.theirs, tuple(r.transforms)) for r in rules]
+        maps[source] = [(r.ours, r.theirs, tuple(t for t in r.transforms if t != "optional"))
+                        for i, r in enumerate(rules) if i in used]
     return maps
 
 

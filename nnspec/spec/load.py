@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -72,7 +73,8 @@ class WeightRule:
     span: Span
 
 
-WEIGHT_TRANSFORMS = ("transpose",)
+WEIGHT_TRANSFORMS = ("transpose", "unsqueeze(D, ...)", "optional")
+_UNSQUEEZE = re.compile(r"unsqueeze\(\s*\d+(\s*,\s*\d+)*\s*\)$")
 
 
 @dataclass
@@ -175,7 +177,7 @@ def load_source(source: Source) -> Spec:
         for ours, value in node.value.items():
             theirs, *transforms = [part.strip() for part in value.value.split("|")]
             for t in transforms:
-                if t not in WEIGHT_TRANSFORMS:
+                if t not in ("transpose", "optional") and not _UNSQUEEZE.match(t):
                     raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
                                     value.span)
             if not theirs or _placeholders(ours) != _placeholders(theirs):
@@ -190,8 +192,6 @@ def load_source(source: Source) -> Spec:
 
 
 def _placeholders(pattern: str) -> list[str]:
-    import re
-
     return sorted(re.findall(r"\{(\w+)\}", pattern))
 
 

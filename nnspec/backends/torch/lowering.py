@@ -379,7 +379,18 @@ def _cumsum(frame: Frame, node: Node, ins: list[Any]) -> Any:
 
 @lowers("concat")
 def _concat(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    return torch.cat(ins, dim=_dim(frame, node))
+    axis = node.attrs["axis"]
+    types = _types(frame, node)
+    ref = next(t for t in types if axis in t.names)
+    dim = ref.index(axis)
+    shape = [frame.size(a.size) for a in ref.axes]
+    parts = []
+    for x, t in zip(ins, types, strict=True):
+        y = align(x, t, ref.names)
+        target = list(shape)
+        target[dim] = y.shape[dim]
+        parts.append(y.expand(target))
+    return torch.cat(parts, dim=dim)
 
 
 @lowers("slice")

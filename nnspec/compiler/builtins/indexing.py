@@ -84,8 +84,11 @@ def _concat(b: Builder, call: ast.Call) -> Any:
     if not call.args or "over" not in kw:
         raise SpecError("E019", "concat takes tensors and over=AXIS", call.span)
     xs = [b.tensor(e) for e in call.args]
-    over = over_axis(b, kw["over"].value, xs[0], "concat", call.span)
-    total = sympy.Add(*[b.type_of(x).axis(over).size for x in xs if b.type_of(x).axis(over) is not None])
+    over = b.axis_name(kw["over"].value)
+    if not any(over in b.type_of(x).names for x in xs):
+        raise SpecError("E017", f"concat: no operand has axis '{over}'", kw["over"].value.span)
+    total = sympy.Add(*[b.type_of(x).axis(over).size if over in b.type_of(x).names else sympy.Integer(1)
+                        for x in xs])
     into = _into(b, kw["into"].value if "into" in kw else None, total)
     return b.emit("concat", [x.node for x in xs], {"axis": over, "into": into}, call.span)
 
@@ -116,3 +119,12 @@ def _clamp(b: Builder, call: ast.Call) -> Any:
     lo = None if a["min"] is None else b.number(a["min"], "min")
     hi = None if a["max"] is None else b.number(a["max"], "max")
     return b.emit("clamp", [x.node], {"min": lo, "max": hi}, call.span)
+
+
+@builtin("take", "take(x, over=AXIS, index=0)", "One position along an axis (the axis is removed).")
+def _take(b: Builder, call: ast.Call) -> Any:
+    a, _ = bind(call, "take", [("x", REQUIRED), ("over", REQUIRED), ("index", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "take", call.span)
+    index = 0 if a["index"] is None else b.ints(a["index"], 1, "index")[0]
+    return b.emit("select", [x.node], {"axis": over, "index": index}, call.span)

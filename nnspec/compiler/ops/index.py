@@ -85,25 +85,29 @@ def _cumsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return x
 
 
-@op("concat", "shape", doc="Join tensors along axis `axis` (their other axes equal), which becomes `into`.",
-    attrs={"axis": str, "into": Axis}, arity=(1, 64), glyph="⊕")
+@op("concat", "shape", doc="Join tensors along axis `axis`, which becomes `into`. Operands align by axis name with "
+    "the first one that has `axis`; an operand lacking an axis is broadcast over it (lacking `axis` itself, it "
+    "contributes one entry, as a class token does).", attrs={"axis": str, "into": Axis}, arity=(1, 64), glyph="⊕")
 def _concat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "concat") for t in ins]
-    first = ts[0]
-    i = find_axis(first, attrs["axis"], "concat")
+    ref = next((t for t in ts if attrs["axis"] in t.names), None)
+    if ref is None:
+        raise SpecError("E017", f"concat: no operand has axis '{attrs['axis']}'")
     total: sympy.Expr = sympy.Integer(0)
     for t in ts:
-        j = find_axis(t, attrs["axis"], "concat")
-        if t.names != first.names or j != i:
-            raise SpecError("E017", f"concat: operands must have the same axes in the same order, got {first} and {t}")
-        for a, b in zip(first.axes, t.axes, strict=True):
+        for a in t.axes:
+            if a.name not in ref.names:
+                raise SpecError("E017", f"concat: operand {t} has axis {a.name}, which {ref} lacks")
             if a.name != attrs["axis"]:
-                need_same_size(sizes, a.size, b.size, f"concat: axis {a.name} differs between operands")
-        if t.dtype != first.dtype:
-            raise SpecError("E013", f"concat: dtypes differ ({first.dtype} and {t.dtype})")
-        total += t.axes[j].size
-    need_same_size(sizes, attrs["into"].size, total, "concat: result axis has the wrong size")
-    return _replace(first, attrs["axis"], attrs["into"])
+                need_same_size(sizes, ref.axis(a.name).size, a.size,  # type: ignore[union-attr]
+                               f"concat: axis {a.name} differs between operands")
+        if t.dtype != ref.dtype:
+            raise SpecError("E013", f"concat: dtypes differ ({ref.dtype} and {t.dtype})")
+        total += t.axis(attrs["axis"]).size if attrs["axis"] in t.names else 1  # type: ignore[union-attr]
+    need_same_size(sizes, attrs["into"].size, total,
+                   f"concat: the result has {sizes.describe(total)} entries along {attrs['axis']}, but "
+                   f"{attrs['into'].name} is {sizes.describe(attrs['into'].size)}")
+    return _replace(ref, attrs["axis"], attrs["into"])
 
 
 @op("slice", "shape", doc="Elements `start:stop:step` along axis `axis`, which becomes `into`.",

@@ -1,0 +1,172 @@
+"""The block graph: the checked graph as graphviz DOT, hierarchical and collapsible.
+
+Each op is a node showing its name, op and parameter count, filled by op family; each edge carries the
+symbolic shape of the tensor on it (`B x T x n_embd`). Parameters and scalar constants are facts of the
+node that uses them, not nodes. A block call is one node until expanded (`expand` levels deep), then a
+cluster of its body; a repeat is always one cluster labelled `xN` holding its block (collapsed or not), so a
+96-layer model draws its layer once. A legend lists the families drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import graphviz
+
+from nnspec.compiler.analysis import Analysis
+from nnspec.compiler.diagrams.palette import FAMILIES, colours, legend_text
+from nnspec.compiler.diagrams.view import Const, Param, select_graph
+from nnspec.compiler.ir import Graph, Model, Node, TensorType
+from nnspec.compiler.ops import OPS
+
+FONT = "DejaVu Sans"
+
+
+@dataclass(frozen=True)
+class _Src:
+    """A tensor in the drawing: the DOT node that produces it and its type."""
+
+    node: str
+    type: TensorType
+
+
+def block_graph(model: Model, *, expand: int = 0, block: str | None = None) -> str:
+    """DOT text for the model's body (or block `block`), calls and repeats expanded `expand` levels deep."""
+    graph = select_graph(model, block)
+    title = model.name if block is None else f"{model.name}: block {graph.meta.get('block', graph.name)}"
+    dot = graphviz.Digraph(model.name, graph_attr={
+        "rankdir": "TB", "label": title, "labelloc": "t", "fontname": FONT, "fontsize": "16",
+        "nodesep": "0.3", "ranksep": "0.35", "newrank": "true"},
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": FONT, "fontsize": "11",
+                   "penwidth": "1.2"},
+        edge_attr={"fontname": FONT, "fontsize": "9", "color": "#555555", "arrowsize": "0.7"})
+    writer = _Writer(model, expand, dot)
+    env: dict[str, Any] = {}
+    for name in graph.inputs:
+        node = graph[name]
+        shown = node.attrs.get("name", name)
+        writer.node(dot, f"in.{name}", f"{shown}\n{node.tensor_type}", "io", shape="ellipse")
+        env[name] = _Src(f"in.{name}", node.tensor_type)
+    writer.body(dot, graph, env, "", 0)
+    outs = model.outputs.items() if graph is model.graph else [(o, o) for o in graph.outputs]
+    for shown, node_name in outs:
+        values = env[node_name] if isinstance(env[node_name], list) else [env[node_name]]
+        for k, src in enumerate(values):
+            nid = f"out.{shown}" if len(values) == 1 else f"out.{shown}[{k}]"
+            writer.node(dot, nid, f"{nid[4:]}\n{src.type}", "io", shape="ellipse")
+            writer.edge(src, nid)
+            writer.outputs.append(nid)
+    writer.legend(dot)
+    return dot.source
+
+
+class _Writer:
+    def __init__(self, model: Model, expand: int, root: graphviz.Digraph) -> None:
+        self.model = model
+        self.root = root     # edges go here: an edge written inside a cluster would pull its ends into it
+        self.expand = expand
+        self.an = Analysis(model)
+        self.families: list[str] = []
+        self.outputs: list[str] = []
+        self.counted: set[str] = set()   # parameter nodes already counted (a second use is a tie)
+
+    def node(self, g: graphviz.Digraph, nid: str, label: str, family: str, **attrs: str) -> None:
+        fill, border = colours(family)
+        if family not in self.families:
+            self.families.append(family)
+        g.node(nid, label, fillcolor=fill, color=border, **attrs)
+
+    def edge(self, src: _Src, dst: str) -> None:
+        self.root.edge(src.node, dst, label=f" {src.type.shape_str()} ")
+
+    def body(self, g: graphviz.Digraph, graph: Graph, env: dict[str, Any], prefix: str, depth: int) -> None:
+        for node in graph:
+            if node.op == "input":
+                continue
+            if node.op == "param":
+                env[node.name] = Param(node.attrs["path"], node.attrs["type"])
+                env[node.name + "#full"] = prefix.replace("/", ".") + node.attrs["path"]
+            elif node.op == "const":
+                env[node.name] = Const(node.attrs["value"])
+            elif node.op == "getitem":
+                env[node.name] = env[node.inputs[0]][node.attrs["index"]]
+            elif node.op == "repeat":
+                self.repeat(g, node, env, prefix, depth)
+            elif node.op == "call" and depth < self.expand:
+                with g.subgraph(name=f"cluster_{prefix}{node.name}") as sub:
+                    sub.attr(label=f"{node.attrs['scope']}: {self._block(node)}  ({self._params(node)})",
+                             style="rounded,dashed", color="#6a4c9c", fontname=FONT, fontsize="12",
+                             labeljust="l")
+                    env[node.name] = self.inline(sub, node, env, f"{prefix}{node.attrs['scope']}/", depth + 1)
+            else:
+                env[node.name] = self.op(g, node, env, prefix)
+
+    def repeat(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, depth: int) -> None:
+        count = node.attrs["count"]
+        shared = ", shared weights" if node.attrs["shared"] else ""
+        with g.subgraph(name=f"cluster_{prefix}{node.name}") as sub:
+            sub.attr(label=f"{node.attrs['scope']} ×{count}  ({self._params(node)}{shared})", style="rounded",
+                     color="#6a4c9c", penwidth="2", fontname=FONT, fontsize="13", labeljust="l")
+            if depth < self.expand:
+                env[node.name] = self.inline(sub, node, env, f"{prefix}{node.attrs['scope']}/", depth + 1)
+            else:
+                env[node.name] = self.op(sub, node, env, prefix)
+
+    def inline(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, depth: int) -> Any:
+        template = self.model.templates[node.attrs["block"]]
+        sub = {t: env[i] for t, i in zip(template.inputs, node.inputs, strict=True)}
+        self.body(g, template, sub, prefix, depth)
+        results = [sub[o] for o in template.outputs]
+        return results if isinstance(node.type, tuple) else results[0]
+
+    def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str) -> Any:
+        nid = prefix + node.name
+        family = OPS[node.op].family if node.op in OPS else "unknown"
+        if node.op in ("call", "repeat"):
+            lines = [node.attrs["scope"], self._block(node)]
+            family = "structure"
+        else:
+            consts = [str(env[i]) for i in node.inputs if isinstance(env[i], Const)]
+            what = node.op + (" " + ", ".join(consts) if consts else "")
+            lines = [what] if node.name == node.op else [node.name, what]
+        params = self._params(node) if node.op in ("call", "repeat") else self._own_params(node, env)
+        if params:
+            lines.append(params)
+        self.node(g, nid, "\n".join(lines), family)
+        for i in node.inputs:
+            if isinstance(env[i], _Src):
+                self.edge(env[i], nid)
+        if isinstance(node.type, tuple):
+            return [_Src(nid, t) for t in node.type]
+        return _Src(nid, node.tensor_type)
+
+    def _own_params(self, node: Node, env: dict[str, Any]) -> str:
+        total, tied = 0, []
+        for i in node.inputs:
+            if isinstance(env[i], Param):
+                full = env[i + "#full"]
+                if full in self.counted:
+                    tied.append(full)
+                else:
+                    self.counted.add(full)
+                    total += int(self.model.dims.concrete(env[i].type.numel()))
+        text = f"{total:,} params" if total else ""
+        return text + ("\n" if text and tied else "") + (f"tied to {', '.join(tied)}" if tied else "")
+
+    def _params(self, node: Node) -> str:
+        return f"{self.an.node_params(node):,} params"
+
+    def _block(self, node: Node) -> str:
+        return str(self.model.templates[node.attrs["block"]].meta.get("block", node.attrs["block"]))
+
+    def legend(self, g: graphviz.Digraph) -> None:
+        """One node holding a table: a swatch per family drawn, in the palette's order."""
+        order = [f for f in FAMILIES if f in self.families] + [f for f in self.families if f not in FAMILIES]
+        rows = "".join(f'<TR><TD BGCOLOR="{colours(f)[0]}" COLOR="{colours(f)[1]}">{legend_text(f)}</TD></TR>'
+                       for f in order)
+        g.node("legend", f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="3" CELLPADDING="3">'
+               f'<TR><TD BORDER="0"><B>legend</B></TD></TR>{rows}</TABLE>>', shape="plain", style="",
+               fontsize="10")
+        for out in self.outputs:     # below the outputs, not beside the inputs
+            g.edge(out, "legend", style="invis")

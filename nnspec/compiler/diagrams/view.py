@@ -1,0 +1,186 @@
+"""What a diagram draws: one graph of the checked model, with block calls inlined to a depth.
+
+`flatten` turns a `Graph` into a list of drawable ops over tensor values: parameters and scalar constants
+become facts of the op that uses them (parameters are not wires), tuple members become separate values,
+and calls/repeats nested less than `expand` deep are inlined (a repeat's body once, remembered as a
+`Region` so it can be bracketed `xN`). Everything is in graph order, which is topological.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnspec.compiler.analysis import Analysis
+from nnspec.compiler.elaborate import UsageError
+from nnspec.compiler.ir import Graph, Model, Node, TensorType
+from nnspec.compiler.ops import OPS
+
+
+@dataclass(frozen=True)
+class Param:
+    path: str            # local to the block that declares it: `c_attn.weight`
+    type: TensorType
+
+    @property
+    def short(self) -> str:
+        """`c_attn.weight` -> `c_attn`: the name a learned map is drawn with."""
+        head, _, last = self.path.rpartition(".")
+        return head if last in ("weight", "bias") and head else self.path
+
+    @property
+    def is_bias(self) -> bool:
+        return self.path.rpartition(".")[2] == "bias"
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Any
+
+    def __str__(self) -> str:
+        v = self.value
+        if isinstance(v, float) and math.isinf(v):
+            return "−∞" if v < 0 else "∞"
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return str(v).replace("-", "−")
+
+
+@dataclass
+class Value:
+    id: str
+    type: TensorType
+    label: str           # the node name a reader knows it by
+
+
+@dataclass
+class Op:
+    id: str              # unique path: `attn/c_attn`
+    node: Node
+    inputs: list[str]    # value ids of the tensor operands, in the node's input order
+    outputs: list[str]   # value ids; several for a tuple-valued call
+    params: list[Param] = field(default_factory=list)
+    consts: list[Const] = field(default_factory=list)
+    operands: list[TensorType | Param | Const] = field(default_factory=list)  # every input, in order
+    param_count: int = 0
+
+    @property
+    def op(self) -> str:
+        return self.node.op
+
+    @property
+    def family(self) -> str:
+        return OPS[self.node.op].family if self.node.op in OPS else "unknown"
+
+    @property
+    def learned(self) -> bool:
+        return self.param_count > 0
+
+    @property
+    def bias(self) -> bool:
+        return any(p.is_bias for p in self.params)
+
+
+@dataclass
+class Region:
+    """An inlined repeat: its body's ops are drawn once inside brackets labelled `xcount`."""
+
+    scope: str
+    count: int
+    shared: bool
+    ops: list[str]
+
+
+@dataclass
+class Flat:
+    name: str
+    ops: list[Op] = field(default_factory=list)
+    values: dict[str, Value] = field(default_factory=dict)
+    inputs: list[tuple[str, str]] = field(default_factory=list)    # (name shown, value id)
+    outputs: list[tuple[str, str]] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+
+
+def select_graph(model: Model, block: str | None) -> Graph:
+    """The model's body, or the template of block `block` (its first binding when checked several times)."""
+    if block is None:
+        return model.graph
+    if block in model.templates:
+        return model.templates[block]
+    for g in model.templates.values():
+        if g.meta.get("block") == block:
+            return g
+    known = ", ".join(sorted(dict.fromkeys(g.meta.get("block", g.name) for g in model.templates.values())))
+    raise UsageError(f"no block named {block!r} in {model.name}" + (f" (blocks: {known})" if known else
+                                                                     " (it has no blocks)"))
+
+
+def flatten(model: Model, graph: Graph, expand: int) -> Flat:
+    flat = Flat(graph.name)
+    env: dict[str, Any] = {}
+    for name in graph.inputs:
+        node = graph[name]
+        flat.values[name] = Value(name, node.tensor_type, node.attrs.get("name", name))
+        env[name] = name
+        flat.inputs.append((node.attrs.get("name", name), name))
+    _inline(model, Analysis(model), graph, env, "", 0, expand, flat)
+    if graph is model.graph:
+        names = [(k, v) for k, v in model.outputs.items()]
+    else:
+        names = [(o, o) for o in graph.outputs]
+    for shown, node_name in names:
+        value = env[node_name]
+        for k, vid in enumerate(value if isinstance(value, list) else [value]):
+            flat.outputs.append((shown if not isinstance(value, list) else f"{shown}[{k}]", vid))
+    return flat
+
+
+def _inline(model: Model, an: Analysis, graph: Graph, env: dict[str, Any], prefix: str, depth: int,
+            expand: int, flat: Flat) -> None:
+    for node in graph:
+        if node.op == "input":
+            continue
+        if node.op == "param":
+            env[node.name] = Param(node.attrs["path"], node.attrs["type"])
+        elif node.op == "const":
+            env[node.name] = Const(node.attrs["value"])
+        elif node.op == "getitem":
+            env[node.name] = env[node.inputs[0]][node.attrs["index"]]
+        elif node.op in ("call", "repeat") and depth < expand:
+            template = model.templates[node.attrs["block"]]
+            sub = {t: env[i] for t, i in zip(template.inputs, node.inputs, strict=True)}
+            start = len(flat.ops)
+            _inline(model, an, template, sub, f"{prefix}{node.attrs['scope']}/", depth + 1, expand, flat)
+            results = [sub[o] for o in template.outputs]
+            env[node.name] = results if isinstance(node.type, tuple) else results[0]
+            if node.op == "repeat":
+                flat.regions.append(Region(node.attrs["scope"], node.attrs["count"], node.attrs["shared"],
+                                           [op.id for op in flat.ops[start:]]))
+        else:
+            env[node.name] = _op(model, an, node, env, prefix, flat)
+
+
+def _op(model: Model, an: Analysis, node: Node, env: dict[str, Any], prefix: str, flat: Flat) -> Any:
+    op = Op(prefix + node.name, node, [], [])
+    for name in node.inputs:
+        item = env[name]
+        if isinstance(item, Param):
+            op.params.append(item)
+            op.operands.append(item)
+        elif isinstance(item, Const):
+            op.consts.append(item)
+            op.operands.append(item)
+        else:
+            op.inputs.append(item)
+            op.operands.append(flat.values[item].type)
+    op.param_count = sum(int(model.dims.concrete(p.type.numel())) for p in op.params)
+    if node.op in ("call", "repeat"):
+        op.param_count += an.node_params(node)
+    types = node.type if isinstance(node.type, tuple) else (node.type,)
+    for k, t in enumerate(types):
+        vid = op.id if len(types) == 1 and not isinstance(node.type, tuple) else f"{op.id}#{k}"
+        flat.values[vid] = Value(vid, t, node.name if len(types) == 1 else f"{node.name}[{k}]")
+        op.outputs.append(vid)
+    flat.ops.append(op)
+    return op.outputs if isinstance(node.type, tuple) else op.outputs[0]
