@@ -432,7 +432,8 @@ class Builder:
         """Name a node after the variable it is first assigned to, as a person reading the IR would."""
         node = self.graph[value.node]
         auto = node.name == node.op or node.name.startswith(node.op + "_")
-        if auto and node.op not in ("input", "param") and name not in self.graph.nodes \
+        aliased = any(v == value for v in self.vars.values())  # `y = h`: h must keep finding its node
+        if auto and not aliased and node.op not in ("input", "param") and name not in self.graph.nodes \
                 and not self.graph.users(node.name) and node.name not in self.graph.outputs:
             self.graph.rename(node.name, name)
             return TensorValue(name)

@@ -39,7 +39,33 @@ SEMANTIC_KEYS: dict[str, tuple[Any, ...]] = {
     "use_sliding_window": (False,),
     "qkv_bias": (False,),
     "head_dim": (),
+    "rope_parameters": (),
+    "rope_parameters.rope_type": ("default",),
+    "rope_parameters.rope_theta": (),
 }
+
+
+# PretrainedConfig bookkeeping present in every config.json: never part of the computation, never warned about.
+GENERIC_KEYS = frozenset({
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "id2label",
+    "label2id", "problem_type", "chunk_size_feed_forward", "output_attentions", "output_hidden_states",
+    "return_dict", "torchscript", "use_cache", "tokenizer_class", "prefix", "bos_token_id", "eos_token_id",
+    "pad_token_id", "sep_token_id", "decoder_start_token_id", "task_specific_params", "finetuning_task",
+    "tf_legacy_loss", "use_bfloat16", "pruned_heads", "cross_attention_hidden_size", "is_decoder",
+})
+
+
+def _flatten(config: dict[str, Any], referenced: set[str]) -> dict[str, Any]:
+    """Expand dict values one level (`rope_parameters.rope_theta`) where the spec or nnspec names a sub-key."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        prefix = key + "."
+        if isinstance(value, dict) and any(r.startswith(prefix) for r in referenced):
+            for sub, sub_value in value.items():
+                out[prefix + str(sub)] = sub_value
+        else:
+            out[key] = value
+    return out
 
 
 def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
@@ -103,8 +129,9 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
     warnings: list[Warning_] = []
     hf_keys = {opt.hf_key: name for name, opt in spec.options.items() if opt.hf_key}
     key_spans = _top_level_key_spans(source)
-    for key, value in config.items():
-        span = key_spans.get(key) or source.span(0, 1)
+    referenced = {*hf_keys, *spec.hf_require, *spec.hf_ignore, *SEMANTIC_KEYS}
+    for key, value in _flatten(config, referenced).items():
+        span = key_spans.get(key) or key_spans.get(key.partition(".")[0]) or source.span(0, 1)
         if key in spec.dims:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpecError("E022", f"'{key}' must be an integer for dim {key}, got {value!r}", span)
@@ -131,9 +158,14 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
             if value != want:
                 raise SpecError("E022", f"this spec implements only {key}={json.dumps(want)}, the config has "
                                 f"{json.dumps(value)}", span).with_note("required by the spec here", where)
-        elif key in SEMANTIC_KEYS and value not in SEMANTIC_KEYS[key] and key not in spec.hf_ignore:
+        elif _semantic(key) and value not in SEMANTIC_KEYS.get(key, ()) and key not in spec.hf_ignore:
             raise SpecError("E022", f"{key}={json.dumps(value)} changes the computation and this spec does not "
                             "implement it", span)
-        elif key not in spec.hf_ignore:
+        elif key not in spec.hf_ignore and key not in GENERIC_KEYS:
             warnings.append(Warning_(f"config key '{key}' is not used by this spec", span))
     return overrides, warnings
+
+
+def _semantic(key: str) -> bool:
+    """A key nnspec knows changes the computation, or a sub-key of one."""
+    return key in SEMANTIC_KEYS or key.partition(".")[0] in SEMANTIC_KEYS and "." in key

@@ -201,6 +201,11 @@ def _add_blocks(source: Source, top: dict[str, YNode], blocks: dict[str, BlockDe
         key_node.text = _key_text_map(source, key, top["blocks"].key_spans[key])
         sig = _expr(key_node, "signature")
         _check_identifier(sig.name, sig.span, "block name")
+        seen: set[str] = set()
+        for param in sig.params:
+            if param.name in seen:
+                raise SpecError("E024", f"block '{sig.name}' names parameter '{param.name}' twice", param.span)
+            seen.add(param.name)
         if sig.name in blocks:
             raise SpecError("E024", f"block '{sig.name}' defined twice", sig.span).with_note(
                 "first defined here", blocks[sig.name].signature.span)

@@ -62,9 +62,24 @@ def parse(text: str, text_map: TextMap, start: str = "start") -> Any:
     _refuse_deep_nesting(text, text_map)
     try:
         tree = _parser(start).parse(text)
+        _refuse_deep_tree(tree, text_map)
+        return _ToAst(text_map).transform(tree)
     except lark.UnexpectedInput as e:
         raise _syntax_error(e, text, text_map) from None
-    return _ToAst(text_map).transform(tree)
+    except RecursionError:
+        raise SpecError("E005", f"expression nests deeper than {MAX_EXPR_DEPTH} levels", text_map.span(0, 1)) from None
+
+
+def _refuse_deep_tree(tree: lark.Tree, text_map: TextMap) -> None:
+    """Long operator chains nest as deeply as brackets do; measure without recursing."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPR_DEPTH:
+            pos = node.meta.start_pos if not getattr(node.meta, "empty", True) else 0
+            raise SpecError("E005", f"expression nests deeper than {MAX_EXPR_DEPTH} levels (a chain of "
+                            f"{MAX_EXPR_DEPTH}+ operators?); split it into statements", text_map.span(pos, pos + 1))
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, lark.Tree))
 
 
 def _refuse_deep_nesting(text: str, text_map: TextMap) -> None:

@@ -67,14 +67,13 @@ def validate(root: YNode) -> SpecDoc:
 
 
 def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseModel] = SpecDoc) -> SpecError:
-    # pydantic reports every alternative of a union; the first error by source position is the one
-    # a person fixes first, and unknown/missing keys are clearer than type complaints.
+    # pydantic reports every alternative of a union: unknown/missing keys are clearest, and otherwise the
+    # alternative that got furthest into the value explains the mistake best.
     errors = e.errors()
     rank = {"extra_forbidden": 0, "missing": 1}
-    errors.sort(key=lambda err: rank.get(err["type"], 2))
+    errors.sort(key=lambda err: (rank.get(err["type"], 2), -len(_clean(err["loc"]))))
     err = errors[0]
-    loc = tuple(p for p in err["loc"] if not ((isinstance(p, str) and p[:1].isupper()) or "[" in str(p)))
-    loc = tuple(p for p in loc if p not in ("str", "int", "bool", "float", "OptionDoc", "function-after"))
+    loc = _clean(err["loc"])
     if err["type"] == "extra_forbidden":
         parent, _ = root.at(loc[:-1])
         key = loc[-1]
@@ -94,7 +93,19 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseMod
     got = _node_at(root, loc)
     value = got.plain() if got is not None else None
     what = ".".join(map(str, loc)) or "spec"
-    return SpecError("E004", f"'{what}' {_expected(err)}, got {_kind(value)} {value!r}"[:300], span)
+    order = ["must be an integer", "must be a number", "must be a string", "must be true or false"]
+    alternatives = sorted({_expected(x) for x in errors if _clean(x["loc"]) == loc},
+                          key=lambda a: order.index(a) if a in order else len(order))
+    expected = alternatives[0] if len(alternatives) == 1 else (
+        "must be " + ", ".join(a.removeprefix("must be ") for a in alternatives[:-1]) + " or " +
+        alternatives[-1].removeprefix("must be "))
+    return SpecError("E004", f"'{what}' {expected}, got {_kind(value)} {value!r}"[:300], span)
+
+
+def _clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic's loc without the names of union alternatives (`str`, `OptionDoc`, ...)."""
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper() or "[" in str(p)))
+    return tuple(p for p in loc if p not in ("str", "int", "bool", "float", "function-after"))
 
 
 def _node_at(root: YNode, loc: tuple[Any, ...]) -> YNode | None:

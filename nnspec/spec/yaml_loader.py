@@ -73,6 +73,8 @@ def load_yaml(source: Source) -> YNode:
     loader = yaml.SafeLoader(source.text)
     try:
         root = loader.get_single_node()
+    except RecursionError:  # PyYAML composes recursively; depth beyond Python's stack is no spec
+        raise SpecError("E005", f"spec nests deeper than {MAX_DEPTH} levels", source.span(0, 1)) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         offset = mark.index if mark is not None else 0
@@ -117,6 +119,9 @@ class _Converter:
                             "(aliases are counted each time they are used)", self.span(node))
         if depth > MAX_DEPTH:
             raise SpecError("E005", f"spec nests deeper than {MAX_DEPTH} levels", self.span(node))
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in (
+                "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap"):
+            raise SpecError("E004", f"YAML tag {node.tag} is not allowed in specs", self.span(node))
         if isinstance(node, yaml.MappingNode):
             out: dict[str, YNode] = {}
             keys: dict[str, Span] = {}

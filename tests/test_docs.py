@@ -1,0 +1,42 @@
+"""Generated docs cannot go stale: docs/errors.md must be exactly what `nnspec.docs_gen` produces now."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from nnspec.docs_gen import errors_markdown
+from nnspec.errors import CODES
+
+ROOT = Path(__file__).parent.parent
+ERRORS_MD = ROOT / "docs" / "errors.md"
+REGENERATE = "python -m nnspec.docs_gen errors > docs/errors.md"
+
+
+def test_errors_md_is_up_to_date() -> None:
+    assert ERRORS_MD.read_text(encoding="utf-8") == errors_markdown(), f"docs/errors.md is stale: run `{REGENERATE}`"
+
+
+def test_errors_md_lists_every_code_once() -> None:
+    text = errors_markdown()
+    for code, title in CODES.items():
+        assert text.count(f"\n## {code}: {title}\n") == 1, code
+
+
+def test_examples_use_relative_paths_and_real_messages() -> None:
+    text = errors_markdown()
+    assert "tests/golden/errors/duplicate_body.yaml:11:1: error[E002]: duplicate key 'body'" in text
+    assert str(ROOT) not in text
+
+
+def test_generator_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "nnspec.docs_gen", "errors"], cwd=tmp_path,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == errors_markdown()
+
+
+def test_generator_usage() -> None:
+    proc = subprocess.run([sys.executable, "-m", "nnspec.docs_gen"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "usage" in proc.stderr
