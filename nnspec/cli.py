@@ -138,6 +138,74 @@ def check_cmd(
         print(print_model(result.model))
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory and `os.replace`, so a reader never sees half a file."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command("render")
+def render_cmd(
+    spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the file to write")],
+    style: Annotated[str, typer.Option("--style", help="'graph' (block graph) or 'circuit' (neural circuit diagram)")]
+    = "graph",
+    fmt: Annotated[str | None, typer.Option("--format", help="svg, png or dot (graph only); default: from -o")] = None,
+    expand: Annotated[int, typer.Option("--expand", help="inline block calls and repeats this many levels deep")] = 0,
+    block: Annotated[str | None, typer.Option("--block", help="draw this block instead of the whole model")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="PNG pixels per SVG unit")] = 2.0,
+) -> None:
+    """Draw a checked spec: its block graph (graphviz) or its neural circuit diagram (SVG), as SVG, PNG or DOT."""
+    from nnspec.compiler.diagrams import ToolMissing, block_graph, circuit_svg, dot_to_svg, svg_to_png
+
+    fmt = fmt or (output.suffix.lstrip(".").lower() or "svg")
+    try:
+        if style not in ("graph", "circuit"):
+            raise UsageError(f"--style takes 'graph' or 'circuit', got {style!r}")
+        if fmt not in ("svg", "png", "dot") or (fmt == "dot" and style != "graph"):
+            raise UsageError(f"--format takes svg or png{', or dot' if style == 'graph' else ''} for --style "
+                             f"{style}, got {fmt!r}")
+        if expand < 0:
+            raise UsageError(f"--expand takes a level of 0 or more, got {expand}")
+        if not output.parent.is_dir():
+            raise UsageError(f"cannot write {output}: no directory {output.parent}")
+        result = check(spec, **parse_sets(set_ or []))
+        if style == "graph":
+            source = block_graph(result.model, expand=expand, block=block)
+            fallback, fallback_data = output.with_suffix(".dot"), source
+        else:
+            source = circuit_svg(result.model, expand=expand, block=block)
+            fallback, fallback_data = output.with_suffix(".svg"), source
+    except SpecError as err:
+        _fail(err, False)
+        return
+    except (UsageError, FileNotFoundError) as err:
+        print(f"nnspec: error: {err}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+    try:
+        if fmt == "dot" or (fmt == "svg" and style == "circuit"):
+            data = source.encode()
+        else:
+            svg = dot_to_svg(source) if style == "graph" else source
+            data = svg.encode() if fmt == "svg" else svg_to_png(svg, scale)
+    except ToolMissing as err:
+        _write_atomic(fallback, fallback_data.encode())
+        print(f"nnspec: error: {err}; wrote {fallback} instead", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+    _write_atomic(output, data)
+    print(f"wrote {output}")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"nnspec {__version__}")

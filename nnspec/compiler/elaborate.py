@@ -255,9 +255,15 @@ class Elaborator:
         if value is False or value is sympy.false:
             raise SpecError("E015", f"requirement '{_text(span)}' does not hold{self._explain(expr)}", span)
         if isinstance(value, sympy.Basic) and value.free_symbols:
-            self.guards.append(Guard(value, _text(span), span))
+            self.add_guard(Guard(value, _text(span), span))
             return
         raise SpecError("E026", f"requirement '{_text(span)}' is not a condition (it evaluates to {value})", span)
+
+    def add_guard(self, guard: Guard) -> None:
+        """Keep one guard per fact: `K == N` and `N == K` are the same check."""
+        key = _canonical(guard.expr)
+        if all(_canonical(g.expr) != key for g in self.guards):
+            self.guards.append(guard)
 
     def _explain(self, expr: ast.Expr) -> str:
         if isinstance(expr, ast.Compare):
@@ -314,12 +320,11 @@ class Elaborator:
         self._building.append(name)
         try:
             b = Builder(self, graph, scope_prefix="")
-            for pname, value in args:
+            for pname, value in args:  # parameters are local: they may shadow dims and options
                 if isinstance(value, TensorType):
-                    node = b.emit("input", [], {"name": pname, "type": value}, decl.signature.span, hint=pname)
-                    b.bind(pname, node, decl.signature.span)
-                else:
-                    b.bind(pname, value, decl.signature.span)
+                    value = b.emit("input", [], {"name": pname, "type": value}, decl.signature.span, hint=pname)
+                b.vars[pname] = value
+                b.var_spans[pname] = decl.signature.span
             result = b.run(decl.body)
             if result is None:
                 raise SpecError("E021", f"block '{name}' does not return a value", decl.signature.span)
@@ -605,12 +610,12 @@ class Builder:
 
     def known_size(self, name: str) -> sympy.Expr | None:
         """The size a name denotes in an annotation: a dim, a size-valued block parameter, or an axis seen here."""
+        value = self.vars.get(name)  # a block parameter shadows a dim of the same name
+        if isinstance(value, sympy.Basic):
+            return value
         sym = self.sizes.lookup(name)
         if sym is not None:
             return sym
-        value = self.vars.get(name)
-        if isinstance(value, sympy.Basic) and not isinstance(value, bool):
-            return value
         if name in self.axis_sizes:
             return self.axis_sizes[name][0]
         return None
@@ -667,8 +672,7 @@ class Builder:
 
     def _take_guards(self, span: Span | None) -> None:
         for fact, text in self.sizes.pending:
-            if not any(g.expr == fact for g in self.el.guards):
-                self.el.guards.append(Guard(fact, text, span))
+            self.el.add_guard(Guard(fact, text, span))
         self.sizes.pending.clear()
 
     def _record_axes(self, t: TensorType, span: Span | None) -> None:
@@ -791,9 +795,14 @@ class Builder:
             name = item.name
             want = self.known_size(name)
         if want is not None:
-            if self.sizes.equal(want, axis.size) is False:
+            verdict = self.sizes.equal(want, axis.size)
+            if verdict is False:
                 raise SpecError("E012", f"axis {axis.name} has size {self.sizes.describe(axis.size)}, but "
                                 f"'{name}' is {self.sizes.describe(want)}", span)
+            if verdict is None:  # e.g. relabelling N as the free dim K: keep N's size, check K == N when run
+                self.sizes.assume(sympy.Eq(want, axis.size), f"{want} == {axis.size}")
+                self._take_guards(span)
+                return Axis(name, axis.size)
             return Axis(name, want if name in self.sizes.declared or name in self.sizes.free else axis.size)
         return Axis(name, axis.size)
 
@@ -966,6 +975,13 @@ class Builder:
             return TupleValue(tuple(self.emit("getitem", [value.node], {"index": i}, call.span)
                                     for i in range(len(result))))
         return value
+
+
+def _canonical(fact: sympy.Basic) -> sympy.Basic:
+    if isinstance(fact, sympy.Eq):
+        diff = sympy.expand(fact.lhs - fact.rhs)
+        return -diff if diff.could_extract_minus_sign() else diff
+    return fact
 
 
 def _float_op(op: str, x: float, y: float) -> float:

@@ -53,7 +53,7 @@ class Scope(nn.Module):
 
 
 def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.device | str,
-          generator: torch.Generator | None) -> nn.Parameter:
+          generator: torch.Generator | None) -> torch.Tensor:
     dtype = TORCH_DTYPES[t.dtype]
     data = torch.empty(shape, dtype=dtype, device=device)
     if data.device.type != "meta" and not dtype.is_floating_point:
@@ -68,7 +68,7 @@ def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.
             data.fill_(1.0)
         else:
             raise ValueError(f"unknown init {init}")
-    return nn.Parameter(data)
+    return data
 
 
 @dataclass
@@ -111,11 +111,11 @@ class Interpreter(nn.Module):
             if node.op == "param":
                 t = node.attrs["type"]
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
-                scope.add_param(node.attrs["path"], _init(t, node.attrs["init"], shape, self.device, gen))
+                scope.add_param(node.attrs["path"], nn.Parameter(_init(t, node.attrs["init"], shape, self.device, gen)))
             elif node.op == "buffer":
                 t = node.attrs["type"]
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
-                value = _init(t, node.attrs["init"], shape, self.device, gen).detach()
+                value = _init(t, node.attrs["init"], shape, self.device, gen)
                 scope.add_state(node.attrs["path"], value, node.attrs["persistent"])
             elif node.op in ("call", "scan"):
                 self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)

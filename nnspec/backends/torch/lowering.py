@@ -416,3 +416,9 @@ def _scan(frame: Frame, node: Node, ins: list[Any]) -> Any:
         state, y = (result[0], result[1]) if len(result) == 2 else (result[0], result[0])
         outs.append(y)
     return (state, torch.stack(outs, dim=node.attrs["position"]))
+
+
+@lowers("full")
+def _full(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    shape = [frame.size(a.size) for a in node.attrs["axes"]]
+    return torch.full(shape, node.attrs["value"], dtype=TORCH_DTYPES[node.attrs["dtype"]], device=frame.device)

@@ -8,7 +8,7 @@ import sympy
 
 from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
 from nnspec.compiler.elaborate import Builder, TensorValue, TupleValue
-from nnspec.compiler.ir import Axis
+from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.registry import builtin
 from nnspec.errors import SpecError
 from nnspec.spec import ast
@@ -128,3 +128,33 @@ def _take(b: Builder, call: ast.Call) -> Any:
     over = over_axis(b, a["over"], x, "take", call.span)
     index = 0 if a["index"] is None else b.ints(a["index"], 1, "index")[0]
     return b.emit("select", [x.node], {"axis": over, "index": index}, call.span)
+
+
+@builtin("full", 'full(value, AXIS, ..., dtype="float32")', "A constant tensor over named axes.")
+def _full(b: Builder, call: ast.Call) -> Any:
+    if len(call.args) < 1:
+        raise SpecError("E019", "full takes a value and axis names: full(0.0, B, h, d)", call.span)
+    value = b.number(call.args[0], "fill value")
+    dtype = DType.float32
+    for kw in call.kwargs:
+        if kw.name != "dtype":
+            raise SpecError("E016", f"full has no argument '{kw.name}' (dtype)", kw.span)
+        name = b.axis_name(kw.value)
+        if name not in DType.__members__:
+            raise SpecError("E004", f"unknown dtype '{name}'", kw.value.span)
+        dtype = DType(name)
+    axes = tuple(b.axis(b.axis_name(e), e.span) for e in call.args[1:])
+    fill: int | float | bool = value
+    if dtype.is_int:
+        fill = int(value)
+    elif dtype == DType.bool:
+        fill = bool(value)
+    return b.emit("full", [], {"axes": axes, "value": fill, "dtype": dtype}, call.span)
+
+
+@builtin("zeros", "zeros(AXIS, ...)", "A float32 tensor of zeros over named axes.")
+def _zeros(b: Builder, call: ast.Call) -> Any:
+    if call.kwargs:
+        raise SpecError("E016", "zeros takes only axis names", call.kwargs[0].span)
+    axes = tuple(b.axis(b.axis_name(e), e.span) for e in call.args)
+    return b.emit("full", [], {"axes": axes, "value": 0.0, "dtype": DType.float32}, call.span)
