@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnspec.docs_gen import errors_markdown
+from nnspec.compiler.ops import BUILTINS, OPS
+from nnspec.docs_gen import errors_markdown, ops_markdown
 from nnspec.errors import CODES
 
 ROOT = Path(__file__).parent.parent
@@ -40,3 +41,16 @@ def test_generator_does_not_depend_on_the_working_directory(tmp_path: Path) -> N
 def test_generator_usage() -> None:
     proc = subprocess.run([sys.executable, "-m", "nnspec.docs_gen"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_ops_md_is_up_to_date() -> None:
+    current = (ROOT / "docs" / "ops.md").read_text(encoding="utf-8")
+    assert current == ops_markdown(), "docs/ops.md is stale: run `python -m nnspec.docs_gen ops > docs/ops.md`"
+
+
+def test_ops_md_documents_every_op_and_function() -> None:
+    text = ops_markdown()
+    for name in OPS:
+        assert f"| `{name}` |" in text, name
+    for b in BUILTINS.values():
+        assert f"| `{b.signature}` |" in text, b.name
