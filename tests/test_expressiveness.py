@@ -93,7 +93,7 @@ def test_window_attention_refuses_a_grid_that_does_not_tile() -> None:
 
 
 def test_graph_attention_only_reads_neighbours() -> None:
-    result, interp, p = build("graph_transformer")
+    _, interp, p = build("graph_transformer")
     B, N = 2, 5
     torch.manual_seed(0)
     x, lap = torch.randn(B, N, 16), torch.randn(B, N, 6)

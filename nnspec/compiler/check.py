@@ -76,7 +76,7 @@ def check(path_or_text: str | os.PathLike[str], *, config: str | os.PathLike[str
 
 
 def _pattern(rule: str) -> re.Pattern[str]:
-    return re.compile("".join(r"(?P<%s>\d+)" % part[1:-1] if part.startswith("{") else re.escape(part)
+    return re.compile("".join(rf"(?P<{part[1:-1]}>\d+)" if part.startswith("{") else re.escape(part)
                               for part in re.split(r"(\{\w+\})", rule)) + "$")
 
 
@@ -149,6 +149,7 @@ def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:
     counted: set[str] = set()
     for node in model.graph:
         own = [i for i in node.inputs if model.graph[i].op == "param"]
+        fresh = [i for i in own if i not in counted]
         tied = [model.graph[i].attrs["path"] for i in own if i in counted]
         params = an.node_params(node) + sum(an.node_params(model.graph[i]) for i in own if i not in counted)
         counted.update(own)
@@ -163,7 +164,9 @@ def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:
             kind += " (shared)" if node.attrs["shared"] else ""
             name = node.attrs["scope"]
         else:
-            kind, name = node.op, node.name
+            # a parameterised op is known by its parameters' scope (ln_f), not the variable it was bound to
+            scopes = [model.graph[i].attrs["path"].rpartition(".")[0] for i in fresh]
+            kind, name = node.op, next((s for s in scopes if s), node.name)
         if tied:
             kind += f" (tied to {', '.join(tied)})"
         t = node.type

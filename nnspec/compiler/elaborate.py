@@ -378,7 +378,7 @@ class Builder:
                     raise SpecError("E010", "statements after return are never run", stmts[i + 1].span)
                 values = [self.eval(v) for v in stmt.values]
                 out: list[TensorValue] = []
-                for v, e in zip(values, stmt.values):
+                for v, e in zip(values, stmt.values, strict=True):
                     items = v.items if isinstance(v, TupleValue) else (v,)
                     for item in items:
                         if not isinstance(item, TensorValue):
@@ -417,7 +417,7 @@ class Builder:
         if len(items) != len(targets):
             raise SpecError("E019", f"{len(targets)} names on the left but the right gives {len(items)} "
                             f"value{'s' if len(items) != 1 else ''}", targets[0].span)
-        for target, item in zip(targets, items):
+        for target, item in zip(targets, items, strict=True):
             if isinstance(target, ast.Annotate):
                 item = self.annotate(self.as_tensor(item, target.span), target.axes, target.span)
             self.bind(_target_name(target), item, target.span)
@@ -759,7 +759,7 @@ class Builder:
                             f"{t.rank} axes and the annotation lists {len(items)}; to rearrange, name every axis "
                             "exactly once", span)
         out: list[Axis] = []
-        for item, axis in zip(items, t.axes):
+        for item, axis in zip(items, t.axes, strict=True):
             if isinstance(item, ast.AxisGroup):
                 out.extend(self._split(axis, item, span))
             else:
@@ -837,7 +837,7 @@ class Builder:
         elif self.sizes.equal(axis.size, product) is False:
             raise SpecError("E014", f"cannot split axis {self.sizes.describe(axis.size)} into ({' '.join(names)}) "
                             f"= {self.sizes.concrete(product)}", span)
-        return [Axis(n, k) for n, k in zip(names, known)]  # type: ignore[arg-type]
+        return [Axis(n, k) for n, k in zip(names, known, strict=True)]  # type: ignore[arg-type]
 
     def contract_to(self, items: list[ast.AxisItem], expr: ast.Expr, target: ast.Annotate) -> TensorValue:
         """`out[A, B] = x * y / c`: sum the product over every axis the target leaves out."""
@@ -930,7 +930,7 @@ class Builder:
         if len(call.args) > len(params):
             raise SpecError("E019", f"block '{sig.name}' takes {len(params)} argument"
                             f"{'s' if len(params) != 1 else ''}, got {len(call.args)}", call.span)
-        args: dict[str, ast.Expr] = {p.name: a for p, a in zip(params, call.args)}
+        args: dict[str, ast.Expr] = {p.name: a for p, a in zip(params, call.args, strict=False)}
         names = [p.name for p in params]
         for kw in call.kwargs:
             if kw.name == "name":

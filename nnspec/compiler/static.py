@@ -24,7 +24,7 @@ def is_static(value: Any) -> bool:
 
 
 def to_sym(value: Static, span: Span) -> sympy.Expr:
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         raise SpecError("E026", f"expected a number, got {value!r}", span)
     if isinstance(value, float):
         return sympy.Float(value) if math.isfinite(value) else (sympy.oo if value > 0 else -sympy.oo)

@@ -180,7 +180,7 @@ class _ToAst(lark.Transformer):
         pos = [a for a in args if not isinstance(a, ast.Kwarg)]
         kws = [a for a in args if isinstance(a, ast.Kwarg)]
         seen: set[str] = set()
-        for i, a in enumerate(args):
+        for a in args:
             if isinstance(a, ast.Kwarg):
                 if a.name in seen:
                     raise SpecError("E019", f"keyword argument '{a.name}' given twice", a.span)

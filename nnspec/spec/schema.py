@@ -104,14 +104,16 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseMod
 
 def _clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """pydantic's loc without the names of union alternatives (`str`, `OptionDoc`, ...)."""
-    loc = tuple(p for p in loc if not (isinstance(p, str) and p[:1].isupper() or "[" in str(p)))
+    loc = tuple(p for p in loc if not ((isinstance(p, str) and p[:1].isupper()) or "[" in str(p)))
     return tuple(p for p in loc if p not in ("str", "int", "bool", "float", "function-after"))
 
 
 def _node_at(root: YNode, loc: tuple[Any, ...]) -> YNode | None:
     node = root
     for key in loc:
-        if (isinstance(node.value, dict) and key in node.value) or (isinstance(node.value, list) and isinstance(key, int) and key < len(node.value)):
+        in_dict = isinstance(node.value, dict) and key in node.value
+        in_list = isinstance(node.value, list) and isinstance(key, int) and key < len(node.value)
+        if in_dict or in_list:
             node = node.value[key]
         else:
             return None

@@ -40,7 +40,9 @@ class YNode:
         """The span of the value at `path` (pydantic's `loc`), and whether the path was found whole."""
         node: YNode = self
         for key in path:
-            if (isinstance(node.value, dict) and isinstance(key, str) and key in node.value) or (isinstance(node.value, list) and isinstance(key, int) and 0 <= key < len(node.value)):
+            in_dict = isinstance(node.value, dict) and isinstance(key, str) and key in node.value
+            in_list = isinstance(node.value, list) and isinstance(key, int) and 0 <= key < len(node.value)
+            if in_dict or in_list:
                 node = node.value[key]
             else:
                 return node.span, False

@@ -32,7 +32,7 @@ def bind(call: ast.Call, fname: str, params: list[tuple[str, Any]], varargs: boo
                             f"({', '.join(names)}), got {len(positional)}", call.span)
         rest = positional[len(params):]
         positional = positional[:len(params)]
-    for (name, _), expr in zip(params, positional):
+    for (name, _), expr in zip(params, positional, strict=False):  # fewer positional than params is fine
         out[name] = expr
     for kw in call.kwargs:
         if kw.name not in names:
@@ -76,11 +76,8 @@ def _linear(b: Builder, call: ast.Call) -> Any:
     in_axis = b.type_of(x).axis(over)
     assert in_axis is not None
     scope = b.claim_scope(b.scope_kwarg(call), "linear", call.span)
-    if out.name == in_axis.name:
-        # a square map keeps its axis name; the weight still needs two distinct axis names
-        w_axes = (out, Axis(f"{in_axis.name}_in", in_axis.size))
-    else:
-        w_axes = (out, in_axis)
+    # a square map keeps its axis name; the weight still needs two distinct axis names
+    w_axes = (out, Axis(f"{in_axis.name}_in", in_axis.size)) if out.name == in_axis.name else (out, in_axis)
     w = b.param(scope, "weight", w_axes, ("normal", INIT_STD), call.span)
     inputs = [x.node, w.node]
     if has_bias:

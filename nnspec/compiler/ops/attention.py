@@ -113,7 +113,7 @@ def _rotary(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
         raise SpecError("E015", f"rotary style must be 'half' or 'interleaved', got {attrs['style']!r}")
     if len(ins) == 2:
         p = tensor(ins[1], "rotary positions")
-        if not p.dtype.is_int or p.names != (attrs["pos"],) and attrs["pos"] not in p.names:
+        if not p.dtype.is_int or (p.names != (attrs["pos"],) and attrs["pos"] not in p.names):
             raise SpecError("E013", f"rotary positions must be an integer tensor with axis {attrs['pos']}, got {p}")
     return x
 

@@ -50,7 +50,7 @@ def _causal_mask(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType((q, k), DType.bool)
 
 
-@op("full", "source", doc="A tensor of axes `axes` filled with `value`.", attrs={"axes": tuple, "value": (int, float, bool),
-    "dtype": DType}, arity=0, glyph="c")
+@op("full", "source", doc="A tensor of axes `axes` filled with `value`.",
+    attrs={"axes": tuple, "value": (int, float, bool), "dtype": DType}, arity=0, glyph="c")
 def _full(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType(unique_axes(tuple(attrs["axes"]), "full"), attrs["dtype"])

@@ -34,7 +34,7 @@ def _const(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 def _check_args(what: str, ins: list[Type], params: tuple[TensorType, ...], sizes: Sizes) -> None:
     if len(ins) != len(params):
         raise SpecError("E019", f"{what} takes {len(params)} tensor arguments, got {len(ins)}")
-    for got, want in zip(ins, params):
+    for got, want in zip(ins, params, strict=True):
         if got != want:
             raise SpecError("E012", f"{what} expects {want}, got {got}")
 
