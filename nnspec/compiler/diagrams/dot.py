@@ -46,15 +46,17 @@ def block_graph(model: Model, *, expand: int = 0, block: str | None = None) -> s
     for name in graph.inputs:
         node = graph[name]
         shown = node.attrs.get("name", name)
-        writer.node(dot, f"in.{name}", f"{shown}\n{node.tensor_type}", "io", shape="ellipse")
+        writer.node(dot, f"in.{name}", f"{shown}\\n{node.tensor_type}", "io", shape="ellipse")
         env[name] = _Src(f"in.{name}", node.tensor_type)
     writer.body(dot, graph, env, "", 0)
-    outs = model.outputs.items() if graph is model.graph else [(o, o) for o in graph.outputs]
+    several = len(graph.outputs) > 1
+    outs = model.outputs.items() if graph is model.graph else \
+        [(f"out[{k}]" if several else "out", o) for k, o in enumerate(graph.outputs)]
     for shown, node_name in outs:
         values = env[node_name] if isinstance(env[node_name], list) else [env[node_name]]
         for k, src in enumerate(values):
             nid = f"out.{shown}" if len(values) == 1 else f"out.{shown}[{k}]"
-            writer.node(dot, nid, f"{nid[4:]}\n{src.type}", "io", shape="ellipse")
+            writer.node(dot, nid, f"{nid[4:]}\\n{src.type}", "io", shape="ellipse")
             writer.edge(src, nid)
             writer.outputs.append(nid)
     writer.legend(dot)
@@ -84,8 +86,8 @@ class _Writer:
         for node in graph:
             if node.op == "input":
                 continue
-            if node.op == "param":
-                env[node.name] = Param(node.attrs["path"], node.attrs["type"])
+            if node.op in ("param", "buffer"):
+                env[node.name] = Param(node.attrs["path"], node.attrs["type"], node.op == "buffer")
                 env[node.name + "#full"] = prefix.replace("/", ".") + node.attrs["path"]
             elif node.op == "const":
                 env[node.name] = Const(node.attrs["value"])
@@ -133,7 +135,7 @@ class _Writer:
         params = self._params(node) if node.op in ("call", "repeat") else self._own_params(node, env)
         if params:
             lines.append(params)
-        self.node(g, nid, "\n".join(lines), family)
+        self.node(g, nid, "\\n".join(lines), family)   # DOT's escaped line break
         for i in node.inputs:
             if isinstance(env[i], _Src):
                 self.edge(env[i], nid)
@@ -144,7 +146,7 @@ class _Writer:
     def _own_params(self, node: Node, env: dict[str, Any]) -> str:
         total, tied = 0, []
         for i in node.inputs:
-            if isinstance(env[i], Param):
+            if isinstance(env[i], Param) and not env[i].buffer:
                 full = env[i + "#full"]
                 if full in self.counted:
                     tied.append(full)
@@ -152,7 +154,7 @@ class _Writer:
                     self.counted.add(full)
                     total += int(self.model.dims.concrete(env[i].type.numel()))
         text = f"{total:,} params" if total else ""
-        return text + ("\n" if text and tied else "") + (f"tied to {', '.join(tied)}" if tied else "")
+        return text + ("\\n" if text and tied else "") + (f"tied to {', '.join(tied)}" if tied else "")
 
     def _params(self, node: Node) -> str:
         return f"{self.an.node_params(node):,} params"

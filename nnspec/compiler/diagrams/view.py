@@ -22,6 +22,7 @@ from nnspec.compiler.ops import OPS
 class Param:
     path: str            # local to the block that declares it: `c_attn.weight`
     type: TensorType
+    buffer: bool = False # non-learned state (running statistics): a fact of its op too, but not learned
 
     @property
     def short(self) -> str:
@@ -42,8 +43,8 @@ class Const:
         v = self.value
         if isinstance(v, float) and math.isinf(v):
             return "−∞" if v < 0 else "∞"
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
+        if isinstance(v, float):
+            return f"{v:.4g}".replace("-", "−")
         return str(v).replace("-", "−")
 
 
@@ -60,10 +61,12 @@ class Op:
     node: Node
     inputs: list[str]    # value ids of the tensor operands, in the node's input order
     outputs: list[str]   # value ids; several for a tuple-valued call
-    params: list[Param] = field(default_factory=list)
+    params: list[Param] = field(default_factory=list)     # learned parameters, in input order
+    buffers: list[Param] = field(default_factory=list)
     consts: list[Const] = field(default_factory=list)
     operands: list[TensorType | Param | Const] = field(default_factory=list)  # every input, in order
     param_count: int = 0
+    block: str = ""      # for a call or repeat: the block's name
 
     @property
     def op(self) -> str:
@@ -126,13 +129,10 @@ def flatten(model: Model, graph: Graph, expand: int) -> Flat:
         flat.inputs.append((node.attrs.get("name", name), name))
     _inline(model, Analysis(model), graph, env, "", 0, expand, flat)
     if graph is model.graph:
-        names = [(k, v) for k, v in model.outputs.items()]
+        flat.outputs = [(shown, env[node_name]) for shown, node_name in model.outputs.items()]
     else:
-        names = [(o, o) for o in graph.outputs]
-    for shown, node_name in names:
-        value = env[node_name]
-        for k, vid in enumerate(value if isinstance(value, list) else [value]):
-            flat.outputs.append((shown if not isinstance(value, list) else f"{shown}[{k}]", vid))
+        several = len(graph.outputs) > 1
+        flat.outputs = [(f"out[{k}]" if several else "out", env[o]) for k, o in enumerate(graph.outputs)]
     return flat
 
 
@@ -141,8 +141,8 @@ def _inline(model: Model, an: Analysis, graph: Graph, env: dict[str, Any], prefi
     for node in graph:
         if node.op == "input":
             continue
-        if node.op == "param":
-            env[node.name] = Param(node.attrs["path"], node.attrs["type"])
+        if node.op in ("param", "buffer"):
+            env[node.name] = Param(node.attrs["path"], node.attrs["type"], node.op == "buffer")
         elif node.op == "const":
             env[node.name] = Const(node.attrs["value"])
         elif node.op == "getitem":
@@ -166,7 +166,7 @@ def _op(model: Model, an: Analysis, node: Node, env: dict[str, Any], prefix: str
     for name in node.inputs:
         item = env[name]
         if isinstance(item, Param):
-            op.params.append(item)
+            (op.buffers if item.buffer else op.params).append(item)
             op.operands.append(item)
         elif isinstance(item, Const):
             op.consts.append(item)
@@ -177,6 +177,10 @@ def _op(model: Model, an: Analysis, node: Node, env: dict[str, Any], prefix: str
     op.param_count = sum(int(model.dims.concrete(p.type.numel())) for p in op.params)
     if node.op in ("call", "repeat"):
         op.param_count += an.node_params(node)
+    elif "block" in node.attrs and node.attrs["block"] in model.templates:     # scan and later block-taking ops
+        op.param_count += an.graph_params(node.attrs["block"])
+    if "block" in node.attrs and node.attrs["block"] in model.templates:
+        op.block = str(model.templates[node.attrs["block"]].meta.get("block", node.attrs["block"]))
     types = node.type if isinstance(node.type, tuple) else (node.type,)
     for k, t in enumerate(types):
         vid = op.id if len(types) == 1 and not isinstance(node.type, tuple) else f"{op.id}#{k}"

@@ -1,0 +1,132 @@
+"""The marks a circuit diagram draws for each op, as SVG elements: boxes on the wires an op acts on (bold
+glyphs for learned maps, `+` for a bias), lifted glyphs over a bundle for elementwise functions, the softmax
+triangle, reshape bars, cups and dots of contractions, copy dots and `xN` brackets."""
+
+from __future__ import annotations
+
+import itertools
+
+from nnspec.compiler.diagrams.layout import (
+    GLYPH_SIZE,
+    LABEL_SIZE,
+    SMALL_SIZE,
+    Column,
+    Lane,
+)
+from nnspec.compiler.diagrams.metrics import FONT_FAMILY, text_width
+from nnspec.compiler.diagrams.palette import colours
+from nnspec.compiler.diagrams.route import Cup, Dot, box_half, box_span, op_span
+from nnspec.compiler.diagrams.svg import El, num
+
+INK = "#222222"
+
+
+def text(x: float, y: float, content: str, size: float, role: str, *, anchor: str = "middle",
+         bold: bool = False, **data: str) -> El:
+    attrs: dict[str, str | float] = {"x": x, "y": y, "font-size": num(size)}
+    if anchor != "start":
+        attrs["text-anchor"] = anchor
+    if bold:
+        attrs["font-weight"] = "bold"
+    attrs["data-role"] = role
+    attrs.update({f"data-{k}": v for k, v in data.items()})
+    return El("text", attrs, [content])
+
+
+def runs(marks: list[bool]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, on in enumerate(marks):
+        if on and out and out[-1][1] == s - 1:
+            out[-1] = (out[-1][0], s)
+        elif on:
+            out.append((s, s))
+    return out
+
+
+def op_group(lane: Lane, col: Column, under: list[El]) -> El:
+    """The op's marks; anything that wires must pass over goes to `under`."""
+    op, d = lane.op, lane.drawing
+    assert op is not None and d is not None
+    family = "structure" if op.op in ("call", "repeat") else op.family
+    fill, border = colours(family)
+    g = El("g", {"data-node": op.id, "data-op": op.op, "data-role": d.kind, "data-family": family})
+    a, b = op_span(lane, col)
+    if d.kind in ("box", "bar"):
+        ba, bb = box_span(lane, col)
+        half = box_half(lane)
+        spans = runs(lane.boxed())
+        for (_, s1), (s2, _) in itertools.pairwise(spans):   # one op: its boxes linked, under the wires
+            x = (ba + bb) / 2
+            link = f"M{num(x)} {num(lane.y(s1) + half)} V{num(lane.y(s2) - half)}"
+            under.append(El("path", {"d": link, "stroke": border, "stroke-width": 3, "data-role": "link",
+                                     "data-node": op.id}))
+        for s0, s1 in spans:
+            y0, y1 = lane.y(s0) - half, lane.y(s1) + half
+            if d.kind == "bar":
+                g.add(El("rect", {"x": ba + 2, "y": y0, "width": bb - ba - 4, "height": y1 - y0, "fill": "#555555",
+                                  "data-role": "bar"}))
+            else:
+                g.add(El("rect", {"x": ba, "y": y0, "width": bb - ba, "height": y1 - y0, "rx": 3, "fill": fill,
+                                  "stroke": border, "stroke-width": 1.2, "data-role": "box"}))
+        if d.kind == "box" and spans:
+            s0, s1 = max(spans, key=lambda r: (r[1] - r[0], -r[0]))
+            _label(g, d.label, d.sup, d.bias, d.bold, (ba + bb) / 2, (lane.y(s0) + lane.y(s1)) / 2)
+        if d.count:
+            _brackets(g, ba - 6, bb + 6, lane.y(0) - half - 4, lane.bottom + half + 4, d.count)
+    elif d.kind == "lift":
+        y = lane.y0 - 7.0
+        cx = (a + b) / 2
+        g.add(El("path", {"d": f"M{num(a + 2)} {num(y)} H{num(b - 5)}", "stroke": border, "stroke-width": 1.2,
+                          "fill": "none", "data-role": "lift"}))
+        g.add(El("path", {"d": f"M{num(b - 6)} {num(y - 3)} L{num(b - 1)} {num(y)} L{num(b - 6)} {num(y + 3)} Z",
+                          "fill": border, "data-role": "arrowhead"}))
+        g.add(text(cx, y - 4, d.label, LABEL_SIZE, "glyph"))
+    elif d.kind == "softmax":
+        assert d.mark is not None
+        y = lane.y(lane.in_slot(d.mark))
+        cx = (a + b) / 2
+        g.add(El("path", {"d": f"M{num(cx - 6)} {num(y - 7)} L{num(cx + 7)} {num(y)} L{num(cx - 6)} {num(y + 7)} Z",
+                          "fill": fill, "stroke": border, "stroke-width": 1.2, "data-role": "softmax",
+                          "data-axis": lane.in_names[d.mark[0]][d.mark[1]]}))
+    elif d.kind == "contract":
+        g.add(text((a + b) / 2, lane.bottom + 9.0 + 9.0, d.note, SMALL_SIZE, "einsum"))
+    return g
+
+
+def _label(g: El, label: str, sup: str, bias: bool, bold: bool, cx: float, cy: float) -> None:
+    main = text_width(label, GLYPH_SIZE, bold)
+    small = max(text_width(sup, SMALL_SIZE), text_width("+", SMALL_SIZE) if bias else 0.0)
+    x = cx - (main + (small + 1 if small else 0)) / 2
+    g.add(text(x, cy + 4, label, GLYPH_SIZE, "glyph", anchor="start", bold=bold))
+    if sup:
+        g.add(text(x + main + 1, cy - 2, sup, SMALL_SIZE, "name", anchor="start"))
+    if bias:
+        g.add(text(x + main + 1, cy + 9, "+", SMALL_SIZE, "bias", anchor="start"))
+
+
+def _brackets(g: El, left: float, right: float, top: float, bottom: float, count: int) -> None:
+    for x, sign in ((left, 1), (right, -1)):
+        g.add(El("path", {"d": f"M{num(x + 4 * sign)} {num(top)} H{num(x)} V{num(bottom)} H{num(x + 4 * sign)}",
+                          "stroke": INK, "stroke-width": 1.6, "fill": "none", "data-role": "bracket",
+                          "data-count": count}))
+    g.add(text(right, bottom + 11, f"×{count}", LABEL_SIZE, "count", anchor="end"))
+
+
+def region_bracket(left: float, right: float, top: float, bottom: float, count: int, scope: str) -> El:
+    g = El("g", {"data-role": "region", "data-scope": scope, "data-count": count})
+    _brackets(g, left, right, top, bottom, count)
+    return g
+
+
+def cup(c: Cup) -> El:
+    return El("path", {"d": c.d, "stroke": INK, "stroke-width": 1.3, "fill": "none", "data-role": "cup",
+                       "data-node": c.node, "data-axis": c.axis})
+
+
+def dot(d: Dot) -> El:
+    return El("circle", {"cx": d.x, "cy": d.y, "r": 3.2 if d.role == "join" else 2.6, "fill": INK,
+                         "data-role": d.role, "data-node": d.node, "data-axis": d.axis})
+
+
+def font_style() -> El:
+    return El("style", {}, [f"text {{ font-family: {FONT_FAMILY}; fill: {INK}; }}"])
