@@ -194,11 +194,11 @@ class Elaborator:
             b = self.static_eval(expr.right, allow_free)
             return static.compare(expr.op, self._concrete(a), self._concrete(b), expr.span)
         if isinstance(expr, ast.BoolOp):
-            a = self.static_eval(expr.left, allow_free)
-            b = self.static_eval(expr.right, allow_free)
+            a = _condition(self.static_eval(expr.left, allow_free), expr.op, expr.left.span)
+            b = _condition(self.static_eval(expr.right, allow_free), expr.op, expr.right.span)
             return sympy.And(a, b) if expr.op == "and" else sympy.Or(a, b)
         if isinstance(expr, ast.Not):
-            return sympy.Not(self.static_eval(expr.operand, allow_free))
+            return sympy.Not(_condition(self.static_eval(expr.operand, allow_free), "not", expr.operand.span))
         if isinstance(expr, ast.Ternary):
             cond = self.static_eval(expr.cond, allow_free)
             if not isinstance(cond, bool):
@@ -437,7 +437,8 @@ class Builder:
         """Name a node after the variable it is first assigned to, as a person reading the IR would."""
         node = self.graph[value.node]
         auto = node.name == node.op or node.name.startswith(node.op + "_")
-        aliased = any(v == value for v in self.vars.values())  # `y = h`: h must keep finding its node
+        # `y = h` or `q, k, v = t`: h and t must keep finding their nodes
+        aliased = any(v == value or (isinstance(v, TupleValue) and value in v.items) for v in self.vars.values())
         if auto and not aliased and node.op not in ("input", "param") and name not in self.graph.nodes \
                 and not self.graph.users(node.name) and node.name not in self.graph.outputs:
             self.graph.rename(node.name, name)
@@ -592,7 +593,8 @@ class Builder:
         if isinstance(v, (bool, str, float)) or not isinstance(v, sympy.Basic):
             raise SpecError("E026", f"{what} must be a size (an integer or dims), got {v!r}", expr.span)
         c = self.sizes.concrete(v)
-        if c.is_Number and (not c.is_Integer or not 1 <= c <= MAX_SIZE):
+        # is_number: no free dims, though maybe no sympy Number either (8*sqrt(2), E)
+        if c.is_number and (not c.is_Integer or not 1 <= c <= MAX_SIZE):
             raise SpecError("E023" if c.is_Integer else "E014", f"{what} must be a positive integer, got {c}",
                             expr.span)
         if isinstance(expr, ast.Name):
@@ -663,12 +665,23 @@ class Builder:
                 err.span = span
             raise
         self._take_guards(span)
+        if op in ("param", "buffer"):
+            self._known_sizes(attrs["type"], span)
         if isinstance(t, TensorType):
             self._record_axes(t, span)
         self.el.node_count += 1
         if self.el.node_count > MAX_NODES:
             raise SpecError("E005", f"the model has more than {MAX_NODES:,} graph nodes", span)
         return TensorValue(self.graph.add(op, inputs, attrs, t, span, hint).name)
+
+    def _known_sizes(self, t: TensorType, span: Span | None) -> None:
+        """Parameters are allocated when the model is built: their sizes cannot wait for the inputs."""
+        for a in t.axes:
+            if not self.sizes.concrete(a.size).is_Integer:
+                free = ", ".join(sorted(str(s) for s in self.sizes.concrete(a.size).free_symbols))
+                raise SpecError("E026", f"parameter axis {a.name} has size {a.size}, which depends on the free dim "
+                                f"{free}; a parameter's size must be known when the spec is checked (declare "
+                                f"{free} under dims:)", span)
 
     def _take_guards(self, span: Span | None) -> None:
         for fact, text in self.sizes.pending:
@@ -975,6 +988,14 @@ class Builder:
             return TupleValue(tuple(self.emit("getitem", [value.node], {"index": i}, call.span)
                                     for i in range(len(result))))
         return value
+
+
+def _condition(value: Any, op: str, span: Span) -> Any:
+    """An operand of `and`, `or`, `not` in static arithmetic: true/false or a comparison, never a size."""
+    if isinstance(value, (bool, sympy.logic.boolalg.BooleanAtom, sympy.logic.boolalg.BooleanFunction,
+                          sympy.core.relational.Relational)):  # not just Boolean: a sympy Symbol is one too
+        return value
+    raise SpecError("E026", f"'{op}' takes true/false or comparisons, got {kind_of(value)}", span)
 
 
 def _canonical(fact: sympy.Basic) -> sympy.Basic:
