@@ -17,10 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nnspec import __version__
+from nnspec import cli_transforms as T
+from nnspec.compiler.analysis import check_memory, format_bytes, parse_size
 from nnspec.compiler.check import CheckResult, check
 from nnspec.compiler.elaborate import UsageError
 from nnspec.compiler.printer import print_model
-from nnspec.errors import SpecError, errors_to_json
+from nnspec.errors import ResourceError, SpecError, errors_to_json
 
 EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
 
@@ -104,21 +106,59 @@ def _fail(err: SpecError, as_json: bool, warnings: list[Any] | None = None) -> N
     raise typer.Exit(EXIT_SPEC)
 
 
+def _parse_max_memory(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise UsageError(f"--max-memory: {e}") from None
+
+
+def _fail_resource(err: ResourceError, spec: Path, as_json: bool) -> None:
+    """A valid model over --max-memory: exit 1, like a spec error, with code R001 and no location."""
+    if as_json:
+        print(json.dumps({"version": 1, "ok": False, "diagnostics": [err.to_json()]}, indent=2))
+    else:
+        print(f"{spec}: error[R001]: {err}", file=sys.stderr)
+    raise typer.Exit(EXIT_SPEC)
+
+
 @app.command("check")
 def check_cmd(
     spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option or bind a free dim: name=value")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")] = None,
+    set_: Annotated[list[str] | None,
+                    typer.Option("--set", help="override a dim/option or bind a free dim: name=value")] = None,
+    config: Annotated[Path | None,
+                      typer.Option("--config", help="a Hugging Face config.json to map onto the spec")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in docs/cli.md)")] = False,
     emit: Annotated[str | None, typer.Option("--emit", help="also print an artefact: 'ir'")] = None,
+    cost: Annotated[bool, typer.Option("--cost", help="also print the cost model: FLOPs (head apart), activation "
+                                       "memory, KV cache, fused vs unfused memory traffic")] = False,
+    dtype: T.DtypeOpt = None,
+    drop: T.DropOpt = None,
+    slice_: T.SliceOpt = None,
+    lora: T.LoraOpt = None,
+    share: T.ShareOpt = None,
+    explain: T.ExplainOpt = False,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="fail (exit 1) when the parameters and "
+                                                   "buffers would need more than this: 4GiB, 512MiB, 2GB, 1e9")]
+    = None,
 ) -> None:
     """Check a spec: shapes, dtypes and constraints; print blocks, shapes, parameters and FLOPs."""
     try:
         if emit not in (None, "ir"):
             raise UsageError(f"--emit takes 'ir', got {emit!r}")
+        limit = _parse_max_memory(max_memory)
         result = check(spec, config=config, **parse_sets(set_ or []))
+        result, transform_lines = T.transform_result(result, dtype=dtype, drop=drop, slice_=slice_, lora=lora,
+                                                     share=share)
+        needed = check_memory(result.model, limit) if limit is not None else None
     except SpecError as err:
         _fail(err, as_json)
+        return
+    except ResourceError as err:
+        _fail_resource(err, spec, as_json)
         return
     except (UsageError, FileNotFoundError) as err:
         print(f"nnspec: error: {err}", file=sys.stderr)
@@ -126,6 +166,13 @@ def check_cmd(
     if as_json:
         payload = json.loads(errors_to_json(None, result.warnings))
         payload["model"] = result.to_json()
+        if needed is not None:
+            payload["memory"] = {"bytes": needed, "limit": limit}
+        if explain:
+            payload["transforms"] = transform_lines
+        if cost:
+            from nnspec.compiler.cost import estimate
+            payload["cost"] = estimate(result.model).to_json()
         if emit == "ir":
             payload["ir"] = print_model(result.model)
         print(json.dumps(payload, indent=2))
@@ -134,6 +181,14 @@ def check_cmd(
     for w in result.warnings:
         print(w.render(), file=sys.stderr)
     _report(result, console)
+    if needed is not None:
+        console.print(f"memory   {format_bytes(needed)} for parameters and buffers (limit {format_bytes(limit or 0)})",
+                      highlight=False)
+    if explain:
+        T.print_explain(transform_lines)
+    if cost:
+        from nnspec.compiler.cost import estimate, print_cost
+        print_cost(estimate(result.model), console)
     if emit == "ir":
         print(print_model(result.model))
 
@@ -147,6 +202,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -206,6 +264,38 @@ def render_cmd(
     print(f"wrote {output}")
 
 
+@app.command("compile")
+def compile_cmd(
+    specs: Annotated[list[Path], typer.Argument(help="spec files (YAML); one Python file is written per spec")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="the directory to write into (made if missing)")],
+    target: Annotated[str, typer.Option("--target", help="code to generate: 'torch'")] = "torch",
+    opt: Annotated[int, typer.Option("-O", "--opt", help="optimisation level 0, 1 or 2 (the passes of "
+                                                         "nnspec.compiler.passes; the state dict is the same)")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
+    = None,
+) -> None:
+    """Generate standalone PyTorch code: OUT/<name>.py per spec, all files or none."""
+    from nnspec.generated import TARGETS, compile_spec, write_outputs
+
+    try:
+        if target not in TARGETS:
+            raise UsageError(f"--target takes {', '.join(TARGETS)}, got {target!r}")
+        if opt not in (0, 1, 2):
+            raise UsageError(f"-O takes 0, 1 or 2, got {opt}")
+        sets = parse_sets(set_ or [])
+        compiled = [compile_spec(spec, target=target, opt=opt, config=config, **sets) for spec in specs]
+        written = write_outputs(compiled, output)
+    except SpecError as err:
+        _fail(err, False)
+        return
+    except (UsageError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"nnspec: error: {err}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+    for path in written:
+        print(f"wrote {path}")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"nnspec {__version__}")
@@ -222,6 +312,17 @@ def main() -> None:
         app()
     except SystemExit:
         raise
+    # Only these typed errors are the user's (a command that let one through still exits as documented); anything
+    # else is nnspec's own bug, never relabelled as the user's mistake.
+    except SpecError as err:
+        print(err.render(), file=sys.stderr)
+        sys.exit(EXIT_SPEC)
+    except ResourceError as err:
+        print(f"nnspec: error[R001]: {err}", file=sys.stderr)
+        sys.exit(EXIT_SPEC)
+    except UsageError as err:
+        print(f"nnspec: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except Exception:  # a bug in nnspec, never the user's mistake: say so, with the trace to report
         print("nnspec: internal error (this is a bug in nnspec; please report it with the spec and this trace):",
               file=sys.stderr)

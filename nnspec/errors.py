@@ -98,6 +98,24 @@ class InternalError(Exception):
     """nnspec itself is wrong. Never raised for a user's mistake."""
 
 
+class ResourceError(Exception):
+    """A valid model that would not fit: building it needs more memory than allowed (`max_memory`).
+
+    Not a `SpecError`: the spec is right, the model is too big for this limit. Raised before anything is allocated,
+    with the estimate (`needed`, bytes) and the limit (`limit`, bytes) in the message and as attributes.
+    """
+
+    def __init__(self, message: str, needed: int, limit: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.needed = needed
+        self.limit = limit
+
+    def to_json(self) -> dict[str, Any]:
+        """A diagnostic like `SpecError.to_json()`: code `R001`, no span."""
+        return {"severity": "error", "code": "R001", "message": self.message, "span": None, "notes": []}
+
+
 @dataclass
 class Warning_:
     message: str

@@ -139,7 +139,7 @@ def test_json_error_schema(tmp_path: Path) -> None:
     assert payload == {
         "version": 1, "ok": False,
         "diagnostics": [{
-            "severity": "error", "code": "E023", "message": "dim 'n_inner' = -64 is out of range (1 to 2^40)",
+            "severity": "error", "code": "E023", "message": "dim 'n_inner' = -64 is out of range (1 to 2^32)",
             "span": {"file": "tests/golden/errors/dim_negative.yaml", "line": 7, "col": 12,
                      "end_line": 7, "end_col": 15},
             "notes": [],

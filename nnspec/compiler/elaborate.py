@@ -20,11 +20,14 @@ from nnspec.compiler.ops import BUILTINS, OPS
 from nnspec.compiler.sizes import MAX_SIZE, Sizes, symbol
 from nnspec.errors import SpecError
 from nnspec.spec import ast
-from nnspec.spec.load import BlockDecl, Spec
+from nnspec.spec.load import BlockDecl, Spec, check_identifier
 from nnspec.spec.source import Span
 
 MAX_NODES = 200_000
 MAX_REPEAT = 100_000
+# parameter and buffer tensors once calls and repeats are unrolled (a 10^5-layer repeat of a 10^5-layer repeat is
+# 15 lines of spec): building the model, and mapping weights, visit each one
+MAX_PARAM_TENSORS = 200_000
 CONSTANTS: dict[str, Any] = {"true": True, "false": False, "inf": math.inf, "pi": math.pi}
 
 
@@ -67,9 +70,11 @@ class Elaborator:
         self.options: dict[str, Any] = {}
         self.templates: dict[str, Graph] = {}
         self._template_keys: dict[tuple[Any, ...], Graph] = {}
+        self._template_numbers: dict[str, int] = {}
         self._building: list[str] = []
         self.guards: list[Guard] = []
         self.node_count = 0
+        self.param_tensors: dict[int, int] = {}  # id(graph) -> its parameter tensors, unrolled
         overrides = dict(overrides or {})
         self._init_options(overrides)
         self._init_dims(overrides)
@@ -146,7 +151,8 @@ class Elaborator:
 
     def _set_dim(self, name: str, value: int, span: Span, text: str) -> None:
         if not 1 <= value <= MAX_SIZE:
-            raise SpecError("E023", f"dim '{name}' = {value} is out of range (1 to 2^40)", span)
+            raise SpecError("E023", f"dim '{name}' = {value} is out of range (1 to 2^{MAX_SIZE.bit_length() - 1})",
+                            span)
         self.sizes.values[self.sizes.declared[name]] = sympy.Integer(value)
 
     def _bind_free(self, name: str, value: Any) -> None:
@@ -177,7 +183,7 @@ class Elaborator:
 
     def static_eval(self, expr: ast.Expr, allow_free: bool) -> Any:
         if isinstance(expr, ast.Num):
-            return sympy.Integer(expr.value) if isinstance(expr.value, int) else expr.value
+            return _number(expr)
         if isinstance(expr, ast.Str):
             return expr.value
         if isinstance(expr, ast.Name):
@@ -255,7 +261,7 @@ class Elaborator:
         if value is False or value is sympy.false:
             raise SpecError("E015", f"requirement '{_text(span)}' does not hold{self._explain(expr)}", span)
         if isinstance(value, sympy.Basic) and value.free_symbols:
-            self.add_guard(Guard(value, _text(span), span))
+            self.add_guard(Guard(_guard_form(value, span), _text(span), span))
             return
         raise SpecError("E026", f"requirement '{_text(span)}' is not a condition (it evaluates to {value})", span)
 
@@ -283,6 +289,9 @@ class Elaborator:
             if isinstance(item, ast.AxisGroup):
                 raise SpecError("E018", "a declared type lists single axes; groups are for annotations", item.span)
             if isinstance(item, ast.AxisInt):
+                if not 1 <= item.value <= MAX_SIZE:
+                    raise SpecError("E023", f"axis size {item.value} is out of range (1 to "
+                                    f"2^{MAX_SIZE.bit_length() - 1})", item.span)
                 axes.append(Axis(str(item.value), sympy.Integer(item.value)))
             else:
                 if item.name in self.options:
@@ -314,8 +323,7 @@ class Elaborator:
         if name in self._building:
             raise SpecError("E020", f"block '{name}' calls itself (through {' -> '.join(self._building)}); "
                             "use repeat(...) for depth", span)
-        n = sum(1 for g in self.templates.values() if g.meta.get("block") == name)
-        graph = Graph(name if n == 0 else f"{name}_{n + 1}")
+        graph = Graph(self._template_name(name))
         graph.meta["block"] = name
         self._building.append(name)
         try:
@@ -334,6 +342,16 @@ class Elaborator:
         self.templates[graph.name] = graph
         self._template_keys[key] = graph
         return graph
+
+    def _template_name(self, block: str) -> str:
+        """`mlp`, then `mlp_2`, `mlp_3`, ... for more bindings; never a name another template or block has."""
+        n = self._template_numbers.get(block, 0)
+        while True:
+            n += 1
+            name = block if n == 1 else f"{block}_{n}"
+            if name not in self.templates and (name == block or name not in self.spec.blocks):
+                self._template_numbers[block] = n
+                return name
 
 
 STATIC_FUNCS = {"sqrt", "min", "max", "abs", "log", "exp"}
@@ -423,6 +441,8 @@ class Builder:
             self.bind(_target_name(target), item, target.span)
 
     def bind(self, name: str, value: Any, span: Span) -> None:
+        if name.startswith("__"):  # like every name that may reach generated code: no dunders
+            raise SpecError("E004", f"'{name}' is a reserved name (it starts with __); choose another", span)
         if name in self.el.sizes.declared or name in self.el.options:
             kind = "dim" if name in self.el.sizes.declared else "option"
             raise SpecError("E024", f"'{name}' is a {kind}; choose another name for this value", span)
@@ -451,7 +471,7 @@ class Builder:
         return method(expr)
 
     def _eval_Num(self, e: ast.Num) -> Any:
-        return sympy.Integer(e.value) if isinstance(e.value, int) else e.value
+        return _number(e)
 
     def _eval_Str(self, e: ast.Str) -> Any:
         return e.value
@@ -481,6 +501,8 @@ class Builder:
             return self.emit("neg", [v.node], {}, e.span)
         if isinstance(v, float):
             return -v
+        if isinstance(v, (FuncRef, TupleValue)):
+            raise SpecError("E026", f"cannot negate {kind_of(v)}", e.span)
         return static.binop("*", -1, v, e.span, self.sizes.concrete)
 
     def _eval_Compare(self, e: ast.Compare) -> Any:
@@ -672,7 +694,24 @@ class Builder:
         self.el.node_count += 1
         if self.el.node_count > MAX_NODES:
             raise SpecError("E005", f"the model has more than {MAX_NODES:,} graph nodes", span)
+        self._count_param_tensors(op, attrs, span)
         return TensorValue(self.graph.add(op, inputs, attrs, t, span, hint).name)
+
+    def _count_param_tensors(self, op: str, attrs: dict[str, Any], span: Span | None) -> None:
+        """Parameter tensors of this graph with its calls and repeats unrolled, in closed form."""
+        if op in ("param", "buffer"):
+            n = 1
+        elif op in ("call", "scan", "repeat"):
+            n = self.el.param_tensors.get(id(self.el.templates[attrs["block"]]), 0)
+            if op == "repeat" and not attrs["shared"]:
+                n *= attrs["count"]
+        else:
+            return
+        total = self.el.param_tensors.get(id(self.graph), 0) + n
+        self.el.param_tensors[id(self.graph)] = total
+        if total > MAX_PARAM_TENSORS:
+            raise SpecError("E005", f"the model has more than {MAX_PARAM_TENSORS:,} parameter tensors once its "
+                            f"repeats are unrolled ({total:,} here)", span)
 
     def _known_sizes(self, t: TensorType, span: Span | None) -> None:
         """Parameters are allocated when the model is built: their sizes cannot wait for the inputs."""
@@ -709,6 +748,8 @@ class Builder:
                             "checked can meet a tensor", span) from None
         if isinstance(py, str):
             raise SpecError("E026", f"text {py!r} cannot be used in tensor arithmetic", span)
+        if isinstance(py, int) and not isinstance(py, bool) and abs(py) > static.MAX_MAGNITUDE:
+            raise SpecError("E023", f"value {py} is out of range (|x| > 2^62)", span)
         if isinstance(py, bool):
             dtype = DType.bool
         elif like is not None and (like.dtype.is_float or (isinstance(py, int) and like.dtype.is_int)):
@@ -735,6 +776,7 @@ class Builder:
             if op == "@":
                 return self.matmul(a, b, span)
             name = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod", "**": "pow"}[op]
+            self._refuse_static_divisor(op, a, b, span)
             return self.elementwise(name, [a, b], span)
         for v in (a, b):
             if isinstance(v, (FuncRef, TupleValue)):
@@ -742,12 +784,31 @@ class Builder:
         if isinstance(a, float) or isinstance(b, float):
             x, y = self._concrete(a), self._concrete(b)
             try:
-                return _float_op(op, float(x), float(y))
+                fx, fy = float(x), float(y)
+                result = _float_op(op, fx, fy)
             except (TypeError, ValueError):
                 pass
             except ZeroDivisionError:
                 raise SpecError("E026", f"division by zero: {a} {op} {b}", span) from None
+            except OverflowError:
+                raise SpecError("E023", f"{a} {op} {b} is out of range of a float", span) from None
+            else:
+                if not math.isfinite(result) and math.isfinite(fx) and math.isfinite(fy):
+                    raise SpecError("E023", f"{a} {op} {b} is out of range of a float", span)
+                return result
         return static.binop(op, a, b, span, self.sizes.concrete)
+
+    def _refuse_static_divisor(self, op: str, a: Any, b: Any, span: Span) -> None:
+        """A tensor divided by a constant zero, or an integer tensor to a negative constant power."""
+        if isinstance(b, (TensorValue, FuncRef, TupleValue, str)):
+            return
+        value = self._concrete(b)
+        if op in ("/", "//", "%") and not isinstance(value, bool) and value == 0:
+            raise SpecError("E026", f"division by zero: a tensor {op} {b}", span)
+        if op == "**" and isinstance(a, TensorValue) and not self.type_of(a).dtype.is_float \
+                and isinstance(value, (int, float, sympy.Number)) and value < 0:
+            raise SpecError("E026", f"{self.type_of(a).dtype} tensor ** {b}: integers to negative powers are not "
+                            "integers; cast to a float dtype first", span)
 
     def matmul(self, a: Any, b: Any, span: Span) -> TensorValue:
         x, y = self.as_tensor(a, span), self.as_tensor(b, span)
@@ -764,6 +825,10 @@ class Builder:
         t = self.type_of(value)
         names = list(t.names)
         atoms = [a for item in items for a in (item.items if isinstance(item, ast.AxisGroup) else [item])]
+        for a in atoms:
+            if isinstance(a, ast.AxisInt) and not 1 <= a.value <= MAX_SIZE:
+                raise SpecError("E023", f"axis size {a.value} is out of range (1 to 2^{MAX_SIZE.bit_length() - 1})",
+                                span)
         atom_names = [a.name if isinstance(a, ast.AxisName) else str(a.value) for a in atoms]
         if sorted(atom_names) == sorted(names) and len(set(atom_names)) == len(atom_names):
             return self._rearrange(value, t, items, atom_names, span)
@@ -931,6 +996,7 @@ class Builder:
             if kw.name == "name":
                 if not isinstance(kw.value, ast.Name):
                     raise SpecError("E026", "name= takes a plain identifier, as in name=c_attn", kw.value.span)
+                check_identifier(kw.value.id, kw.value.span, "parameter scope name")
                 return kw.value.id
         return None
 
@@ -988,6 +1054,33 @@ class Builder:
             return TupleValue(tuple(self.emit("getitem", [value.node], {"index": i}, call.span)
                                     for i in range(len(result))))
         return value
+
+
+_GUARD_NODES = (sympy.Symbol, sympy.Integer, sympy.Rational, sympy.Add, sympy.Mul, sympy.Pow, sympy.Mod, sympy.floor,
+                sympy.Min, sympy.Max, sympy.core.relational.Relational, sympy.And, sympy.Or, sympy.Not,
+                sympy.logic.boolalg.BooleanAtom)
+
+
+def _guard_form(fact: sympy.Basic, span: Span) -> sympy.Basic:
+    """A requirement kept for run time, in integer arithmetic on sizes (`+ - * / // % **`, min, max, comparisons,
+    and/or/not), which every backend can write as code. A float that is an integer (`0.0`) becomes one."""
+    floats = {f: sympy.Integer(int(f)) for f in fact.atoms(sympy.Float) if float(f).is_integer()}
+    fact = fact.xreplace(floats) if floats else fact
+    for node in sympy.preorder_traversal(fact):
+        bad = not isinstance(node, _GUARD_NODES) or (isinstance(node, sympy.Pow) and not node.exp.is_Integer)
+        if bad:
+            raise SpecError("E026", f"a requirement checked at run time may use only integer arithmetic on sizes "
+                            f"(+ - * / // % **, min, max); {node} is not", span)
+    return fact
+
+
+def _number(e: ast.Num) -> Any:
+    """A number literal: an exact integer (within +-2^62) or a float."""
+    if isinstance(e.value, int):
+        if e.value > static.MAX_MAGNITUDE:
+            raise SpecError("E023", f"integer {e.value} is out of range (|x| > 2^62)", e.span)
+        return sympy.Integer(e.value)
+    return e.value
 
 
 def _condition(value: Any, op: str, span: Span) -> Any:

@@ -168,4 +168,4 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
 
 def _semantic(key: str) -> bool:
     """A key nnspec knows changes the computation, or a sub-key of one."""
-    return key in SEMANTIC_KEYS or key.partition(".")[0] in SEMANTIC_KEYS and "." in key
+    return key in SEMANTIC_KEYS or (key.partition(".")[0] in SEMANTIC_KEYS and "." in key)

@@ -169,6 +169,85 @@ class Graph:
         types = tuple(self.nodes[o].type for o in self.outputs)
         return types[0] if len(types) == 1 else types  # type: ignore[return-value]
 
+    # ---- rewriting (compiler passes); the caller keeps the node order topological and `verify` checks it ----
+    def clone(self) -> Graph:
+        """An independent copy: nodes, edges, meta and fusion groups (types, attrs and spans are shared values)."""
+        out = Graph(self.name)
+        for node in self:
+            out.nodes[node.name] = Node(node.name, node.op, list(node.inputs), dict(node.attrs), node.type,
+                                        node.span, dict(node.meta))
+        out.nx = self.nx.copy()
+        out.inputs, out.outputs, out._counts = list(self.inputs), list(self.outputs), dict(self._counts)
+        out.meta = dict(self.meta)
+        if "fusion_groups" in self.meta:
+            out.meta["fusion_groups"] = {n: g.copy() for n, g in self.meta["fusion_groups"].items()}
+        return out
+
+    def insert_before(self, anchor: str | None, op: str, inputs: list[str], attrs: dict[str, Any], type_: Type,
+                      span: Span | None = None, hint: str | None = None) -> Node:
+        """Add a node (never an `input`) just before `anchor`, or at the end when anchor is None."""
+        assert op != "input", "graph inputs are a template's signature; passes do not add them"
+        node = self.add(op, inputs, attrs, type_, span, hint)
+        if anchor is not None:
+            self.move_before([node.name], anchor)
+        return node
+
+    def move_before(self, names: list[str], anchor: str | None) -> None:
+        """Move `names`, in the order given, to just before `anchor` (None: to the end)."""
+        moving = set(names)
+        assert anchor not in moving, "cannot move a node before itself"
+        rest = [n for n in self.nodes if n not in moving]
+        if anchor is None:
+            order = rest + list(names)
+        else:
+            i = rest.index(anchor)
+            order = rest[:i] + list(names) + rest[i:]
+        self.nodes = {n: self.nodes[n] for n in order}
+
+    def reorder(self, order: list[str]) -> None:
+        """Put the nodes in `order`, a permutation of them."""
+        assert sorted(order) == sorted(self.nodes), "reorder needs every node exactly once"
+        self.nodes = {n: self.nodes[n] for n in order}
+
+    def set_input(self, name: str, index: int, src: str) -> None:
+        """Make input `index` of node `name` read `src`."""
+        node = self.nodes[name]
+        self.nx.remove_edge(node.inputs[index], name, key=index)
+        node.inputs[index] = src
+        self.nx.add_edge(src, name, key=index, index=index, type=self.nodes[src].type)
+
+    def replace_uses(self, old: str, new: str) -> int:
+        """Every use of `old`, by a node or as a graph output, now reads `new`; returns how many changed."""
+        count = 0
+        for user in self.users(old):
+            for i, src in enumerate(user.inputs):
+                if src == old:
+                    self.set_input(user.name, i, new)
+                    count += 1
+        for i, out in enumerate(self.outputs):
+            if out == old:
+                self.outputs[i] = new
+                count += 1
+        return count
+
+    def relabel(self, old: str, new: str) -> None:
+        """Rename a node (which may have users) to a name not in use; its users and the outputs follow."""
+        assert new not in self.nodes, f"{new} is already a node"
+        for user in self.users(old):
+            user.inputs = [new if i == old else i for i in user.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+        self.inputs = [new if i == old else i for i in self.inputs]
+        self.nodes = {(new if k == old else k): v for k, v in self.nodes.items()}
+        nx.relabel_nodes(self.nx, {old: new}, copy=False)
+        self.nodes[new].name = new
+
+    def erase(self, name: str) -> None:
+        """Remove a node that nothing uses (not an output, not a graph input)."""
+        assert not list(self.nx.successors(name)), f"cannot erase {name}: it still has users"
+        assert name not in self.outputs and name not in self.inputs, f"cannot erase {name}: graph input or output"
+        del self.nodes[name]
+        self.nx.remove_node(name)
+
 
 @dataclass
 class Guard:
@@ -194,6 +273,132 @@ class Model:
     source_name: str
     # source ("hf") -> [(our path pattern, their key pattern, transforms)]; `{i}` placeholders match indices
     weight_maps: dict[str, list[tuple[str, str, tuple[str, ...]]]] = field(default_factory=dict)
+    # transforms applied to the checked spec, in order, as one line each (`lora *.c_attn r=8`); see
+    # nnspec.compiler.transforms. Nodes a transform made or changed also carry `meta["transform"]`.
+    transforms: list[str] = field(default_factory=list)
 
     def graphs(self) -> list[Graph]:
         return [self.graph, *self.templates.values()]
+
+
+def repeat_plan(attrs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(block, weight scope under the repeat's scope) for each iteration of a `repeat` node, in order.
+
+    The block is `block`, or the iteration's entry in the optional `variants` ((index, block) pairs, made by
+    transforms such as drop). The weight scope is `""` when `shared`, `str(i // (count // groups))` with the
+    optional `groups` (consecutive iterations share one set), else `str(i)`.
+    """
+    count, variants = attrs["count"], dict(attrs.get("variants", ()))
+    groups = attrs.get("groups")
+    per = count // groups if groups else 1
+    return [(variants.get(i, attrs["block"]),
+             "" if attrs["shared"] else str(i // per) if groups else str(i)) for i in range(count)]
+
+
+def repeat_counts(attrs: dict[str, Any], *, weights: bool) -> dict[str, int]:
+    """Block -> how many iterations of a `repeat` run it (`weights=False`) or how many weight sets it has
+    (`weights=True`), in closed form unless the repeat has variants."""
+    count, block, variants = attrs["count"], attrs["block"], dict(attrs.get("variants", ()))
+    if not weights:
+        out = {block: count - len(variants)}
+        for b in variants.values():
+            out[b] = out.get(b, 0) + 1
+        return {b: n for b, n in out.items() if n}
+    if attrs["shared"]:
+        return {block: 1}
+    if not variants:
+        return {block: attrs.get("groups") or count}
+    out = {}
+    for _, b in repeat_weight_sets(attrs):
+        out[b] = out.get(b, 0) + 1
+    return out
+
+
+def repeat_weight_sets(attrs: dict[str, Any]) -> list[tuple[str, str]]:
+    """The distinct weight sets of a `repeat`: (weight scope, block of the first iteration using it)."""
+    out: dict[str, str] = {}
+    for block, scope in repeat_plan(attrs):
+        out.setdefault(scope, block)
+    return [(scope, block) for scope, block in out.items()]
+
+
+
+@dataclass
+class FusionGroup:
+    """Nodes a backend should emit as one kernel: an annotation, never a change to what the graph computes.
+
+    `kind` is `elementwise` (a chain of elementwise ops over one domain), `epilogue` (a linear and the
+    elementwise ops applied to its result: bias + activation) or `add_norm` (a residual add and the norm of
+    its sum). `inputs` are the values read from outside the group, `outputs` the members whose values are
+    used outside it or returned; both in graph order. Members carry `meta["fusion_group"] = name` and stand
+    contiguously in the graph's node order, so a backend can emit the group where its first member is.
+    """
+
+    name: str
+    kind: str
+    nodes: list[str]
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def copy(self) -> FusionGroup:
+        return FusionGroup(self.name, self.kind, list(self.nodes), list(self.inputs), list(self.outputs))
+
+
+def verify(graph: Graph, sizes: Any, templates: dict[str, Graph] | None = None) -> None:
+    """Check a graph's invariants; raise InternalError naming the first broken one.
+
+    Every node's type is what its op's rule infers from its inputs' types (and a call's or repeat's result
+    is its template's), the networkx edges mirror `node.inputs`, the node order is topological, inputs and
+    outputs exist, and fusion groups name existing members that carry the group's name.
+    """
+    from nnspec.compiler.ops import OPS
+    from nnspec.errors import InternalError, SpecError
+
+    def fail(msg: str) -> InternalError:
+        return InternalError(f"graph {graph.name}: {msg}")
+
+    if set(graph.nx.nodes) != set(graph.nodes):
+        raise fail(f"edge graph and node table disagree on {sorted(set(graph.nx.nodes) ^ set(graph.nodes))}")
+    seen: set[str] = set()
+    pending = len(sizes.pending)
+    try:
+        for node in graph:
+            if node.op not in OPS:
+                raise fail(f"{node.name} has unknown op {node.op}")
+            for i, src in enumerate(node.inputs):
+                if src not in seen:
+                    raise fail(f"{node.name} reads {src}, which is not defined before it")
+                edge = graph.nx.get_edge_data(src, node.name, key=i)
+                if edge is None or edge.get("index") != i:
+                    raise fail(f"no edge {src} -> {node.name} for input {i}")
+                if edge.get("type") != graph.nodes[src].type:
+                    raise fail(f"edge {src} -> {node.name} carries {edge.get('type')}, not {graph.nodes[src].type}")
+            n_edges = graph.nx.in_degree(node.name)
+            if n_edges != len(node.inputs):
+                raise fail(f"{node.name} has {len(node.inputs)} inputs but {n_edges} incoming edges")
+            try:
+                inferred = OPS[node.op].infer(graph.input_types(node), node.attrs, sizes)
+            except SpecError as err:
+                raise fail(f"{node.name} = {node.op}(...) no longer type-checks: {err.message}") from None
+            if inferred != node.type:
+                raise fail(f"{node.name} = {node.op}(...) is stored as {node.type} but infers {inferred}")
+            if templates is not None and node.op in ("call", "repeat", "scan"):
+                for name in [node.attrs["block"], *(b for _, b in node.attrs.get("variants", ()))]:
+                    block = templates.get(name)
+                    if block is None:
+                        raise fail(f"{node.name} calls missing block {name}")
+                    if node.op != "scan" and block.output_type() != node.attrs["result"]:
+                        raise fail(f"{node.name}: block {block.name} returns {block.output_type()}, "
+                                   f"not {node.attrs['result']}")
+            seen.add(node.name)
+    finally:
+        del sizes.pending[pending:]
+    if graph.inputs != [n.name for n in graph if n.op == "input"]:
+        raise fail(f"inputs {graph.inputs} are not the graph's input nodes in order")
+    for out in graph.outputs:
+        if out not in graph.nodes:
+            raise fail(f"output {out} does not exist")
+    for name, group in graph.meta.get("fusion_groups", {}).items():
+        for member in group.nodes:
+            if member not in graph.nodes or graph.nodes[member].meta.get("fusion_group") != name:
+                raise fail(f"fusion group {name} lists {member}, which is not a member")

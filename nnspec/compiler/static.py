@@ -28,6 +28,8 @@ def to_sym(value: Static, span: Span) -> sympy.Expr:
         raise SpecError("E026", f"expected a number, got {value!r}", span)
     if isinstance(value, float):
         return sympy.Float(value) if math.isfinite(value) else (sympy.oo if value > 0 else -sympy.oo)
+    if not isinstance(value, (int, sympy.Basic)):  # a function, a tuple, a tensor: never sympify()'d
+        raise SpecError("E026", "expected a number, got a function, tuple or tensor", span)
     return sympy.sympify(value)
 
 
@@ -36,6 +38,8 @@ def _checked(result: sympy.Basic, span: Span) -> sympy.Basic:
         raise SpecError("E023", f"value {result} is out of range (|x| > 2^62)", span)
     if result in (sympy.zoo, sympy.nan):
         raise SpecError("E026", "undefined value (division by zero?)", span)
+    if result.is_number and result.is_extended_real is False:  # (-8)**0.5
+        raise SpecError("E026", f"{result} is not a real number", span)
     return result
 
 

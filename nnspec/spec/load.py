@@ -101,16 +101,29 @@ def read_source(path_or_text: str | os.PathLike[str]) -> Source:
     """A `Path`, or a string without a newline, is a file; any other string is spec text."""
     if isinstance(path_or_text, os.PathLike) or "\n" not in path_or_text:
         path = Path(path_or_text)
+        if "\x00" in str(path):
+            raise FileNotFoundError(f"cannot read spec {str(path_or_text)!r}: a path cannot contain a NUL byte")
         try:
-            size = path.stat().st_size
-            if size > MAX_BYTES:
-                raise SpecError("E005", f"spec is {size:,} bytes; the limit is {MAX_BYTES:,}",
-                                Source(str(path_or_text), "").span(0, 0))
-            data = path.read_bytes()
+            data = read_bounded(path, str(path_or_text))
         except OSError as e:
             raise FileNotFoundError(f"cannot read spec {str(path_or_text)!r}: {e.strerror}") from None
         return decode(data, str(path_or_text), path)
     return decode(path_or_text.encode("utf-8"), "<string>")
+
+
+def read_bounded(path: Path, name: str) -> bytes:
+    """A file's bytes, refusing (E005) one over `MAX_BYTES` without reading more than that: its size as stat()
+    gives it first, then the read itself is bounded (a pipe or /dev/zero has no size to stat)."""
+    def too_big(size: str) -> SpecError:
+        return SpecError("E005", f"{name} is {size} bytes; the limit is {MAX_BYTES:,}", Source(name, "").span(0, 0))
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise too_big(f"{size:,}")
+    with open(path, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise too_big(f"more than {MAX_BYTES:,}")
+    return data
 
 
 def load(path_or_text: str | os.PathLike[str]) -> Spec:
@@ -126,18 +139,18 @@ def load_source(source: Source) -> Spec:
                             f"version {', '.join(map(str, FORMAT_VERSIONS))}", version.span)
     doc = validate(root)
     top = root.value
-    _check_identifier(doc.name, top["name"].span, "model name")
+    check_identifier(doc.name, top["name"].span, "model name")
 
     dims: dict[str, DimDecl] = {}
     for name, node in _items(top, "dims"):
-        _check_identifier(name, root.value["dims"].key_spans[name], "dim name")
+        check_identifier(name, root.value["dims"].key_spans[name], "dim name")
         value: int | ast.Expr = node.value if isinstance(node.value, int) else _expr(node, "dimexpr")
         dims[name] = DimDecl(name, value, node.span, top["dims"].key_spans[name])
 
     options: dict[str, OptionDecl] = {}
     for name, node in _items(top, "options"):
         key_span = top["options"].key_spans[name]
-        _check_identifier(name, key_span, "option name")
+        check_identifier(name, key_span, "option name")
         if name in dims:
             raise SpecError("E024", f"'{name}' is both a dim and an option", key_span).with_note(
                 "dim declared here", dims[name].key_span)
@@ -200,9 +213,12 @@ def _add_blocks(source: Source, top: dict[str, YNode], blocks: dict[str, BlockDe
         key_node = YNode(key, top["blocks"].key_spans[key])
         key_node.text = _key_text_map(source, key, top["blocks"].key_spans[key])
         sig = _expr(key_node, "signature")
-        _check_identifier(sig.name, sig.span, "block name")
+        check_identifier(sig.name, sig.span, "block name")
         seen: set[str] = set()
         for param in sig.params:
+            if param.name.startswith("__"):
+                raise SpecError("E004", f"block parameter '{param.name}' is a reserved name (it starts with __)",
+                                param.span)
             if param.name in seen:
                 raise SpecError("E024", f"block '{sig.name}' names parameter '{param.name}' twice", param.span)
             seen.add(param.name)
@@ -238,7 +254,13 @@ class _Includes:
             if len(self.loaded) >= MAX_INCLUDES:
                 raise SpecError("E005", f"more than {MAX_INCLUDES} included files", item.span)
             self.loaded.add(path)
-            source = decode(path.read_bytes(), self.display(path), path)
+            try:
+                data = read_bounded(path, self.display(path))
+            except SpecError as err:  # too big: say so at the include
+                raise SpecError(err.code, f"include '{item.value}': {err.message}", item.span) from None
+            except OSError as e:
+                raise SpecError("E028", f"include '{item.value}' cannot be read: {e.strerror}", item.span) from None
+            source = decode(data, self.display(path), path)
             node = load_yaml(source)
             version = node.value.get("nnspec") if isinstance(node.value, dict) else None
             if version is not None and version.value not in FORMAT_VERSIONS:
@@ -252,7 +274,9 @@ class _Includes:
     def resolve(self, ref: str, span: Span, base: Path | None, root: Path | None) -> tuple[Path, Path]:
         if "://" in ref or ref.startswith(("http:", "https:", "file:", "ftp:")):
             raise SpecError("E028", f"include '{ref}': URLs are not allowed; include files next to the spec", span)
-        if "\\" in ref or "\x00" in ref:
+        if "\x00" in ref:
+            raise SpecError("E028", f"include {ref!r}: a path cannot contain a NUL byte", span)
+        if "\\" in ref:
             raise SpecError("E028", f"include '{ref}': use / to separate directories", span)
         std = ref.startswith("std/")
         rel = PurePosixPath(ref[4:] if std else ref)
@@ -265,11 +289,16 @@ class _Includes:
             base, root = STDLIB, STDLIB
         elif base is None or root is None:
             raise SpecError("E028", f"include '{ref}': a spec given as text can include only std/ files", span)
-        path = (base / rel).resolve()
+        try:
+            path = (base / rel).resolve()
+            is_file = path.is_file()
+        except (OSError, RuntimeError) as e:  # a name too long, a symbolic link loop (RuntimeError before 3.13)
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SpecError("E028", f"include '{ref[:200]}' cannot be resolved: {why}", span) from None
         if not path.is_relative_to(root):
             where = "the standard library" if std else "the spec's directory"
             raise SpecError("E028", f"include '{ref}' resolves outside {where} (through a symbolic link?)", span)
-        if not path.is_file():
+        if not is_file:
             known = ", ".join(sorted("std/" + p.name for p in STDLIB.glob("*.yaml"))) if std else ""
             raise SpecError("E028", f"include '{ref}' not found" + (f" (the library has {known})" if known else ""),
                             span)
@@ -300,7 +329,7 @@ def _expr(node: YNode, start: str) -> Any:
 
 
 def _tensor(name: str, node: YNode, parent: YNode) -> TensorDecl:
-    _check_identifier(name, parent.key_spans[name], "tensor name")
+    check_identifier(name, parent.key_spans[name], "tensor name")
     if isinstance(node.value, dict):  # {type: ..., default: ...}
         default = node.value["default"].value if "default" in node.value else None
         return TensorDecl(name, _expr(node.value["type"], "typeexpr"), node.value["type"].span,
@@ -322,7 +351,7 @@ def _key_text_map(source: Source, key: str, span: Span) -> Any:
 _RESERVED = {"true", "false", "inf", "nan", "return", "if", "else", "and", "or", "not"}
 
 
-def _check_identifier(name: str, span: Span, what: str) -> None:
+def check_identifier(name: str, span: Span, what: str) -> None:
     """Names reach generated code and file names: only plain identifiers, never keywords."""
     if not name.isidentifier() or not name.isascii():
         raise SpecError("E004", f"{what} '{name}' is not an identifier (letters, digits, _; not starting "

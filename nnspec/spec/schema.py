@@ -70,6 +70,7 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseMod
     # pydantic reports every alternative of a union: unknown/missing keys are clearest, and otherwise the
     # alternative that got furthest into the value explains the mistake best.
     errors = e.errors()
+    _clean = _cleaner(root.plain())
     rank = {"extra_forbidden": 0, "missing": 1}
     errors.sort(key=lambda err: (rank.get(err["type"], 2), -len(_clean(err["loc"]))))
     err = errors[0]
@@ -102,10 +103,28 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseMod
     return SpecError("E004", f"'{what}' {expected}, got {_kind(value)} {value!r}"[:300], span)
 
 
-def _clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """pydantic's loc without the names of union alternatives (`str`, `OptionDoc`, ...)."""
-    loc = tuple(p for p in loc if not ((isinstance(p, str) and p[:1].isupper()) or "[" in str(p)))
-    return tuple(p for p in loc if p not in ("str", "int", "bool", "float", "function-after"))
+def _cleaner(data: Any) -> Any:
+    """`clean(loc)`: pydantic's loc without the names of union alternatives (`str`, `OptionDoc`, `list[str]`).
+
+    The loc is walked along the document, so a user's key that looks like such a name (`Name`, `x[B, T]`,
+    `str`) is kept: only a part that is not a key or index of the value reached so far may be dropped.
+    """
+    def clean(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+        out: list[Any] = []
+        node, walking = data, True
+        for p in loc:
+            in_dict = isinstance(node, dict) and isinstance(p, str) and p in node
+            in_list = isinstance(node, list) and isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(node)
+            if walking and (in_dict or in_list):
+                node = node[p]
+            elif (isinstance(p, str) and p[:1].isupper()) or "[" in str(p) or \
+                    p in ("str", "int", "bool", "float", "function-after"):
+                continue
+            else:
+                walking = False  # a missing key: nothing below it is in the document
+            out.append(p)
+        return tuple(out)
+    return clean
 
 
 def _node_at(root: YNode, loc: tuple[Any, ...]) -> YNode | None:

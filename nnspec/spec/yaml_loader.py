@@ -72,7 +72,12 @@ def decode(data: bytes, name: str, origin: Any = None) -> Source:
 
 def load_yaml(source: Source) -> YNode:
     _refuse_tab_indentation(source)
-    loader = yaml.SafeLoader(source.text)
+    try:
+        loader = yaml.SafeLoader(source.text)  # the reader refuses control characters here, before parsing
+    except yaml.reader.ReaderError as e:
+        at = e.position
+        raise SpecError("E006", f"character {e.character:#06x} is not allowed in YAML (a control character)",
+                        source.span(at, at + 1)) from None
     try:
         root = loader.get_single_node()
     except RecursionError:  # PyYAML composes recursively; depth beyond Python's stack is no spec

@@ -1,4 +1,5 @@
-"""The PyTorch backend: the reference interpreter and (later) generated modules."""
+"""The PyTorch backend: the reference interpreter (`lowering.py`), code generation (`codegen.py` with the op
+table in `emit.py`) and checkpoint mapping (`weights.py`)."""
 
 from nnspec.backends.torch.interpreter import Interpreter, RuntimeShapeError, interpret
 

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from nnspec.backends.torch.lowering import LOWERINGS, TORCH_DTYPES
-from nnspec.compiler.ir import Graph, Model, TensorType
+from nnspec.compiler.analysis import MEMORY_FRACTION, check_memory, default_max_memory
+from nnspec.compiler.ir import Graph, Model, TensorType, repeat_weight_sets
+
+
+def _default_limit(device: torch.device) -> int | None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory * MEMORY_FRACTION)
+    return default_max_memory()
 
 
 class RuntimeShapeError(ValueError):
@@ -22,34 +29,61 @@ class RuntimeShapeError(ValueError):
 
 
 class Scope(nn.Module):
-    """A parameter container; nested by dotted path."""
+    """A parameter container; nested by dotted path.
+
+    Entries go straight into `_parameters`, `_buffers` and `_modules` and are read back from there
+    (`get_submodule`, `get_parameter`, `get_buffer`), never through attributes: a spec's path component may be any
+    identifier, even one naming an `nn.Module` attribute (`training`, `forward`, `state_dict`), and
+    `named_parameters()` and `state_dict()` keys are still the spec's paths.
+    """
 
     def add_param(self, path: str, param: nn.Parameter) -> None:
         head, _, rest = path.partition(".")
-        if not rest:
-            self.register_parameter(head, param)
-            return
-        child = self._modules.get(head)
-        if child is None:
-            child = Scope()
-            self.add_module(head, child)
-        assert isinstance(child, Scope)
-        child.add_param(rest, param)
+        if rest:
+            self.child(head).add_param(rest, param)
+        else:
+            self._parameters[head] = param
 
     def add_state(self, path: str, tensor: torch.Tensor, persistent: bool) -> None:
         head, _, rest = path.partition(".")
-        if not rest:
-            self.register_buffer(head, tensor, persistent=persistent)
+        if rest:
+            self.child(head).add_state(rest, tensor, persistent)
             return
-        self.child(head).add_state(rest, tensor, persistent)
+        self._buffers[head] = tensor
+        if persistent:
+            self._non_persistent_buffers_set.discard(head)
+        else:
+            self._non_persistent_buffers_set.add(head)
 
     def child(self, name: str) -> Scope:
         child = self._modules.get(name)
         if child is None:
             child = Scope()
-            self.add_module(name, child)
+            self._modules[name] = child
         assert isinstance(child, Scope)
         return child
+
+    def get_submodule(self, target: str) -> nn.Module:
+        module: nn.Module = self
+        for part in target.split(".") if target else []:
+            if part not in module._modules:
+                raise AttributeError(f"no scope {part!r} in {target!r}")
+            module = module._modules[part]  # type: ignore[assignment]
+        return module
+
+    def get_parameter(self, target: str) -> nn.Parameter:
+        scope, _, name = target.rpartition(".")
+        params = self.get_submodule(scope)._parameters
+        if name not in params:
+            raise AttributeError(f"no parameter {target!r}")
+        return params[name]  # type: ignore[return-value]
+
+    def get_buffer(self, target: str) -> torch.Tensor:
+        scope, _, name = target.rpartition(".")
+        buffers = self.get_submodule(scope)._buffers
+        if name not in buffers:
+            raise AttributeError(f"no buffer {target!r}")
+        return buffers[name]  # type: ignore[return-value]
 
 
 def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.device | str,
@@ -95,8 +129,14 @@ class Frame:
 class Interpreter(nn.Module):
     """`Interpreter(model)(input_ids=...)` -> dict of outputs by spec name."""
 
-    def __init__(self, model: Model, *, device: torch.device | str = "cpu", seed: int | None = 0) -> None:
+    def __init__(self, model: Model, *, device: torch.device | str = "cpu", seed: int | None = 0,
+                 max_memory: int | None = None) -> None:
+        """Build the parameters (seeded), after refusing with `nnspec.ResourceError`, before allocating anything,
+        a model whose parameters and buffers need more than `max_memory` bytes (default: half of the physical
+        memory, or of a GPU's memory on a CUDA device). The meta device allocates nothing and is not limited."""
         super().__init__()
+        if torch.device(device).type != "meta":
+            check_memory(model, max_memory if max_memory is not None else _default_limit(torch.device(device)))
         self.model = model
         self.device = device
         gen = None
@@ -111,7 +151,10 @@ class Interpreter(nn.Module):
             if node.op == "param":
                 t = node.attrs["type"]
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
-                scope.add_param(node.attrs["path"], nn.Parameter(_init(t, node.attrs["init"], shape, self.device, gen)))
+                data = _init(t, node.attrs["init"], shape, self.device, gen)
+                frozen = node.attrs.get("trainable", True) is False  # e.g. a base weight under LoRA
+                scope.add_param(node.attrs["path"], nn.Parameter(data, requires_grad=False) if frozen else
+                                nn.Parameter(data))
             elif node.op == "buffer":
                 t = node.attrs["type"]
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
@@ -121,12 +164,8 @@ class Interpreter(nn.Module):
                 self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)
             elif node.op == "repeat":
                 outer = scope.child(node.attrs["scope"])
-                template = self.model.templates[node.attrs["block"]]
-                if node.attrs["shared"]:
-                    self._build(template, outer, gen)
-                else:
-                    for i in range(node.attrs["count"]):
-                        self._build(template, outer.child(str(i)), gen)
+                for sub, block in repeat_weight_sets(node.attrs):  # per layer, per group, or one shared set
+                    self._build(self.model.templates[block], outer.child(sub) if sub else outer, gen)
 
     def named_spec_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.root.named_parameters())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from nnspec.compiler.ir import DType, Node, TensorType
+from nnspec.compiler.ir import DType, Node, TensorType, repeat_plan
 from nnspec.compiler.ops.contract import einsum_string
 
 if TYPE_CHECKING:
@@ -189,9 +189,8 @@ def _call(frame: Frame, node: Node, ins: list[Any]) -> Any:
 def _repeat(frame: Frame, node: Node, ins: list[Any]) -> Any:
     x, rest = ins[0], ins[1:]
     scope = frame.module.get_submodule(node.attrs["scope"])
-    for i in range(node.attrs["count"]):
-        layer = scope if node.attrs["shared"] else scope.get_submodule(str(i))
-        x = frame.run_block(node.attrs["block"], layer, [x, *rest])[0]
+    for block, sub in repeat_plan(node.attrs):  # the iteration's block and weight set (see ir.repeat_plan)
+        x = frame.run_block(block, scope.get_submodule(sub) if sub else scope, [x, *rest])[0]
     return x
 
 

@@ -106,6 +106,8 @@ def _slice(b: Builder, call: ast.Call) -> Any:
         raise SpecError("E026", f"slice: give stop=; the size of {over} is not known when checking", call.span)
     stop = n if a["stop"] is None else b.ints(a["stop"], 1, "stop")[0]
     assert stop is not None
+    if n is None:  # torch would clip the range to the axis and give fewer entries than checked
+        _within(b, b.type_of(x).axis(over).size, stop, ">=", call.span)  # type: ignore[union-attr]
     size = sympy.Integer(max(0, -(-(stop - start) // step)))
     into = _into(b, a["into"], size)
     return b.emit("slice", [x.node], {"axis": over, "start": start, "stop": stop, "step": step, "into": into},
@@ -127,7 +129,21 @@ def _take(b: Builder, call: ast.Call) -> Any:
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "take", call.span)
     index = 0 if a["index"] is None else b.ints(a["index"], 1, "index")[0]
+    size = b.type_of(x).axis(over).size  # type: ignore[union-attr]
+    if index < 0:
+        raise SpecError("E012", f"take: index {index} is negative; positions along {over} count from 0", call.span)
+    if b.sizes.value(size) is None:
+        _within(b, size, index, ">", call.span)
     return b.emit("select", [x.node], {"axis": over, "index": index}, call.span)
+
+
+def _within(b: Builder, size: sympy.Expr, bound: int, op: str, span: Any) -> None:
+    """An index or a range end along an axis whose size depends on a free dim: a run-time guard."""
+    fact = sympy.Gt(size, bound) if op == ">" else sympy.Ge(size, bound)
+    if fact is sympy.false:
+        raise SpecError("E012", f"{size} {op} {bound} can never hold", span)
+    if fact is not sympy.true:
+        b.sizes.assume(fact, f"{size} {op} {bound}")
 
 
 @builtin("full", 'full(value, AXIS, ..., dtype="float32")', "A constant tensor over named axes.")

@@ -19,7 +19,8 @@ def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("param", "source", doc="A learned parameter at path `path`, initialised by `init` "
-    "(`('normal', std)`, `('zeros',)`, `('ones',)`).", attrs={"path": str, "type": TensorType, "init": tuple},
+    "(`('normal', std)`, `('zeros',)`, `('ones',)`); `trainable=false` (set by transforms such as LoRA) freezes it.",
+    attrs={"path": str, "type": TensorType, "init": tuple, "trainable": bool}, optional=("trainable",),
     arity=0, glyph="")
 def _param(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
@@ -47,11 +48,21 @@ def _call(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("repeat", "structure", doc="Apply block template `block` `count` times, feeding the output back as the first "
-    "argument; weights under `scope.0`, `scope.1`, ... or, when `shared`, one set under `scope`.",
-    attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple, "result": TensorType},
+    "argument; weights under `scope.0`, `scope.1`, ... or, when `shared`, one set under `scope`. Transforms may "
+    "add `variants` ((index, block) pairs: those iterations run another template of the same type) and `groups` "
+    "(consecutive runs of count/groups iterations share the weights under `scope.0` ... `scope.{groups-1}`).",
+    attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple, "result": TensorType,
+           "variants": tuple, "groups": int}, optional=("variants", "groups"),
     glyph="×N")
 def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     _check_args(f"repeat of {attrs['block']}", ins, attrs["params"], sizes)
+    groups = attrs.get("groups")
+    if groups is not None and (attrs["shared"] or groups < 1 or attrs["count"] % groups):
+        raise SpecError("E015", f"repeat {attrs['scope']}: {groups} weight groups do not divide {attrs['count']} "
+                        "separate iterations")
+    if any(not 0 <= i < attrs["count"] for i, _ in attrs.get("variants", ())):
+        raise SpecError("E015", f"repeat {attrs['scope']}: a variant names an iteration outside "
+                        f"0..{attrs['count'] - 1}")
     if attrs["result"] != attrs["params"][0]:
         raise SpecError("E025", f"repeated block {attrs['block']} takes {attrs['params'][0]} but returns "
                         f"{attrs['result']}")

@@ -1,0 +1,228 @@
+"""The attributes of each generated class (`plan_members`).
+
+A parameter group that ops use the way a torch module does (`linear` taking `c_fc.weight` and `c_fc.bias` ->
+`nn.Linear`; likewise `nn.Embedding`, `nn.LayerNorm`, `RMSNorm`, `nn.BatchNormNd`, `nn.ConvNd`) becomes that
+module, so state-dict keys stay the spec's paths and the code reads like hand-written PyTorch; any other group
+becomes plain `nn.Parameter`s and buffers under `nn.Module()` containers. Block calls and repeats become block
+instances and `nn.ModuleList`s. Each member carries the `reset_parameters()` lines its spec init needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sympy
+
+from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch.codegen import STRUCTURE, ClassPlan, Member, ModuleGen, member, refuse, size_expr
+from nnspec.backends.torch.pysrc import Expr, Lit, call, method
+from nnspec.compiler.ir import DType, Graph, Node, TensorType
+from nnspec.errors import InternalError
+
+
+def plan_members(mg: ModuleGen, graph: Graph, name: str) -> ClassPlan:
+    plan = ClassPlan(name, graph)
+    first: dict[str, int] = {}
+    groups: dict[str, list[Node]] = {}
+    blocks: list[Member] = []
+    for pos, node in enumerate(graph):
+        if node.op in STRUCTURE:
+            scope = node.attrs["scope"]
+            mg.check_attr("scope", scope, node)
+            if scope in first:
+                raise InternalError(f"scope {scope} used twice in {graph.name}")
+            first[scope] = pos
+            block = P.call(P.Name(mg.class_names[node.attrs["block"]]))
+            if node.op == "repeat" and not node.attrs["shared"]:
+                block = call("nn.ModuleList", P.ListComp(block, "_", call("range", node.attrs["count"])))
+            blocks.append(Member(scope, block))
+        elif node.op in ("param", "buffer"):
+            parts = node.attrs["path"].split(".")
+            for part in parts:
+                mg.check_attr("parameter path component", part, node)
+            first.setdefault(parts[0], pos)
+            groups.setdefault(parts[0], []).append(node)
+    members = list(blocks)
+    for attr, nodes in groups.items():
+        if any(m.attr == attr for m in blocks):
+            raise refuse("parameter path", nodes[0].attrs["path"], f"'{attr}' is also a block scope", nodes[0].span)
+        leaves = {n.attrs["path"][len(attr) + 1:]: n for n in nodes}
+        simple = all(leaves) and all("." not in k for k in leaves)
+        for kind, recognise in MODULES.items():
+            found = recognise(mg, graph, leaves) if simple else None
+            if found is not None:
+                members.append(Member(attr, found[0], found[1]))
+                plan.module_of.update({n.name: (attr, kind) for n in nodes})
+                break
+        else:
+            members.append(_plain_member(mg, attr, nodes))
+    plan.members = sorted(members, key=lambda m: first[m.attr])
+    return plan
+
+
+def _plain_member(mg: ModuleGen, attr: str, nodes: list[Node]) -> Member:
+    """`nn.Parameter`s and buffers at their paths, under `nn.Module()` containers where nested."""
+    m = Member(attr, None)
+    containers: set[str] = set()
+    for node in nodes:
+        *parents, leaf = node.attrs["path"].split(".")
+        for k in range(1, len(parents) + 1):
+            path = ".".join(parents[:k])
+            if path not in containers:
+                containers.add(path)
+                m.setup.append((member(path), call("nn.Module")))
+        owner = member(".".join(parents)) if parents else P.Name("self")
+        t: TensorType = node.attrs["type"]
+        shape = P.TupleExpr(tuple(mg_size(mg, s) for s in t.sizes))
+        init = node.attrs["init"]
+        kwargs: dict[str, Any] = {} if t.dtype == DType.float32 else {"dtype": P.dotted(f"torch.{t.dtype.value}")}
+        if node.op == "buffer":
+            maker = {"zeros": "torch.zeros", "ones": "torch.ones"}.get(init[0], "torch.empty") \
+                if t.dtype.is_float else "torch.zeros"
+            tensor = call(maker, shape, **kwargs)
+            m.setup.append(method(owner, "register_buffer", leaf, tensor, persistent=node.attrs["persistent"]))
+            if maker == "torch.empty":
+                m.inits.append(_init(P.Attr(owner, leaf), init, t))
+            continue
+        grad: dict[str, Any] = {} if t.dtype.is_float else {"requires_grad": False}
+        m.setup.append((P.Attr(owner, leaf), call("nn.Parameter", call("torch.empty", shape, **kwargs), **grad)))
+        m.inits.append(_init(P.Attr(owner, leaf), init, t))
+    return m
+
+
+def mg_size(mg: ModuleGen, e: sympy.Basic) -> Expr:
+    def name_of(sym: sympy.Symbol) -> Expr:
+        if sym not in mg.dim_names:
+            raise InternalError(f"parameter size {e} depends on a free dim")
+        return P.Name(mg.dim_names[sym])
+    return size_expr(e, name_of)
+
+
+def _init(target: Expr, init: tuple[Any, ...], t: TensorType) -> Expr:
+    if not t.dtype.is_float:
+        return call("nn.init.zeros_", target)
+    if init[0] == "normal":
+        return call("nn.init.normal_", target, std=init[1])
+    if init[0] in ("zeros", "ones"):
+        return call(f"nn.init.{init[0]}_", target)
+    raise InternalError(f"unknown parameter init {init}")
+
+
+Recogniser = Callable[[ModuleGen, Graph, dict[str, Node]], tuple[Expr, list[Expr]] | None]
+
+
+def _uses(graph: Graph, nodes: list[Node], op: str, slots: list[str | None]) -> list[Node] | None:
+    """The `op` nodes that take these parameters, if each takes all of them in these input slots."""
+    users = [u for n in nodes for u in graph.users(n.name) if u.op == op]
+    users = list({u.name: u for u in users}.values())
+    for u in users:
+        if u.inputs[1:1 + len(slots)] != slots or len(u.inputs) != 1 + len(slots):
+            return None
+    return users or None
+
+
+def _same(users: list[Node], *keys: str) -> bool:
+    return all(all(u.attrs[k] == users[0].attrs[k] for u in users) for k in keys)
+
+
+def _float32(*nodes: Node) -> bool:
+    return all(n.attrs["type"].dtype == DType.float32 for n in nodes)
+
+
+def _linear_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    w, b = leaves.get("weight"), leaves.get("bias")
+    if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param" or \
+            (b is not None and b.op != "param"):
+        return None
+    if _uses(graph, list(leaves.values()), "linear", [w.name] + ([b.name] if b else [])) is None:
+        return None
+    out, inp = w.attrs["type"].sizes
+    kwargs = {} if b else {"bias": False}
+    inits = [_init(member(w.attrs["path"]), w.attrs["init"], w.attrs["type"])]
+    if b:
+        inits.append(_init(member(b.attrs["path"]), b.attrs["init"], b.attrs["type"]))
+    return call("nn.Linear", mg_size(mg, inp), mg_size(mg, out), **kwargs), inits
+
+
+def _embedding_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    w = leaves.get("weight")
+    if w is None or len(leaves) != 1 or w.op != "param" or not _float32(w) or \
+            _uses(graph, [w], "embedding", [w.name]) is None:
+        return None
+    num, d = w.attrs["type"].sizes
+    init = w.attrs["init"]
+    inits = [] if init == ("normal", 1.0) else [_init(member(w.attrs["path"]), init, w.attrs["type"])]
+    return call("nn.Embedding", mg_size(mg, num), mg_size(mg, d)), inits
+
+
+def _layernorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    w, b = leaves.get("weight"), leaves.get("bias")
+    if w is None or b is None or len(leaves) != 2 or not _float32(w, b) or w.op != "param" or b.op != "param":
+        return None
+    users = _uses(graph, [w, b], "layernorm", [w.name, b.name])
+    if users is None or not _same(users, "eps"):
+        return None
+    eps = users[0].attrs["eps"]
+    inits = [_init(member(n.attrs["path"]), n.attrs["init"], n.attrs["type"])
+             for n, default in ((w, "ones"), (b, "zeros")) if n.attrs["init"] != (default,)]
+    return call("nn.LayerNorm", mg_size(mg, w.attrs["type"].sizes[0]), **({} if eps == 1e-5 else {"eps": eps})), inits
+
+
+def _rmsnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    w = leaves.get("weight")
+    if w is None or len(leaves) != 1 or not _float32(w) or w.op != "param":
+        return None
+    users = _uses(graph, [w], "rmsnorm", [w.name])
+    if users is None or not _same(users, "eps"):
+        return None
+    inits = [] if w.attrs["init"] == ("ones",) else [_init(member(w.attrs["path"]), w.attrs["init"],
+                                                           w.attrs["type"])]
+    return call(mg.helper("RMSNorm"), mg_size(mg, w.attrs["type"].sizes[0]), eps=users[0].attrs["eps"]), inits
+
+
+BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+BN_DEFAULTS = {"weight": ("ones",), "bias": ("zeros",), "running_mean": ("zeros",), "running_var": ("ones",)}
+
+
+def _batchnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    if set(leaves) != set(BN_LEAVES):
+        return None
+    nodes = [leaves[k] for k in BN_LEAVES]
+    if [n.op for n in nodes] != ["param", "param", "buffer", "buffer", "buffer"] or not _float32(*nodes[:4]) or \
+            not all(n.attrs["persistent"] for n in nodes[2:]) or nodes[4].attrs["type"].dtype != DType.int64:
+        return None
+    users = _uses(graph, nodes, "batchnorm", [n.name for n in nodes])
+    if users is None or not _same(users, "eps", "momentum"):
+        return None
+    ranks = {graph[u.inputs[0]].tensor_type.rank for u in users}
+    if len(ranks) != 1 or (rank := ranks.pop()) not in (2, 3, 4, 5):
+        return None
+    if any(leaves[k].attrs["init"] != v for k, v in BN_DEFAULTS.items()):
+        return None
+    a = users[0].attrs
+    ctor = call(f"nn.BatchNorm{max(1, rank - 2)}d", mg_size(mg, nodes[0].attrs["type"].sizes[0]), eps=a["eps"],
+                momentum=a["momentum"])
+    return ctor, []
+
+
+def _conv_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    w, b = leaves.get("weight"), leaves.get("bias")
+    if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param":
+        return None
+    users = _uses(graph, list(leaves.values()), "conv", [w.name] + ([b.name] if b else []))
+    if users is None or not _same(users, "kernel", "stride", "padding"):
+        return None
+    a = users[0].attrs
+    out, inp = w.attrs["type"].sizes[:2]
+    ctor = P.Call(P.dotted(f"nn.Conv{len(a['kernel'])}d"),
+                  (mg_size(mg, inp), mg_size(mg, out), P.TupleExpr(P.ints(a["kernel"]))),
+                  (("stride", P.TupleExpr(P.ints(a["stride"]))), ("padding", P.TupleExpr(P.ints(a["padding"]))),
+                   *((("bias", Lit(False)),) if b is None else ())))
+    inits = [_init(member(n.attrs["path"]), n.attrs["init"], n.attrs["type"]) for n in (w, b) if n]
+    return ctor, inits
+
+
+MODULES: dict[str, Recogniser] = {"linear": _linear_module, "embedding": _embedding_module,
+                                  "layernorm": _layernorm_module, "rmsnorm": _rmsnorm_module,
+                                  "batchnorm": _batchnorm_module, "conv": _conv_module}

@@ -1,0 +1,301 @@
+"""Checkpoints in other naming schemes: `load_weights` and `save_weights` apply a spec's `weights:` mapping.
+
+A generated model class carries its mapping as data (`weight_maps`, written into the file from the spec);
+the reference `Interpreter` carries its model's. Loading accounts for every key on both sides before it
+copies anything: each of the module's state-dict entries must be found (with the shape the transforms
+imply), and each checkpoint key must be used, or be a tied copy of a used key (Hugging Face's state dicts
+list a tied `lm_head.weight` beside `transformer.wte.weight`). Files are read lazily: `.safetensors`, a
+sharded `model.safetensors.index.json`, a directory holding either, or a `torch.save`d state dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnspec.compiler.check import _pattern as rule_pattern
+
+__all__ = ["LoadReport", "WeightError", "load_weights", "save_weights", "to_source"]
+
+MAX_LISTED = 10
+
+
+class WeightError(ValueError):
+    """A checkpoint does not fit a module: every missing, unexpected and mis-shaped key is listed."""
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How a parameter is stored in the other scheme: `load` maps theirs -> ours, `save` ours -> theirs."""
+
+    load: Callable[[torch.Tensor], torch.Tensor]
+    save: Callable[[torch.Tensor], torch.Tensor]
+    their_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+
+
+TRANSFORMS: dict[str, Transform] = {
+    # Hugging Face's Conv1D (GPT-2) keeps a linear weight as [in, out]
+    "transpose": Transform(lambda t: t.t(), lambda t: t.t(), lambda s: tuple(reversed(s))),
+    # a flag on the rule (it may match no parameter), not a change to the tensor
+    "optional": Transform(lambda t: t, lambda t: t, lambda s: s),
+}
+_UNSQUEEZE = re.compile(r"unsqueeze\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)$")
+
+
+def transform(name: str) -> Transform:
+    """A transform by its name in a `weights:` rule; `unsqueeze(0, 1)`: the checkpoint has size-1 axes there."""
+    if name in TRANSFORMS:
+        return TRANSFORMS[name]
+    m = _UNSQUEEZE.match(name)
+    if m is None:
+        raise WeightError(f"unknown weight transform {name!r}")
+    dims = [int(d) for d in m.group(1).split(",")]
+
+    def their_shape(s: tuple[int, ...]) -> tuple[int, ...]:
+        out = list(s)
+        for d in dims:
+            out.insert(d, 1)
+        return tuple(out)
+
+    def save(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(their_shape(tuple(t.shape)))
+
+    def load(t: torch.Tensor) -> torch.Tensor:
+        for d in reversed(dims):
+            t = t.squeeze(d)
+        return t
+    return Transform(load, save, their_shape)
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did: each state-dict key of the module and the checkpoint key it came from, and
+    the checkpoint keys accepted as tied copies (key -> the key it duplicates)."""
+
+    loaded: dict[str, str] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)
+
+
+# ---- the mapping ----
+def _target(module: nn.Module, source: str) -> tuple[nn.Module, list[tuple[str, str, tuple[str, ...]]]]:
+    """The module holding the spec-path state dict, and the rules for `source`."""
+    from nnspec.backends.torch.interpreter import Interpreter
+    module = getattr(module, "_orig_mod", module)        # torch.compile's wrapper
+    if isinstance(module, Interpreter):
+        maps, target = module.model.weight_maps, module.root
+    else:
+        maps, target = getattr(module, "weight_maps", None), module
+    if maps is None:
+        raise WeightError(f"{type(module).__name__} carries no weight mappings; build it with nnspec.build or "
+                          "`nnspec compile`")
+    if source not in maps:
+        known = ", ".join(sorted(maps)) or "none"
+        raise WeightError(f"the spec has no `weights: {source}:` mapping (it has: {known})")
+    return target, [(ours, theirs, tuple(tr)) for ours, theirs, tr in maps[source]]
+
+
+def _their_key(path: str, rules: list[tuple[str, str, tuple[str, ...]]], buffers: set[str]
+               ) -> tuple[str, tuple[str, ...]] | None:
+    for ours, theirs, transforms in rules:
+        m = rule_pattern(ours).match(path)
+        if m:
+            return re.sub(r"\{(\w+)\}", lambda g, m=m: m.group(g.group(1)), theirs), transforms
+    if path in buffers:
+        # a module's state (batch-norm running statistics) follows its weight: P.running_mean -> Q.running_mean
+        head, _, leaf = path.rpartition(".")
+        found = _their_key(f"{head}.weight", rules, set()) if head else None
+        if found is not None and found[0].endswith(".weight") and not found[1]:
+            return found[0][: -len("weight")] + leaf, ()
+    return None
+
+
+def plan(module: nn.Module, source: str) -> tuple[nn.Module, dict[str, tuple[str, tuple[str, ...]]]]:
+    """Each state-dict key of the module -> (checkpoint key, transforms)."""
+    target, rules = _target(module, source)
+    state = target.state_dict(keep_vars=True)
+    buffers = {k for k, v in state.items() if not isinstance(v, nn.Parameter)}
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    unmapped = []
+    for key in state:
+        found = _their_key(key, rules, buffers)
+        if found is None:
+            unmapped.append(key)
+        else:
+            out[key] = found
+    if unmapped:
+        raise WeightError(f"no `weights: {source}:` rule for {_listing(unmapped)}")
+    theirs = [t for t, _ in out.values()]
+    twice = sorted({t for t in theirs if theirs.count(t) > 1})
+    if twice:
+        raise WeightError(f"two parameters map to the same checkpoint key: {_listing(twice)}")
+    return target, out
+
+
+def _their_shape(shape: tuple[int, ...], transforms: tuple[str, ...]) -> tuple[int, ...]:
+    for name in transforms:
+        shape = transform(name).their_shape(shape)
+    return shape
+
+
+# ---- checkpoints, read lazily ----
+class _Checkpoint:
+    """Keys, shapes and tensors of a checkpoint without loading more than asked for."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.tensors = tensors
+        self.files: dict[str, Any] = {}      # key -> open safetensors file
+
+    def names(self) -> list[str]:
+        return list(self.tensors) if self.tensors is not None else list(self.files)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self.tensors is not None:
+            return tuple(self.tensors[key].shape)
+        return tuple(self.files[key].get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.tensors[key] if self.tensors is not None else self.files[key].get_tensor(key)
+
+    def same(self, a: str, b: str) -> bool:
+        """Is `a` a copy of `b` (the same storage in memory, or equal values in a file)?"""
+        if self.shape(a) != self.shape(b):
+            return False
+        x, y = self.get(a), self.get(b)
+        if x.dtype != y.dtype:
+            return False
+        if x.device == y.device and x.data_ptr() == y.data_ptr() and x.stride() == y.stride():
+            return True
+        return bool(torch.equal(x, y))
+
+
+@contextlib.contextmanager
+def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Iterator[_Checkpoint]:
+    if isinstance(weights, Mapping):
+        yield _Checkpoint(weights)
+        return
+    path = Path(weights)
+    if path.is_dir():
+        for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{weights}: no model.safetensors(.index.json) or pytorch_model.bin inside")
+    if path.name.endswith(".safetensors") or path.name.endswith(".json"):
+        from safetensors import safe_open
+        if path.name.endswith(".json"):
+            index = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+            shards = {key: path.parent / shard for key, shard in index.items()}
+        else:
+            shards = None
+        with contextlib.ExitStack() as stack:
+            ckpt = _Checkpoint()
+            handles: dict[Path, Any] = {}
+            for file in ([path] if shards is None else list(dict.fromkeys(shards.values()))):
+                handles[file] = stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+            if shards is None:
+                ckpt.files = {key: handles[path] for key in handles[path].keys()}  # noqa: SIM118
+            else:
+                ckpt.files = {key: handles[file] for key, file in shards.items()}
+            yield ckpt
+        return
+    yield _Checkpoint(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+
+
+# ---- load and save ----
+def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor] | str | os.PathLike[str], *,
+                 source: str = "hf") -> LoadReport:
+    """Copy a checkpoint named in `source`'s scheme into `module` (a generated model or an Interpreter).
+
+    Everything is checked before anything is copied; a `WeightError` lists every problem. Values are cast to
+    each parameter's dtype and device; tied parameters stay tied.
+    """
+    target, mapping = plan(module, source)
+    state = target.state_dict(keep_vars=True)
+    report = LoadReport()
+    with _open(weights) as ckpt:
+        have = set(ckpt.names())
+        missing = [t for t, _ in mapping.values() if t not in have]
+        shapes = []
+        for key, (theirs, transforms) in mapping.items():
+            want = _their_shape(tuple(state[key].shape), transforms)
+            if theirs in have and ckpt.shape(theirs) != want:
+                shapes.append(f"{theirs}: {list(ckpt.shape(theirs))} in the checkpoint, {list(want)} expected "
+                              f"(for {key})")
+        used = {t for t, _ in mapping.values()}
+        unexpected = []
+        for key in ckpt.names():
+            if key in used:
+                continue
+            twin = next((u for u in mapping.values() if u[0] in have and ckpt.same(key, u[0])), None)
+            if twin is None:
+                unexpected.append(key)
+            else:
+                report.tied[key] = twin[0]
+        problems = [f"missing {_listing(missing)}"] if missing else []
+        problems += [f"unexpected {_listing(unexpected)}"] if unexpected else []
+        problems += [f"shape mismatch: {_listing(shapes)}"] if shapes else []
+        if problems:
+            raise WeightError(f"checkpoint does not fit {type(module).__name__} ({source} names): "
+                              + "; ".join(problems))
+        with torch.no_grad():
+            for key, (theirs, transforms) in mapping.items():
+                tensor = ckpt.get(theirs)
+                for name in transforms:
+                    tensor = transform(name).load(tensor)
+                state[key].copy_(tensor)
+                report.loaded[key] = theirs
+    return report
+
+
+def to_source(module: nn.Module, tensors: Mapping[str, torch.Tensor] | None = None, *, target: str = "hf"
+              ) -> dict[str, torch.Tensor]:
+    """The module's state dict (or `tensors` keyed by its state-dict keys, e.g. gradients) in `target` names."""
+    mod, mapping = plan(module, target)
+    values = tensors if tensors is not None else {k: v.detach() for k, v in mod.state_dict(keep_vars=True).items()}
+    out = {}
+    for key, (theirs, transforms) in mapping.items():
+        if key not in values:
+            continue
+        t = values[key]
+        for name in reversed(transforms):
+            t = transform(name).save(t)
+        out[theirs] = t
+    return out
+
+
+def save_weights(module: nn.Module, path: str | os.PathLike[str] | None = None, *, target: str = "hf"
+                 ) -> dict[str, torch.Tensor]:
+    """The module's weights under `target`'s names (tied parameters once, as `save_pretrained` writes them);
+    written to `path` too when given (`.safetensors`, else `torch.save`), atomically."""
+    out = {k: v.contiguous() for k, v in to_source(module, target=target).items()}
+    if path is not None:
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            if path.name.endswith(".safetensors"):
+                from safetensors.torch import save_file
+                save_file(out, tmp, metadata={"format": "pt"})
+            else:
+                torch.save(out, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return out
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")

@@ -1,0 +1,143 @@
+"""Graph passes and the optimisation pipeline: `optimize(model, level=2)` -> an optimised copy of the model.
+
+- `-O0`: no pass; the spec's graph.
+- `-O1`: canonicalize, fold-constants, cse, dce. Every number is bit for bit the same.
+- `-O2`: `-O1`, then fuse-linear, attention, canonicalize, cse, dce, and the fusion groups fuse-add-norm,
+  fuse-epilogue, fuse-elementwise. The same numbers up to rounding.
+
+`passes=["cse", "dce"]` (or `"cse,dce"`) runs exactly those instead. Every pass runs over the model body and
+every block template (a template is shared by all its calls and every iteration of a repeat). The state
+dict is the same at every level: passes never add, remove, rename or reorder parameters. Optimised graphs
+are for inference: recognising attention drops dropout on attention probabilities, identity in eval mode,
+unless `training=True`.
+
+The graph is verified after every pass that changed it when `verify=True` or the environment has
+`NNSPEC_VERIFY=1` (tests do this); a pass that raises, or leaves a graph that fails verification, is reported
+as an InternalError naming it and the passes run before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+
+from nnspec.compiler.elaborate import UsageError
+from nnspec.compiler.ir import Graph, Model, verify
+from nnspec.compiler.passes.attention import RecognizeAttention
+from nnspec.compiler.passes.base import Context, Explain, Pass
+from nnspec.compiler.passes.canonicalize import Canonicalize
+from nnspec.compiler.passes.cse import CommonSubexpressions
+from nnspec.compiler.passes.dce import DeadCodeElimination
+from nnspec.compiler.passes.fold_constants import FoldConstants
+from nnspec.compiler.passes.fuse_add_norm import FuseAddNorm
+from nnspec.compiler.passes.fuse_elementwise import FuseElementwise
+from nnspec.compiler.passes.fuse_epilogue import FuseEpilogue
+from nnspec.compiler.passes.fuse_linear import FuseLinear
+from nnspec.compiler.passes.groups import refresh
+from nnspec.errors import InternalError
+
+PASSES: dict[str, Pass] = {p.name: p for p in (
+    Canonicalize(), FoldConstants(), CommonSubexpressions(), DeadCodeElimination(), FuseLinear(),
+    RecognizeAttention(), FuseAddNorm(), FuseEpilogue(), FuseElementwise())}
+
+_CLEANUP = ["canonicalize", "fold-constants", "cse", "dce"]
+PIPELINES: dict[int, list[str]] = {
+    0: [],
+    1: _CLEANUP,
+    2: [*_CLEANUP, "fuse-linear", "attention", "canonicalize", "cse", "dce", "fuse-add-norm", "fuse-epilogue",
+        "fuse-elementwise"],
+}
+
+ExplainSink = list[str] | Callable[[str], None] | None
+
+
+def pipeline(level: int = 0, passes: str | Sequence[str] | None = None) -> list[Pass]:
+    """The passes `level` (or the explicit `passes` list, `"a,b,c"` or a sequence of names) runs, in order."""
+    if passes is not None:
+        names = [n.strip() for n in passes.split(",")] if isinstance(passes, str) else list(passes)
+        names = [n for n in names if n]
+        unknown = [n for n in names if n not in PASSES]
+        if unknown:
+            raise UsageError(f"unknown pass {unknown[0]!r}; passes are {', '.join(PASSES)}")
+        return [PASSES[n] for n in names]
+    if level not in PIPELINES:
+        raise UsageError(f"optimisation level must be 0, 1 or 2, got {level!r}")
+    return [PASSES[n] for n in PIPELINES[level]]
+
+
+def copy_model(model: Model) -> Model:
+    """A copy whose graphs can be rewritten without touching `model`'s."""
+    return dataclasses.replace(model, graph=model.graph.clone(),
+                               templates={k: g.clone() for k, g in model.templates.items()},
+                               inputs=dict(model.inputs), outputs=dict(model.outputs))
+
+
+def optimize(model: Model, level: int = 0, passes: str | Sequence[str] | None = None, explain: ExplainSink = None,
+             *, training: bool = False, verify: bool | None = None) -> Model:
+    """An optimised copy of `model` (the argument is not modified).
+
+    `explain`: a list to append human-readable lines to, or a callable taking each line: every rewrite,
+    fusion group formed and fusion refused (with its reason), each with the spec location `file:line:col`.
+    """
+    return run(model, pipeline(level, passes), explain, training=training, verify=verify)[0]
+
+
+def run(model: Model, passes: list[Pass], explain: ExplainSink = None, *, training: bool = False,
+        verify: bool | None = None) -> tuple[Model, list[tuple[str, str, bool]]]:
+    """Run `passes` over a copy of the model: (the copy, [(pass, graph, changed) for every application])."""
+    sink = explain.append if isinstance(explain, list) else explain
+    out = copy_model(model)
+    ctx = Context(out, Explain(sink), training)
+    check = verify if verify is not None else os.environ.get("NNSPEC_VERIFY", "") not in ("", "0")
+    done: list[str] = []
+    log: list[tuple[str, str, bool]] = []
+    for p in passes:
+        for graph in out.graphs():
+            try:
+                new, changed = p.apply(ctx, graph)
+                refresh(new)
+            except Exception as err:
+                raise InternalError(f"pass {p.name} failed on {graph.name} "
+                                    f"({_after(done)}): {type(err).__name__}: {err}") from err
+            _put(out, graph, new)
+            log.append((p.name, new.name, changed))
+            if check and (changed or not done):
+                try:
+                    verify_model(out, new)
+                except InternalError as err:
+                    raise InternalError(f"pass {p.name} left an invalid graph ({_after(done)}): {err}") from err
+        done.append(p.name)
+    _sync_outputs(model, out)
+    out.graph.meta["passes"] = [*out.graph.meta.get("passes", []), *done]
+    return out, log
+
+
+def verify_model(model: Model, graph: Graph | None = None) -> None:
+    """Verify one graph of the model (or all of them); raises InternalError."""
+    for g in [graph] if graph is not None else model.graphs():
+        verify(g, model.dims, model.templates)
+
+
+def _after(done: list[str]) -> str:
+    return f"after {', '.join(done)}" if done else "the first pass"
+
+
+def _put(model: Model, old: Graph, new: Graph) -> None:
+    if new is old:
+        return
+    if old is model.graph:
+        model.graph = new
+    else:
+        model.templates = {k: (new if g is old else g) for k, g in model.templates.items()}
+
+
+def _sync_outputs(before: Model, after: Model) -> None:
+    """Spec output names follow the graph outputs by position (a pass may have replaced an output node)."""
+    names = list(before.outputs)
+    if len(names) == len(after.graph.outputs):
+        after.outputs = dict(zip(names, after.graph.outputs, strict=True))
+
+
+__all__ = ["PASSES", "PIPELINES", "Context", "Explain", "Pass", "copy_model", "optimize", "pipeline", "run",
+           "verify_model"]

@@ -1,0 +1,69 @@
+"""The mutation fuzzer (issue 8): valid specs mutated at every level must go through every stage, or be refused
+with a `SpecError` located in the spec. Anything else is an nnspec bug: minimise it, add a regression test to
+tests/test_fuzz_regressions.py, fix it.
+
+The CI run draws a few hundred mutants; `pytest --runslow -k fuzz_10k` draws 10,000 (stage counts are printed,
+and written as JSON to the file named by $NNSPEC_FUZZ_REPORT when set). The mutators and stages are in
+`nnspec.testing_fuzz`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import nnspec
+from nnspec.testing_fuzz import FuzzRun, Mutant, load_seeds, mutants
+
+ROOT = Path(__file__).parent.parent
+SEEDS = load_seeds(ROOT)
+CI_EXAMPLES = 300
+SLOW_EXAMPLES = 10_000
+
+
+def test_seeds_are_the_examples_and_all_check() -> None:
+    names = {s.name for s in SEEDS}
+    assert {"examples/gpt2.yaml", "examples/small/moe.yaml", "tests/golden/ir/tiny.yaml"} <= names
+    assert len(SEEDS) >= 9
+    for seed in SEEDS:
+        nnspec.check(seed.text)
+
+
+def _fuzz(tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, report: str) -> None:
+    run = FuzzRun(SEEDS, tmp_path)
+
+    @settings(max_examples=n, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @given(mutants(SEEDS))
+    def prop(mutant: Mutant) -> None:
+        run.one(mutant)
+
+    try:
+        prop()
+    finally:
+        summary = run.summary()
+        payload = {"counts": dict(run.counts), "codes": dict(run.codes), "skips": dict(run.skips)}
+        (tmp_path / report).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        if os.environ.get("NNSPEC_FUZZ_REPORT"):
+            Path(os.environ["NNSPEC_FUZZ_REPORT"]).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n"
+                                                              + summary + "\n")
+        with capsys.disabled():
+            print("\n" + summary)
+    total = sum(run.counts.values())
+    assert total >= n // 2, "Hypothesis ran far fewer examples than asked"
+    # the mutants reach every stage, not just the YAML loader
+    reached_check = sum(v for k, v in run.counts.items() if not k.startswith(("load", "schema")))
+    assert reached_check > total // 10, run.summary()
+
+
+def test_fuzz_ci(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fuzz(tmp_path, capsys, CI_EXAMPLES, "fuzz_ci.json")
+
+
+@pytest.mark.slow
+def test_fuzz_10k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fuzz(tmp_path, capsys, SLOW_EXAMPLES, "fuzz_10k.json")

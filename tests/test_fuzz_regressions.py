@@ -1,0 +1,374 @@
+"""Minimal reproductions of what the fuzzer (tests/test_fuzz.py) and the attacks in tests/test_limits.py and
+tests/test_security.py found: each was an internal error (or a model that checked and then could not be built or
+run) and is now either accepted or a located `SpecError`.
+
+Line and column numbers are counted from the spec text in the test (1-based, columns count characters).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import nnspec
+
+HEAD = """nnspec: 1
+name: m
+dims:
+  d: 8
+inputs:
+  x: float32[B, d]
+outputs:
+  y: float32[B, d]
+"""
+#  1 nnspec: 1 ... 8   y: float32[B, d]    9 body: |    10   y = ...
+
+
+def spec(body: str, head: str = HEAD) -> str:
+    return head + "body: |\n" + "".join(f"  {line}\n" for line in body.splitlines())
+
+
+def error(text: str, **overrides: object) -> nnspec.SpecError:
+    with pytest.raises(nnspec.SpecError) as info:
+        nnspec.check(text, **overrides)
+    return info.value
+
+
+def where(err: nnspec.SpecError) -> tuple[str, int, int]:
+    assert err.span is not None, err
+    return err.code, err.span.line, err.span.col
+
+
+# ---- the YAML reader -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("char", ["\x0c", "\x1b", "\x7f", "\x01", "\ufffe"])
+def test_control_character_is_a_located_error(char: str) -> None:
+    # PyYAML's reader refuses these before parsing, from the loader's constructor: was a ReaderError (exit 3)
+    err = error(HEAD.replace("name: m", f"name: m{char}") + "body: y = relu(x)\n")
+    assert where(err) == ("E006", 2, 8)
+    assert f"{ord(char):#06x}" in err.message or f"#x{ord(char):04x}" in err.message
+
+
+# ---- schema errors: user keys that look like pydantic's union-alternative names ------------------------
+
+def test_unknown_capitalised_top_level_key() -> None:
+    # `Name` was dropped from pydantic's error location as if it were a model name: IndexError (exit 3)
+    err = error(HEAD.replace("name: m\n", "name: m\nName: m\n") + "body: y = relu(x)\n")
+    assert where(err) == ("E003", 3, 1)
+    assert "unknown key 'Name'; did you mean 'name'?" in err.message
+
+
+def test_unknown_key_with_brackets() -> None:
+    err = error(HEAD.replace("name: m\n", "name: m\nname[(B T)]: m\n") + "body: y = relu(x)\n")
+    assert where(err) == ("E003", 3, 1)
+    assert "'name[(B T)]'" in err.message
+
+
+def test_wrong_type_under_a_capitalised_option_points_at_the_value() -> None:
+    # was reported at `options` itself, the capitalised option's name dropped from the location
+    err = error(HEAD + "options:\n  Act: [relu]\nbody: y = relu(x)\n")
+    #  10   Act: [relu]  -> the value starts at column 8
+    assert where(err) == ("E004", 10, 8)
+    assert "'options.Act'" in err.message
+
+
+# ---- static arithmetic that leaves the integers --------------------------------------------------------
+
+def test_complex_power_is_a_located_error() -> None:
+    # (-8)**0.5 is imaginary: it became a "size" that later failed int() with TypeError (exit 3)
+    err = error(spec("y = linear(linear(x, (-8)**0.5 * d), d)"))
+    assert where(err) == ("E026", 10, 24)
+    assert "not a real number" in err.message
+
+
+@pytest.mark.parametrize("size", ["sqrt(2) * d", "exp(1)", "log(3)"])
+def test_irrational_size_is_a_located_error(size: str) -> None:
+    # an irrational size (8*sqrt(2)) has no free dims but is no sympy Number: it passed as a symbolic size
+    #  10   y = linear(linear(x, SIZE), d): the size starts at column 24
+    err = error(spec(f"y = linear(linear(x, {size}), d)"))
+    assert where(err) == ("E014", 10, 24)
+    assert "must be a positive integer" in err.message
+
+
+# ---- indices along free axes become run-time guards ----------------------------------------------------
+
+SEQ = HEAD.replace("x: float32[B, d]", "x: float32[B, T, d]")
+
+
+def test_take_beyond_a_free_axis_is_a_guard() -> None:
+    # take(x, over=T, index=N) checked, then torch raised IndexError at run time for T <= N
+    result = nnspec.check(spec("y = take(x, over=T, index=10**12)", SEQ))
+    assert [g.text for g in result.model.guards] == ["T > 1000000000000"]
+
+
+def test_take_negative_index_is_a_located_error() -> None:
+    err = error(spec("y = take(x, over=T, index=-1)", SEQ))
+    assert where(err) == ("E012", 10, 7)
+
+
+def test_slice_beyond_a_free_axis_is_a_guard() -> None:
+    # torch clips x[:, 0:5] to T entries when T < 5, so the result silently had fewer than the 5 checked
+    text = SEQ.replace("y: float32[B, d]", "y: float32[B, K, d]")
+    result = nnspec.check(spec("y = slice(x, over=T, start=0, stop=5, into=K)", text))
+    assert [g.text for g in result.model.guards] == ["T >= 5"]
+
+
+def test_take_guard_is_checked_when_run() -> None:
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter, RuntimeShapeError
+
+    interp = Interpreter(nnspec.check(spec("y = take(x, over=T, index=3)", SEQ)).model)
+    assert interp(x=torch.zeros(2, 4, 8))["y"].shape == (2, 8)
+    with pytest.raises(RuntimeShapeError, match="T > 3"):
+        interp(x=torch.zeros(2, 3, 8))
+
+
+# ---- booleans in static arithmetic ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("expr, col", [("d or 1", 6), ("d and 2", 6), ("not d", 10), ("(d > 1) and 3", 18)])
+def test_boolean_operator_on_sizes_is_a_located_error(expr: str, col: int) -> None:
+    # sympy.And(8, 1) raised TypeError (exit 3); the error points at the operand that is no condition
+    #   5   e: EXPR  -> the expression starts at column 6
+    err = error(spec("y = relu(x)", HEAD.replace("d: 8", f"d: 8\n  e: {expr}")))
+    assert where(err) == ("E026", 5, col)
+    assert "true/false" in err.message
+
+
+def test_boolean_operator_on_sizes_in_require() -> None:
+    err = error(spec("y = relu(x)", HEAD + "require:\n  - d or B\n"))
+    assert where(err) == ("E026", 10, 5)
+
+
+# ---- parameters must have sizes known when the spec is checked -----------------------------------------
+
+@pytest.mark.parametrize("body, col", [
+    ("y = x + sum(param(B, d), over=B)", 15),     # a raw parameter along the batch axis
+    ("y = x + linear(z, d)", 11),                 # K is a free dim: it appears only in the type of input z
+    ("y = x + sum(embedding(i, K, d), over=K)", 15),  # an embedding table with K rows
+])
+def test_parameter_sized_by_a_free_dim_is_a_located_error(body: str, col: int) -> None:
+    # its parameter count is no number: int() of a symbol raised TypeError while reporting (exit 3)
+    head = HEAD.replace("x: float32[B, d]", "x: float32[B, d]\n  z: float32[B, K]\n  i: int64[K]")
+    err = error(spec(body, head))
+    #  12   y = ...
+    assert where(err) == ("E026", 12, col)
+    assert "free dim" in err.message
+
+
+# ---- block templates -----------------------------------------------------------------------------------
+
+TEMPLATE_NAMES = HEAD + """blocks:
+  f(x, n): |
+    return x * n
+  f_2(x): |
+    return linear(x, d, name=proj)
+body: |
+  a = f(x, 1)
+  b = f(x, 2)
+  y = a + b + f_2(x)
+"""
+
+
+def test_second_binding_of_a_block_does_not_take_another_blocks_name() -> None:
+    # f's second binding was named f_2, then block f_2's template replaced it: b called linear (a silent miscompile,
+    # and its parameters were counted twice)
+    result = nnspec.check(TEMPLATE_NAMES)
+    assert result.params == 8 * 8 + 8
+    calls = [n for n in result.model.graph if n.op == "call"]
+    assert [result.model.templates[n.attrs["block"]].meta["block"] for n in calls] == ["f", "f", "f_2"]
+    assert len({n.attrs["block"] for n in calls}) == 3
+
+
+def test_second_binding_runs_its_own_template() -> None:
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    interp = Interpreter(nnspec.check(TEMPLATE_NAMES).model)
+    x = torch.randn(2, 8)
+    proj = interp.named_spec_parameters()
+    want = 3 * x + torch.nn.functional.linear(x, proj["f_2.proj.weight"], proj["f_2.proj.bias"])
+    torch.testing.assert_close(interp(x=x)["y"], want)
+
+
+def test_many_bindings_of_one_block_are_numbered_in_order() -> None:
+    # each new template counted all the existing ones to find its number: 2**12 bindings took minutes
+    blocks = "".join(f"  b{i}(x, n): |\n    return b{i + 1}(x, 2 * n, name=p) + b{i + 1}(x, 2 * n + 1, name=q)\n"
+                     for i in range(10))
+    text = HEAD + "blocks:\n" + blocks + "  b10(x, n): |\n    return x * n\nbody: |\n  y = b0(x, 1)\n"
+    model = nnspec.check(text).model
+    assert len(model.templates) == 2 ** 11 - 1
+    assert {g.name for g in model.templates.values() if g.meta["block"] == "b10"} == \
+        {"b10"} | {f"b10_{i}" for i in range(2, 2 ** 10 + 1)}
+
+
+# ---- repeats nested in repeats -------------------------------------------------------------------------
+
+def nested_repeats(outer: int, inner: int) -> str:
+    return HEAD + f"""blocks:
+  lin(x): |
+    return linear(x, d)
+  stack(x): |
+    return repeat({inner}, lin, x)
+body: |
+  y = repeat({outer}, stack, x)
+"""
+
+
+def test_nested_repeats_unroll_to_too_many_parameter_tensors() -> None:
+    # 10**5 x 10**5 layers of 2 tensors each: check listed all 2*10**10 parameter paths (to map weights) and hung
+    from nnspec.compiler.elaborate import MAX_PARAM_TENSORS
+
+    err = error(nested_repeats(100_000, 100_000))
+    #  15   y = repeat(100000, stack, x): the repeat starts at column 7
+    assert where(err) == ("E005", 15, 7)
+    assert f"{MAX_PARAM_TENSORS:,}" in err.message
+
+
+def test_nested_repeats_within_the_limit_are_counted_in_closed_form() -> None:
+    result = nnspec.check(nested_repeats(100, 50))
+    assert result.params == 100 * 50 * (8 * 8 + 8)
+
+
+# ---- float overflow and zero divisors on tensors -------------------------------------------------------
+
+@pytest.mark.parametrize("expr", ["10.0**400", "2.0**10000", "1e300 * 1e300", "(-1e308) * 10.0"])
+def test_float_overflow_is_a_located_error(expr: str) -> None:
+    # Python's float ** raised OverflowError (exit 3)
+    err = error(spec(f"y = x * ({expr})"))
+    assert where(err) == ("E023", 10, 12)
+    assert "out of range" in err.message
+
+
+def test_float_overflow_in_an_argument() -> None:
+    err = error(spec("y = dropout(x, 10.0**400)"))
+    assert where(err) == ("E023", 10, 18)
+
+
+@pytest.mark.parametrize("op", ["/", "//", "%"])
+def test_tensor_divided_by_a_constant_zero_is_a_located_error(op: str) -> None:
+    # int64 tensor % 0 checked and then raised ZeroDivisionError inside torch when run
+    text = HEAD.replace("x: float32[B, d]", "x: int64[B, d]").replace("y: float32[B, d]", "y: int64[B, d]")
+    err = error(spec(f"y = x {op} 0", text))
+    assert where(err) == ("E026", 10, 7)
+    assert "division by zero" in err.message
+
+
+def test_float_tensor_divided_by_a_zero_dim_expression() -> None:
+    err = error(spec("y = x / (d - 8)"))
+    assert where(err) == ("E026", 10, 7)
+
+
+# ---- parameter scope names -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["__class__", "__dict__", "class", "lambda", "return", "true"])
+def test_reserved_scope_name_is_a_located_error(name: str) -> None:
+    # a scope name is a parameter path component (and an attribute in generated code), like a block name
+    err = error(spec(f"y = linear(x, d, name={name})"))
+    #  10   y = linear(x, d, name=NAME): the name starts at column 25
+    assert where(err)[0] in ("E004", "E010")
+    assert where(err)[1] == 10
+
+
+@pytest.mark.parametrize("name", ["forward", "training", "state_dict", "_parameters", "T_destination", "children"])
+def test_scope_named_like_a_module_attribute_runs(name: str) -> None:
+    # the interpreter's nn.Module tree refused them: register_parameter raised KeyError "attribute ... already
+    # exists" (exit 3 for a spec that checked)
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    interp = Interpreter(nnspec.check(spec(f"y = linear(x, d, name={name})")).model)
+    assert sorted(interp.named_spec_parameters()) == [f"{name}.bias", f"{name}.weight"]
+    assert sorted(interp.state_dict()) == [f"root.{name}.bias", f"root.{name}.weight"]
+    assert interp(x=torch.zeros(2, 8))["y"].shape == (2, 8)
+
+
+def test_block_scope_named_like_a_module_attribute_runs() -> None:
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    text = HEAD + "blocks:\n  f(x): |\n    return linear(x, d, name=training)\nbody: |\n  y = f(x, name=forward)\n"
+    interp = Interpreter(nnspec.check(text).model)
+    assert sorted(interp.named_spec_parameters()) == ["forward.training.bias", "forward.training.weight"]
+    assert interp(x=torch.zeros(2, 8))["y"].shape == (2, 8)
+
+
+# ---- run-time guards are integer arithmetic on sizes ---------------------------------------------------
+
+SEQ_REQ = HEAD.replace("x: float32[B, d]", "x: float32[B, T, d]").replace("y: float32[B, d]", "y: float32[B, T, d]")
+
+
+@pytest.mark.parametrize("req", ["T <= 2.5", "sqrt(T) <= 4", "log(T) < 3", "exp(T) < 100", "abs(T - 3) >= 1",
+                                 "T * pi <= 10", "T ** 0.5 <= 4"])
+def test_run_time_requirement_outside_integer_arithmetic_is_a_located_error(req: str) -> None:
+    # kept as guards, then generated code had no way to write them (InternalError in codegen: exit 3)
+    err = error(spec("y = relu(x)", SEQ_REQ + f"require:\n  - {req}\n"))
+    #  10   - REQ: the requirement starts at column 5
+    assert where(err) == ("E026", 10, 5)
+    assert "run time" in err.message
+
+
+@pytest.mark.parametrize("req, guard", [("T % 4 == 0.0", "T % 4 == 0.0"), ("T <= 8.0", "T <= 8.0"),
+                                        ("T // 2 <= 4", "T // 2 <= 4"), ("min(T, B) == 4", "min(T, B) == 4"),
+                                        ("T ** 2 <= 64", "T ** 2 <= 64"), ("T / 2 <= 4", "T / 2 <= 4")])
+def test_run_time_requirement_in_integer_arithmetic_is_a_guard(req: str, guard: str) -> None:
+    import sympy
+
+    model = nnspec.check(spec("y = relu(x)", SEQ_REQ + f"require:\n  - {req}\n")).model
+    assert [g.text for g in model.guards] == [guard]
+    assert not model.guards[0].expr.atoms(sympy.Float)  # 0.0 is the integer 0
+
+
+# ---- integer axes in annotations -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("annotation", ["x[B, (0 k)]", "x[B, (k 0)]", "x[B, (2 k 0)]"])
+def test_zero_sized_axis_in_a_split_is_a_located_error(annotation: str) -> None:
+    # the inferred member's size was d / 0: ZeroDivisionError (exit 3)
+    err = error(spec(f"z = {annotation}\ny = x"))
+    assert where(err) == ("E023", 10, 7)
+
+
+def test_integer_axis_beyond_the_limit_in_an_annotation() -> None:
+    err = error(spec("z = x[B, (k 99999999999999999999)]\ny = x"))
+    assert where(err)[0] == "E023"
+
+
+# ---- arithmetic on functions and tuples ------------------------------------------------------------------
+
+@pytest.mark.parametrize("expr", ["-relu", "-(f)", "+f * 2", "-(x, x)"])
+def test_negating_a_function_or_tuple_is_a_located_error(expr: str) -> None:
+    # static arithmetic tried sympify(FuncRef): SympifyError (exit 3)
+    text = HEAD + "blocks:\n  f(x): |\n    return x\nbody: |\n" + f"  z = {expr}\n  y = x\n"
+    err = error(text)
+    assert where(err)[0] == "E026" and where(err)[1] == 13
+
+
+# ---- exit codes from main() ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raised, code, text", [
+    ("spec", 1, "error[E011]"), ("resource", 1, "error[R001]"), ("usage", 2, "nnspec: error: bad"),
+    ("value", 3, "please report"), ("key", 3, "please report"), ("recursion", 3, "please report"),
+])
+def test_main_maps_typed_errors_and_never_relabels_a_bug(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         raised: str, code: int, text: str) -> None:
+    """A command that lets a SpecError, ResourceError or UsageError through still exits 1 or 2; any other
+    exception is nnspec's bug: exit 3, never 1 or 2."""
+    import sys
+
+    import nnspec.cli
+    from nnspec.spec.source import Source
+
+    def broken(*args: object, **kwargs: object) -> None:
+        if raised == "spec":
+            raise nnspec.SpecError("E011", "undefined name 'zork'", Source("s.yaml", "zork\n").span(0, 4))
+        if raised == "resource":
+            raise nnspec.ResourceError("too big", 2, 1)
+        if raised == "usage":
+            raise nnspec.UsageError("bad")
+        raise {"value": ValueError, "key": KeyError, "recursion": RecursionError}[raised]("a bug")
+
+    monkeypatch.setattr(nnspec.cli, "print_model", broken)
+    monkeypatch.setattr(sys, "argv", ["nnspec", "check", "examples/small/moe.yaml", "--emit", "ir"])
+    with pytest.raises(SystemExit) as info:
+        nnspec.cli.main()
+    assert info.value.code == code
+    assert text in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""--drop: removing residual sub-layers equals zeroing their output projections; params and FLOPs shrink by
+exactly the removed nodes; anything but a residual branch is refused by path."""
+
+from __future__ import annotations
+
+import pytest
+import sympy
+import torch
+from _transforms_helpers import GPT2, LLAMA, checked, ids, params_of, run, verify_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nnspec
+from nnspec.compiler.analysis import Analysis
+from nnspec.compiler.ir import Model
+from nnspec.compiler.transforms import TransformError, apply, convert_params, drop
+from nnspec.compiler.transforms.drop import residual_add
+from nnspec.compiler.transforms.rewrite import instances, scope_of
+from nnspec.testing import inputs_for, specs
+
+# spec, dropped paths, output projection of each (zeroed in the reference)
+CASES = [
+    (GPT2, ["h.1.attn", "h.2.mlp", "h.3.attn"], ["h.1.attn.c_proj", "h.2.mlp.c_proj", "h.3.attn.c_proj"]),
+    (LLAMA, ["layers.0.mlp", "layers.2.self_attn"], ["layers.0.mlp.down_proj", "layers.2.self_attn.o_proj"]),
+]
+
+
+@pytest.mark.parametrize(("spec", "paths", "projections"), CASES, ids=["gpt2", "llama"])
+def test_drop_equals_the_original_with_the_branches_zeroed(spec, paths, projections) -> None:
+    model = checked(spec)
+    params = params_of(model)
+    dropped = drop(model, paths)
+    verify_model(dropped)
+    zeroed = dict(params)
+    for proj in projections:
+        for leaf in ("weight", "bias"):
+            if f"{proj}.{leaf}" in zeroed:
+                zeroed[f"{proj}.{leaf}"] = torch.zeros_like(zeroed[f"{proj}.{leaf}"])
+    x = ids(model)
+    want = run(model, zeroed, x)["logits"]
+    got = run(dropped, convert_params(model, params, drop=paths), x)["logits"]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(run(model, params, x)["logits"], want)   # the branches did contribute
+
+
+def _removed_flops(model: Model, block: str, names: list[str]) -> sympy.Expr:
+    an, graph = Analysis(model), model.templates[block]
+    return sum((an.node_flops(graph[n], graph) for n in names), sympy.Integer(0))
+
+
+def test_params_and_flops_shrink_by_exactly_the_removed_parts() -> None:
+    model = checked(GPT2)
+    out = drop(model, ["h.1.attn", "h.2.mlp"])
+    before, after = Analysis(model), Analysis(out)
+    removed = [p for p in before.parameters() if p.path.startswith(("h.1.attn.", "h.1.ln_1.", "h.2.mlp.", "h.2.ln_2."))]
+    assert {p.path for p in before.parameters()} - {p.path for p in after.parameters()} == {p.path for p in removed}
+    numel = sum(int(model.dims.concrete(p.type.numel())) for p in removed)
+    assert before.total_params() - after.total_params() == numel
+    # the branch call, its input norm and the residual add, once each
+    flops = _removed_flops(model, "layer", ["attn", "ln_1", "add"]) + _removed_flops(model, "layer", ["mlp", "ln_2",
+                                                                                                      "add_1"])
+    assert sympy.expand(before.total_flops() - after.total_flops() - flops) == 0
+
+
+def test_a_repeat_runs_a_variant_only_where_a_branch_was_dropped() -> None:
+    out = drop(checked(GPT2), ["h.2.mlp"])
+    (rep,) = [n for n in out.graph if n.op == "repeat"]
+    assert rep.attrs["block"] == "layer"
+    ((index, variant),) = rep.attrs["variants"]
+    assert index == 2 and out.templates[variant].meta["variant_of"] == "layer"
+    assert "mlp" not in {n.name for n in out.templates[variant]}
+    assert rep.meta["transform"] == "drop h.2.mlp"
+    assert out.transforms == ["drop h.2.mlp"]
+
+
+def test_dropping_every_layer_s_branch_needs_no_variant() -> None:
+    out, lines = apply(checked(GPT2), drop=[f"h.{i}.attn" for i in range(4)])
+    (rep,) = [n for n in out.graph if n.op == "repeat"]
+    assert "variants" not in rep.attrs and "attn" not in {n.name for n in out.templates[rep.attrs["block"]]}
+    assert "attention" not in out.templates      # unreachable templates are dropped
+    assert lines[0].startswith("drop h.0.attn h.1.attn h.2.attn h.3.attn: params ")
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("h.1.ln_1", "--drop h.1.ln_1: h.1.ln_1 is not a residual branch"),
+    ("h.1.attn.c_attn", "--drop h.1.attn.c_attn: h.1.attn.c_attn is not a residual branch"),
+    ("h.1.atn", "--drop h.1.atn: no residual sub-layer at that path (did you mean h.1.attn"),
+    ("h.9.attn", "--drop h.9.attn: no residual sub-layer at that path"),
+])
+def test_refuses_what_is_not_a_residual_branch(path: str, message: str) -> None:
+    with pytest.raises(TransformError) as err:
+        drop(checked(GPT2), [path])
+    assert str(err.value).startswith(message)
+
+
+def _branches(model: Model) -> list[str]:
+    return [prefix + scope for prefix, g in instances(model) for n in g
+            if (scope := scope_of(g, n)) and residual_add(g, n)]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_drop_on_random_specs(data: st.DataObject) -> None:
+    """Any residual branch of a drawn spec drops; the graph verifies, runs, and loses exactly that branch's
+    parameters (its paths, nothing else) and FLOPs."""
+    model = nnspec.check(data.draw(specs(max_width=16, max_layers=3))).model
+    branches = _branches(model)
+    if not branches:
+        return
+    path = data.draw(st.sampled_from(branches))
+    out = drop(model, [path])
+    verify_model(out)
+    before, after = Analysis(model), Analysis(out)
+    gone = {p.path for p in before.parameters()} - {p.path for p in after.parameters()}
+    assert {p.path for p in after.parameters()} <= {p.path for p in before.parameters()}
+    assert all(p.startswith(path.rpartition(".")[0]) for p in gone)
+    assert before.total_params() - after.total_params() == sum(
+        int(model.dims.concrete(p.type.numel())) for p in before.parameters() if p.path in gone)
+    assert sympy.expand(before.total_flops() - after.total_flops()).could_extract_minus_sign() is False
+    inputs = data.draw(inputs_for(out))
+    params = params_of(model)
+    outs = run(out, convert_params(model, params, drop=[path]), inputs)
+    assert all(torch.isfinite(v).all() for v in outs.values() if v.dtype.is_floating_point)
