@@ -1,6 +1,7 @@
 """The `nnspec` command line.
 
-Exit codes: 0 success, 1 a mistake in the spec (or config), 2 a usage error, 3 an internal error in nnspec.
+Exit codes: 0 success, 1 a mistake in the spec (or config) or a model over --max-memory, 2 a usage error, 3 an
+internal error in nnspec.
 """
 
 from __future__ import annotations

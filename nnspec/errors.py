@@ -145,7 +145,7 @@ def _excerpt(span: Span | None) -> list[str]:
     return [gutter + text.replace("\t", " "), " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" * width]
 
 
-def errors_to_json(error: SpecError | None, warnings: list[Warning_]) -> str:
+def errors_to_json(error: SpecError | ResourceError | None, warnings: list[Warning_]) -> str:
     return json.dumps({"version": 1, "ok": error is None,
                        "diagnostics": [w.to_json() for w in warnings] + ([error.to_json()] if error else [])},
                       indent=2)

@@ -210,7 +210,6 @@ def test_full_size_error_is_at_most_twice_hf_fp32_error(name: str, tmp_path: Pat
 
 
 
-@pytest.mark.xfail(strict=True, reason="bert.yaml's embedding has no padding_idx: HF gives row 0 no gradient")
 def test_bert_padding_token_gets_no_gradient_as_in_hf(tmp_path: Path) -> None:
     pair = make_pair("bert", tmp_path)
     config = transformers.BertConfig(**CASES["bert"].small)

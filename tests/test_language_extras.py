@@ -114,3 +114,15 @@ def test_checking_never_imports_torch() -> None:
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_hf_config_label_count_comes_from_id2label(tmp_path: Path) -> None:
+    """PretrainedConfig writes no num_labels key: the count is the size of id2label."""
+    import json
+
+    config = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 4, "intermediate_size": 48, "id2label": {str(i): f"c{i}" for i in range(7)}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = nnspec.check(ROOT / "examples" / "vit.yaml", config=tmp_path / "config.json")
+    classifier = next(r for r in result.rows if r.name == "classifier")
+    assert classifier.concrete == "B x 7" and classifier.params == 32 * 7 + 7

@@ -396,3 +396,24 @@ def test_check_max_memory_unreadable_is_a_usage_error(size: str) -> None:
     result = cli("check", GPT2, "--max-memory", size)
     assert result.exit_code == 2
     assert "--max-memory" in result.stderr and result.stdout == ""
+
+
+# ---- the Hugging Face config is untrusted too --------------------------------------------------------------
+
+def test_config_nested_beyond_the_stack(tmp_path: Path) -> None:
+    # json.loads recursed until RecursionError (exit 3)
+    config = tmp_path / "config.json"
+    config.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(nnspec.SpecError) as info:
+        nnspec.check("examples/gpt2.yaml", config=config)
+    assert info.value.code == "E005" and info.value.span is not None
+    assert info.value.span.source.name == str(config)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_endless_config_is_refused_at_the_limit() -> None:
+    from nnspec.compiler.hf_config import MAX_CONFIG_BYTES
+
+    with pytest.raises(nnspec.SpecError) as info:
+        nnspec.check("examples/gpt2.yaml", config="/dev/zero")
+    assert info.value.code == "E005" and f"{MAX_CONFIG_BYTES:,}" in info.value.message

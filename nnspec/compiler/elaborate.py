@@ -658,6 +658,8 @@ class Builder:
         out = []
         for item in items:
             v = self._concrete(self.static(item, what))
+            if isinstance(v, int) and not isinstance(v, bool):  # an integer option
+                v = sympy.Integer(v)
             if not isinstance(v, sympy.Basic) or not v.is_Integer:
                 raise SpecError("E026", f"{what} must be an integer, got {v}", item.span)
             out.append(int(v))

@@ -68,9 +68,14 @@ def _flatten(config: dict[str, Any], referenced: set[str]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 16 << 20  # config.json files with 20k-class id2label tables are about 1 MB
+
+
 def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
+    from nnspec.spec.load import read_bounded
+
     try:
-        data = Path(path).read_bytes()
+        data = read_bounded(Path(path), str(path), MAX_CONFIG_BYTES)  # /dev/zero is refused, not read forever
     except OSError as e:  # a usage error (exit 2), like a spec that cannot be read
         raise FileNotFoundError(f"cannot read config {str(path)!r}: {e.strerror}") from None
     if data.startswith(b"\xef\xbb\xbf"):
@@ -86,6 +91,8 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
         config = json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError("E022", f"config is not valid JSON: {e.msg}", source.span(e.pos, e.pos + 1)) from None
+    except RecursionError:  # json nests recursively: a bracket bomb is no config
+        raise SpecError("E005", "config nests too deeply", source.span(0, 1)) from None
     if not isinstance(config, dict):
         raise SpecError("E022", "config must be a JSON object", source.span(0, 1))
     return config, source
@@ -130,6 +137,9 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
     hf_keys = {opt.hf_key: name for name, opt in spec.options.items() if opt.hf_key}
     key_spans = _top_level_key_spans(source)
     referenced = {*hf_keys, *spec.hf_require, *spec.hf_ignore, *SEMANTIC_KEYS}
+    if "num_labels" in spec.dims and "num_labels" not in config and isinstance(config.get("id2label"), dict):
+        # PretrainedConfig stores the label count only as the size of id2label
+        overrides["num_labels"] = len(config["id2label"])
     for key, value in _flatten(config, referenced).items():
         span = key_spans.get(key) or key_spans.get(key.partition(".")[0]) or source.span(0, 1)
         if key in spec.dims:

@@ -111,18 +111,18 @@ def read_source(path_or_text: str | os.PathLike[str]) -> Source:
     return decode(path_or_text.encode("utf-8"), "<string>")
 
 
-def read_bounded(path: Path, name: str) -> bytes:
-    """A file's bytes, refusing (E005) one over `MAX_BYTES` without reading more than that: its size as stat()
+def read_bounded(path: Path, name: str, limit: int = MAX_BYTES) -> bytes:
+    """A file's bytes, refusing (E005) one over `limit` without reading more than that: its size as stat()
     gives it first, then the read itself is bounded (a pipe or /dev/zero has no size to stat)."""
     def too_big(size: str) -> SpecError:
-        return SpecError("E005", f"{name} is {size} bytes; the limit is {MAX_BYTES:,}", Source(name, "").span(0, 0))
+        return SpecError("E005", f"{name} is {size} bytes; the limit is {limit:,}", Source(name, "").span(0, 0))
     size = path.stat().st_size
-    if size > MAX_BYTES:
+    if size > limit:
         raise too_big(f"{size:,}")
     with open(path, "rb") as f:
-        data = f.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise too_big(f"more than {MAX_BYTES:,}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_big(f"more than {limit:,}")
     return data
 
 

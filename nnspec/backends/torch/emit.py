@@ -177,7 +177,11 @@ def _linear(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 @emits("embedding")
 def _embedding(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     mod = _module(fn, node, "embedding", node.inputs[1:])
-    return call(fn.member(mod), ins[0]) if mod is not None else call("F.embedding", ins[0], ins[1])
+    if mod is not None:
+        return call(fn.member(mod), ins[0])
+    if "padding_idx" in node.attrs:
+        return call("F.embedding", ins[0], ins[1], padding_idx=node.attrs["padding_idx"])
+    return call("F.embedding", ins[0], ins[1])
 
 
 @emits("layernorm")

@@ -104,7 +104,7 @@ def _linear(frame: Frame, node: Node, ins: list[Any]) -> Any:
 
 @lowers("embedding")
 def _embedding(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    return F.embedding(ins[0], ins[1])
+    return F.embedding(ins[0], ins[1], padding_idx=node.attrs.get("padding_idx"))
 
 
 @lowers("layernorm")

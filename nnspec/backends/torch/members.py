@@ -150,10 +150,16 @@ def _embedding_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> t
     if w is None or len(leaves) != 1 or w.op != "param" or not _float32(w) or \
             _uses(graph, [w], "embedding", [w.name]) is None:
         return None
+    pads = {n.attrs.get("padding_idx") for n in graph if n.op == "embedding" and w.name in n.inputs}
+    if len(pads) != 1:
+        return None  # uses disagree on the padding row: F.embedding states it per call
+    pad = pads.pop()
     num, d = w.attrs["type"].sizes
     init = w.attrs["init"]
-    inits = [] if init == ("normal", 1.0) else [_init(member(w.attrs["path"]), init, w.attrs["type"])]
-    return call("nn.Embedding", mg_size(mg, num), mg_size(mg, d)), inits
+    # the spec's init always runs after construction, so the table matches the interpreter's exactly
+    inits = [] if init == ("normal", 1.0) and pad is None else [_init(member(w.attrs["path"]), init, w.attrs["type"])]
+    kwargs = {} if pad is None else {"padding_idx": pad}
+    return call("nn.Embedding", mg_size(mg, num), mg_size(mg, d), **kwargs), inits
 
 
 def _layernorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:

@@ -85,9 +85,11 @@ def _linear(b: Builder, call: ast.Call) -> Any:
     return b.emit("linear", inputs, {"axis": over}, call.span, hint=scope)
 
 
-@builtin("embedding", "embedding(ids, num, dim, name=embedding)", "Lookup table of `num` rows of size `dim`.")
+@builtin("embedding", "embedding(ids, num, dim, padding_idx=none, name=embedding)",
+         "Lookup table of `num` rows of size `dim`; row `padding_idx` gets no gradient.")
 def _embedding(b: Builder, call: ast.Call) -> Any:
-    a, _ = bind(call, "embedding", [("ids", REQUIRED), ("num", REQUIRED), ("dim", REQUIRED), ("name", None)])
+    a, _ = bind(call, "embedding", [("ids", REQUIRED), ("num", REQUIRED), ("dim", REQUIRED), ("padding_idx", None),
+                                    ("name", None)])
     ids = b.tensor(a["ids"])
     num = b.size(a["num"], "embedding rows")  # type: ignore[arg-type]
     dim = b.size(a["dim"], "embedding size")  # type: ignore[arg-type]
@@ -96,7 +98,8 @@ def _embedding(b: Builder, call: ast.Call) -> Any:
                         call.span)
     scope = b.claim_scope(b.scope_kwarg(call), "embedding", call.span)
     w = b.param(scope, "weight", (num, dim), ("normal", INIT_STD), call.span)
-    return b.emit("embedding", [ids.node, w.node], {}, call.span, hint=scope)
+    attrs = {} if a["padding_idx"] is None else {"padding_idx": b.ints(a["padding_idx"], 1, "padding_idx")[0]}
+    return b.emit("embedding", [ids.node, w.node], attrs, call.span, hint=scope)
 
 
 def _norm(kind: str, default_eps: float) -> Any:

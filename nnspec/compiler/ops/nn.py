@@ -47,12 +47,17 @@ def _linear(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType(unique_axes(axes, "linear"), x.dtype)
 
 
-@op("embedding", "nn", doc="Row lookup: `y[..., dim] = W[ids[...], dim]`; ids are integers.", arity=2,
-    glyph="E", flops_doc="0")
+@op("embedding", "nn", doc="Row lookup: `y[..., dim] = W[ids[...], dim]`; ids are integers. Row `padding_idx`, "
+    "if given, receives no gradient (as torch's and Hugging Face's padding embeddings).",
+    attrs={"padding_idx": int}, optional=("padding_idx",), arity=2, glyph="E", flops_doc="0")
 def _embedding(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ids, w = tensor(ins[0], "embedding"), tensor(ins[1], "embedding table")
     if not ids.dtype.is_int:
         raise SpecError("E013", f"embedding indices must be an integer tensor, got {ids}")
+    if "padding_idx" in attrs:
+        rows = sizes.value(w.axes[0].size)
+        if attrs["padding_idx"] < 0 or (rows is not None and attrs["padding_idx"] >= rows):
+            raise SpecError("E012", f"padding_idx {attrs['padding_idx']} is not a row of the table ({rows} rows)")
     return TensorType(unique_axes(ids.axes + (w.axes[1],), "embedding"), w.dtype)
 
 
