@@ -195,21 +195,9 @@ def check_cmd(
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and `os.replace`, so a reader never sees half a file."""
-    import os
-    import tempfile
+    from nnspec.atomic import write_atomic
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 @app.command("render")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import linecache
 import os
 import sys
-import tempfile
 import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnspec.atomic import staged
 from nnspec.compiler.check import CheckResult, check
 
 TARGETS = ("torch",)
@@ -92,17 +92,8 @@ def write_outputs(outputs: list[Compiled], out_dir: str | os.PathLike[str]) -> l
         raise ValueError(f"two specs would both write {', '.join(dupes)} (specs are named by their `name:`)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[str, Path]] = []
-    try:
-        for c in outputs:
-            fd, tmp = tempfile.mkstemp(prefix=f".{c.filename}.", suffix=".tmp", dir=out)
-            temps.append((tmp, out / c.filename))
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(c.source)
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return [final for _, final in temps]
+    finals = [out / c.filename for c in outputs]
+    with staged(finals) as temps:
+        for c, tmp in zip(outputs, temps, strict=True):
+            Path(tmp).write_bytes(c.source.encode("utf-8"))
+    return finals

@@ -417,3 +417,59 @@ def test_endless_config_is_refused_at_the_limit() -> None:
     with pytest.raises(nnspec.SpecError) as info:
         nnspec.check("examples/gpt2.yaml", config="/dev/zero")
     assert info.value.code == "E005" and f"{MAX_CONFIG_BYTES:,}" in info.value.message
+
+
+# ---- blocks calling blocks ---------------------------------------------------------------------------------
+
+def block_chain(n: int) -> str:
+    blocks = "".join(f"  b{i}(x): |\n    return b{i + 1}(x)\n" for i in range(n))
+    return HEAD + "blocks:\n" + blocks + f"  b{n}(x): |\n    return linear(x, d)\nbody: |\n  y = b0(x)\n"
+
+
+def test_blocks_nested_beyond_the_limit() -> None:
+    # each level of block calls is Python recursion: 200 levels raised RecursionError (exit 3)
+    from nnspec.compiler.elaborate import MAX_BLOCK_DEPTH
+
+    err = error(block_chain(1000))
+    assert err.code == "E005" and f"{MAX_BLOCK_DEPTH} deep" in err.message
+    #  the call that is one too deep: b63's body, `return b64(x)`, line 10 + 2*63 + 1
+    assert where(err) == ("E005", 10 + 2 * (MAX_BLOCK_DEPTH - 1) + 1, 12)
+
+
+def test_blocks_nested_at_the_limit_check_build_and_run() -> None:
+    from nnspec.backends.torch.interpreter import Interpreter
+    from nnspec.compiler.elaborate import MAX_BLOCK_DEPTH
+
+    result = nnspec.check(block_chain(MAX_BLOCK_DEPTH - 1))
+    assert result.params == 72
+    interp = Interpreter(result.model)
+    path = ".".join(f"b{i}" for i in range(MAX_BLOCK_DEPTH)) + ".linear.weight"
+    assert next(iter(interp.named_spec_parameters())) == path
+    assert interp(x=torch.zeros(2, 8))["y"].shape == (2, 8)
+    try:
+        from nnspec.generated import compile_spec
+    except ImportError:
+        return
+    compile(compile_spec(block_chain(MAX_BLOCK_DEPTH - 1)).source, "<generated>", "exec")
+
+
+def dim_chain(n: int) -> str:
+    dims = "".join(f"  d{i}: d{i + 1} + 1\n" for i in range(n)) + f"  d{n}: 1\n"
+    return HEAD.replace("dims:\n", "dims:\n" + dims) + "body: |\n  y = relu(x)\n"
+
+
+def test_dims_defined_by_dims_beyond_the_limit() -> None:
+    # each dim's definition evaluated the one it names first, recursively: 500 raised RecursionError (exit 3)
+    from nnspec.compiler.elaborate import MAX_DIM_DEPTH
+
+    err = error(dim_chain(500))
+    #  dim d{k} is on line 4 + k; the refused one is the first beyond the limit, d100: its value at column 9
+    assert where(err) == ("E005", 4 + MAX_DIM_DEPTH, 3 + len(f"d{MAX_DIM_DEPTH}: "))
+    assert f"{MAX_DIM_DEPTH} deep" in err.message
+
+
+def test_dims_defined_by_dims_at_the_limit() -> None:
+    from nnspec.compiler.elaborate import MAX_DIM_DEPTH
+
+    model = nnspec.check(dim_chain(MAX_DIM_DEPTH - 1)).model
+    assert model.dims.values[model.dims.declared["d0"]] == MAX_DIM_DEPTH

@@ -28,6 +28,8 @@ MAX_REPEAT = 100_000
 # parameter and buffer tensors once calls and repeats are unrolled (a 10^5-layer repeat of a 10^5-layer repeat is
 # 15 lines of spec): building the model, and mapping weights, visit each one
 MAX_PARAM_TENSORS = 200_000
+MAX_DIM_DEPTH = 100   # a dim defined by a dim defined by a dim ...
+MAX_BLOCK_DEPTH = 64  # blocks calling blocks (real models nest a handful deep); each level is Python recursion
 CONSTANTS: dict[str, Any] = {"true": True, "false": False, "inf": math.inf, "pi": math.pi}
 
 
@@ -115,6 +117,9 @@ class Elaborator:
                 cycle = [*stack[stack.index(name):], name]
                 first = dims[cycle[0]]
                 raise SpecError("E020", f"dims form a cycle: {' -> '.join(cycle)}", first.span)
+            if len(stack) >= MAX_DIM_DEPTH:  # each level is Python recursion
+                raise SpecError("E005", f"dims depend on dims more than {MAX_DIM_DEPTH} deep "
+                                f"({' -> '.join(stack[:3])} -> ... -> {name})", decl.span)
             state[name] = "active"
             stack.append(name)
             if name in overrides:
@@ -320,6 +325,9 @@ class Elaborator:
         if key in self._template_keys:
             return self._template_keys[key]
         name = decl.signature.name
+        if len(self._building) >= MAX_BLOCK_DEPTH:
+            raise SpecError("E005", f"blocks call blocks more than {MAX_BLOCK_DEPTH} deep "
+                            f"({' -> '.join(self._building[:3])} -> ... -> {name})", span)
         if name in self._building:
             raise SpecError("E020", f"block '{name}' calls itself (through {' -> '.join(self._building)}); "
                             "use repeat(...) for depth", span)

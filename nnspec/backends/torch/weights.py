@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnspec.atomic import staged
 from nnspec.compiler.check import _pattern as rule_pattern
 
 __all__ = ["LoadReport", "WeightError", "load_weights", "save_weights", "to_source"]
@@ -281,18 +281,12 @@ def save_weights(module: nn.Module, path: str | os.PathLike[str] | None = None, 
     out = {k: v.contiguous() for k, v in to_source(module, target=target).items()}
     if path is not None:
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with staged([path]) as (tmp,):
             if path.name.endswith(".safetensors"):
                 from safetensors.torch import save_file
                 save_file(out, tmp, metadata={"format": "pt"})
             else:
                 torch.save(out, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return out
 
 
