@@ -63,7 +63,9 @@ def build(path_or_text: str | os.PathLike[str], *, target: str = "torch", opt: i
     """
     compiled = compile_spec(path_or_text, target=target, opt=opt, config=config, **dims)
     module = load_source(compiled.source, compiled.result.model.name)
-    return getattr(module, compiled.class_name)()
+    instance = getattr(module, compiled.class_name)()
+    instance.spec_model = compiled.result.model  # what nnspec.testing.inputs_for reads a built module's inputs from
+    return instance
 
 
 def load_source(source: str, name: str) -> types.ModuleType:

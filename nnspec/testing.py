@@ -55,6 +55,7 @@ What a drawn spec contains (each feature is drawn, none is guaranteed):
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -884,14 +885,19 @@ def _specs(draw: Draw, max_layers: int, max_blocks: int, max_width: int, max_cha
 # ---- inputs ----
 def inputs_for(result_or_model: Any, *, min_size: int = 2, max_size: int = 5, device: str = "cpu",
                **free_dims: int) -> st.SearchStrategy[dict[str, Any]]:
-    """Dicts of input tensors, by spec name, for a checked model (`CheckResult` or `ir.Model`).
+    """Dicts of input tensors, by spec name, for a spec (a path or YAML text), a checked model (`CheckResult` or
+    `ir.Model`) or a module made by `nnspec.build`.
 
     Free dims are drawn from [min_size, max_size] unless given by keyword, and only bindings for which
     the model's run-time guards hold are drawn. Floats are standard normal; an integer input that feeds
     an embedding (directly, or through block calls and repeats) is drawn below the smallest table it
     indexes, any other from [0, 2); bool inputs are fair coins.
     """
-    model = getattr(result_or_model, "model", result_or_model)
+    if isinstance(result_or_model, (str, os.PathLike)):
+        import nnspec
+
+        result_or_model = nnspec.check(result_or_model)
+    model = getattr(result_or_model, "spec_model", None) or getattr(result_or_model, "model", result_or_model)
     free = _free_dims(model)
     unknown = set(free_dims) - set(free)
     if unknown:
