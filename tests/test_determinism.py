@@ -141,28 +141,16 @@ def test_compile_failing_while_writing_leaves_no_file(tmp_path: Path, monkeypatc
         pytest.skip("no `nnspec compile`")
     generated = pytest.importorskip("nnspec.generated")
     compiled = [generated.compile_spec(str(ROOT / f"examples/small/{n}.yaml")) for n in ("moe", "retention")]
-    real_fdopen = os.fdopen
-    opened = []
+    real_write = Path.write_bytes
+    written: list[Path] = []
 
-    class Full:
-        def __init__(self, f: object) -> None:
-            self.f = f
-
-        def __enter__(self) -> Full:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.f.close()  # type: ignore[attr-defined]
-
-        def write(self, text: str) -> None:
-            self.f.write(text[: len(text) // 2])  # type: ignore[attr-defined]
+    def write_bytes(self: Path, data: bytes) -> int:
+        written.append(self)
+        if len(written) == 2:  # half the second file reaches the disk, then it is full
+            real_write(self, data[: len(data) // 2])
             raise OSError(28, "No space left on device")
-
-    def fdopen(fd: int, *args: object, **kwargs: object) -> object:
-        f = real_fdopen(fd, *args, **kwargs)  # type: ignore[call-overload]
-        opened.append(f)
-        return Full(f) if len(opened) == 2 else f
-    monkeypatch.setattr(os, "fdopen", fdopen)
+        return real_write(self, data)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space"):
         generated.write_outputs(compiled, out)

@@ -391,6 +391,7 @@ class Builder:
         self.sizes = el.sizes
         self.graph = graph
         self.vars: dict[str, Any] = {}
+        self._held: dict[TensorValue, int] = {}  # tensors held by variables bound with bind(), with multiplicity
         self.var_spans: dict[str, Span] = {}
         self.axis_sizes: dict[str, tuple[sympy.Expr, Span | None]] = {}
         self.scopes: dict[str, Span | None] = {}
@@ -458,15 +459,23 @@ class Builder:
             raise SpecError("E024", f"'{name}' is a built-in function or block; choose another name", span)
         if isinstance(value, TensorValue):
             value = self._name_node(value, name)
+        self._hold(self.vars.get(name), -1)
+        self._hold(value, +1)
         self.vars[name] = value
         self.var_spans[name] = span
+
+    def _hold(self, value: Any, n: int) -> None:
+        """Count the tensors variables hold (directly or in a tuple), so `_name_node` need not scan them all."""
+        for v in value.items if isinstance(value, TupleValue) else (value,):
+            if isinstance(v, TensorValue):
+                self._held[v] = self._held.get(v, 0) + n
 
     def _name_node(self, value: TensorValue, name: str) -> TensorValue:
         """Name a node after the variable it is first assigned to, as a person reading the IR would."""
         node = self.graph[value.node]
         auto = node.name == node.op or node.name.startswith(node.op + "_")
         # `y = h` or `q, k, v = t`: h and t must keep finding their nodes
-        aliased = any(v == value or (isinstance(v, TupleValue) and value in v.items) for v in self.vars.values())
+        aliased = self._held.get(value, 0) > 0
         if auto and not aliased and node.op not in ("input", "param") and name not in self.graph.nodes \
                 and not self.graph.users(node.name) and node.name not in self.graph.outputs:
             self.graph.rename(node.name, name)
