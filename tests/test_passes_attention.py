@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from test_passes_support import assert_idempotent, assert_same_outputs, count, optimized
+from test_passes_support import assert_idempotent, assert_same_outputs, count, fire_rate, optimized
 
 SCALES = ["q * k / sqrt(hd)", "q * k * SCALE", "(q / sqrt(hd)) * k", "q * (k * SCALE)", "q * k / 2 / (sqrt(hd) / 2)",
           "PRE_Q", "PRE_K", "q * k"]
@@ -198,17 +198,7 @@ def test_every_near_miss_is_refused_with_a_reason(near_miss: str) -> None:
 
 
 def test_planted_attention_fires_at_least_90_percent() -> None:
-    results: list[bool] = []
-
-    @settings(suppress_health_check=[HealthCheck.too_slow])
-    @given(cases(near_miss=False))
-    def planted(c: Case) -> None:
-        results.append(check_case(c)[0])
-
-    planted()
-    rate = sum(results) / len(results)
-    print(f"attention fire rate on planted cases: {rate:.0%} of {len(results)}")
-    assert rate >= 0.9
+    assert fire_rate(cases(near_miss=False), lambda c: check_case(c)[0], "attention") >= 0.9
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

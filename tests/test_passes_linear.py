@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from test_passes_support import assert_idempotent, assert_same_outputs, count, optimized, state
+from test_passes_support import assert_idempotent, assert_same_outputs, count, fire_rate, optimized, state
 
 NEAR_MISSES = ["other_input", "mixed_bias"]
 
@@ -79,17 +79,7 @@ def check_case(c: Case) -> tuple[bool, list[str]]:
 
 
 def test_planted_linear_groups_fuse_at_least_90_percent() -> None:
-    results: list[bool] = []
-
-    @settings(suppress_health_check=[HealthCheck.too_slow])
-    @given(cases(near_miss=False))
-    def planted(c: Case) -> None:
-        results.append(check_case(c)[0])
-
-    planted()
-    rate = sum(results) / len(results)
-    print(f"linear fusion fire rate on planted cases: {rate:.0%} of {len(results)}")
-    assert rate >= 0.9
+    assert fire_rate(cases(near_miss=False), lambda c: check_case(c)[0], "linear fusion") >= 0.9
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

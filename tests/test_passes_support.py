@@ -82,3 +82,20 @@ def assert_idempotent(model: Model, level: int = 2, passes: str | None = None) -
 
 def count(model: Model, op: str) -> int:
     return sum(1 for g in model.graphs() for n in g if n.op == op)
+
+
+def fire_rate(strategy: Any, fired: Any, what: str) -> float:
+    """Share of the cases drawn from `strategy` on which `fired(case)` is true (printed for the closing notes)."""
+    from hypothesis import HealthCheck, given, settings
+
+    results: list[bool] = []
+
+    @settings(suppress_health_check=[HealthCheck.too_slow])
+    @given(strategy)
+    def draw(case: Any) -> None:
+        results.append(bool(fired(case)))
+
+    draw()
+    rate = sum(results) / len(results)
+    print(f"{what} fire rate on planted cases: {rate:.0%} of {len(results)}")
+    return rate
