@@ -21,14 +21,18 @@ Stages, in order (`STAGES`); a mutant either is refused at one (with a located `
 - `schema`: the spec layer (`load_source`): keys and value kinds, identifiers, expression syntax, includes;
 - `check`: `nnspec.check` (elaboration): names, shapes, dtypes, sizes, constraints, weight maps;
 - `codegen`: `nnspec.backends.torch.codegen.generate` where that module exists, and `compile()` of its text;
-- `run`: the reference interpreter on small random inputs, outputs compared with their declared shapes.
-  Large models are not run: the parameter bytes and every node's element count are estimated first
-  (`SKIP_PARAM_BYTES`, `SKIP_NUMEL`); big seeds are run with their integer dims shrunk (`--set`).
+- `run`: the reference interpreter on small random inputs (integer inputs all 0, a valid index anywhere), its
+  outputs compared with their declared shapes and dtypes and its parameter count with check's. Large models
+  are not run: the parameter bytes and every node's element count are estimated first (`SKIP_PARAM_BYTES`,
+  `SKIP_NUMEL`); big seeds are run with their integer dims shrunk (`--set`).
 
 Mutators (`MUTATORS`): bytes (flip, insert, delete, truncate, duplicate, odd characters), YAML structure
 (drop, duplicate, rename keys; change scalar types; nest; alias), expression text (swap operators, near
 names, delete tokens, brackets, huge numbers, zero divisors, negative sizes), axis annotations, block
-signatures, built-in function swaps and dim values.
+signatures, built-in function swaps (any, or elementwise for elementwise) and dim values (wild, or another
+small integer, which often keeps the spec valid so the interpreter runs new sizes). Expression mutators pick
+their place mostly inside the expression-language scalars (`expression_regions`), and are drawn more often
+(`WEIGHTS`).
 
 Only a timeout (`TIMEOUT_S`, SIGALRM) guards against hangs; there is no other time check.
 """
@@ -618,6 +622,31 @@ def m_dim_value(draw: Draw, value: Any) -> str:
     return f"dims.{name} -> {new!r}"
 
 
+def m_small_dim(draw: Draw, data: bytes) -> tuple[bytes, str]:
+    """An integer dim set to another small integer: often still valid, so the interpreter runs new sizes."""
+    text = _text(data)
+    dims = list(re.finditer(r"(?m)^  ([A-Za-z_]\w*): (\d+)\b", text))
+    if not dims:
+        return m_number(draw, data)
+    m = draw(st.sampled_from(dims))
+    new = str(draw(st.sampled_from([1, 2, 3, 4, 5, 6, 8, 12, 16, 32])))
+    return _bytes(_replace(text, m.start(2), m.end(2), new)), f"dim {m.group(1)} {m.group(2)} -> {new}"
+
+
+UNARY_CALLS = ["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "exp", "log", "abs", "sqrt", "rsqrt"]
+
+
+def m_swap_unary(draw: Draw, data: bytes) -> tuple[bytes, str]:
+    """An elementwise function swapped for another (same type rule, so the spec most often still checks)."""
+    text = _text(data)
+    calls = [m for m in re.finditer(r"\b([A-Za-z_]\w*)\(", text) if m.group(1) in UNARY_CALLS]
+    if not calls:
+        return m_swap_builtin(draw, data)
+    m = draw(st.sampled_from(calls))
+    new = draw(st.sampled_from(UNARY_CALLS))
+    return _bytes(_replace(text, m.start(1), m.end(1), new)), f"call {m.group(1)} at {m.start()} -> {new}"
+
+
 MUTATORS: dict[str, Callable[[Draw, bytes], tuple[bytes, str]]] = {
     "bytes.flip": m_flip, "bytes.insert": m_insert_bytes, "bytes.odd_char": m_odd_char, "bytes.delete": m_delete,
     "bytes.truncate": m_truncate, "bytes.duplicate": m_duplicate, "yaml.duplicate_line": m_duplicate_line,
@@ -625,7 +654,8 @@ MUTATORS: dict[str, Callable[[Draw, bytes], tuple[bytes, str]]] = {
     "yaml.alias": m_alias, "expr.operator": m_swap_operator, "expr.rename": m_rename,
     "expr.delete_token": m_delete_token, "expr.duplicate_token": m_duplicate_token, "expr.brackets": m_brackets,
     "expr.number": m_number, "expr.divisor": m_divisor, "expr.negate": m_negate, "axes": m_axes,
-    "blocks.signature": m_signature, "ops.swap": m_swap_builtin, "dims.value": m_dim_value,
+    "blocks.signature": m_signature, "ops.swap": m_swap_builtin, "ops.unary": m_swap_unary, "dims.value": m_dim_value,
+    "dims.small": m_small_dim,
 }
 
 

@@ -372,3 +372,112 @@ def test_main_maps_typed_errors_and_never_relabels_a_bug(monkeypatch: pytest.Mon
         nnspec.cli.main()
     assert info.value.code == code
     assert text in capsys.readouterr().err
+
+
+# ---- a block parameter used as a size ----------------------------------------------------------------------
+
+SIZED_BLOCK = HEAD + """blocks:
+  f(x, h): |
+    z = x[B, (h k)]
+    return z[B, (h k)]
+body: |
+  y = f(x, ARG)
+"""
+
+
+@pytest.mark.parametrize("arg", ["0", "2 * 0", "2 ** -1", "-2", "3 / 2"])
+def test_block_parameter_that_is_no_size_is_refused_where_used_as_one(arg: str) -> None:
+    # h = 0 split d by zero (ZeroDivisionError, exit 3); h = 1/2 checked, then failed at run time
+    err = error(SIZED_BLOCK.replace("ARG", arg))
+    #  11     z = x[B, (h k)]: the annotation at column 9
+    assert where(err) == ("E023", 11, 9)
+    assert "'h'" in err.message
+
+
+def test_block_parameter_that_is_a_size_splits() -> None:
+    assert nnspec.check(SIZED_BLOCK.replace("ARG", "2 * 2")).params == 0
+
+
+# ---- built-in arguments the interpreter could not run ---------------------------------------------------
+
+SEQ_IN = HEAD.replace("x: float32[B, d]", "x: float32[B, T, d]").replace("y: float32[B, d]", "y: float32[B, T, d]")
+
+
+@pytest.mark.parametrize("body, col", [
+    ('y = x + sum(param(d, std=-1), over=d)', 28),        # torch: "normal expects std >= 0.0"
+    ('y = x + sum(param(d, std=inf), over=d)', 28),       # every weight infinite
+    ("y = rotary(x, pos=T, base=0)", 29),                 # frequencies base**(-2i/d): 0**negative, NaN
+    ("y = rotary(x, pos=T, base=-1)", 29),
+    ("y = x + sinusoidal(T, d, base=0)[T, d]", 33),
+])
+def test_argument_the_interpreter_cannot_use_is_a_located_error(body: str, col: int) -> None:
+    err = error(spec(body, SEQ_IN))
+    assert where(err) == ("E015", 10, col)
+
+
+def test_slice_with_step_zero_is_a_located_error() -> None:
+    # the slice's length was computed with // step before the step was checked: ZeroDivisionError (exit 3)
+    err = error(spec("y = x + sum(slice(x, over=T, step=0, stop=2, into=K), over=K)[B, d]", SEQ_IN))
+    assert where(err) == ("E012", 10, 15)
+
+
+@pytest.mark.parametrize("call", ["maxpool(x[B, d, T], 100, over=d, into=P)",
+                                  "conv(x, 4, 9, channel=T, over=d, into=P)"])
+def test_window_larger_than_a_known_axis_is_a_located_error(call: str) -> None:
+    # the output axis had size 8 - 100 + 1 < 1
+    err = error(spec(f"z = {call}\ny = x", SEQ_IN))
+    assert where(err) == ("E023", 10, 7)
+
+
+def test_window_along_a_free_axis_is_a_guard() -> None:
+    # avgpool of 100 along T checked, then torch failed for T < 100 ("Output size is too small")
+    text = SEQ_IN.replace("y: float32[B, T, d]", "y: float32[B, P, d]")
+    result = nnspec.check(spec("y = avgpool(x[B, d, T], 100, over=T, into=P)[B, P, d]", text))
+    assert [g.text for g in result.model.guards] == ["T >= 100"]
+
+
+def test_pool_padding_beyond_half_the_window_is_a_located_error() -> None:
+    # torch: "pad should be at most half of effective kernel size"
+    err = error(spec("z = maxpool(x[B, d, T], 2, padding=3, over=d, into=P)\ny = x", SEQ_IN))
+    assert where(err) == ("E015", 10, 7)
+
+
+@pytest.mark.parametrize("positions", ["ids", "ids[B, T]"])
+def test_rotary_positions_with_more_than_the_position_axis(positions: str) -> None:
+    # the op accepted int64[B, T] positions; both backends build [T, d] tables from 1-D positions: torch.outer
+    # raised at run time
+    text = SEQ_IN.replace("x: float32[B, T, d]", "x: float32[B, T, d]\n  ids: int64[B, T]")
+    err = error(spec(f"y = rotary(x, pos=T, positions={positions})", text))
+    #  11   y = rotary(x, pos=T, positions=IDS): the positions at column 34
+    assert where(err) == ("E013", 11, 34)
+
+
+def test_rotary_positions_along_the_position_axis() -> None:
+    text = SEQ_IN.replace("x: float32[B, T, d]", "x: float32[B, T, d]\n  pos: int64[T]")
+    assert nnspec.check(spec("y = rotary(x, pos=T, positions=pos)", text)).params == 0
+
+
+@pytest.mark.parametrize("body, col", [
+    ("y = x + full(70000, B, T, d, dtype=float16)", 16),     # beyond float16's 65504
+    ("y = x + cast(full(2**40, B, T, d, dtype=int32), \"float32\")", 21),
+    ("y = x + cast(full(-(2**31) - 1, B, T, d, dtype=int32), \"float32\")", 21),
+])
+def test_fill_value_beyond_its_dtype_is_a_located_error(body: str, col: int) -> None:
+    # torch.full raised "value cannot be converted to type ... without overflow" at run time
+    err = error(spec(body, SEQ_IN))
+    assert where(err) == ("E023", 10, col)
+
+
+def test_integer_constant_beyond_an_int32_tensor() -> None:
+    # the weakly typed 2**40 took the int32 tensor's dtype, and overflowed when the constant was made
+    err = error(spec('y = cast(cast(x, "int32") + 2**40, "float32")', SEQ_IN))
+    #  10   y = cast(cast(x, "int32") + 2**40, ...): the sum starts at column 12
+    assert where(err) == ("E023", 10, 12)
+
+
+@pytest.mark.parametrize("body", ["y = x + full(inf, B, T, d, dtype=float16)",
+                                  "y = x + full(65504, B, T, d, dtype=float16)",
+                                  'y = x + cast(full(2**31 - 1, B, T, d, dtype=int32), "float32")',
+                                  "y = where(x > 0, cast(x, \"float16\"), -1e9)[B, T, d]"])
+def test_fill_values_within_their_dtype(body: str) -> None:
+    nnspec.check(spec(body, SEQ_IN))

@@ -661,6 +661,16 @@ class Builder:
             return self.axis_sizes[name][0]
         return None
 
+    def _size_of(self, name: str, span: Span) -> sympy.Expr | None:
+        """`known_size`, refusing a value that cannot be a size (a block parameter bound to 0, -2 or 1/2)."""
+        size = self.known_size(name)
+        if size is not None:
+            c = self.sizes.concrete(size)
+            if c.is_number and (not c.is_Integer or not 1 <= c <= MAX_SIZE):
+                raise SpecError("E023", f"'{name}' is {c}, which is not a size (an integer from 1 to "
+                                f"2^{MAX_SIZE.bit_length() - 1})", span)
+        return size
+
     def axis_names(self, expr: ast.Expr) -> list[str]:
         """`T` or `(H, W)`."""
         if isinstance(expr, ast.Tuple):
@@ -775,6 +785,8 @@ class Builder:
             dtype = like.dtype
         else:
             dtype = DType.float32 if isinstance(py, float) else DType.int64
+        if dtype.is_int and not fits_dtype(py, dtype):  # torch refuses it (a float constant overflows to inf)
+            raise SpecError("E023", f"constant {py} does not fit the {dtype} tensor it meets", span)
         return self.emit("const", [], {"value": py, "type": TensorType((), dtype)}, span, hint="const")
 
     def elementwise(self, op: str, operands: list[Any], span: Span) -> TensorValue:
@@ -890,7 +902,7 @@ class Builder:
             name = str(item.value)
         else:
             name = item.name
-            want = self.known_size(name)
+            want = self._size_of(name, span)
         if want is not None:
             verdict = self.sizes.equal(want, axis.size)
             if verdict is False:
@@ -909,7 +921,7 @@ class Builder:
             if isinstance(atom, ast.AxisInt):
                 known.append(sympy.Integer(atom.value))
             else:
-                known.append(self.known_size(atom.name))
+                known.append(self._size_of(atom.name, span))
         unknown = [i for i, k in enumerate(known) if k is None]
         names = [a.name if isinstance(a, ast.AxisName) else str(a.value) for a in group.items]
         if len(unknown) > 1:
@@ -1091,6 +1103,19 @@ def _guard_form(fact: sympy.Basic, span: Span) -> sympy.Basic:
             raise SpecError("E026", f"a requirement checked at run time may use only integer arithmetic on sizes "
                             f"(+ - * / // % **, min, max); {node} is not", span)
     return fact
+
+
+DTYPE_LIMITS: dict[DType, float] = {DType.int32: 2 ** 31, DType.int64: 2 ** 63, DType.float16: 65504.0,
+                                    DType.bfloat16: 3.3895313892515355e38, DType.float32: 3.4028234663852886e38}
+
+
+def fits_dtype(value: bool | int | float, dtype: DType) -> bool:
+    """Whether a constant is representable in `dtype` (infinities and NaN are, in a float dtype)."""
+    if dtype == DType.bool or isinstance(value, bool):
+        return True
+    if dtype.is_int:
+        return float(value).is_integer() and -DTYPE_LIMITS[dtype] <= value < DTYPE_LIMITS[dtype]
+    return not math.isfinite(value) or abs(value) <= DTYPE_LIMITS[dtype]
 
 
 def _number(e: ast.Num) -> Any:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import sympy
 
 from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
-from nnspec.compiler.elaborate import Builder, TensorValue, TupleValue
+from nnspec.compiler.elaborate import Builder, TensorValue, TupleValue, fits_dtype
 from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.registry import builtin
 from nnspec.errors import SpecError
@@ -106,6 +107,10 @@ def _slice(b: Builder, call: ast.Call) -> Any:
         raise SpecError("E026", f"slice: give stop=; the size of {over} is not known when checking", call.span)
     stop = n if a["stop"] is None else b.ints(a["stop"], 1, "stop")[0]
     assert stop is not None
+    if step < 1 or start < 0 or stop < start or (n is not None and stop > n):  # before dividing by step
+        raise SpecError("E012", f"slice {start}:{stop}:{step} does not fit axis {over}"
+                        + (f" of size {n}" if n is not None else "") + " (start >= 0, stop >= start, step >= 1)",
+                        call.span)
     if n is None:  # torch would clip the range to the axis and give fewer entries than checked
         _within(b, b.type_of(x).axis(over).size, stop, ">=", call.span)  # type: ignore[union-attr]
     size = sympy.Integer(max(0, -(-(stop - start) // step)))
@@ -162,9 +167,11 @@ def _full(b: Builder, call: ast.Call) -> Any:
     axes = tuple(b.axis(b.axis_name(e), e.span) for e in call.args[1:])
     fill: int | float | bool = value
     if dtype.is_int:
-        fill = int(value)
+        fill = int(value) if math.isfinite(value) else value  # type: ignore[assignment]
     elif dtype == DType.bool:
         fill = bool(value)
+    if not fits_dtype(fill, dtype):  # torch.full refuses it at run time
+        raise SpecError("E023", f"fill value {value} does not fit {dtype}", call.args[0].span)
     return b.emit("full", [], {"axes": axes, "value": fill, "dtype": dtype}, call.span)
 
 

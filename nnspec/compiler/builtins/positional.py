@@ -68,11 +68,15 @@ def _rotary(b: Builder, call: ast.Call) -> Any:
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     pos = over_axis(b, a["pos"], x, "rotary", call.span)
     dim = over_axis(b, a["dim"], x, "rotary", call.span)
-    base = 10000.0 if a["base"] is None else b.number(a["base"], "base")
+    base = 10000.0 if a["base"] is None else _base(b, a["base"])
     style = "half" if a["style"] is None else str(b.static(a["style"], "style"))
     inputs = [x.node]
     if a["positions"] is not None:
-        inputs.append(b.tensor(a["positions"]).node)
+        positions = b.tensor(a["positions"])
+        if b.type_of(positions).names != (pos,):  # the cos/sin tables are [pos, dim]: one position per index
+            raise SpecError("E013", f"rotary positions must have exactly the axis {pos}, got "
+                            f"{b.el.show(b.type_of(positions))}", a["positions"].span)
+        inputs.append(positions.node)
     return b.emit("rotary", inputs, {"pos": pos, "dim": dim, "base": base, "style": style}, call.span)
 
 
@@ -81,5 +85,13 @@ def _sinusoidal(b: Builder, call: ast.Call) -> Any:
     a, _ = bind(call, "sinusoidal", [("pos", REQUIRED), ("dim", REQUIRED), ("base", None)])
     pos = b.axis(b.axis_name(a["pos"]), a["pos"].span)  # type: ignore[arg-type, union-attr]
     dim = b.size(a["dim"], "sinusoidal size")  # type: ignore[arg-type]
-    base = 10000.0 if a["base"] is None else b.number(a["base"], "base")
+    base = 10000.0 if a["base"] is None else _base(b, a["base"])
     return b.emit("sinusoidal", [], {"pos": pos, "dim": dim, "base": base}, call.span)
+
+
+def _base(b: Builder, expr: ast.Expr) -> float:
+    """The base of the frequencies base**(-2i/d): positive and finite, or every angle is NaN or infinite."""
+    base = b.number(expr, "base")
+    if not (math.isfinite(base) and base > 0):
+        raise SpecError("E015", f"base must be a positive finite number, got {base}", expr.span)
+    return base

@@ -31,10 +31,21 @@ def _window(b: Builder, call: ast.Call, a: dict[str, Any], x: Any, what: str) ->
     names = [f"{s}_out" for s in spatial] if a["into"] is None else b.axis_names(a["into"])
     if len(names) != n:
         raise SpecError("E019", f"{what}: into= names {len(names)} axes for {n} spatial axes", a["into"].span)
+    if min((*kernel, *stride), default=1) < 1 or min(padding, default=0) < 0:
+        raise SpecError("E015", f"{what}: kernel and stride must be >= 1 and padding >= 0", call.span)
+    if what == "pool" and any(2 * p > k for k, p in zip(kernel, padding, strict=True)):
+        raise SpecError("E015", f"pool: padding {padding} is more than half the window {kernel}", call.span)
     out_axes = []
     for name, s, k, st, p in zip(names, spatial, kernel, stride, padding, strict=True):
-        size = sympy.sympify(out_size(t.axis(s).size, k, st, p))  # type: ignore[union-attr]
+        in_size = t.axis(s).size  # type: ignore[union-attr]
+        size = sympy.sympify(out_size(in_size, k, st, p))
         concrete = b.sizes.concrete(size)
+        fits = sympy.Ge(b.sizes.concrete(in_size) + 2 * p, k)  # the window fits at least once
+        if fits is sympy.false:
+            raise SpecError("E023", f"{what}: a window of {k} (padding {p}) does not fit axis {s} of size "
+                            f"{b.sizes.describe(in_size)}", call.span)
+        if fits is not sympy.true:
+            b.sizes.assume(fits, f"{in_size + 2 * p} >= {k}")
         out_axes.append(Axis(name, concrete if concrete.is_Integer else size))
     return {"spatial": tuple(spatial), "kernel": kernel, "stride": stride, "padding": padding,
             "out_axes": tuple(out_axes)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from nnspec.compiler.builtins.core import INIT_STD, over_axis
@@ -27,6 +28,8 @@ def _param(b: Builder, call: ast.Call) -> Any:
                 raise SpecError("E015", f"init must be one of {', '.join(INITS)}, got {init!r}", kw.value.span)
         elif kw.name == "std":
             std = b.number(kw.value, "std")
+            if not math.isfinite(std) or std < 0:  # torch's normal_ refuses std < 0; inf makes every weight inf
+                raise SpecError("E015", f"param std must be a finite number >= 0, got {std}", kw.value.span)
         elif kw.name != "name":
             raise SpecError("E016", f"param has no argument '{kw.name}' (init, std, name)", kw.span)
     axes = tuple(b.size(e, "param size") for e in call.args)
