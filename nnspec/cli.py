@@ -211,8 +211,15 @@ def render_cmd(
     block: Annotated[str | None, typer.Option("--block", help="draw this block instead of the whole model")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     scale: Annotated[float, typer.Option("--scale", help="PNG pixels per SVG unit")] = 2.0,
+    dtype: T.DtypeOpt = None,
+    drop: T.DropOpt = None,
+    slice_: T.SliceOpt = None,
+    lora: T.LoraOpt = None,
+    share: T.ShareOpt = None,
+    explain: T.ExplainOpt = False,
 ) -> None:
-    """Draw a checked spec: its block graph (graphviz) or its neural circuit diagram (SVG), as SVG, PNG or DOT."""
+    """Draw a checked spec: its block graph (graphviz) or its neural circuit diagram (SVG), as SVG, PNG or DOT.
+    With transform flags, the transformed model, what the transforms made or changed marked."""
     from nnspec.compiler.diagrams import ToolMissing, block_graph, circuit_svg, dot_to_svg, svg_to_png
 
     fmt = fmt or (output.suffix.lstrip(".").lower() or "svg")
@@ -227,6 +234,8 @@ def render_cmd(
         if not output.parent.is_dir():
             raise UsageError(f"cannot write {output}: no directory {output.parent}")
         result = check(spec, **parse_sets(set_ or []))
+        result, transform_lines = T.transform_result(result, dtype=dtype, drop=drop, slice_=slice_, lora=lora,
+                                                     share=share)
         if style == "graph":
             source = block_graph(result.model, expand=expand, block=block)
             fallback, fallback_data = output.with_suffix(".dot"), source
@@ -250,6 +259,8 @@ def render_cmd(
         print(f"nnspec: error: {err}; wrote {fallback} instead", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
     _write_atomic(output, data)
+    if explain:
+        T.print_explain(transform_lines)
     print(f"wrote {output}")
 
 
@@ -258,31 +269,67 @@ def compile_cmd(
     specs: Annotated[list[Path], typer.Argument(help="spec files (YAML); one Python file is written per spec")],
     output: Annotated[Path, typer.Option("-o", "--output", help="the directory to write into (made if missing)")],
     target: Annotated[str, typer.Option("--target", help="code to generate: 'torch'")] = "torch",
-    opt: Annotated[int, typer.Option("-O", "--opt", help="optimisation level 0, 1 or 2 (the passes of "
-                                                         "nnspec.compiler.passes; the state dict is the same)")] = 0,
+    opt: Annotated[int | None, typer.Option("-O", "--opt", help="optimisation level 0, 1 or 2 (the passes of "
+                                                                "nnspec.compiler.passes; the state dict is the same)")]
+    = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="run exactly these passes, comma-separated (e.g. "
+                                               "attention,dce), instead of the level's; fused ops are emitted as "
+                                               "at -O2 unless -O says otherwise")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="print each transform, each rewrite, each fusion group "
+                                          "formed and each fusion refused, with its reason")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
     = None,
+    dtype: T.DtypeOpt = None,
+    drop: T.DropOpt = None,
+    slice_: T.SliceOpt = None,
+    lora: T.LoraOpt = None,
+    share: T.ShareOpt = None,
 ) -> None:
     """Generate standalone PyTorch code: OUT/<name>.py per spec, all files or none."""
+    from nnspec.compiler.passes import pipeline
     from nnspec.generated import TARGETS, compile_spec, write_outputs
 
     try:
         if target not in TARGETS:
             raise UsageError(f"--target takes {', '.join(TARGETS)}, got {target!r}")
-        if opt not in (0, 1, 2):
+        if opt not in (None, 0, 1, 2):
             raise UsageError(f"-O takes 0, 1 or 2, got {opt}")
+        level = opt if opt is not None else 2 if passes is not None else 0
+        ran = [p.name for p in pipeline(level, passes)]     # an unknown pass is a usage error before any work
         sets = parse_sets(set_ or [])
-        compiled = [compile_spec(spec, target=target, opt=opt, config=config, **sets) for spec in specs]
+        # the transform flags, as `nnspec.compiler.transforms.apply` takes them (applied before the passes)
+        transforms = {k: v for k, v in {"dtype": dtype, "drop": T._items(drop), "slice_width": slice_,
+                                        "lora": T._items(lora), "share": T._items(share)}.items()
+                      if v is not None and v != []}
+        compiled = [compile_spec(spec, target=target, opt=level, config=config, passes=passes,
+                                 transforms=transforms, **sets) for spec in specs]
+        if explain:
+            for spec, c in zip(specs, compiled, strict=True):
+                _print_compile_explain(spec, c, level, ran, passes is not None, bool(transforms))
         written = write_outputs(compiled, output)
     except SpecError as err:
         _fail(err, False)
         return
-    except (UsageError, FileNotFoundError, ValueError, OSError) as err:
+    except (UsageError, FileNotFoundError, OSError) as err:  # not ValueError: that would relabel a bug as usage
         print(f"nnspec: error: {err}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
     for path in written:
         print(f"wrote {path}")
+
+
+def _print_compile_explain(spec: Path, compiled: Any, level: int, ran: list[str], explicit: bool,
+                           transformed: bool) -> None:
+    """`nnspec compile --explain` for one spec: its transforms, the passes run, then each pass's lines."""
+    print(f"{compiled.result.model.name} ({spec}):")
+    if transformed:
+        T.print_explain(compiled.transforms)
+    how = "--passes" if explicit else f"-O{level}"
+    print(f"passes ({how}): {', '.join(ran) if ran else 'none'}")
+    for line in compiled.explain:
+        print(f"  {line}")
+    if ran and not compiled.explain:
+        print("  nothing to rewrite, group or refuse")
 
 
 def _version(value: bool) -> None:

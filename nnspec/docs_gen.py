@@ -5,8 +5,9 @@ docs/ops.md is built from the op registry (`nnspec.compiler.ops.OPS`) and the sp
 (`BUILTINS`): each op's meaning lives in one place, and the reference is printed from it.
 
 docs/errors.md is built from `nnspec.errors.CODES` and, for each code, one example taken from the golden
-negative specs under tests/golden/errors/ (each file's first line is `# error@LINE:COL: CODE: ...`), with the
-message nnspec actually renders for it. tests/test_docs.py checks that the file matches, so it cannot go stale.
+negative specs under tests/golden/errors/ (each file's first line is `# error@LINE:COL: CODE: ...`; config.json
+mistakes are `config/NAME.json` with the header in `NAME.expect`), with the message nnspec actually renders for
+it. tests/test_docs.py checks that the file matches, so it cannot go stale.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _goldens(root: Path) -> dict[str, list[tuple[Path, int, str | None]]]:
     """code -> [(relative path, error line, note)], files in name order."""
     by_code: dict[str, list[tuple[Path, int, str | None]]] = {}
     for path in sorted((root / GOLDEN).glob("*.yaml")):
-        lines = path.read_bytes().decode("utf-8").split("\n")
+        lines = path.read_bytes().decode("utf-8", "replace").split("\n")  # a golden may show non-UTF-8 input
         match = HEADER.match(lines[0])
         if match is None:
             continue
@@ -43,7 +44,7 @@ def _example(rel: Path, line: int, code: str) -> tuple[str, int, int, str]:
     """(excerpt, its first and last line, rendered message) for one golden, checked from the current directory."""
     import nnspec  # late: keeps `import nnspec.docs_gen` cheap
 
-    lines = rel.read_bytes().decode("utf-8").split("\n")
+    lines = rel.read_bytes().decode("utf-8", "replace").split("\n")
     first_content = next(i for i, t in enumerate(lines, 1) if not (HEADER.match(t) or NOTE.match(t)))
     start = max(first_content, line - CONTEXT_BEFORE)
     end = min(len(lines), line + CONTEXT_AFTER)
@@ -56,6 +57,33 @@ def _example(rel: Path, line: int, code: str) -> tuple[str, int, int, str]:
             raise RuntimeError(f"{rel}: expected {code}, nnspec reports:\n{err.render()}") from None
         return "\n".join(lines[start - 1:end]), start, end, err.render()
     raise RuntimeError(f"{rel}: expected {code}, but the spec checks")
+
+
+def _config_goldens(root: Path) -> dict[str, list[tuple[Path, Path, int, str | None]]]:
+    """code -> [(config path, spec path, error line, note)] from `config/NAME.json` + `NAME.expect` goldens."""
+    by_code: dict[str, list[tuple[Path, Path, int, str | None]]] = {}
+    for path in sorted((root / GOLDEN / "config").glob("*.json")):
+        expect = path.with_suffix(".expect").read_text(encoding="utf-8").split("\n")
+        spec = re.match(r"^# spec: (\S+)\s*$", expect[0])
+        match = HEADER.match(expect[1]) if len(expect) > 1 else None
+        if spec is None or match is None:
+            continue
+        note = next((m[1] for m in map(NOTE.match, expect[2:3]) if m), None)
+        by_code.setdefault(match[3], []).append((path.relative_to(root), Path(spec[1]), int(match[1]), note))
+    return by_code
+
+
+def _config_example(rel: Path, spec: Path, code: str) -> str:
+    """The message nnspec renders for a config golden, checked from the current directory."""
+    import nnspec
+
+    try:
+        nnspec.check(spec.as_posix(), config=rel.as_posix())
+    except SpecError as err:
+        if err.code != code:
+            raise RuntimeError(f"{rel}: expected {code}, nnspec reports:\n{err.render()}") from None
+        return err.render()
+    raise RuntimeError(f"{rel}: expected {code}, but the config maps onto {spec}")
 
 
 def errors_markdown() -> str:
@@ -79,9 +107,18 @@ def errors_markdown() -> str:
     ]
     with contextlib.chdir(ROOT):
         goldens = _goldens(Path("."))
+        configs = _config_goldens(Path("."))
         for code, title in CODES.items():
             out += [f"## {code}: {title}", ""]
             examples = goldens.get(code, [])
+            if not examples and code in configs:  # a config.json mistake: the config, then what check says
+                rel, spec, line, note = configs[code][0]
+                text = rel.read_text(encoding="utf-8").rstrip("\n")
+                out.append(f"Example: [`{rel.as_posix()}`](../{rel.as_posix()}) mapped onto `{spec.as_posix()}` "
+                           f"(`nnspec check {spec.as_posix()} --config {rel.as_posix()}`)"
+                           + (f": {note.rstrip('.')}." if note else "."))
+                out += ["", "```json", text, "```", "", "```text", _config_example(rel, spec, code), "```", ""]
+                continue
             if not examples:
                 out += ["No example in the golden error specs yet.", ""]
                 continue
@@ -122,7 +159,7 @@ def ops_markdown() -> str:
         "",
         "| function | what it does |",
         "|---|---|",
-        *(f"| `{b.signature}` | {_cell(b.doc)} |" for b in sorted(BUILTINS.values(), key=lambda b: b.name)),
+        *(f"| `{_cell(b.signature)}` | {_cell(b.doc)} |" for b in sorted(BUILTINS.values(), key=lambda b: b.name)),
         "",
         "## Ops",
         "",

@@ -48,7 +48,7 @@ import re
 import signal
 import string
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +64,11 @@ STAGES = ("load", "schema", "check", "codegen", "run")
 TIMEOUT_S = 30                  # one mutant, all stages; a hang is a failure
 SKIP_PARAM_BYTES = 32 << 20     # run only models whose parameters fit in 32 MiB ...
 SKIP_NUMEL = 1 << 20            # ... and whose largest tensor has at most 1M elements
+GENERATED_OPT_LEVELS = (0, 2)  # the generated module as written and optimised: each is run against the interpreter
+RTOL, ATOL = 1e-4, 1e-5       # the same math in another order (einsum vs matmul, fused attention)
 MAX_TEXT = 64 << 10             # mutants never grow past 64 KiB (the loader's own limit is tested elsewhere)
 
-SEED_GLOBS = ("examples/*.yaml", "examples/small/*.yaml", "tests/golden/ir/tiny.yaml")
+SEED_GLOBS = ("examples/*.yaml", "examples/small/*.yaml", "tests/golden/ir/*.yaml")
 
 
 class FuzzFailure(AssertionError):
@@ -91,9 +93,28 @@ class Seed:
 
 
 def load_seeds(root: str | os.PathLike[str]) -> list[Seed]:
+    """The example specs, and each one that includes the standard library once more with those blocks written
+    into it (`... (std inlined)`), so that mutations reach the library's blocks too."""
     root = Path(root)
     paths = sorted({p for g in SEED_GLOBS for p in root.glob(g)})
-    return [Seed(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8")) for p in paths]
+    seeds = [Seed(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8")) for p in paths]
+    return seeds + [Seed(f"{s.name} (std inlined)", text) for s in seeds if (text := inline_std(s.text))]
+
+
+def inline_std(text: str) -> str | None:
+    """`text` with its `include: [std/...]` files' blocks copied into its `blocks:`; None if it includes none."""
+    from nnspec.spec.load import STDLIB
+    value = yaml.safe_load(text)
+    includes = value.get("include") or []
+    if not includes or not all(isinstance(i, str) and i.startswith("std/") for i in includes):
+        return None
+    blocks: dict[str, Any] = {}
+    for ref in includes:
+        blocks.update(yaml.safe_load((STDLIB / ref[4:]).read_text(encoding="utf-8")).get("blocks") or {})
+    blocks.update(value.get("blocks") or {})
+    out = {k: v for k, v in value.items() if k != "include"}
+    out["blocks"] = blocks
+    return _dump(out).decode()
 
 
 class Mutant:
@@ -622,6 +643,27 @@ def m_dim_value(draw: Draw, value: Any) -> str:
     return f"dims.{name} -> {new!r}"
 
 
+@_structural
+def m_option(draw: Draw, value: Any) -> str:
+    """An option's value: a flag flipped, another of its choices (often still valid, so the interpreter and the
+    generated code run another variant), a value outside its choices, or a number or text instead."""
+    options = value.get("options") if isinstance(value, dict) else None
+    if not isinstance(options, dict) or not options:
+        return "no options"
+    name = draw(st.sampled_from(sorted(map(str, options))))
+    old = options[name]
+    current = old.get("default") if isinstance(old, dict) else old
+    choices = old.get("choices") if isinstance(old, dict) and isinstance(old.get("choices"), list) else []
+    pool: list[Any] = [*choices, not current if isinstance(current, bool) else True, 0, -1, 1e-3, 2, float("inf"),
+                       float("nan"), "relu", "x", ""]
+    new = draw(st.sampled_from(pool))
+    if isinstance(old, dict):
+        old["default"] = new
+    else:
+        options[name] = new
+    return f"option {name}: {current!r} -> {new!r}"
+
+
 def m_small_dim(draw: Draw, data: bytes) -> tuple[bytes, str]:
     """An integer dim set to another small integer: often still valid, so the interpreter runs new sizes."""
     text = _text(data)
@@ -631,6 +673,63 @@ def m_small_dim(draw: Draw, data: bytes) -> tuple[bytes, str]:
     m = draw(st.sampled_from(dims))
     new = str(draw(st.sampled_from([1, 2, 3, 4, 5, 6, 8, 12, 16, 32])))
     return _bytes(_replace(text, m.start(2), m.end(2), new)), f"dim {m.group(1)} {m.group(2)} -> {new}"
+
+
+DTYPES = ["float32", "float16", "bfloat16", "int64", "int32", "bool", "float", "float64", "int8", "complex64"]
+DTYPE_WORD = re.compile(r"\b(float32|float16|bfloat16|int64|int32|bool|float)\b")
+
+
+def m_dtype(draw: Draw, data: bytes) -> tuple[bytes, str]:
+    """A dtype in a type (`float32[B, d]`), a cast or a `dtype=` argument swapped for another, or for one nnspec
+    does not know."""
+    text = _text(data)
+    found = list(DTYPE_WORD.finditer(text))
+    if not found:
+        return m_rename(draw, data)
+    m = draw(st.sampled_from(found))
+    new = draw(st.sampled_from(DTYPES))
+    return _bytes(_replace(text, m.start(), m.end(), new)), f"dtype {m.group()!r} at {m.start()} -> {new!r}"
+
+
+def _block_name(signature: str) -> str:
+    return signature.split("(", 1)[0].strip()
+
+
+@_structural
+def m_block(draw: Draw, value: Any) -> str:
+    """Whole blocks: two bodies swapped, a block calling itself (a cycle), one dropped, copied under another name,
+    or the model's body replaced by a block's."""
+    blocks = value.get("blocks") if isinstance(value, dict) else None
+    if not isinstance(blocks, dict) or not blocks or not all(isinstance(b, str) for b in blocks.values()):
+        return "no blocks"
+    sigs = sorted(blocks, key=str)
+    sig = draw(st.sampled_from(sigs))
+    how = draw(st.sampled_from(["swap", "recurse", "drop", "copy", "as_body"]))
+    if how == "swap" and len(sigs) > 1:
+        other = draw(st.sampled_from([s for s in sigs if s != sig]))
+        blocks[sig], blocks[other] = blocks[other], blocks[sig]
+        return f"swap the bodies of {sig!r} and {other!r}"
+    if how == "recurse":
+        names = [_block_name(s) for s in sigs]
+        body = blocks[sig]
+        called = [m for m in re.finditer(r"\b([A-Za-z_]\w*)\(", body) if m.group(1) in names]
+        target = draw(st.sampled_from(called)) if called else None
+        me = _block_name(sig)
+        if target is not None:
+            blocks[sig] = body[:target.start(1)] + me + body[target.end(1):]
+        else:
+            first = re.match(r"[^(]*\(\s*([A-Za-z_]\w*)", sig)
+            arg = first.group(1) if first else "x"
+            blocks[sig] = f"{arg} = {me}({arg})\n" + body
+        return f"block {me!r} calls itself"
+    if how == "drop":
+        del blocks[sig]
+        return f"drop block {sig!r}"
+    if how == "copy":
+        blocks[sig.replace(_block_name(sig), _block_name(sig) + "_copy", 1)] = blocks[sig]
+        return f"copy block {sig!r}"
+    value["body"] = blocks[sig]
+    return f"body := the body of {sig!r}"
 
 
 UNARY_CALLS = ["relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "exp", "log", "abs", "sqrt", "rsqrt"]
@@ -654,15 +753,15 @@ MUTATORS: dict[str, Callable[[Draw, bytes], tuple[bytes, str]]] = {
     "yaml.alias": m_alias, "expr.operator": m_swap_operator, "expr.rename": m_rename,
     "expr.delete_token": m_delete_token, "expr.duplicate_token": m_duplicate_token, "expr.brackets": m_brackets,
     "expr.number": m_number, "expr.divisor": m_divisor, "expr.negate": m_negate, "axes": m_axes,
-    "blocks.signature": m_signature, "ops.swap": m_swap_builtin, "ops.unary": m_swap_unary, "dims.value": m_dim_value,
-    "dims.small": m_small_dim,
+    "blocks.signature": m_signature, "blocks.whole": m_block, "ops.swap": m_swap_builtin, "ops.unary": m_swap_unary,
+    "types.dtype": m_dtype, "types.option": m_option, "dims.value": m_dim_value, "dims.small": m_small_dim,
 }
 
 
 # Mutations of the expression language are drawn more often: most byte and YAML mutations stop at the loader or
 # the schema, and the checker and the interpreter have the most rules to get wrong.
-WEIGHTS = {name: 3 if name.startswith(("expr.", "axes", "ops.")) else 2 if name.startswith(("blocks.", "dims."))
-           else 1 for name in MUTATORS}
+WEIGHTS = {name: 3 if name.startswith(("expr.", "axes", "ops.")) else
+           2 if name.startswith(("blocks.", "dims.", "types.")) else 1 for name in MUTATORS}
 
 
 def mutants(seeds: list[Seed], max_mutations: int = 3) -> st.SearchStrategy[Mutant]:
@@ -754,6 +853,7 @@ class FuzzRun:
     counts: Counter[str] = field(default_factory=Counter)
     codes: Counter[str] = field(default_factory=Counter)
     skips: Counter[str] = field(default_factory=Counter)
+    mutators: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     run_stage: bool = True
     stage: str = "load"
 
@@ -762,6 +862,7 @@ class FuzzRun:
         path = self.workdir / "spec.yaml"
         path.write_bytes(mutant.data)
         self.stage = "load"
+        self._small(mutant.seed)  # the seed's small dims, found once and not on the mutant's time
         try:
             with time_limit(TIMEOUT_S):
                 self._stages(mutant, path)
@@ -777,13 +878,20 @@ class FuzzRun:
                 raise FuzzFailure(self._describe(mutant, stage, f"{problem}\n{err.code}: {err.message}")) from err
             self.counts[f"{stage}: refused"] += 1
             self.codes[f"{stage} {err.code}"] += 1
+            self._by_mutator(mutant, f"{stage}: refused")
             return stage
         except FuzzFailure:
             raise
         except (Exception, FuzzTimeout) as e:
             raise FuzzFailure(self._describe(mutant, self.stage, "".join(traceback.format_exception(e)))) from e
         self.counts[f"{self.stage}: passed"] += 1
+        self._by_mutator(mutant, f"{self.stage}: passed")
         return self.stage
+
+    def _by_mutator(self, mutant: Mutant, outcome: str) -> None:
+        """Counts the outcome once for each kind of mutation the mutant had (`expr.number`, `bytes.flip`)."""
+        for kind in sorted({m.split(":", 1)[0] for m in mutant.mutations}):
+            self.mutators[kind][outcome] += 1
 
     def _sources(self, mutant: Mutant, path: Path) -> dict[str, str]:
         from nnspec.spec.yaml_loader import decode
@@ -820,12 +928,7 @@ class FuzzRun:
         with mock.patch.object(check_module, "load", lambda _: spec):
             result = nnspec.check(path)
         self.stage = "codegen"
-        gen = codegen_module()
-        if gen is None:
-            self.skips["codegen: no codegen module"] += 1
-        else:
-            text = gen.generate(result.model, spec_text=result.spec.source.text, doc=result.spec.doc)
-            compile(text, f"<generated from {mutant.seed.name}>", "exec")
+        generated = self._generate(result)
         if not self.run_stage:
             return
         self.stage = "run"
@@ -838,9 +941,26 @@ class FuzzRun:
                 self.skips["run: the shrunk model does not check"] += 1
                 self.stage = "codegen"
                 return
-        self.stage = "run" if self._run(result) else "codegen"
+            generated = self._generate(result)
+        self.stage = "run" if self._run(result, generated) else "codegen"
         if self.stage == "run":
             self.stage = "ok"
+
+    def _generate(self, result: Any) -> list[tuple[int, str, str]]:
+        """(opt level, source, model class) of the generated module at -O0 and -O2, each compiled by Python."""
+        gen = codegen_module()
+        if gen is None:
+            self.skips["codegen: no codegen module"] += 1
+            return []
+        from nnspec.compiler.passes import optimize
+        out = []
+        for opt in GENERATED_OPT_LEVELS:
+            model = result.model if opt == 0 else optimize(result.model, level=opt, training=True)
+            module = gen.ModuleGen(model, spec_text=result.spec.source.text, doc=result.spec.doc, opt=opt)
+            text = module.generate()
+            compile(text, f"<generated -O{opt}>", "exec")
+            out.append((opt, text, module.model_class))
+        return out
 
     # -- the run stage --
     def _small(self, seed: Seed) -> dict[str, int] | None:
@@ -849,12 +969,21 @@ class FuzzRun:
             seed.small_done = True
         return seed.small
 
-    def _run(self, result: Any) -> bool:
+    def _run(self, result: Any, generated: list[tuple[int, str, str]]) -> bool:
         try:
             import torch
         except ImportError:
             self.skips["run: no torch"] += 1
             return False
+        # tiny tensors: a second thread only waits (on a busy machine, 8 ms per op instead of 3 us)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run_models(result, generated, torch)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_models(self, result: Any, generated: list[tuple[int, str, str]], torch: Any) -> bool:
         from nnspec.backends.torch.interpreter import Interpreter, RuntimeShapeError
         from nnspec.compiler.analysis import estimate_parameter_bytes
 
@@ -862,6 +991,7 @@ class FuzzRun:
         if estimate_parameter_bytes(model) > SKIP_PARAM_BYTES:
             self.skips["run: parameters too large"] += 1
             return False
+        interp = Interpreter(model).eval()
         for value in (4, 2, 8, 1, 16, 6, 3, 32):
             sizes = free_sizes(model, value)
             if sizes is None:
@@ -870,7 +1000,6 @@ class FuzzRun:
             if largest_numel(model, sizes) > SKIP_NUMEL:
                 continue
             inputs = make_inputs(model, sizes, torch)
-            interp = Interpreter(model).eval()
             try:
                 interp.bind_sizes(inputs)
             except RuntimeShapeError:
@@ -891,6 +1020,8 @@ class FuzzRun:
             if allocated != result.params:
                 raise AssertionError(f"check counts {result.params:,} parameters, the interpreter allocates "
                                      f"{allocated:,}")
+            for opt, text, class_name in generated:
+                run_generated(text, class_name, interp, inputs, outputs, torch, f"-O{opt}")
             return True
         self.skips["run: no small binding of the free dims"] += 1
         return False
@@ -913,7 +1044,43 @@ class FuzzRun:
         lines.append("  codes: " + ", ".join(f"{k} x{n}" for k, n in sorted(self.codes.items())))
         if self.skips:
             lines.append("  skipped: " + ", ".join(f"{k} x{n}" for k, n in sorted(self.skips.items())))
+        lines += self._mutator_table()
         return "\n".join(lines)
+
+    def _mutator_table(self) -> list[str]:
+        """Per kind of mutation: how many mutants had it, where they were refused, how many went through checking
+        but were not run (`unrun`: too large, no binding of the free dims) and how many ran (`ran`)."""
+        cols = [*(f"{s}: refused" for s in STAGES), "codegen: passed", "ok: passed"]
+        heads = [*STAGES, "unrun", "ran"]
+        lines = ["  by mutation (where the mutants that had it stopped):",
+                 f"    {'mutation':18} {'mutants':>7} " + " ".join(f"{h:>7}" for h in heads)]
+        for kind in sorted(self.mutators):
+            row = self.mutators[kind]
+            lines.append(f"    {kind:18} {sum(row.values()):7} " + " ".join(f"{row[c]:7}" for c in cols))
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "codes": dict(self.codes), "skips": dict(self.skips),
+                "mutators": {k: dict(v) for k, v in sorted(self.mutators.items())}}
+
+
+def run_generated(text: str, class_name: str, interp: Any, inputs: dict[str, Any], want: dict[str, Any],
+                  torch: Any, label: str) -> None:
+    """The generated module, given the interpreter's weights, computes the interpreter's outputs (eval mode)."""
+    namespace: dict[str, Any] = {"__name__": "nnspec_fuzz_generated"}
+    exec(compile(text, f"<generated {label}>", "exec"), namespace)  # nnspec's own output, not spec text
+    module = namespace[class_name]()
+    module.load_state_dict(interp.root.state_dict())
+    with torch.no_grad():
+        got = module.eval()(**inputs)
+    got = got if isinstance(got, dict) else {next(iter(want)): got}
+    if sorted(got) != sorted(want):
+        raise AssertionError(f"generated {label} returns {sorted(got)}, the interpreter {sorted(want)}")
+    for name, value in want.items():
+        try:
+            torch.testing.assert_close(got[name], value, equal_nan=True, rtol=RTOL, atol=ATOL)
+        except AssertionError as e:
+            raise AssertionError(f"generated {label}, output {name}: {e}") from None
 
 
 def free_sizes(model: Any, value: int) -> dict[Any, Any] | None:
@@ -977,20 +1144,33 @@ def check_outputs(model: Any, outputs: dict[str, Any], sizes: dict[Any, Any], to
 
 
 def shrink_dims(text: str) -> dict[str, int] | None:
-    """`--set` values for a seed's integer dims that keep it valid and make it small; None if it is small."""
+    """`--set` values for a seed's integer dims that keep it valid and make it small; None if it is small.
+
+    Every integer dim is first capped at one value (the smallest that still checks), then each is tried at 2 on
+    its own (layer counts, heads): a 22-layer model of width 64 is still slow to run on every mutant."""
     import nnspec
     from nnspec.compiler.analysis import estimate_parameter_bytes
     from nnspec.spec.load import load
 
-    result = nnspec.check(text)
-    if estimate_parameter_bytes(result.model) <= SKIP_PARAM_BYTES // 8:
+    def size(dims: dict[str, int]) -> int | None:
+        try:
+            return estimate_parameter_bytes(nnspec.check(text, **dims).model)
+        except SpecError:
+            return None
+
+    if estimate_parameter_bytes(nnspec.check(text).model) <= SKIP_PARAM_BYTES // 8:
         return None
     ints = {n: d.value for n, d in load(text).dims.items() if isinstance(d.value, int)}
     for value in (8, 16, 4, 32, 2, 64):
         small = {n: min(v, value) for n, v in ints.items()}
-        try:
-            if estimate_parameter_bytes(nnspec.check(text, **small).model) <= SKIP_PARAM_BYTES // 8:
-                return small
-        except SpecError:
-            continue
-    return None
+        now = size(small)
+        if now is not None and now <= SKIP_PARAM_BYTES // 8:
+            break
+    else:
+        return None
+    for name in sorted(small):
+        if small[name] > 2:
+            fewer = size({**small, name: 2})
+            if fewer is not None and fewer <= now:
+                small[name], now = 2, fewer
+    return small

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from hypothesis import settings
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so it is set before any test imports a kernel: without
+# a GPU, the Triton backend's kernels run in Triton's CPU interpreter.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Every optimisation in the tests re-verifies the graph after each pass (nnspec.compiler.passes), wherever it runs:
+# `nnspec.build`, `nnspec compile`, the cost model.
+os.environ.setdefault("NNSPEC_VERIFY", "1")
 
 # "ci": fixed examples, so a CI failure reproduces; "dev": fresh examples on every run.
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)

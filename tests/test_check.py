@@ -5,6 +5,7 @@ Expected numbers are computed by hand from the architectures' definitions, not r
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,44 @@ def test_repeat_is_checked_once_not_unrolled() -> None:
     assert deep.params - shallow.params == 94 * (gpt2_params(layers=1) - gpt2_params(layers=0))
 
 
+def block_checks(monkeypatch: pytest.MonkeyPatch, spec: Path | str, **dims: int) -> Counter[str]:
+    """How often each block's statements were checked (elaborated), and the body's, during one check."""
+    from nnspec.compiler.elaborate import Builder
+
+    counts: Counter[str] = Counter()
+    run = Builder.run
+
+    def counting(self: Builder, stmts: list[object]) -> object:
+        counts[self.graph.meta.get("block", "<body>")] += 1
+        return run(self, stmts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Builder, "run", counting)
+    nnspec.check(spec, **dims)
+    monkeypatch.undo()
+    return counts
+
+
+@pytest.mark.parametrize("layers", [1, 2, 96, 10_000])
+def test_each_block_is_checked_once_whatever_the_depth(monkeypatch: pytest.MonkeyPatch, layers: int) -> None:
+    """GPT-2 calls attention and mlp from layer, and repeats layer n_layer times: each body is checked once."""
+    assert block_checks(monkeypatch, GPT2, n_layer=layers) == {"<body>": 1, "layer": 1, "attention": 1, "mlp": 1}
+
+
+def test_a_block_is_checked_once_per_distinct_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = "  mlp(x, width): |\n    return linear(relu(linear(x, width, name=fc)), d, name=proj)\n"
+    same = _spec("a = mlp(x, 4 * d, name=m1)\nb = mlp(a, 4 * d, name=m2)\ny = mlp(b, d * 4, name=m3)",
+                 blocks=blocks)
+    assert block_checks(monkeypatch, same)["mlp"] == 1
+    # sizes are compared as written (symbolically): an axis of size 4*d is named `4*d`, one of size 32 `32`,
+    # so `mlp(x, 32)` is another binding even where d is 8
+    assert block_checks(monkeypatch, same.replace("d * 4, name=m3", "32, name=m3"))["mlp"] == 2
+    other = _spec("a = mlp(x, 32, name=m1)\nb = mlp(a, 16, name=m2)\ny = mlp(b, 32, name=m3)", blocks=blocks)
+    assert block_checks(monkeypatch, other)["mlp"] == 2         # widths 32 and 16
+    r = nnspec.check(other)
+    assert sorted(r.model.templates) == ["mlp", "mlp_2"]
+    assert r.params == 2 * (8 * 32 + 32 + 32 * 8 + 8) + (8 * 16 + 16 + 16 * 8 + 8)
+
+
 def test_bound_free_dims_give_concrete_shapes() -> None:
     result = nnspec.check(GPT2, B=2, T=16)
     logits = result.model.graph[result.model.outputs["logits"]].type
@@ -71,9 +110,13 @@ def test_bound_free_dims_give_concrete_shapes() -> None:
     assert err.value.code == "E015" and "T <= n_positions" in err.value.message
 
 
-def test_ir_printer_golden() -> None:
-    """tests/golden/ir/tiny.ir was written by hand from the printer's format."""
-    spec = ROOT / "tests" / "golden" / "ir" / "tiny.yaml"
+IR_GOLDENS = sorted((ROOT / "tests" / "golden" / "ir").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec", IR_GOLDENS, ids=[p.stem for p in IR_GOLDENS])
+def test_ir_printer_golden(spec: Path) -> None:
+    """Each tests/golden/ir/NAME.ir was written by hand from the printer's format (stack.ir: a block template,
+    printed once, and a repeat of it)."""
     assert print_model(nnspec.check(spec).model) == (spec.with_suffix(".ir")).read_text()
 
 
@@ -138,3 +181,47 @@ def test_shared_repeat_counts_weights_once() -> None:
 def test_undecidable_split_becomes_a_guard() -> None:
     r = nnspec.check(_spec("y = x[B, (n w), d]", dims="d: 8\n  w: 4", outputs="y: float32[B, n, w, d]"))
     assert [str(g.expr) for g in r.model.guards] == ["Eq(Mod(T, w), 0)"]
+
+
+# ---- dtype promotion, as docs/language.md states it ------------------------------------------------------
+ORDER = ["bool", "int32", "int64", "bfloat16", "float16", "float32"]   # the documented promotion order
+
+
+def _promoted(a: str, b: str) -> str:
+    return "float32" if {a, b} == {"bfloat16", "float16"} else max(a, b, key=ORDER.index)
+
+
+def _binary(a: str, b: str, expr: str = "x + y") -> str:
+    return (f"nnspec: 1\nname: t\ndims: {{d: 4}}\ninputs:\n  x: {a}[B, d]\n  y: {b}[B, d]\n"
+            f"outputs:\n  z: float32[B, d]\nbody: |\n  w = {expr}\n  z = cast(w, \"float32\")\n")
+
+
+@pytest.mark.parametrize("a", ORDER[1:])
+@pytest.mark.parametrize("b", ORDER[1:])
+def test_binary_ops_promote_as_documented_and_as_torch_does(a: str, b: str) -> None:
+    torch = pytest.importorskip("torch")
+    result = nnspec.check(_binary(a, b))
+    w = next(n for n in result.model.graph if n.op == "add")
+    assert w.tensor_type.dtype.value == _promoted(a, b)
+    assert getattr(torch, _promoted(a, b)) == torch.promote_types(getattr(torch, a), getattr(torch, b))
+
+
+@pytest.mark.parametrize(("dtype", "literal", "want"), [
+    ("int32", "2", "int32"), ("int64", "2", "int64"), ("int32", "1.5", "float32"),   # a literal is weakly typed
+    ("bfloat16", "1.5", "bfloat16"), ("float16", "2", "float16"),
+])
+def test_literals_take_the_tensors_dtype(dtype: str, literal: str, want: str) -> None:
+    result = nnspec.check(_binary(dtype, dtype, f"x * {literal}"))
+    assert next(n for n in result.model.graph if n.op == "mul").tensor_type.dtype.value == want
+
+
+@pytest.mark.parametrize("expr", ["x + y", "x * 2", "-x"])
+def test_arithmetic_on_bool_is_refused(expr: str) -> None:
+    with pytest.raises(nnspec.SpecError) as err:
+        nnspec.check(_binary("bool", "bool", expr))
+    assert err.value.code == "E013"
+
+
+def test_comparisons_give_bool() -> None:
+    result = nnspec.check(_binary("float32", "int64", "x < y"))
+    assert next(n for n in result.model.graph if n.op == "lt").tensor_type.dtype.value == "bool"

@@ -14,14 +14,19 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import io
+import linecache
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -232,14 +237,25 @@ def test_header_names_version_and_spec_hash_and_imports_only_torch() -> None:
     assert imports <= {"torch", "torch.nn.functional"}
 
 
-def test_opt_levels_keep_the_state_dict_and_fuse_attention_at_o2() -> None:
+def test_opt_levels_fuse_attention_at_o2() -> None:
     sources = {opt: compile_spec(EXAMPLES / "vit.yaml", opt=opt, **VIT_SMALL).source for opt in (0, 1, 2)}
     assert "-O2" in sources[2].splitlines()[0]
     assert "F.scaled_dot_product_attention" in sources[2] and "scaled_dot_product" not in sources[0]
-    keys = [list(load_source(sources[opt], f"vit_o{opt}").Vit().state_dict()) for opt in (0, 1, 2)]
-    assert keys[0] == keys[1] == keys[2]
     with pytest.raises(ValueError, match="opt must be one of 0, 1, 2"):
         compile_spec(EXAMPLES / "gpt2.yaml", opt=3)
+
+
+@pytest.mark.parametrize("example", list(EXAMPLE_DIMS))
+def test_state_dict_keys_are_the_spec_paths_at_every_level(example: str) -> None:
+    """The same keys, in the same order, at -O0, -O1 and -O2: the spec's parameter paths and persistent buffers
+    (the interpreter's state dict, built straight from the spec); derived tables and masks are not in it."""
+    dims = EXAMPLE_DIMS[example]
+    want = list(Interpreter(nnspec.check(EXAMPLES / example, **dims).model, device="meta").root.state_dict())
+    for opt in (0, 1, 2):
+        module = nnspec.build(EXAMPLES / example, opt=opt, **dims)
+        assert list(module.state_dict()) == want, f"-O{opt}"
+        buffers = {k for k, _ in module.named_buffers()} - set(module.state_dict())
+        assert not buffers, f"-O{opt}: non-persistent buffers {buffers}"   # derived tables are computed in forward
 
 
 def test_output_is_byte_identical_across_hash_seeds() -> None:
@@ -299,6 +315,9 @@ def test_spec_text_is_escaped_never_spliced() -> None:
     (tiny(input="torch", body="y = linear(torch, d, name=fc)"), "input 'torch' cannot be used"),
     (tiny(input="self", body="y = linear(self, d, name=fc)"), "input 'self' cannot be used"),
     (tiny(input="ValueError", body="y = linear(ValueError, d, name=fc)"), "input 'ValueError' cannot be used"),
+    (tiny(input="lambda", body="y = linear(lambda, d, name=fc)"), "'lambda' is a reserved word"),
+    (tiny(body="y = linear(x, d, name=def)", path="def"), "'def' is a reserved word"),
+    (tiny(body="y = linear(x, d, name=fc)").replace("name: tiny", "name: my-model"), "'my-model' is not an identifier"),
 ])
 def test_names_that_would_shadow_are_refused(spec: str, message: str) -> None:
     with pytest.raises(nnspec.SpecError, match=message) as err:
@@ -354,3 +373,118 @@ def test_readme_property_test_runs() -> None:
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     finally:
         os.chdir(cwd)
+
+
+# ---- shape comments: on every statement that moves axes, and true at run time ----
+MOVES_AXES = re.compile(r"\.(reshape|view|permute|transpose|movedim|flatten|unflatten)\(| @ |torch\.einsum\(")
+
+
+def shape_comments(source: str) -> dict[int, tuple[int, str | None, list[str]]]:
+    """First line of each statement in a `forward` with a `# (a, b, ...)` comment (trailing, or alone on the line
+    above) -> (its last line, the variable it assigns or None for a return, the comment's axes)."""
+    lines = source.splitlines()
+    comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    out = {}
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef) or fn.name != "forward":
+            continue
+        for stmt in ast.walk(fn):
+            if not isinstance(stmt, (ast.Assign, ast.Return)):
+                continue
+            above = stmt.lineno - 1
+            text = comments.get(stmt.lineno) or (comments.get(above) if lines[above - 1].lstrip().startswith("#")
+                                                 else None)
+            m = re.fullmatch(r"#\s*\((.*)\)", text or "")
+            target = stmt.targets[0].id if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name) \
+                else None
+            if m:
+                out[stmt.lineno] = (stmt.end_lineno or stmt.lineno, target, [a.strip() for a in m.group(1).split(",")])
+            elif MOVES_AXES.search(ast.get_source_segment(source, stmt) or ""):
+                out[stmt.lineno] = (stmt.end_lineno or stmt.lineno, target, [])    # uncommented: reported below
+    return out
+
+
+def observe(module: Any, inputs: dict[str, Any], filename: str, stmts: dict[int, tuple[int, str | None, list[str]]]
+            ) -> dict[int, list[tuple[int, ...]]]:
+    """Run the module and record, for each statement in `stmts`, the shapes of the values it produced."""
+    seen: dict[int, list[tuple[int, ...]]] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != filename:
+            return None
+        pending: list[int] = []
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            line = frame.f_lineno
+            if pending and (event == "return" or not pending[0] <= line <= stmts[pending[0]][0]):
+                first = pending.pop()
+                _, target, _ = stmts[first]
+                value = frame.f_locals.get(target) if target else arg if event == "return" else None
+                if isinstance(value, torch.Tensor):
+                    seen.setdefault(first, []).append(tuple(value.shape))
+            if event == "line" and line in stmts and not pending:
+                pending.append(line)
+            return local
+        return local(frame, event, arg)
+
+    sys.settrace(tracer)
+    try:
+        with torch.no_grad():
+            module(**inputs)
+    finally:
+        sys.settrace(None)
+    return seen
+
+
+@pytest.mark.parametrize("opt", [0, 2])
+@pytest.mark.parametrize("example", list(EXAMPLE_DIMS))
+def test_every_reshape_has_a_true_shape_comment(example: str, opt: int) -> None:
+    """Each statement in a forward that reshapes, permutes or contracts says the shape it makes (nanoGPT's
+    `# (B, nh, T, hs)`), and running the module shows that shape: its rank, and the size of every axis named
+    by dims (sizes from the spec's dims and the inputs' free dims; relabelled axes like S are not checked)."""
+    result, _, module = cached_pair(example, opt)
+    filename = sys.modules[type(module).__module__].__file__
+    source = "".join(linecache.getlines(filename))
+    stmts = shape_comments(source)
+    missing = [source.splitlines()[line - 1].strip() for line, (_, _, axes) in stmts.items() if not axes]
+    assert not missing, f"statements that move axes without a shape comment: {missing}"
+    model = result.model
+    inputs = _distinct_sizes(result)
+    sizes = {sympy.Symbol(s.name): v for s, v in model.dims.values.items()} | _free_sizes(model, inputs)
+    seen = observe(module, inputs, filename, stmts)
+    assert seen, "no commented statement ran"
+    for line, shapes in seen.items():
+        axes = stmts[line][2]
+        for shape in shapes:
+            assert len(shape) == len(axes), f"line {line}: {axes} but the value has shape {shape}"
+            for axis, n in zip(axes, shape, strict=True):
+                names = {n: sympy.Symbol(n) for n in re.findall(r"[A-Za-z_]\w*", axis)}
+                size = sympy.parse_expr(axis, local_dict=names)
+                if size.free_symbols <= set(sizes):
+                    assert int(size.xreplace(sizes)) == n, f"line {line}: axis {axis} is {n}, not {size}"
+
+
+def _free_sizes(model: Any, inputs: dict[str, Any]) -> dict[Any, int]:
+    out = {}
+    for name, node in model.inputs.items():
+        for axis, n in zip(model.graph[node].tensor_type.axes, inputs[name].shape, strict=True):
+            if isinstance(axis.size, sympy.Symbol) and axis.size not in model.dims.values:
+                out[sympy.Symbol(axis.size.name)] = n
+    return out
+
+
+def _distinct_sizes(result: Any) -> dict[str, Any]:
+    """Inputs whose free dims all differ where the guards allow it (so that no axis passes for another), else any."""
+    import itertools
+
+    from hypothesis import find
+
+    from nnspec.testing import _free_dims, _guards_hold
+    free = _free_dims(result.model)
+    taken = {int(v) for v in result.model.dims.values.values()}     # not the size of any dim either
+    sizes = [n for n in range(3, 64) if n not in taken][:8]
+    candidates = itertools.chain(itertools.permutations(sizes, len(free)),
+                                 itertools.product(range(2, 13), repeat=len(free)))
+    bound = next(b for c in candidates if _guards_hold(result.model, b := dict(zip(free, c, strict=True))))
+    return find(inputs_for(result, **bound), lambda _: True)

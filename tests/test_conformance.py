@@ -37,18 +37,16 @@ def token_ids(config: Any, gen: Any, batch: int = 3, seq: int = 11) -> Inputs:
     return {"input_ids": torch.randint(0, config.vocab_size, (batch, seq), generator=gen)}
 
 
-def padded_tokens(config: Any, gen: Any, pad_id: bool = False) -> Inputs:
-    """Token ids with a padding mask (rows of 11, 6 and 3 real tokens) and two segments. No id is the padding id
-    (0) unless `pad_id`: BertModel never trains that embedding row and the spec has no way to say so yet."""
-    inputs = {"input_ids": torch.randint(0 if pad_id else 1, config.vocab_size, (3, 11), generator=gen)}
-    if pad_id:
-        inputs["input_ids"][:, -1] = 0
+def padded_tokens(config: Any, gen: Any) -> Inputs:
+    """Token ids with a padding mask (rows of 11, 6 and 3 real tokens, the rest the padding id 0, whose
+    embedding row BertModel never trains) and two segments."""
+    ids = torch.randint(1, config.vocab_size, (3, 11), generator=gen)
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[1, 6:] = 0
     mask[2, 3:] = 0
     types = torch.zeros(3, 11, dtype=torch.long)
     types[:, 5:] = 1
-    return {**inputs, "attention_mask": mask, "token_type_ids": types}
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": types}
 
 
 def pixels(config: Any, gen: Any) -> Inputs:
@@ -129,7 +127,8 @@ class Pair:
     names: list[str]     # the spec's outputs
 
 
-def make_pair(name: str, tmp: Path, *, full: bool = False, opt: int = 0, seed: int = 0) -> Pair:
+def fresh_pair(name: str, tmp: Path, *, full: bool = False, opt: int = 0, seed: int = 0) -> tuple[Any, Any, Path]:
+    """The HF model and nnspec's module, each initialised its own way, and the config.json they share."""
     case = CASES[name]
     kwargs = {**(case.full if full else case.small), **case.settings}  # type: ignore[dict-item]
     config = getattr(transformers, case.config)(**kwargs, attn_implementation="eager")
@@ -137,11 +136,16 @@ def make_pair(name: str, tmp: Path, *, full: bool = False, opt: int = 0, seed: i
     config.to_json_file(path)
     torch.manual_seed(seed)
     hf = getattr(transformers, case.model)(config).eval()
-    dims = case.dims(config)
-    ours = nnspec.build(EXAMPLES / case.example, config=path, opt=opt, **dims).eval()
+    ours = nnspec.build(EXAMPLES / case.example, config=path, opt=opt, **case.dims(config)).eval()
+    return hf, ours, path
+
+
+def make_pair(name: str, tmp: Path, *, full: bool = False, opt: int = 0, seed: int = 0) -> Pair:
+    case = CASES[name]
+    hf, ours, path = fresh_pair(name, tmp, full=full, opt=opt, seed=seed)
     nnspec.load_weights(ours, hf.state_dict())
-    result = nnspec.check(EXAMPLES / case.example, config=path, **dims)
-    inputs = case.inputs(config, torch.Generator().manual_seed(seed + 1))
+    result = nnspec.check(EXAMPLES / case.example, config=path, **case.dims(hf.config))
+    inputs = case.inputs(hf.config, torch.Generator().manual_seed(seed + 1))
     return Pair(hf, ours, inputs, result.params, list(result.model.outputs))
 
 
@@ -171,6 +175,25 @@ def test_parameter_counts_match_hf(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", cases())
+def test_initialisation_matches_hf(name: str, tmp_path: Path) -> None:
+    """Freshly built, nnspec's module starts as the HF model does: the same constants (ones, zeros, zeroed
+    padding rows) and random tensors with HF's mean and spread (GPT-2's smaller residual projections too)."""
+    hf, ours, _ = fresh_pair(name, tmp_path)
+    theirs = hf.state_dict()
+    for key, mine in nnspec.save_weights(ours).items():
+        want = theirs[key]
+        if bool((want == want.flatten()[0]).all()):
+            torch.testing.assert_close(mine, want, rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+            continue
+        if want.dim() == 2:     # rows HF zeroes (padding) are zero here too, and only those
+            assert torch.equal((mine == 0).all(dim=1), (want == 0).all(dim=1)), key
+        n = want.numel()
+        # the sample std of n normal draws is within 5 standard errors (std / sqrt(2n)) of the true one
+        assert abs(mine.std().item() / want.std().item() - 1) < 5 * 2 ** 0.5 / n ** 0.5, key
+        assert abs(mine.mean().item() - want.mean().item()) < 5 * want.std().item() / n ** 0.5, key
+
+
+@pytest.mark.parametrize("name", cases())
 def test_one_adamw_step_matches_hf(name: str, tmp_path: Path) -> None:
     pair = make_pair(name, tmp_path)
     loss = CASES[name].loss
@@ -195,9 +218,10 @@ def test_one_adamw_step_matches_hf(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("opt", [0, 2])
 @pytest.mark.parametrize("name", cases(full=True))
-def test_full_size_error_is_at_most_twice_hf_fp32_error(name: str, tmp_path: Path) -> None:
-    pair = make_pair(name, tmp_path, full=True)
+def test_full_size_error_is_at_most_twice_hf_fp32_error(name: str, opt: int, tmp_path: Path) -> None:
+    pair = make_pair(name, tmp_path, full=True, opt=opt)
     hf64 = copy.deepcopy(pair.hf).double()
     with torch.no_grad():
         ours, theirs = outputs(pair, pair.ours), outputs(pair, pair.hf)
@@ -205,18 +229,17 @@ def test_full_size_error_is_at_most_twice_hf_fp32_error(name: str, tmp_path: Pat
     for key in ours:
         hf_err = (theirs[key].double() - ref[key]).abs().max().item()
         our_err = (ours[key].double() - ref[key]).abs().max().item()
-        print(f"{name} {key}: nnspec {our_err:.3g}, transformers {hf_err:.3g} (max abs error vs fp64)")
+        print(f"{name} -O{opt} {key}: nnspec {our_err:.3g}, transformers {hf_err:.3g} (max abs error vs fp64)")
         assert our_err <= 2 * hf_err, f"{name} {key}: {our_err:.3g} > 2 x {hf_err:.3g}"
-
 
 
 def test_bert_padding_token_gets_no_gradient_as_in_hf(tmp_path: Path) -> None:
     pair = make_pair("bert", tmp_path)
-    config = transformers.BertConfig(**CASES["bert"].small)
-    pair.inputs = padded_tokens(config, torch.Generator().manual_seed(1), pad_id=True)
+    assert (pair.inputs["input_ids"] == 0).any()
     for model in (pair.hf, pair.ours):
         model.train()
         projection_loss(outputs(pair, model), pair.inputs).backward()
     ours = to_source(pair.ours, {k: p.grad for k, p in pair.ours.named_parameters()})
     key = "embeddings.word_embeddings.weight"
+    assert not ours[key][0].any() and not pair.hf.get_parameter(key).grad[0].any()
     torch.testing.assert_close(ours[key], pair.hf.get_parameter(key).grad)

@@ -178,3 +178,50 @@ def test_compile_failing_while_renaming_leaves_only_whole_files(tmp_path: Path,
     sources = {c.filename: c.source for c in compiled}
     for path in out.iterdir():  # no temporary file; what is there is a whole generated file
         assert path.name in sources and path.read_text() == sources[path.name], path.name
+
+
+TINY_GPT2 = dict(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_save_weights_failing_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               suffix: str) -> None:
+    """The disk fills halfway through the checkpoint: the previous checkpoint is still there, whole, and no
+    temporary file is left beside it."""
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    import nnspec
+    model = nnspec.build(ROOT / "examples/gpt2.yaml", **TINY_GPT2)
+    out = tmp_path / f"model{suffix}"
+    out.write_bytes(b"the previous checkpoint")
+    before = listing(tmp_path)
+
+    def half_then_full(obj: object, path: str, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_full)
+    monkeypatch.setattr(torch, "save", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        nnspec.save_weights(model, out)
+    assert listing(tmp_path) == before
+
+
+def test_save_weights_replaces_the_file_whole(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    import nnspec
+    model = nnspec.build(ROOT / "examples/gpt2.yaml", **TINY_GPT2)
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"the previous checkpoint")
+    saved = nnspec.save_weights(model, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # a plain file's mode, not mkstemp's 0600
+    assert sorted(load_file(out)) == sorted(saved)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -25,6 +25,17 @@ def test_errors_md_lists_every_code_once() -> None:
         assert text.count(f"\n## {code}: {title}\n") == 1, code
 
 
+def test_errors_md_shows_an_example_for_every_code() -> None:
+    """Each code's section shows a golden and the error nnspec renders for it, at that code."""
+    sections = errors_markdown().split("\n## ")[1:]
+    assert len(sections) == len(CODES)
+    for section in sections:
+        code = section[:4]
+        assert "Example: [`tests/golden/errors/" in section, code
+        rendered = section.split("```text\n", 1)[1].split("\n```", 1)[0]
+        assert f": error[{code}]: " in rendered.split("\n")[0], code
+
+
 def test_examples_use_relative_paths_and_real_messages() -> None:
     text = errors_markdown()
     assert "tests/golden/errors/duplicate_body.yaml:11:1: error[E002]: duplicate key 'body'" in text
@@ -52,5 +63,10 @@ def test_ops_md_documents_every_op_and_function() -> None:
     text = ops_markdown()
     for name in OPS:
         assert f"| `{name}` |" in text, name
-    for b in BUILTINS.values():
-        assert f"| `{b.signature}` |" in text, b.name
+    for b in BUILTINS.values():  # a `|` inside a table cell is escaped, or it would end the cell
+        assert f"| `{b.signature.replace('|', chr(92) + '|')}` |" in text, b.name
+    functions, ops = text.split("\n## Ops\n")
+    for part, cells in ((functions, 2), (ops, 5)):   # every row has as many cells as its table's header
+        for line in part.split("\n"):
+            if line.startswith("| `"):
+                assert len(line.replace("\\|", "").split("|")) == cells + 2, line

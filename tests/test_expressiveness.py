@@ -132,6 +132,27 @@ def test_shared_recursion_has_one_layer_of_weights() -> None:
     layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
     assert result.params == layer + 2 * d                 # one layer, applied 6 times, plus the final norm
     assert all(not k.startswith("shared.1.") for k in p)
+    with torch.no_grad():                                 # norms start at 1 and 0: make every weight tell
+        for v in interp.named_spec_parameters().values():
+            v.add_(0.1 * torch.randn_like(v))
+    p = {k: v.detach() for k, v in interp.named_spec_parameters().items()}
+    x = torch.randn(2, 5, d)
     with torch.no_grad():
-        y = interp(x=torch.randn(2, 5, d))["y"]
-    assert y.shape == (2, 5, d) and torch.isfinite(y).all()
+        y = interp(x=x)["y"]
+
+    def ln(t: Any, name: str) -> Any:
+        return F.layer_norm(t, (d,), p[f"{name}.weight"], p[f"{name}.bias"], eps=1e-5)
+
+    h = x
+    for _ in range(6):   # the same weights at every depth; causal (the spec passes causal=true)
+        q, k, v = lin(ln(h, "shared.ln_1"), p, "shared.attn.qkv").view(2, 5, 3, 4, 8).unbind(2)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        h = h + lin(o.transpose(1, 2).reshape(2, 5, d), p, "shared.attn.proj")
+        h = h + lin(F.gelu(lin(ln(h, "shared.ln_2"), p, "shared.mlp.fc")), p, "shared.mlp.proj")
+    torch.testing.assert_close(y, ln(h, "ln_f"))
+
+
+def test_window_guards_are_stated_once() -> None:
+    """The tiling splits H by wh and the spec requires H % window == 0; wh is window, so that is one guard."""
+    result, _, _ = build("window_attention")
+    assert [g.text for g in result.model.guards] == ["H % window == 0", "W % window == 0"]

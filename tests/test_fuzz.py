@@ -46,7 +46,7 @@ def _fuzz(tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, report: st
         prop()
     finally:
         summary = run.summary()
-        payload = {"counts": dict(run.counts), "codes": dict(run.codes), "skips": dict(run.skips)}
+        payload = run.to_json()
         (tmp_path / report).write_text(json.dumps(payload, indent=2, sort_keys=True))
         if os.environ.get("NNSPEC_FUZZ_REPORT"):
             Path(os.environ["NNSPEC_FUZZ_REPORT"]).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n"

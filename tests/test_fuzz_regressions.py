@@ -481,3 +481,89 @@ def test_integer_constant_beyond_an_int32_tensor() -> None:
                                   "y = where(x > 0, cast(x, \"float16\"), -1e9)[B, T, d]"])
 def test_fill_values_within_their_dtype(body: str) -> None:
     nnspec.check(spec(body, SEQ_IN))
+
+
+# ---- a shared repeat of zero iterations ---------------------------------------------------------------------
+
+ZERO_REPEAT = HEAD + """blocks:
+  f(x): |
+    return linear(x, d)
+body: |
+  y = repeat(COUNT, f, x, shared=SHARED)
+"""
+
+
+@pytest.mark.parametrize("count", ["0", "d % -1"])
+def test_shared_repeat_of_zero_iterations_allocates_its_one_weight_set(count: str) -> None:
+    # found as `repeat(depth % -1, ..., shared=true)`: check counted the shared set (8*8 + 8) and the generated
+    # module built it, but the interpreter allocated no weights for zero iterations
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    result = nnspec.check(ZERO_REPEAT.replace("COUNT", count).replace("SHARED", "true"))
+    assert result.params == 8 * 8 + 8
+    interp = Interpreter(result.model)
+    assert sorted(interp.named_spec_parameters()) == ["f.linear.bias", "f.linear.weight"]
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(interp(x=x)["y"], x)  # zero iterations: the input itself
+
+
+def test_separate_repeat_of_zero_iterations_has_no_weights() -> None:
+    pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    result = nnspec.check(ZERO_REPEAT.replace("COUNT", "0").replace("SHARED", "false"))
+    assert result.params == 0
+    assert list(Interpreter(result.model).named_spec_parameters()) == []
+
+
+# ---- a requirement that is a size, not a condition ----------------------------------------------------------
+
+@pytest.mark.parametrize("req", ["K + N", "T", "2 * T", "-T", "T // 2"])
+def test_requirement_that_is_a_size_on_free_dims_is_a_located_error(req: str) -> None:
+    # `K == N` mutated to `K + N` was kept as a run-time guard; code generation then had no way to write it as a
+    # condition (InternalError, exit 3)
+    text = SEQ_REQ.replace("x: float32[B, T, d]", "x: float32[B, T, d]\n  a: float32[K, N]")
+    err = error(spec("y = relu(x)", text + f"require:\n  - {req}\n"))
+    #  11   - REQ: the requirement starts at column 5
+    assert where(err) == ("E026", 11, 5)
+    assert "is not a condition" in err.message
+
+
+def test_requirement_that_is_a_condition_on_free_dims_is_generated() -> None:
+    generated = pytest.importorskip("nnspec.generated")
+    text = SEQ_REQ.replace("x: float32[B, T, d]", "x: float32[B, T, d]\n  a: float32[K, N]")
+    compiled = generated.compile_spec(spec("y = relu(x)", text + "require:\n  - K == N\n"))
+    assert [g.text for g in compiled.result.model.guards] == ["K == N"]
+    compile(compiled.source, "<generated>", "exec")
+
+
+# ---- `nnspec compile` relabelled a ValueError (a bug) as a usage error --------------------------------------
+
+def test_compile_does_not_relabel_a_bug_as_a_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    # compile caught ValueError with the usage errors: any ValueError from a bug in code generation exited 2
+    import sys
+
+    import nnspec.cli
+    generated = pytest.importorskip("nnspec.generated")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug in code generation")
+    monkeypatch.setattr(generated, "compile_spec", broken)
+    monkeypatch.setattr(sys, "argv", ["nnspec", "compile", "examples/small/moe.yaml", "-o", str(tmp_path)])
+    with pytest.raises(SystemExit) as info:
+        nnspec.cli.main()
+    assert info.value.code == 3
+    assert "please report" in capsys.readouterr().err
+
+
+def test_compile_of_two_specs_with_one_name_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: object) -> None:
+    from typer.testing import CliRunner
+
+    from nnspec.cli import app
+    spec = "examples/small/moe.yaml"
+    result = CliRunner().invoke(app, ["compile", spec, spec, "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "two specs would both write moe.py" in result.stderr

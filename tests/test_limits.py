@@ -473,3 +473,65 @@ def test_dims_defined_by_dims_at_the_limit() -> None:
 
     model = nnspec.check(dim_chain(MAX_DIM_DEPTH - 1)).model
     assert model.dims.values[model.dims.declared["d0"]] == MAX_DIM_DEPTH
+
+
+# ---- `nnspec.build` refuses before the generated module allocates --------------------------------------------
+
+def test_build_refuses_a_ten_to_the_twelve_parameter_model_before_constructing_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    generated = pytest.importorskip("nnspec.generated")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the generated module was loaded and constructed")
+    monkeypatch.setattr(generated, "load_source", refuse)
+    text = HEAD.replace("d: 8", "d: 8\n  n: 10**6\n  m: 10**6")
+    with pytest.raises(nnspec.ResourceError) as info:
+        nnspec.build(spec("y = x + sum(sum(param(n, m), over=n), over=m)", text))  # default: half of memory
+    assert info.value.needed == 4 * 10 ** 12
+    assert "3.6 TiB" in str(info.value) and "4,000,000,000,000 bytes" in str(info.value)
+
+
+def test_build_limit_is_explicit_or_a_fraction_of_physical_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nnspec.compiler import analysis
+
+    text = spec("y = linear(x, d)")  # (8*8 + 8) * 4 = 288 bytes
+    assert sum(p.numel() for p in nnspec.build(text, max_memory=288).parameters()) == 72
+    with pytest.raises(nnspec.ResourceError, match="limit of 287 B"):
+        nnspec.build(text, max_memory=287)
+    monkeypatch.setattr(analysis, "physical_memory", lambda: 575)  # the default: half of it, 287 bytes
+    with pytest.raises(nnspec.ResourceError, match=r"288 B \(288 bytes: float32 288 B\)"):
+        nnspec.build(text)
+    monkeypatch.setattr(analysis, "physical_memory", lambda: 576)
+    assert sum(p.numel() for p in nnspec.build(text).parameters()) == 72
+
+
+def test_build_counts_the_transformed_dtype() -> None:
+    # bf16 halves the parameter bytes: the limit applies to what is built, after transforms
+    text = spec("y = linear(x, d)")
+    model = nnspec.build(text, max_memory=144, transforms={"dtype": "bf16"})
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) == 144
+    with pytest.raises(nnspec.ResourceError):
+        nnspec.build(text, max_memory=143, transforms={"dtype": "bf16"})
+
+
+# ---- the alias bomb is refused at the node limit, not after expanding ---------------------------------------
+
+def test_billion_laughs_is_refused_after_at_most_the_node_limit_of_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 levels of 10 aliases each: 10^10 values if expanded. PyYAML composes aliases as shared nodes; nnspec's
+    # converter counts each use and stops at the limit: the values it builds are counted here, not timed
+    from nnspec.spec import yaml_loader
+
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    text = "\n".join(lines) + "\n"
+    real = yaml_loader._Converter.convert
+    calls = 0
+
+    def counted(self: Any, node: Any, depth: int) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, node, depth)
+    monkeypatch.setattr(yaml_loader._Converter, "convert", counted)
+    err = error(text)
+    assert err.code == "E005" and f"{MAX_NODES:,}" in err.message
+    assert calls == MAX_NODES + 1

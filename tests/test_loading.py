@@ -319,6 +319,36 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_ones() -> None:
     assert "ignore" in err.message and "require" in err.message
 
 
+# an unknown key at every level of the schema, with the position of the key (counted by hand) and its hint
+@pytest.mark.parametrize(("text", "at", "words"), [
+    # 6 `  x:`, 7 `    tpye: float32[B, d]`: the key at column 5
+    (SPEC.replace("  x: float32[B, d]", "  x:\n    tpye: float32[B, d]"), (7, 5),
+     "unknown key 'tpye' in 'inputs.x'; did you mean 'type'?"),
+    # 6 `  x: {type: 'float32[B, d]', defualt: 0}`: the second key at column 30
+    (SPEC.replace("  x: float32[B, d]", "  x: {type: 'float32[B, d]', defualt: 0}"), (6, 30),
+     "unknown key 'defualt' in 'inputs.x'; did you mean 'default'?"),
+    (SPEC.replace("  x: float32[B, d]", "  x: {type: 'float32[B, d]', zzz: 0}"), (6, 30),
+     "unknown key 'zzz' in 'inputs.x'; allowed keys are type, default, doc"),
+    # 11 `options: {a: {default: 1, hf: {kye: a}}}`: `kye` at column 32
+    (SPEC + "options: {a: {default: 1, hf: {kye: a}}}\n", (11, 32),
+     "unknown key 'kye' in 'options.a.hf'; did you mean 'key'?"),
+    (SPEC + "hf_config: {ignroe: [a]}\n", (11, 13), "unknown key 'ignroe' in 'hf_config'; did you mean 'ignore'?"),
+    (SPEC.replace("nnspec: 1", "nnspec: 1\nouptuts: {}"), (2, 1), "unknown key 'ouptuts'; did you mean 'outputs'?"),
+])
+def test_unknown_keys_everywhere_are_located_with_a_hint(text: str, at: tuple[int, int], words: str) -> None:
+    err = error(text)
+    assert where(err) == ("E003", *at)
+    assert err.message == words
+
+
+def test_unknown_key_in_an_included_file_suggests(tmp_path: Path) -> None:
+    (tmp_path / "lib.yaml").write_text("nnspec: 1\nblokcs: {}\n")
+    (tmp_path / "main.yaml").write_text(SPEC.replace("inputs:", "include: [lib.yaml]\ninputs:"))
+    err = error(tmp_path / "main.yaml")
+    assert where(err) == ("E003", 2, 1) and err.span is not None and err.span.source.name.endswith("lib.yaml")
+    assert "did you mean 'blocks'?" in err.message
+
+
 def test_missing_required_key() -> None:
     err = error(SPEC.replace("name: m\n", ""))
     assert err.code == "E008" and "'name'" in err.message
@@ -391,3 +421,10 @@ def test_error_in_dim_expression_and_type_string() -> None:
     assert where(error(SPEC.replace("d: 8", "d: 8\n  e: d // zork"))) == ("E011", 5, 11)
     err = error(SPEC.replace("x: float32[B, d]", "x: floot32[B, d]"))
     assert err.span is not None and (err.span.line, err.span.col) == (6, 6)
+
+
+def test_dunder_axis_name_in_a_declared_type_is_reserved() -> None:
+    # a free dim becomes a name in generated code (`__builtins__ = torch.export.Dim(...)`): refused like every
+    # other dunder name.  6 `  x: float32[__builtins__, d]`: the axis at column 14
+    err = error(SPEC.replace("float32[B, d]", "float32[__builtins__, d]"))
+    assert where(err) == ("E004", 6, 14) and "reserved" in err.message

@@ -111,6 +111,13 @@ def test_a_failing_pass_is_named_with_the_passes_before_it(monkeypatch: pytest.M
         run(model, [Corrupt()])
 
 
+def test_tests_verify_after_every_pass_without_asking() -> None:
+    """conftest sets NNSPEC_VERIFY=1: every optimisation in the tests (build, compile, cost) is verified."""
+    model = nnspec.check("examples/gpt2.yaml").model
+    with pytest.raises(InternalError, match=r"pass corrupt left an invalid graph \(after cse\)"):
+        run(model, [PASSES["cse"], Corrupt()])
+
+
 def test_verify_finds_each_broken_invariant() -> None:
     model = nnspec.check("examples/gpt2.yaml").model
     sizes = model.dims

@@ -166,16 +166,44 @@ def test_examples_spell_attention_out_and_it_is_recognised() -> None:
         assert_same_outputs(model, opt, T=4)
 
 
-def test_attention_dropout_is_dropped_for_inference_and_refused_for_training() -> None:
+def test_attention_dropout_is_dropped_for_inference_and_fused_for_training() -> None:
+    """Inference: the dropout on the probabilities goes (the identity in eval mode). Training: it moves into the
+    attention op with the probabilities' axis order, so the fused op draws exactly the random numbers the
+    spelled-out dropout drew (same seed, same outputs in train mode), and eval mode is unchanged."""
+    import torch
+    from test_passes_support import inputs_for
+
+    from nnspec.backends.torch.interpreter import Interpreter
+    from nnspec.compiler.passes import optimize
+
     text = spec_text(Case("q * k / sqrt(hd)", "causal", False, 0.1, 0, "block", 2))
     _, opt, lines = optimized(text)
     assert count(opt, "attention") == 1
     assert any("dropout p=0.1 on the probabilities dropped" in line for line in lines)
-    from nnspec.compiler.passes import optimize
-    model = optimized(text, level=0)[0]
-    why: list[str] = []
-    assert count(optimize(model, 2, explain=why, training=True), "attention") == 0
-    assert any("no fused form (training mode)" in line for line in why), why
+    assert all("dropout" not in n.attrs for g in opt.graphs() for n in g if n.op == "attention")
+    for order in range(3):      # the scores' axis order differs from the fused op's own in orders 1 and 2
+        text = spec_text(Case("q * k / sqrt(hd)", "causal", False, 0.5, order, "block", 2))
+        model = optimized(text, level=0)[0]
+        why: list[str] = []
+        fused = optimize(model, 2, explain=why, training=True, verify=True)
+        att = [n for g in fused.graphs() for n in g if n.op == "attention"]
+        assert len(att) == 1 and att[0].attrs["dropout"] == 0.5, why
+        assert any("dropout p=0.5 on the probabilities done by the fused op" in line for line in why), why
+        assert_idempotent(fused)
+        ins = inputs_for(model, T=5)
+        spelled, one = Interpreter(model, seed=0), Interpreter(fused, seed=0)
+        one.root.load_state_dict(spelled.root.state_dict())
+        with torch.no_grad():
+            for mode in ("train", "eval"):
+                getattr(spelled, mode)()
+                getattr(one, mode)()
+                torch.manual_seed(3)
+                want = spelled(**ins)["y"]
+                torch.manual_seed(3)
+                got = one(**ins)["y"]
+                torch.testing.assert_close(got, want, msg=lambda m, mode=mode, order=order: f"{mode} {order}: {m}")
+            one.train()     # dropout is live in train mode: not what eval mode computes
+            assert not torch.allclose(one(**ins)["y"], want)
 
 
 @pytest.mark.parametrize("scale", SCALES)

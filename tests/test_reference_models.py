@@ -113,3 +113,34 @@ def test_llama_gqa_matches_hf(tied: bool) -> None:
 ])
 def test_published_parameter_counts(example: str, dims: dict[str, Any], params: int) -> None:
     assert nnspec.check(EXAMPLES / example, **dims).params == params
+
+
+def _published_configs() -> list[tuple[str, Any, str, int]]:
+    """(example, HF config built from transformers' own classes, model class, published parameter count)."""
+    t = transformers
+    return [
+        ("gpt2.yaml", t.GPT2Config(), "GPT2LMHeadModel", 124_439_808),                      # defaults: GPT-2 small
+        ("bert.yaml", t.BertConfig(), "BertModel", 109_482_240),                            # defaults: bert-base
+        ("vit.yaml", t.ViTConfig(num_labels=1000), "ViTForImageClassification", 86_567_656),  # defaults: ViT-B/16
+        ("llama.yaml", t.LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                     num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+                                     tie_word_embeddings=False), "LlamaForCausalLM", 1_100_048_384),  # TinyLlama-1.1B
+        # Llama-3.2-1B's dims; its real config also has llama3 rope scaling, which the spec refuses (E022)
+        ("llama.yaml", t.LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                                     rope_theta=500000.0, tie_word_embeddings=True), "LlamaForCausalLM", 1_235_814_400),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["gpt2", "bert", "vit", "tinyllama", "llama3.2-1b"])
+def test_published_counts_through_hf_config_json(tmp_path: Path, case: int) -> None:
+    """`nnspec check --config` on a config.json written by transformers' config class counts what transformers'
+    model (built on the meta device: no memory, no download) holds, and that is the published number."""
+    example, config, cls, published = _published_configs()[case]
+    path = tmp_path / "config.json"
+    config.to_json_file(path)
+    result = nnspec.check(EXAMPLES / example, config=path)
+    with torch.device("meta"):
+        hf = getattr(transformers, cls)(config)
+    assert result.params == sum(p.numel() for p in hf.parameters()) == published   # tied weights once, both sides
+    assert [w.message for w in result.warnings] == []                              # every key used or known

@@ -219,9 +219,30 @@ def refused_or_inert(text: str) -> str:
         "payload text outside a string literal"
     assert not hasattr(builtins, MARK)
     module = gen.load_source(source, compiled.result.model.name)
-    getattr(module, compiled.class_name)()
+    instance = getattr(module, compiled.class_name)()
+    assert not hasattr(builtins, MARK), "the payload ran"
+    runs_like_the_interpreter(compiled.result.model, instance)
     assert not hasattr(builtins, MARK), "the payload ran"
     return "generated"
+
+
+def runs_like_the_interpreter(model: Any, instance: Any) -> None:
+    """The generated module, whatever its names, runs and computes what the reference interpreter does (a name
+    that shadowed `torch`, `F` or a local in the generated code would break or change it)."""
+    import torch
+
+    from nnspec.backends.torch.interpreter import Interpreter
+    from nnspec.testing_fuzz import free_sizes, make_inputs
+    interp = Interpreter(model).eval()
+    instance.load_state_dict(interp.root.state_dict())
+    inputs = make_inputs(model, free_sizes(model, 3), torch)
+    with torch.no_grad():
+        want = interp(**inputs)
+        got = instance.eval()(**inputs)
+    got = got if isinstance(got, dict) else {next(iter(want)): got}
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value)
 
 
 # the values as YAML should hold them; `yq` (JSON's string syntax is YAML's double-quoted scalar) writes them
@@ -312,6 +333,25 @@ def test_names_in_expressions(name: str) -> None:
     refused_or_inert(HEAD + f"body: |\n  y = x[B, {name}][B, d]\n")
 
 
+CODE_NAMES = [n for n in NAMES if re.fullmatch(r"[A-Za-z_]\w*", n)] + [
+    "ValueError", "range", "len", "isinstance", "int", "tuple", "shape", "dim", "x", "y", "fc", "D", "_", "einsum"]
+
+
+@pytest.mark.parametrize("name", CODE_NAMES)
+def test_free_dim_names_in_declared_types(name: str) -> None:
+    # a free dim becomes a local in `forward` (`B, _ = x.shape`): named `torch`, `F` or `ValueError`, it would
+    # shadow what the generated code calls next
+    text = HEAD.replace("float32[B, d]", f"float32[{name}, d]") + "body: |\n  y = linear(relu(x), d, name=fc) + x\n"
+    refused_or_inert(text)
+
+
+@pytest.mark.parametrize("name", ["D", "d_", "D_2", "OPTIONS", "WEIGHT_MAPS", "M", "torch", "F", "nn"])
+def test_dim_names_beside_the_constants_generated_from_them(name: str) -> None:
+    # dims become module constants (`d` -> `D`): a second dim whose constant would be the same name
+    text = HEAD.replace("  d: 8", f"  d: 8\n  {name}: 4") + f"body: |\n  y = linear(linear(x, {name}), d)\n"
+    refused_or_inert(text)
+
+
 @pytest.mark.parametrize("name", ["__import__", "__class__", "class", "import"])
 def test_dunder_and_keyword_scope_names_are_refused_at_check(name: str) -> None:
     err = error(HEAD + f"body: |\n  y = linear(x, d, name={name})\n")
@@ -391,6 +431,73 @@ def test_dunder_variable_names_are_refused(body: str) -> None:
     assert err.code == "E004" and err.span is not None and err.span.line == 10
 
 
+@pytest.mark.parametrize("place", ["input", "annotation"])
+def test_dunder_axis_names_are_refused(place: str) -> None:
+    # a free dim named __builtins__ became a local of that name in the generated forward
+    if place == "input":
+        text = HEAD.replace("x: float32[B, d]", "x: float32[__builtins__, d]") + BODY
+    else:
+        text = HEAD + "body: |\n  y = relu(x)[__class__, d][B, d]\n"
+    err = error(text)
+    assert "reserved" in err.message
+    #   6   x: float32[__builtins__, d] -> column 14;  10   y = relu(x)[__class__, d]... -> column 15
+    assert where(err) == (("E004", 6, 14) if place == "input" else ("E004", 10, 15))
+
+
 def test_dunder_block_parameter_is_refused() -> None:
     err = error(HEAD + "blocks:\n  f(__class__): |\n    return __class__\nbody: |\n  y = f(x)\n")
     assert where(err) == ("E004", 10, 5)
+
+
+# ---- a downloaded checkpoint's shard index reaches file paths too -------------------------------------------
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors",
+                                   "..", "", "a\\..\\b.safetensors", "x\x00.safetensors", 7, None])
+def test_checkpoint_index_naming_a_file_elsewhere_is_refused(tmp_path: Path, shard: object) -> None:
+    # the index's shard names were joined to its directory as they were: `../x` or `/etc/passwd` opened a file
+    # outside the checkpoint
+    pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from nnspec.backends.torch.weights import WeightError
+    model = nnspec.build(Path(__file__).parent.parent / "examples/gpt2.yaml", vocab_size=11, n_positions=8, n_embd=8,
+                         n_layer=1, n_head=2)
+    state = nnspec.save_weights(model)
+    save_file(state, str(tmp_path / "outside.safetensors"))    # a valid checkpoint the index must not reach
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    index = {"weight_map": {key: shard for key in state}}
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(WeightError, match="is not a file name beside the index"):
+        nnspec.load_weights(model, ckpt)
+
+
+@pytest.mark.parametrize("index", ['{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}", "not json", "[]",
+                                   '{"weight_map": []}', '{"metadata": {}}'])
+def test_malformed_checkpoint_index_is_a_weight_error(tmp_path: Path, index: str) -> None:
+    # a JSONDecodeError, RecursionError or KeyError (exit 3) before
+    pytest.importorskip("torch")
+    from nnspec.backends.torch.weights import WeightError
+    model = nnspec.build(Path(__file__).parent.parent / "examples/gpt2.yaml", vocab_size=11, n_positions=8, n_embd=8,
+                         n_layer=1, n_head=2)
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(WeightError):
+        nnspec.load_weights(model, tmp_path)
+
+
+def test_sharded_checkpoint_beside_its_index_loads(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    spec = Path(__file__).parent.parent / "examples/gpt2.yaml"
+    dims = dict(vocab_size=11, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    state = nnspec.save_weights(nnspec.build(spec, **dims))
+    keys = sorted(state)
+    half = len(keys) // 2
+    save_file({k: state[k] for k in keys[:half]}, str(tmp_path / "a.safetensors"))
+    save_file({k: state[k] for k in keys[half:]}, str(tmp_path / "b.safetensors"))
+    index = {"weight_map": {k: "a.safetensors" if i < half else "b.safetensors" for i, k in enumerate(keys)}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    other = nnspec.build(spec, **dims)
+    nnspec.load_weights(other, tmp_path)
+    for key, value in nnspec.save_weights(other).items():
+        torch.testing.assert_close(value, state[key])

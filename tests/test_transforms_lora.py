@@ -107,7 +107,9 @@ def test_a_pattern_matching_nothing_is_refused() -> None:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_lora_on_random_specs(data: st.DataObject) -> None:
-    """Adapters on every linear of a drawn spec: unchanged at init, merge reproduces perturbed adapters."""
+    """Adapters on every linear of a drawn spec: unchanged at init; exactly the new adapter parameters are
+    trainable (RandLoRA: lambda and gamma, its random bases frozen) and only they get gradients; merge
+    reproduces perturbed adapters."""
     model = nnspec.check(data.draw(specs(max_width=16, max_layers=2))).model
     kind = data.draw(st.sampled_from(["", ":randlora"]))
     try:
@@ -118,6 +120,13 @@ def test_lora_on_random_specs(data: st.DataObject) -> None:
     inputs = data.draw(inputs_for(model))
     params = params_of(model)
     new = convert_params(model, params, lora=[f"*:2{kind}"])
+    added = set(new) - set(params)
+    trained = {p for p in added if not kind or p.endswith(("randlora_lambda", "randlora_gamma"))}
+    assert added and set(trainable_parameters(adapted)) == trained
+    interp = Interpreter(adapted, seed=None).eval()
+    load_params(interp, new)
+    sum(v.float().sum() for v in interp(**inputs).values() if v.dtype.is_floating_point).backward()
+    assert {k for k, p in interp.named_spec_parameters().items() if p.grad is not None} <= trained
     want = run(model, params, inputs)
     for name, value in run(adapted, new, inputs).items():
         torch.testing.assert_close(value, want[name])

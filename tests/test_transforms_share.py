@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _transforms_helpers import GPT2, LLAMA, checked, ids, params_of, run, verify_model
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import nnspec
@@ -87,15 +87,15 @@ def _repeats(model: nnspec.compiler.ir.Model) -> list[tuple[str, int]]:
             if n.op == "repeat" and not n.attrs["shared"] and n.attrs["count"] > 1]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(st.data())
 def test_share_on_random_specs(data: st.DataObject) -> None:
-    """A drawn repeat shared in one group: params drop by (count - 1) layers' worth and the model runs as the
-    original with every layer given the first one's weights."""
+    """A drawn repeat shared in one group: params drop by (count - 1) layers' worth; the model runs as the
+    original with every layer given the first one's weights, and each shared weight's gradient is the sum of
+    that original's gradients over the layers."""
     model = nnspec.check(data.draw(specs(max_width=16, max_layers=3))).model
     repeats = _repeats(model)
-    if not repeats:
-        return
+    assume(repeats)
     path, count = data.draw(st.sampled_from(repeats))
     out = share(model, [(path, 1)])
     verify_model(out)
@@ -110,6 +110,21 @@ def test_share_on_random_specs(data: st.DataObject) -> None:
     want, got = run(model, tied, inputs), run(out, convert_params(model, params, share=[f"{path}:1"]), inputs)
     for name in want:
         torch.testing.assert_close(got[name], want[name])
+    grads_shared = _grads(out, convert_params(model, params, share=[f"{path}:1"]), inputs)
+    grads_tied = _grads(model, tied, inputs)
+    for key, grad in grads_shared.items():
+        uses = [g for k, g in grads_tied.items() if _first(k, path) == key]
+        torch.testing.assert_close(grad, torch.stack(uses).sum(0), atol=1e-5, rtol=1e-4)
+
+
+def _grads(model: nnspec.compiler.ir.Model, params: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+           ) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient of the sum of the float outputs (eval mode; an unused one counts as zero)."""
+    interp = Interpreter(model, seed=None).eval()
+    load_params(interp, params)
+    sum(v.sum() for v in interp(**inputs).values() if v.dtype.is_floating_point).backward()
+    return {k: p.grad if p.grad is not None else torch.zeros_like(p)
+            for k, p in interp.named_spec_parameters().items()}
 
 
 def _first(path: str, rep: str) -> str:

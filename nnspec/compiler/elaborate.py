@@ -265,15 +265,19 @@ class Elaborator:
             return
         if value is False or value is sympy.false:
             raise SpecError("E015", f"requirement '{_text(span)}' does not hold{self._explain(expr)}", span)
-        if isinstance(value, sympy.Basic) and value.free_symbols:
+        # a condition on free dims, kept for run time; a size (`K + N`, even a bare `K`: a sympy Symbol is also a
+        # Boolean) is no condition
+        condition = (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction)
+        if isinstance(value, condition) and value.free_symbols:
             self.add_guard(Guard(_guard_form(value, span), _text(span), span))
             return
         raise SpecError("E026", f"requirement '{_text(span)}' is not a condition (it evaluates to {value})", span)
 
     def add_guard(self, guard: Guard) -> None:
-        """Keep one guard per fact: `K == N` and `N == K` are the same check."""
-        key = _canonical(guard.expr)
-        if all(_canonical(g.expr) != key for g in self.guards):
+        """Keep one guard per fact: `K == N` and `N == K` are the same check, and so are `H % window == 0` and
+        `H % wh == 0` where the dim wh is window (facts are compared with the declared dims' values)."""
+        key = _canonical(self.sizes.concrete(guard.expr))
+        if all(_canonical(self.sizes.concrete(g.expr)) != key for g in self.guards):
             self.guards.append(guard)
 
     def _explain(self, expr: ast.Expr) -> str:
@@ -299,6 +303,8 @@ class Elaborator:
                                     f"2^{MAX_SIZE.bit_length() - 1})", item.span)
                 axes.append(Axis(str(item.value), sympy.Integer(item.value)))
             else:
+                if item.name.startswith("__"):  # a free dim becomes a name in generated code, like every name
+                    raise SpecError("E004", f"axis name '{item.name}' is reserved (it starts with __)", item.span)
                 if item.name in self.options:
                     raise SpecError("E026", f"'{item.name}' is an option, not a size", item.span)
                 sym = self.sizes.lookup(item.name) or self.sizes.free_symbol(item.name)
@@ -480,6 +486,7 @@ class Builder:
                 and not self.graph.users(node.name) and node.name not in self.graph.outputs:
             self.graph.rename(node.name, name)
             return TensorValue(name)
+        node.meta.setdefault("var", name)   # kept named by op or scope: generated code still calls it `name`
         return value
 
     # ---- expressions ----
@@ -707,7 +714,9 @@ class Builder:
 
     # ---- building nodes ----
     def emit(self, op: str, inputs: list[str], attrs: dict[str, Any], span: Span | None,
-             hint: str | None = None) -> TensorValue:
+             hint: str | None = None, record: bool = True) -> TensorValue:
+        """Add a node with its inferred type. `record=False` leaves its axis names out of the block's
+        one-size-per-name table: for an operand relabelled only to line up with another inside one op."""
         opdef = OPS[op]
         try:
             t = opdef.infer([self.graph[i].type for i in inputs], attrs, self.sizes)
@@ -718,7 +727,7 @@ class Builder:
         self._take_guards(span)
         if op in ("param", "buffer"):
             self._known_sizes(attrs["type"], span)
-        if isinstance(t, TensorType):
+        if isinstance(t, TensorType) and record:
             self._record_axes(t, span)
         self.el.node_count += 1
         if self.el.node_count > MAX_NODES:
@@ -1064,7 +1073,10 @@ class Builder:
             else:
                 raise SpecError("E019", f"block '{sig.name}' needs argument '{p.name}'", call.span)
             if p.axes is not None:
-                value = self.annotate(self.as_tensor(value, where), p.axes, where)
+                try:
+                    value = self.annotate(self.as_tensor(value, where), p.axes, where)
+                except SpecError as err:  # the argument does not fit the declared axes: show the declaration
+                    raise err.with_note(f"block '{sig.name}' declares its parameter here", p.span) from None
             if isinstance(value, TensorValue):
                 tensors.append(value.node)
                 bound.append((p.name, self.type_of(value)))

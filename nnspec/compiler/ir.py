@@ -319,6 +319,8 @@ def repeat_weight_sets(attrs: dict[str, Any]) -> list[tuple[str, str]]:
     out: dict[str, str] = {}
     for block, scope in repeat_plan(attrs):
         out.setdefault(scope, block)
+    if attrs["shared"] and not out:  # a shared repeat has its one set even at count 0, as counted and generated
+        out[""] = attrs["block"]
     return [(scope, block) for scope, block in out.items()]
 
 

@@ -220,7 +220,10 @@ class _ToAst(lark.Transformer):
         return [a for a in c if a is not None]
 
     def _axis_name(self, c: list[Any], span: Any) -> ast.AxisName:
-        return ast.AxisName(str(c[0]), span=span)
+        name = str(c[0])
+        if name.startswith("__"):  # a free dim becomes a variable in generated code: no dunders, like every name
+            raise SpecError("E004", f"axis '{name}' is a reserved name (it starts with __); choose another", span)
+        return ast.AxisName(name, span=span)
 
     def _axis_int(self, c: list[Any], span: Any) -> ast.AxisInt:
         return ast.AxisInt(int(str(c[0])), span=span)

@@ -84,7 +84,10 @@ def _to_spec_error(e: pydantic.ValidationError, root: YNode, model: type[BaseMod
         hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         where = f" in '{'.'.join(map(str, loc[:-1]))}'" if loc[:-1] else ""
         message = f"unknown key '{key}'{where}"
-        message += f"; did you mean '{hint[0]}'?" if hint else f"; allowed keys are {', '.join(allowed)}"
+        if hint:
+            message += f"; did you mean '{hint[0]}'?"
+        elif allowed:
+            message += f"; allowed keys are {', '.join(allowed)}"
         return SpecError("E003", message, span)
     if err["type"] == "missing":
         span, _ = root.at(loc[:-1])
@@ -146,6 +149,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         return list(HfConfigDoc.model_fields) if len(loc) == 1 else []
     if loc[0] == "options":
         return list(OptionDoc.model_fields) if len(loc) == 2 else list(HfOption.model_fields)
+    if loc[0] == "inputs" and len(loc) == 2:  # an input written as a mapping: {type, default, doc}
+        return list(InputDoc.model_fields)
     return []
 
 

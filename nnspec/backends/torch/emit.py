@@ -19,6 +19,7 @@ from nnspec.backends.torch.lowering import BINARY_TORCH, TORCH_DTYPES
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.compiler.ir import DType, Node, TensorType
 from nnspec.compiler.ops.contract import einsum_string
+from nnspec.compiler.ops.index import concat_reference
 
 if TYPE_CHECKING:
     from nnspec.backends.torch.codegen import FunctionGen
@@ -306,6 +307,8 @@ def _attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         s = fn.let(method(s, "masked_fill", P.Unary("~", align(allowed, mask_t, names)), NEG_INF), "scores",
                    rebind=s)
     p = call("F.softmax", s, dim=dim(scores_t, a["key"]))
+    if a.get("dropout", 0.0) > 0:
+        p = call("F.dropout", p, a["dropout"], P.dotted("self.training"))
     return contract([p, ins[2]], [scores_t, types[2]], out_t)
 
 
@@ -318,6 +321,8 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     qn, kn, dn = a["query"], a["key"], a["dim"]
     batch = [n for n in scores_t.names if n not in (qn, kn)]
     value = [n for n in v_t.names if n not in batch and n != kn]
+    if a.get("dropout", 0.0) > 0 and scores_t.names != (*batch, qn, kn):
+        return None     # SDPA drops over [batch..., q, k]: spelled out, dropout draws as the spec's does
     if a["has_mask"] or len(value) != 1 or sorted(q_t.names) != sorted([*batch, qn, dn]) or \
             sorted(k_t.names) != sorted([*batch, kn, dn]) or sorted(v_t.names) != sorted([*batch, kn, *value]) or \
             sorted(out_t.names) != sorted([*batch, qn, *value]):
@@ -332,8 +337,13 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
         kwargs["attn_mask"] = align(ins[3], types[3], tuple([*batch, qn, kn]))
     elif a["causal"]:
         kwargs["is_causal"] = True
-    y = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
-    return permute(y, [[*batch, qn, *value].index(n) for n in out_t.names])
+    if a.get("dropout", 0.0) > 0:   # SDPA drops probabilities whenever dropout_p > 0: only while training
+        kwargs["dropout_p"] = P.IfExp(P.lit(a["dropout"]), P.dotted("self.training"), P.lit(0.0))
+    y: Expr = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
+    perm = [[*batch, qn, *value].index(n) for n in out_t.names]
+    if perm != sorted(perm):   # a statement of its own, so the permute after it reads as in nanoGPT
+        y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
+    return permute(y, perm)
 
 
 def _comment(t: TensorType) -> str:
@@ -373,7 +383,8 @@ def _concat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     """Operands aligned by name with the first that has the axis; one lacking an axis is expanded over it."""
     axis = node.attrs["axis"]
     types = [fn.in_type(node, i) for i in range(len(ins))]
-    ref = next(t for t in types if axis in t.names)
+    ref = concat_reference(types, axis)  # the same operand the shape rule aligned to
+    assert ref is not None
     parts = []
     for x, t in zip(ins, types, strict=True):
         y = align(x, t, ref.names, full=True)

@@ -166,6 +166,11 @@ class Interpreter(nn.Module):
                 outer = scope.child(node.attrs["scope"])
                 for sub, block in repeat_weight_sets(node.attrs):  # per layer, per group, or one shared set
                     self._build(self.model.templates[block], outer.child(sub) if sub else outer, gen)
+        for node in graph:   # an embedding's padding row starts at zero, as torch's and Hugging Face's do
+            weight = graph[node.inputs[1]] if node.op == "embedding" else None
+            if weight is not None and weight.op == "param" and node.attrs.get("padding_idx") is not None:
+                with torch.no_grad():
+                    scope.get_parameter(weight.attrs["path"])[node.attrs["padding_idx"]].zero_()
 
     def named_spec_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self.root.named_parameters())

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from nnspec.compiler.ir import DType, Node, TensorType, repeat_plan
 from nnspec.compiler.ops.contract import einsum_string
+from nnspec.compiler.ops.index import concat_reference
 
 if TYPE_CHECKING:
     from nnspec.backends.torch.interpreter import Frame
@@ -223,6 +224,8 @@ def _attention(frame: Frame, node: Node, ins: list[Any]) -> Any:
         s = s.masked_fill(~align(allowed, TensorType((scores_t.axis(qn), scores_t.axis(kn)), DType.bool),  # type: ignore[arg-type]
                                  scores_t.names), float("-inf"))
     p = torch.softmax(s, dim=scores_t.index(node.attrs["key"]))
+    if node.attrs.get("dropout", 0.0) > 0:   # on the probabilities, in training mode only
+        p = F.dropout(p, node.attrs["dropout"], training=frame.module.training)
     return torch.einsum(einsum_string([scores_t, v_t], out_t), p, v)
 
 
@@ -380,7 +383,8 @@ def _cumsum(frame: Frame, node: Node, ins: list[Any]) -> Any:
 def _concat(frame: Frame, node: Node, ins: list[Any]) -> Any:
     axis = node.attrs["axis"]
     types = _types(frame, node)
-    ref = next(t for t in types if axis in t.names)
+    ref = concat_reference(types, axis)  # the same operand the shape rule aligned to
+    assert ref is not None
     dim = ref.index(axis)
     shape = [frame.size(a.size) for a in ref.axes]
     parts = []

@@ -58,7 +58,24 @@ def plan_members(mg: ModuleGen, graph: Graph, name: str) -> ClassPlan:
         else:
             members.append(_plain_member(mg, attr, nodes))
     plan.members = sorted(members, key=lambda m: first[m.attr])
+    _freeze_and_pad(graph, {m.attr: m for m in members})
     return plan
+
+
+def _freeze_and_pad(graph: Graph, by_attr: dict[str, Member]) -> None:
+    """Parameters a transform froze (`trainable=false`, a base weight under LoRA) stop requiring gradients, as
+    in the interpreter; an embedding's padding row starts at zero, as torch's and Hugging Face's do."""
+    for node in graph:
+        if node.op == "param" and node.attrs.get("trainable", True) is False:
+            by_attr[node.attrs["path"].split(".")[0]].setup.append(
+                method(member(node.attrs["path"]), "requires_grad_", False))
+        elif node.op == "embedding" and node.attrs.get("padding_idx") is not None \
+                and graph[node.inputs[1]].op == "param":
+            path = graph[node.inputs[1]].attrs["path"]
+            row = call("nn.init.zeros_", P.Index(member(path), (Lit(node.attrs["padding_idx"]),)))
+            owner = by_attr[path.split(".")[0]]
+            if row not in owner.inits:
+                owner.inits.append(row)
 
 
 def _plain_member(mg: ModuleGen, attr: str, nodes: list[Node]) -> Member:

@@ -102,6 +102,19 @@ class Unary(Expr):
 
 
 @dataclass(frozen=True)
+class IfExp(Expr):
+    """`body if test else orelse`."""
+
+    body: Expr
+    test: Expr
+    orelse: Expr
+
+    @property
+    def prec(self) -> int:  # type: ignore[override]
+        return TERNARY
+
+
+@dataclass(frozen=True)
 class TupleExpr(Expr):
     items: tuple[Expr, ...]
     bare: bool = False  # `a, b` (a return value or an assignment target) without parentheses
@@ -281,6 +294,8 @@ def _src(e: Expr) -> str:
         if e.op == "not":
             return f"not {src(e.operand, NOT)}"
         return f"{e.op}{src(e.operand, UNARY)}"
+    if isinstance(e, IfExp):
+        return f"{src(e.body, TERNARY + 1)} if {src(e.test, TERNARY + 1)} else {src(e.orelse, TERNARY)}"
     if isinstance(e, TupleExpr):
         inner = ", ".join(src(i) for i in e.items) + ("," if len(e.items) == 1 else "")
         return inner if e.bare else f"({inner})"

@@ -193,11 +193,7 @@ def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Itera
             raise FileNotFoundError(f"{weights}: no model.safetensors(.index.json) or pytorch_model.bin inside")
     if path.name.endswith(".safetensors") or path.name.endswith(".json"):
         from safetensors import safe_open
-        if path.name.endswith(".json"):
-            index = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-            shards = {key: path.parent / shard for key, shard in index.items()}
-        else:
-            shards = None
+        shards = _shards(path) if path.name.endswith(".json") else None
         with contextlib.ExitStack() as stack:
             ckpt = _Checkpoint()
             handles: dict[Path, Any] = {}
@@ -210,6 +206,26 @@ def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Itera
             yield ckpt
         return
     yield _Checkpoint(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+
+
+def _shards(index_path: Path) -> dict[str, Path]:
+    """Checkpoint key -> shard file, from a sharded checkpoint's index. The index is untrusted like the spec: a
+    shard must be a plain file name beside it (no directory, `..` or absolute path), so it opens nothing else."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightError(f"{index_path}: not a JSON checkpoint index ({type(e).__name__})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise WeightError(f"{index_path}: no \"weight_map\" mapping of checkpoint keys to shard files")
+    out = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard or "\\" in shard \
+                or "\x00" in shard:
+            raise WeightError(f"{index_path}: shard {str(shard)[:100]!r} of {key[:100]!r} is not a file name beside "
+                              "the index")
+        out[key] = index_path.parent / shard
+    return out
 
 
 # ---- load and save ----

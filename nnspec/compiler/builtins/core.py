@@ -4,11 +4,12 @@ graph ops defined in `compiler/ops/` (where each op's meaning lives)."""
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 import sympy
 
-from nnspec.compiler.elaborate import Builder, FuncRef, TensorValue, TupleValue, static_call
+from nnspec.compiler.elaborate import MAX_REPEAT, Builder, FuncRef, TensorValue, TupleValue, static_call
 from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.elementwise import UNARY
 from nnspec.compiler.ops.registry import BUILTINS, builtin
@@ -66,19 +67,24 @@ def over_axis(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, spa
 
 
 # ---- learned maps ----
-@builtin("linear", "linear(x, out, bias=true, over=last, name=linear)", "Affine map over one axis.")
+@builtin("linear", "linear(x, out, bias=true, over=last, std=0.02, name=linear)",
+         "Affine map over one axis; the weight starts normal with standard deviation `std`.")
 def _linear(b: Builder, call: ast.Call) -> Any:
-    a, _ = bind(call, "linear", [("x", REQUIRED), ("out", REQUIRED), ("bias", None), ("over", None), ("name", None)])
+    a, _ = bind(call, "linear", [("x", REQUIRED), ("out", REQUIRED), ("bias", None), ("over", None), ("std", None),
+                                 ("name", None)])
     x = b.tensor(a["x"])
     out = b.size(a["out"], "linear output size")
     over = over_axis(b, a["over"], x, "linear", call.span)
     has_bias = True if a["bias"] is None else b.flag(a["bias"], "bias")
+    std = INIT_STD if a["std"] is None else b.number(a["std"], "std")
+    if not math.isfinite(std) or std < 0:   # e.g. GPT-2's residual projections: 0.02 / sqrt(2 * n_layer)
+        raise SpecError("E015", f"linear std must be a finite number >= 0, got {std}", a["std"].span)
     in_axis = b.type_of(x).axis(over)
     assert in_axis is not None
     scope = b.claim_scope(b.scope_kwarg(call), "linear", call.span)
     # a square map keeps its axis name; the weight still needs two distinct axis names
     w_axes = (out, Axis(f"{in_axis.name}_in", in_axis.size)) if out.name == in_axis.name else (out, in_axis)
-    w = b.param(scope, "weight", w_axes, ("normal", INIT_STD), call.span)
+    w = b.param(scope, "weight", w_axes, ("normal", std), call.span)
     inputs = [x.node, w.node]
     if has_bias:
         inputs.append(b.param(scope, "bias", (out,), ("zeros",), call.span).node)
@@ -270,8 +276,9 @@ def _repeat(b: Builder, call: ast.Call) -> Any:
         raise SpecError("E019", "repeat takes a count, a block and its input: repeat(n_layer, layer, x)", call.span)
     count_expr, block_expr = call.args[0], call.args[1]
     count = b.sizes.concrete(b.static(count_expr, "repeat count"))
-    if not isinstance(count, sympy.Basic) or not count.is_Integer or not 0 <= int(count) <= 100_000:
-        raise SpecError("E023", f"repeat count must be an integer from 0 to 100000, got {count}", count_expr.span)
+    if not isinstance(count, sympy.Basic) or not count.is_Integer or not 0 <= int(count) <= MAX_REPEAT:
+        raise SpecError("E023", f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count}",
+                        count_expr.span)
     ref = b.eval(block_expr)
     if isinstance(ref, str) and ref in b.el.spec.blocks:
         ref = FuncRef(ref)

@@ -37,6 +37,13 @@ def _topk(b: Builder, call: ast.Call) -> Any:
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "topk", call.span)
     k = b.ints(a["k"], 1, "k")[0]  # type: ignore[arg-type]
+    size = b.type_of(x).axis(over).size  # type: ignore[union-attr]
+    n = b.sizes.value(size)
+    if k < 1 or (n is not None and k > n):
+        raise SpecError("E012", f"topk: k={k} must be between 1 and the size of {over} "
+                        f"({n if n is not None else size})", a["k"].span)  # type: ignore[union-attr]
+    if n is None:  # torch refuses k beyond the axis at run time: say so as a guard
+        _within(b, size, k, ">=", call.span)
     into = _into(b, a["into"], sympy.Integer(k))
     node = b.emit("topk", [x.node], {"axis": over, "k": k, "into": into}, call.span)
     return _tuple(b, node, 2, call.span)
@@ -76,7 +83,8 @@ def _cumsum(b: Builder, call: ast.Call) -> Any:
     return b.emit("cumsum", [x.node], {"axis": over_axis(b, a["over"], x, "cumsum", call.span)}, call.span)
 
 
-@builtin("concat", "concat(a, b, ..., over=AXIS, into=NAME)", "Join tensors along an axis.")
+@builtin("concat", "concat(a, b, ..., over=AXIS | (AXIS, AXIS, ...), into=NAME)",
+         "Join tensors along an axis (`over=(N, M)`: along axis N of a and M of b, of any lengths).")
 def _concat(b: Builder, call: ast.Call) -> Any:
     kw = {k.name: k for k in call.kwargs}
     for name in kw:
@@ -85,13 +93,39 @@ def _concat(b: Builder, call: ast.Call) -> Any:
     if not call.args or "over" not in kw:
         raise SpecError("E019", "concat takes tensors and over=AXIS", call.span)
     xs = [b.tensor(e) for e in call.args]
-    over = b.axis_name(kw["over"].value)
+    if isinstance(kw["over"].value, ast.Tuple):
+        xs = _join_axes(b, xs, call, kw["over"].value)
+    over = b.axis_name(kw["over"].value) if not isinstance(kw["over"].value, ast.Tuple) else \
+        b.axis_name(kw["over"].value.items[0])
     if not any(over in b.type_of(x).names for x in xs):
         raise SpecError("E017", f"concat: no operand has axis '{over}'", kw["over"].value.span)
     total = sympy.Add(*[b.type_of(x).axis(over).size if over in b.type_of(x).names else sympy.Integer(1)
                         for x in xs])
     into = _into(b, kw["into"].value if "into" in kw else None, total)
     return b.emit("concat", [x.node for x in xs], {"axis": over, "into": into}, call.span)
+
+
+def _join_axes(b: Builder, xs: list[TensorValue], call: ast.Call, over: ast.Tuple) -> list[TensorValue]:
+    """`over=(N, M, ...)`: operand i joins along its own axis over[i]. Within a block an axis name has one size,
+    so sequences of different lengths carry different names; each is relabelled to the first operand's name for
+    the concat alone (the relabelled view is not recorded as the name's size)."""
+    if len(over.items) != len(xs):
+        raise SpecError("E019", f"concat: over= names {len(over.items)} axes for {len(xs)} tensors (one per tensor)",
+                        over.span)
+    names = [b.axis_name(e) for e in over.items]
+    out = []
+    for x, name, e in zip(xs, names, over.items, strict=True):
+        t = b.type_of(x)
+        if name not in t.names:
+            raise SpecError("E017", f"concat: no axis '{name}' in {b.el.show(t)}", e.span)
+        if name != names[0]:
+            if names[0] in t.names:
+                raise SpecError("E017", f"concat: {b.el.show(t)} already has an axis '{names[0]}'; it cannot join "
+                                f"along '{name}'", e.span)
+            axes = tuple(Axis(names[0], a.size) if a.name == name else a for a in t.axes)
+            x = b.emit("rearrange", [x.node], {"perm": tuple(range(t.rank)), "axes": axes}, e.span, record=False)
+        out.append(x)
+    return out
 
 
 @builtin("slice", "slice(x, over=AXIS, start=0, stop=size, step=1, into=NAME)", "A range along an axis.")

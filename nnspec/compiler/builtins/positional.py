@@ -23,6 +23,10 @@ def _attention(b: Builder, call: ast.Call) -> Any:
     dim = over_axis(b, a["dim"], q, "attention", call.span)
     if a["key"] is not None:
         key = b.axis_name(a["key"])
+        for what, t in (("keys", tk), ("values", b.type_of(v))):  # said at key=, not at the whole call
+            if key not in t.names:
+                raise SpecError("E017", f"attention: the {what} have no axis '{key}' ({b.el.show(t)}); name the "
+                                f"sequence axis they are read along, as in {what[0]}[B, {key}, ...]", a["key"].span)
     else:
         only_k = [n for n in tk.names if n not in tq.names]
         if len(only_k) != 1:

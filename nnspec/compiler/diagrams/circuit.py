@@ -3,18 +3,32 @@
 `circuit_svg` flattens the graph (`view`), decides how each op touches its wires (`roles`), lays out
 columns and tracks (`layout`), routes the wires (`route`) and draws (`glyphs`). No external program is
 involved and nothing depends on hashing, so a spec always gives the same bytes. Elements carry `data-`
-attributes (node, axis, role) so that tests can find them; the evidence is their geometry.
+attributes (node, axis, role) so that tests can find them; the evidence is their geometry. An op a transform
+made or changed (`meta["transform"]`) has `data-transform` and a dashed outline in the transform colour under it
+(`data-role="transform"`); a changed repeat's brackets take that colour.
 """
 
 from __future__ import annotations
 
-from nnspec.compiler.diagrams.glyphs import INK, cup, dot, font_style, op_group, region_bracket, text
+from nnspec.compiler.diagrams.glyphs import (
+    INK,
+    NOTE_LINE,
+    cup,
+    dot,
+    font_style,
+    note,
+    op_group,
+    region_bracket,
+    text,
+    transform_outline,
+)
 from nnspec.compiler.diagrams.layout import (
     BUNDLE_GAP,
     LABEL_SIZE,
     MARGIN,
     NAME_SIZE,
     PITCH,
+    SMALL_SIZE,
     Layout,
     layout,
 )
@@ -33,10 +47,10 @@ def circuit_svg(model: Model, *, expand: int = 0, block: str | None = None) -> s
     lay = layout(flat)
     routes = route(lay)
     title = model.name if block is None else f"{model.name}: {graph.meta.get('block', graph.name)}"
-    return document(_draw(title, lay, routes))
+    return document(_draw(title, lay, routes, model.transforms))
 
 
-def _draw(title: str, lay: Layout, routes: Routes) -> El:
+def _draw(title: str, lay: Layout, routes: Routes, transforms: list[str] | None = None) -> El:
     flat = lay.flat
     body: list[El] = []
     under = El("g", {"data-role": "under"})
@@ -49,6 +63,7 @@ def _draw(title: str, lay: Layout, routes: Routes) -> El:
     labels = El("g", {"data-role": "labels"})
     seps = El("g", {"stroke": "#888888", "stroke-width": 1, "stroke-dasharray": "3 3", "data-role": "separators"})
     bottom = 0.0
+    widest = 0.0          # the right end of notes under brackets and at the bottom
     for gap in lay.gaps:
         for n, cp in enumerate(gap.copies):
             for j, name in enumerate(cp.names):
@@ -67,6 +82,8 @@ def _draw(title: str, lay: Layout, routes: Routes) -> El:
             bottom = max(bottom, lane.bottom + lane.bot_ext)
             if lane.kind == "op":
                 ops.add(op_group(lane, col, under.children))  # type: ignore[arg-type]
+                if lane.op is not None and lane.op.node.meta.get("transform"):
+                    under.add(transform_outline(lane, col))
     for c in routes.cups:
         ops.add(cup(c))
     for d in routes.dots:
@@ -79,9 +96,12 @@ def _draw(title: str, lay: Layout, routes: Routes) -> El:
         lanes = [lane for c in range(cols[0], cols[-1] + 1) for lane in lay.column(c).lanes]
         top = min(lane.y0 - lane.top_ext for lane in lanes) - 4
         low = max(lane.bottom + lane.bot_ext for lane in lanes) + 4
-        body.append(region_bracket(lay.column(cols[0]).x0 - 7, lay.column(cols[-1]).x1 + 7, top, low, region.count,
-                                   region.scope))
-        bottom = max(bottom, low + 14)
+        left = lay.column(cols[0]).x0 - 7
+        body.append(region_bracket(left, lay.column(cols[-1]).x1 + 7, top, low, region.count, region.scope,
+                                   region.transform))
+        bottom = max(bottom, low + 14 + (NOTE_LINE if region.transform else 0))
+        if region.transform:
+            widest = max(widest, left + text_width(region.transform, SMALL_SIZE))
     names = El("g", {"data-role": "names"})
     first, last = lay.columns[0], lay.gaps[-1]
     for lane in first.lanes:
@@ -95,6 +115,12 @@ def _draw(title: str, lay: Layout, routes: Routes) -> El:
         names.add(text(lay.x_end + 6, mid + 4, shown, NAME_SIZE, "output", anchor="start", bold=True))
         right = max(right, lay.x_end + 6 + text_width(shown, NAME_SIZE, True))
     body.append(names)
+    if transforms:        # what was applied, at the bottom: also what leaves no op to mark (a dropped branch)
+        line = "transforms: " + "; ".join(transforms)
+        bottom += NOTE_LINE + 8
+        body.append(note(MARGIN, bottom, line, "transforms"))
+        widest = max(widest, MARGIN + text_width(line, SMALL_SIZE))
+    right = max(right, widest)
     width, height = right + MARGIN, bottom + BUNDLE_GAP
     root = El("svg", {"xmlns": "http://www.w3.org/2000/svg", "width": num(width), "height": num(height),
                       "viewBox": f"0 0 {num(width)} {num(height)}", "data-diagram": "circuit"})

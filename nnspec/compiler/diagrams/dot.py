@@ -5,6 +5,14 @@ symbolic shape of the tensor on it (`B x T x n_embd`). Parameters and scalar con
 node that uses them, not nodes. A block call is one node until expanded (`expand` levels deep), then a
 cluster of its body; a repeat is always one cluster labelled `xN` holding its block (collapsed or not), so a
 96-layer model draws its layer once. A legend lists the families drawn.
+
+Transforms (nnspec.compiler.transforms) show: a node a transform made or changed (`meta["transform"]`: a
+LoRA adapter, a float32 island's cast, a sliced linear, a repeat with shared groups or with iterations that
+run a variant) gets a thick border in the transform colour and its notes as extra label lines, a cluster
+of such a call or repeat its notes in the label; a residual branch `--drop` removed is a dashed ghost node
+hanging off the stream it was added to (`meta["dropped"]`); edges carrying bfloat16/float16 name the dtype,
+and parameter counts say `frozen` and the storage dtype when not float32. The legend then has a row for
+transforms.
 """
 
 from __future__ import annotations
@@ -15,12 +23,13 @@ from typing import Any
 import graphviz
 
 from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.diagrams.palette import FAMILIES, colours, legend_text
-from nnspec.compiler.diagrams.view import Const, Param, select_graph
-from nnspec.compiler.ir import Graph, Model, Node, TensorType
+from nnspec.compiler.diagrams.palette import FAMILIES, TRANSFORM, TRANSFORM_LEGEND, colours, legend_text
+from nnspec.compiler.diagrams.view import Const, Param, param_of, repeat_notes, select_graph, transform_notes
+from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
 
 FONT = "DejaVu Sans"
+LOW_PRECISION = (DType.bfloat16, DType.float16)    # edges carrying these name their dtype
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ def block_graph(model: Model, *, expand: int = 0, block: str | None = None) -> s
     """DOT text for the model's body (or block `block`), calls and repeats expanded `expand` levels deep."""
     graph = select_graph(model, block)
     title = model.name if block is None else f"{model.name}: block {graph.meta.get('block', graph.name)}"
+    if model.transforms:   # what was applied, also what leaves no node to mark (a branch dropped from the body)
+        title += "\\n" + _escape("[transforms: " + "; ".join(model.transforms) + "]")
     dot = graphviz.Digraph(model.name, graph_attr={
         "rankdir": "TB", "label": title, "labelloc": "t", "fontname": FONT, "fontsize": "16",
         "nodesep": "0.3", "ranksep": "0.35", "newrank": "true"},
@@ -72,22 +83,45 @@ class _Writer:
         self.families: list[str] = []
         self.outputs: list[str] = []
         self.counted: set[str] = set()   # parameter nodes already counted (a second use is a tie)
+        self.transformed = False         # something drawn carries a transform's mark (the legend says so)
 
-    def node(self, g: graphviz.Digraph, nid: str, label: str, family: str, **attrs: str) -> None:
+    def node(self, g: graphviz.Digraph, nid: str, label: str, family: str, notes: list[str] | None = None,
+             show_notes: bool = True, **attrs: str) -> None:
+        """A box filled by family; a transform's notes (if any) make its border the transform colour and, with
+        `show_notes`, are added as label lines."""
         fill, border = colours(family)
         if family not in self.families:
             self.families.append(family)
+        if notes:
+            self.transformed = True
+            if show_notes:
+                label += "".join(f"\\n[{_escape(n)}]" for n in notes)
+            border, attrs = TRANSFORM, {**attrs, "penwidth": "2.6", "fontcolor": TRANSFORM}
         g.node(nid, label, fillcolor=fill, color=border, **attrs)
 
     def edge(self, src: _Src, dst: str) -> None:
-        self.root.edge(src.node, dst, label=f" {src.type.shape_str()} ")
+        t = src.type
+        dtype = f" {t.dtype}" if t.dtype in LOW_PRECISION else ""
+        self.root.edge(src.node, dst, label=f" {t.shape_str()}{dtype} ")
+
+    def ghosts(self, g: graphviz.Digraph, node: Node, src: Any, prefix: str) -> None:
+        """A dashed node for each residual branch --drop removed after `node`, hanging off its value."""
+        if not isinstance(src, _Src):
+            return
+        for scope in node.meta.get("dropped", ()):
+            self.transformed = True
+            nid = f"{prefix}{node.name}.dropped.{scope}"
+            g.node(nid, f"{_escape(scope)}\\n[dropped]", style="rounded,dashed", color=TRANSFORM,
+                   fontcolor=TRANSFORM, fillcolor="none", penwidth="1.6")
+            self.root.edge(src.node, nid, style="dashed", color=TRANSFORM, arrowhead="tee")
 
     def body(self, g: graphviz.Digraph, graph: Graph, env: dict[str, Any], prefix: str, depth: int) -> None:
         for node in graph:
             if node.op == "input":
+                self.ghosts(g, node, env[node.name], prefix)
                 continue
             if node.op in ("param", "buffer"):
-                env[node.name] = Param(node.attrs["path"], node.attrs["type"], node.op == "buffer")
+                env[node.name] = param_of(node)
                 env[node.name + "#full"] = prefix.replace("/", ".") + node.attrs["path"]
             elif node.op == "const":
                 env[node.name] = Const(node.attrs["value"])
@@ -97,23 +131,28 @@ class _Writer:
                 self.repeat(g, node, env, prefix, depth)
             elif node.op == "call" and depth < self.expand:
                 with g.subgraph(name=f"cluster_{prefix}{node.name}") as sub:
-                    sub.attr(label=f"{node.attrs['scope']}: {self._block(node)}  ({self._params(node)})",
-                             style="rounded,dashed", color="#6a4c9c", fontname=FONT, fontsize="12",
-                             labeljust="l")
+                    sub.attr(label=f"{node.attrs['scope']}: {self._block(node)}  ({self._params(node)})"
+                             + self._cluster_notes(node), style="rounded,dashed",
+                             color=TRANSFORM if transform_notes(node.meta) else "#6a4c9c", fontname=FONT,
+                             fontsize="12", labeljust="l")
                     env[node.name] = self.inline(sub, node, env, f"{prefix}{node.attrs['scope']}/", depth + 1)
             else:
                 env[node.name] = self.op(g, node, env, prefix)
+            self.ghosts(g, node, env.get(node.name), prefix)
 
     def repeat(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, depth: int) -> None:
-        count = node.attrs["count"]
-        shared = ", shared weights" if node.attrs["shared"] else ""
+        count, groups = node.attrs["count"], node.attrs.get("groups")
+        shared = ", shared weights" if node.attrs["shared"] else \
+            f", {groups} groups of {count // groups} share weights" if groups else ""
         with g.subgraph(name=f"cluster_{prefix}{node.name}") as sub:
-            sub.attr(label=f"{node.attrs['scope']} ×{count}  ({self._params(node)}{shared})", style="rounded",
-                     color="#6a4c9c", penwidth="2", fontname=FONT, fontsize="13", labeljust="l")
+            sub.attr(label=f"{node.attrs['scope']} ×{count}  ({self._params(node)}{shared})"
+                     + self._cluster_notes(node), style="rounded",
+                     color=TRANSFORM if transform_notes(node.meta) else "#6a4c9c", penwidth="2", fontname=FONT,
+                     fontsize="13", labeljust="l")
             if depth < self.expand:
                 env[node.name] = self.inline(sub, node, env, f"{prefix}{node.attrs['scope']}/", depth + 1)
-            else:
-                env[node.name] = self.op(sub, node, env, prefix)
+            else:   # its notes are in the cluster's label
+                env[node.name] = self.op(sub, node, env, prefix, notes=False)
 
     def inline(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, depth: int) -> Any:
         template = self.model.templates[node.attrs["block"]]
@@ -122,7 +161,7 @@ class _Writer:
         results = [sub[o] for o in template.outputs]
         return results if isinstance(node.type, tuple) else results[0]
 
-    def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str) -> Any:
+    def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, notes: bool = True) -> Any:
         nid = prefix + node.name
         family = OPS[node.op].family if node.op in OPS else "unknown"
         if node.op in ("call", "repeat"):
@@ -130,12 +169,14 @@ class _Writer:
             family = "structure"
         else:
             consts = [str(env[i]) for i in node.inputs if isinstance(env[i], Const)]
+            if node.op == "cast":
+                consts.insert(0, f"to {node.attrs['dtype']}")
             what = node.op + (" " + ", ".join(consts) if consts else "")
             lines = [what] if node.name == node.op else [node.name, what]
         params = self._params(node) if node.op in ("call", "repeat") else self._own_params(node, env)
         if params:
             lines.append(params)
-        self.node(g, nid, "\\n".join(lines), family)   # DOT's escaped line break
+        self.node(g, nid, "\\n".join(lines), family, transform_notes(node.meta), notes)  # DOT's escaped line break
         for i in node.inputs:
             if isinstance(env[i], _Src):
                 self.edge(env[i], nid)
@@ -144,7 +185,7 @@ class _Writer:
         return _Src(nid, node.tensor_type)
 
     def _own_params(self, node: Node, env: dict[str, Any]) -> str:
-        total, tied = 0, []
+        total, tied, frozen, dtypes = 0, [], True, []
         for i in node.inputs:
             if isinstance(env[i], Param) and not env[i].buffer:
                 full = env[i + "#full"]
@@ -153,11 +194,22 @@ class _Writer:
                 else:
                     self.counted.add(full)
                     total += int(self.model.dims.concrete(env[i].type.numel()))
-        text = f"{total:,} params" if total else ""
+                    frozen = frozen and not env[i].trainable
+                    if env[i].type.dtype != DType.float32 and str(env[i].type.dtype) not in dtypes:
+                        dtypes.append(str(env[i].type.dtype))
+        facts = (["frozen"] if frozen else []) + dtypes
+        text = f"{total:,} params" + (f" ({', '.join(facts)})" if facts else "") if total else ""
         return text + ("\\n" if text and tied else "") + (f"tied to {', '.join(tied)}" if tied else "")
 
     def _params(self, node: Node) -> str:
         return f"{self.an.node_params(node):,} params"
+
+    def _cluster_notes(self, node: Node) -> str:
+        """A marked call's or repeat's notes as label lines, with the iterations that run a variant."""
+        notes = repeat_notes(self.model, node)
+        if notes:
+            self.transformed = True
+        return "".join(f"\\n[{_escape(n)}]" for n in notes)
 
     def _block(self, node: Node) -> str:
         return str(self.model.templates[node.attrs["block"]].meta.get("block", node.attrs["block"]))
@@ -167,8 +219,16 @@ class _Writer:
         order = [f for f in FAMILIES if f in self.families] + [f for f in self.families if f not in FAMILIES]
         rows = "".join(f'<TR><TD BGCOLOR="{colours(f)[0]}" COLOR="{colours(f)[1]}">{legend_text(f)}</TD></TR>'
                        for f in order)
+        if self.transformed:
+            rows += (f'<TR><TD BORDER="3" COLOR="{TRANSFORM}"><FONT COLOR="{TRANSFORM}">[{TRANSFORM_LEGEND}]'
+                     '</FONT></TD></TR>')
         g.node("legend", f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="3" CELLPADDING="3">'
                f'<TR><TD BORDER="0"><B>legend</B></TD></TR>{rows}</TABLE>>', shape="plain", style="",
                fontsize="10")
         for out in self.outputs:     # below the outputs, not beside the inputs
             g.edge(out, "legend", style="invis")
+
+
+def _escape(text: str) -> str:
+    """A note as DOT label text: quotes and backslashes escaped (graphviz quotes the label itself)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,6 +1,7 @@
 """The marks a circuit diagram draws for each op, as SVG elements: boxes on the wires an op acts on (bold
 glyphs for learned maps, `+` for a bias), lifted glyphs over a bundle for elementwise functions, the softmax
-triangle, reshape bars, cups and dots of contractions, copy dots and `xN` brackets."""
+triangle, reshape bars, cups and dots of contractions, copy dots and `xN` brackets; a dashed outline in the
+transform colour around an op a transform made or changed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from nnspec.compiler.diagrams.layout import (
     Lane,
 )
 from nnspec.compiler.diagrams.metrics import FONT_FAMILY, text_width
-from nnspec.compiler.diagrams.palette import colours
+from nnspec.compiler.diagrams.palette import TRANSFORM, colours
 from nnspec.compiler.diagrams.route import Cup, Dot, box_half, box_span, op_span
 from nnspec.compiler.diagrams.svg import El, num
 
@@ -50,6 +51,8 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
     family = "structure" if op.op in ("call", "repeat") else op.family
     fill, border = colours(family)
     g = El("g", {"data-node": op.id, "data-op": op.op, "data-role": d.kind, "data-family": family})
+    if op.node.meta.get("transform"):
+        g.attrs["data-transform"] = op.node.meta["transform"]
     a, b = op_span(lane, col)
     if d.kind in ("box", "bar"):
         ba, bb = box_span(lane, col)
@@ -104,18 +107,50 @@ def _label(g: El, label: str, sup: str, bias: bool, bold: bool, cx: float, cy: f
         g.add(text(x + main + 1, cy + 9, "+", SMALL_SIZE, "bias", anchor="start"))
 
 
-def _brackets(g: El, left: float, right: float, top: float, bottom: float, count: int) -> None:
+def _brackets(g: El, left: float, right: float, top: float, bottom: float, count: int, ink: str = INK) -> None:
     for x, sign in ((left, 1), (right, -1)):
         g.add(El("path", {"d": f"M{num(x + 4 * sign)} {num(top)} H{num(x)} V{num(bottom)} H{num(x + 4 * sign)}",
-                          "stroke": INK, "stroke-width": 1.6, "fill": "none", "data-role": "bracket",
+                          "stroke": ink, "stroke-width": 1.6, "fill": "none", "data-role": "bracket",
                           "data-count": count}))
     g.add(text(right, bottom + 11, f"×{count}", LABEL_SIZE, "count", anchor="end"))
 
 
-def region_bracket(left: float, right: float, top: float, bottom: float, count: int, scope: str) -> El:
+def region_bracket(left: float, right: float, top: float, bottom: float, count: int, scope: str,
+                   transform: str = "") -> El:
+    """The `xN` brackets of an inlined repeat; in the transform colour, with the notes as a tooltip and
+    `data-transform`, when a transform changed the repeat (shared groups, variant iterations)."""
     g = El("g", {"data-role": "region", "data-scope": scope, "data-count": count})
-    _brackets(g, left, right, top, bottom, count)
+    if transform:
+        g.attrs["data-transform"] = transform
+        g.add(El("title", {}, [transform]))
+    _brackets(g, left, right, top, bottom, count, TRANSFORM if transform else INK)
+    if transform:   # under the `xN`, from the left bracket
+        g.add(note(left, bottom + 11 + NOTE_LINE, transform, "transform"))
     return g
+
+
+NOTE_LINE = 12.0      # the baseline of a transform note is this far below the line above it
+
+
+def note(x: float, y: float, content: str, role: str) -> El:
+    """A transform's note: small text in the transform colour (inline style: the sheet's `text` rule would win
+    over a `fill` attribute)."""
+    el = text(x, y, content, SMALL_SIZE, role, anchor="start")
+    el.attrs["style"] = f"fill: {TRANSFORM}"
+    return el
+
+
+def transform_outline(lane: Lane, col: Column) -> El:
+    """A dashed outline in the transform colour around an op a transform made or changed, drawn under the
+    wires, with the notes as its tooltip."""
+    op = lane.op
+    assert op is not None
+    top, bottom = lane.y0 - lane.top_ext - 3, lane.bottom + lane.bot_ext + 3
+    return El("rect", {"x": num(col.z0 - 3), "y": num(top), "width": num(col.z1 - col.z0 + 6),
+                       "height": num(bottom - top), "rx": 5, "fill": "none", "stroke": TRANSFORM,
+                       "stroke-width": 1.6, "stroke-dasharray": "4 2", "data-role": "transform",
+                       "data-node": op.id, "data-transform": op.node.meta["transform"]},
+              [El("title", {}, [op.node.meta["transform"]])])
 
 
 def cup(c: Cup) -> El:

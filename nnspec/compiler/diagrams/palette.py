@@ -15,6 +15,9 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "structure": ("#e1d5f0", "#6a4c9c", "block"),
 }
 UNKNOWN = ("#f4cccc", "#a33", "other")
+# what a transform made or changed (`node.meta["transform"]`): a border and notes in this colour, in both diagrams
+TRANSFORM = "#d9480f"
+TRANSFORM_LEGEND = "made or changed by a transform"
 
 
 def colours(family: str) -> tuple[str, str]:

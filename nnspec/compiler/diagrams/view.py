@@ -23,6 +23,7 @@ class Param:
     path: str            # local to the block that declares it: `c_attn.weight`
     type: TensorType
     buffer: bool = False # non-learned state (running statistics): a fact of its op too, but not learned
+    trainable: bool = True   # False: frozen by a transform (lora)
 
     @property
     def short(self) -> str:
@@ -93,6 +94,7 @@ class Region:
     count: int
     shared: bool
     ops: list[str]
+    transform: str = ""  # the repeat node's transform notes (shared groups, variant iterations), "; "-joined
 
 
 @dataclass
@@ -103,6 +105,33 @@ class Flat:
     inputs: list[tuple[str, str]] = field(default_factory=list)    # (name shown, value id)
     outputs: list[tuple[str, str]] = field(default_factory=list)
     regions: list[Region] = field(default_factory=list)
+
+
+def transform_notes(meta: dict[str, Any]) -> list[str]:
+    """The notes transforms left on a node or graph (`meta["transform"]`, "; "-joined), one per item."""
+    return [n for n in str(meta.get("transform", "")).split("; ") if n]
+
+
+def repeat_notes(model: Model, node: Node) -> list[str]:
+    """A call's or repeat's transform notes, then for a repeat each variant of its block that some iterations run
+    (`iterations 2, 3: layer_lora (lora r=4)`; made by --drop and --lora on some layers)."""
+    notes = transform_notes(node.meta)
+    runs: dict[str, list[int]] = {}
+    for index, block in node.attrs.get("variants", ()):
+        runs.setdefault(block, []).append(index)
+    for block, indices in runs.items():
+        variant = model.templates[block]
+        # its graph's notes (drop), then its nodes' (adapters, calls into changed blocks), not the frozen weights
+        found = [*transform_notes(variant.meta), *(n for v in variant for n in transform_notes(v.meta))]
+        what = "; ".join(n for n in dict.fromkeys(found) if not n.startswith("frozen"))
+        word = "iteration" if len(indices) == 1 else "iterations"
+        notes.append(f"{word} {', '.join(map(str, indices))}: {block}" + (f" ({what})" if what else ""))
+    return notes
+
+
+def param_of(node: Node) -> Param:
+    """A `param` or `buffer` node as the diagrams show it: a fact of the op that reads it."""
+    return Param(node.attrs["path"], node.attrs["type"], node.op == "buffer", node.attrs.get("trainable", True))
 
 
 def select_graph(model: Model, block: str | None) -> Graph:
@@ -142,7 +171,7 @@ def _inline(model: Model, an: Analysis, graph: Graph, env: dict[str, Any], prefi
         if node.op == "input":
             continue
         if node.op in ("param", "buffer"):
-            env[node.name] = Param(node.attrs["path"], node.attrs["type"], node.op == "buffer")
+            env[node.name] = param_of(node)
         elif node.op == "const":
             env[node.name] = Const(node.attrs["value"])
         elif node.op == "getitem":
@@ -156,7 +185,7 @@ def _inline(model: Model, an: Analysis, graph: Graph, env: dict[str, Any], prefi
             env[node.name] = results if isinstance(node.type, tuple) else results[0]
             if node.op == "repeat":
                 flat.regions.append(Region(node.attrs["scope"], node.attrs["count"], node.attrs["shared"],
-                                           [op.id for op in flat.ops[start:]]))
+                                           [op.id for op in flat.ops[start:]], "; ".join(repeat_notes(model, node))))
         else:
             env[node.name] = _op(model, an, node, env, prefix, flat)
 

@@ -41,6 +41,12 @@ def attention_types(ins: list[TensorType], attrs: dict[str, Any], sizes: Sizes) 
     i = q.index(dim)
     out_axes = q_rest.axes[:i] + value_axes + q_rest.axes[i:]
     extra = tuple(a for a in scores.axes if a.name not in {x.name for x in out_axes} and a.name != key)
+    order = attrs.get("scores")
+    if order is not None:   # the scores laid out in this axis order (where dropout draws its numbers over them)
+        if sorted(order) != sorted(scores.names):
+            raise SpecError("E017", f"attention: scores order {', '.join(order)} does not name the scores' axes "
+                            f"[{', '.join(scores.names)}]")
+        scores = TensorType(tuple(scores.axes[scores.index(n)] for n in order), scores.dtype)
     return scores, TensorType(unique_axes(out_axes + extra, "attention"), q.dtype)
 
 
@@ -61,9 +67,13 @@ def _attention_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy
 @op("attention", "contract", doc="`softmax(q·k * scale + bias, where mask) · v`: q, k contract axis `dim`; k, v "
     "share key axis `key` (softmax runs over it); other axes broadcast by name (GQA by a group axis). "
     "`causal` masks keys after the query position along axis `query`. Optional inputs: a bool mask "
-    "(true = attend) and an additive bias, each with axes among the scores' axes.",
+    "(true = attend) and an additive bias, each with axes among the scores' axes. Optional `dropout`: the "
+    "probability of dropping an attention probability in training mode (the identity in eval mode); optional "
+    "`scores`: the scores' axis order, over which dropout draws its random numbers.",
     attrs={"dim": str, "key": str, "query": str, "causal": bool, "scale": float, "has_mask": bool,
-           "has_bias": bool}, arity=(3, 5), glyph="Attn", flops=_attention_flops,
+           "has_bias": bool, "dropout": float, "scores": tuple}, optional=("dropout", "scores"), arity=(3, 5),
+    glyph="Attn",
+    flops=_attention_flops,
     flops_doc="2·|scores|·dim + 2·|scores|·value + 5·|scores|")
 def _attention(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "attention") for t in ins]

@@ -85,12 +85,20 @@ def _cumsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return x
 
 
+def concat_reference(types: list[TensorType], axis: str) -> TensorType | None:
+    """The operand whose axes (and their order) the result takes: of those with `axis`, the first of highest rank,
+    so `concat(registers[R, d], x[B, T, d], ...)` broadcasts the registers over B. Every backend uses this."""
+    having = [t for t in types if axis in t.names]
+    return max(having, key=lambda t: t.rank) if having else None
+
+
 @op("concat", "shape", doc="Join tensors along axis `axis`, which becomes `into`. Operands align by axis name with "
-    "the first one that has `axis`; an operand lacking an axis is broadcast over it (lacking `axis` itself, it "
-    "contributes one entry, as a class token does).", attrs={"axis": str, "into": Axis}, arity=(1, 64), glyph="⊕")
+    "the first of highest rank that has `axis`; an operand lacking an axis is broadcast over it (lacking `axis` "
+    "itself, it contributes one entry, as a class token does).", attrs={"axis": str, "into": Axis}, arity=(1, 64),
+    glyph="⊕")
 def _concat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "concat") for t in ins]
-    ref = next((t for t in ts if attrs["axis"] in t.names), None)
+    ref = concat_reference(ts, attrs["axis"])
     if ref is None:
         raise SpecError("E017", f"concat: no operand has axis '{attrs['axis']}'")
     total: sympy.Expr = sympy.Integer(0)

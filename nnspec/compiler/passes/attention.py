@@ -20,9 +20,12 @@ Sound because the attention op computes exactly this: softmax over K of (q·k ·
 the mask is false, plus the bias, contracted with v over K. Positive scaling commutes with -inf masking, and
 a constant scale moved from q or k onto q·k is the same product. The rewrite changes rounding only.
 
-Dropout on the probabilities: the attention op has none, so a dropout with p > 0 is dropped, which is exact
-in eval mode (dropout is the identity there) and is said in the explanation; optimised graphs are for
-inference. With `training=True` such a pattern is refused instead.
+Dropout on the probabilities: with `training=True` (what `nnspec compile` and `nnspec.build` run) it moves
+into the attention op (`dropout=p`: the same dropout of the probabilities in training mode, the identity in
+eval mode; the random draws differ from the spelled-out dropout's, as any two dropout calls' do). Without
+it (optimised graphs for inference) a dropout with p > 0 is dropped, which is exact in eval mode, and is
+said in the explanation. With dropout the node also records the probabilities' axis order (`scores`), so the
+reference interpreter and the generated code draw the same random numbers as the spelled-out form did.
 
 Refused with a reason (never rewritten): a scale that is a tensor or not a positive constant, a scale applied
 after the bias, a fill other than -inf (`where(m, s, 0)`, `-1e9`: not the same for fully masked rows), a
@@ -111,8 +114,6 @@ class RecognizeAttention:
         dropout_p = 0.0
         if nxt.op == "dropout":
             dropout_p = nxt.attrs["p"]
-            if dropout_p > 0 and ctx.training:
-                raise Refusal(f"dropout p={dropout_p} on the probabilities has no fused form (training mode)")
             p = nxt
             nxt = sole_user(graph, nxt.name)
             if nxt is None:
@@ -273,6 +274,10 @@ class RecognizeAttention:
 
         attrs = {"dim": m.dim, "key": m.key, "query": query, "causal": m.causal is not None, "scale": float(m.scale),
                  "has_mask": False, "has_bias": False}
+        if m.dropout_p > 0 and ctx.training:
+            # dropout draws one number per probability in memory order: keep the spelled-out scores' layout
+            attrs["dropout"] = float(m.dropout_p)
+            attrs["scores"] = tuple(tensor_type(graph, m.softmax.name).names)
         try:   # type-check first, so a refusal leaves the graph as it was
             probe = [graph[i].type for i in (m.q, m.k, m.v)]
             if m.masks or m.negated:
@@ -312,7 +317,9 @@ class RecognizeAttention:
             parts.append(f"bias {bias}")
         if m.upcast:
             parts.append("the softmax's float32 is left to the fused op's accumulation")
-        if m.dropout_p > 0:
+        if m.dropout_p > 0 and ctx.training:
+            parts.append(f"dropout p={m.dropout_p} on the probabilities done by the fused op (training mode)")
+        elif m.dropout_p > 0:
             parts.append(f"dropout p={m.dropout_p} on the probabilities dropped (the identity in eval mode)")
         ctx.explain.rewrite(self.name, graph, m.softmax, f"{', '.join(reversed(m.dead))} -> attention {att}("
                             f"{m.q}, {m.k}, {m.v}; dim {m.dim}, key {m.key}): {'; '.join(parts)}")

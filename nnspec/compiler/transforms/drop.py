@@ -9,7 +9,8 @@ Contract: the result computes what the original computes with those branches con
 what zeroing a branch's output projection (weight and bias) gives when the branch ends in a linear. Parameter
 count and FLOPs shrink by exactly the removed nodes. Other uses of the block keep their template: a
 repeat's changed iteration runs a variant (the repeat's `variants`), so parameter paths stay `h.{i}...`.
-Anything that is not such a branch is refused, naming the path.
+Anything that is not such a branch is refused, naming the path. The stream node the add read records the
+removed branch's scope in `meta["dropped"]` (a tuple), for the diagrams.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def drop_branches(graph: Graph, names: tuple[str, ...]) -> list[Node]:
         found = residual_add(graph, graph[name])
         assert found is not None, f"{name} was checked to be a residual branch"
         add, stream = found
+        # the diagrams draw the removed branch as a ghost hanging off the stream it was added to
+        meta = graph[stream].meta
+        meta["dropped"] = (*meta.get("dropped", ()), scope_of(graph, graph[name]) or name)
         graph.replace_uses(add.name, stream)
         graph.erase(add.name)
         removed.append(add)

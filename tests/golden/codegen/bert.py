@@ -71,6 +71,7 @@ class Embeddings(nn.Module):
     def reset_parameters(self) -> None:
         """Initialise the parameters as the spec says."""
         nn.init.normal_(self.word_embeddings.weight, std=0.02)
+        nn.init.zeros_(self.word_embeddings.weight[0])
         nn.init.normal_(self.position_embeddings.weight, std=0.02)
         nn.init.normal_(self.token_type_embeddings.weight, std=0.02)
 
@@ -101,13 +102,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        query_1 = self.query(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, T, num_attention_heads, head_dim)
-        key_1 = self.key(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, S, num_attention_heads, head_dim)
-        value_1 = self.value(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, S, num_attention_heads, head_dim)
-        s = query_1.transpose(1, 2) @ key_1.permute(0, 2, 3, 1) / 2.8284271247461903
-        softmax = F.softmax(torch.where(keep[:, None, None], s, float("-inf")), dim=-1)
-        p = F.dropout(softmax, 0.1, self.training)
-        einsum_1 = (p @ value_1.transpose(1, 2)).transpose(1, 2)
+        q = self.query(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, T, num_attention_heads, head_dim)
+        k = self.key(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, S, num_attention_heads, head_dim)
+        v = self.value(x).reshape(B, T, NUM_ATTENTION_HEADS, HEAD_DIM)  # (B, S, num_attention_heads, head_dim)
+        s = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / 2.8284271247461903  # (B, num_attention_heads, T, S)
+        p = F.softmax(torch.where(keep[:, None, None], s, float("-inf")), dim=-1)
+        p = F.dropout(p, 0.1, self.training)
+        einsum_1 = (p @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, num_attention_heads, head_dim)
         return einsum_1.reshape(B, T, HEAD_DIM * NUM_ATTENTION_HEADS)  # (B, T, head_dim*num_attention_heads)
 
 
@@ -188,8 +189,8 @@ class Layer(nn.Module):
         self.output = AddNorm2()
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        attention = self.attention(x, keep)
-        return self.output(self.intermediate(attention), attention)
+        a = self.attention(x, keep)
+        return self.output(self.intermediate(a), a)
 
 
 class Encoder(nn.Module):
@@ -271,8 +272,8 @@ class Bert(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.full((B, T), 0, dtype=torch.int64, device=input_ids.device)
         keep = attention_mask == 1
-        encoder = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
-        return {"last_hidden_state": encoder, "pooler_output": self.pooler(encoder)}
+        last_hidden_state = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
+        return {"last_hidden_state": last_hidden_state, "pooler_output": self.pooler(last_hidden_state)}
 
     @staticmethod
     def dynamic_shapes() -> dict:

@@ -63,16 +63,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        c_attn_1 = self.c_attn(x).reshape(B, T, 3, N_HEAD, HEAD_DIM)  # (B, T, 3, n_head, head_dim)
-        q = c_attn_1[:, :, 0]
-        k = c_attn_1[:, :, 1]
-        v = c_attn_1[:, :, 2]
-        s = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / 4.0
+        qkv = self.c_attn(x).reshape(B, T, 3, N_HEAD, HEAD_DIM)  # (B, T, 3, n_head, head_dim)
+        q = qkv[:, :, 0]
+        k = qkv[:, :, 1]
+        v = qkv[:, :, 2]
+        s = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / 4.0  # (B, n_head, T, S)
         causal_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        softmax = F.softmax(torch.where(causal_mask, s, float("-inf")), dim=-1)
-        p = F.dropout(softmax, 0.1, self.training)
-        einsum_1_1 = (p @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, head_dim*n_head)
-        return F.dropout(self.c_proj(einsum_1_1), 0.1, self.training)
+        p = F.softmax(torch.where(causal_mask, s, float("-inf")), dim=-1)
+        p = F.dropout(p, 0.1, self.training)
+        o = (p @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, head_dim*n_head)
+        return F.dropout(self.c_proj(o), 0.1, self.training)
 
 
 class Mlp(nn.Module):
@@ -140,8 +140,8 @@ class Gpt2(nn.Module):
         _, T = input_ids.shape
         if T > 32:
             raise ValueError(f"gpt2: requirement T <= n_positions does not hold for T={T}")
-        add = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))
-        h = F.dropout(add, 0.1, self.training)
+        h = self.wte(input_ids) + self.wpe(torch.arange(T, device=input_ids.device))
+        h = F.dropout(h, 0.1, self.training)
         for layer in self.h:
             h = layer(h)
         logits = F.linear(self.ln_f(h), self.wte.weight)

@@ -29,7 +29,7 @@ class Step(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         kv = k[:, :, :, None] * v[:, :, None]
         s = 0.9 * s + kv
-        o = torch.einsum("abc,abcd->abd", q, s)
+        o = torch.einsum("abc,abcd->abd", q, s)  # (B, heads, dv)
         return s, o
 
 
@@ -66,13 +66,13 @@ class Retention(nn.Module):
         B, T, _ = x.shape
         if x.shape[2] != D:
             raise ValueError(f"x axis d must have size {D}, got {x.shape[2]}")
-        q_1 = self.q(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
-        k_1 = self.k(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
-        v_1 = self.v(x).reshape(B, T, HEADS, DV)  # (B, T, heads, dv)
+        q = self.q(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
+        k = self.k(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
+        v = self.v(x).reshape(B, T, HEADS, DV)  # (B, T, heads, dv)
         final = torch.full((B, HEADS, DK, DV), 0.0, dtype=torch.float32, device=x.device)
         outs = []
-        for i in range(q_1.shape[1]):
-            final, y = self.step(final, q_1.select(1, i), k_1.select(1, i), v_1.select(1, i))
+        for i in range(q.shape[1]):
+            final, y = self.step(final, q.select(1, i), k.select(1, i), v.select(1, i))
             outs.append(y)
         o = torch.stack(outs, dim=1)
         o_1 = o.reshape(B, T, DV * HEADS)  # (B, T, dv*heads)

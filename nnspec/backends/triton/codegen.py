@@ -1,0 +1,325 @@
+"""Code generation for the Triton target: the torch backend's module, with kernels where the graph allows.
+
+The generated file is the torch target's file (same classes, same state dict, same checks) in which
+- each fusion group the optimiser formed, and each lone pointwise op, calls a kernel generated from its
+  nodes (`elementwise.py`), defined in the same file;
+- norms (with a fused residual add for `add_norm` groups), softmax, rotary embeddings, attention and embedding
+  lookups call nnspec's template kernels (`nnspec.backends.triton.kernels`, imported as `K`);
+- everything else runs the torch code the torch backend writes, as `lowering.TABLE` says and `--explain` lists.
+
+A launcher runs its kernel on GPU tensors, or on CPU tensors when `TRITON_INTERPRET=1`; otherwise (and for
+calls autograd must record, where a generated kernel has no backward) it runs the same computation in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch.codegen import ClassPlan, FunctionGen, ModuleGen, Stmt, Var
+from nnspec.backends.torch.emit import on_last, permute
+from nnspec.backends.torch.pysrc import Expr, Lit, Ref, call, method
+from nnspec.backends.triton.elementwise import Kernel, pointwise_kernel
+from nnspec.backends.triton.epilogue import epilogue_kernel
+from nnspec.backends.triton.lowering import NOT_COMPUTE, TABLE
+from nnspec.backends.triton.pointwise import Unsupported
+from nnspec.compiler.ir import FusionGroup, Graph, Node, TensorType
+from nnspec.compiler.passes.groups import POINTWISE
+
+K = "K"   # the name generated files import nnspec.backends.triton.lib under
+
+
+class TritonModuleGen(ModuleGen):
+    needs = "Needs PyTorch, Triton and nnspec's kernel library."
+    reserved_globals = frozenset({"triton", "tl", K})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernels: dict[tuple[str, str], Kernel | str] = {}   # (graph, group) -> kernel, or why not
+        self.sources: list[str] = []         # kernel + launcher sources, in the order first used
+        self.fallback_sources: list[str] = []
+        self.used: dict[str, set[str]] = {}  # op -> how its nodes were lowered: "kernel", "template", "torch"
+        self.explain: list[str] = []
+
+    def file_header(self) -> list[str]:
+        return ["import triton", "import triton.language as tl", "",
+                "# Kernels run on GPU tensors, or on CPU ones when TRITON_INTERPRET=1 is set before this import;",
+                "# otherwise each launcher runs the same computation as torch code.",
+                "from nnspec.backends.triton import lib as K"]
+
+    def preamble(self) -> list[str]:
+        return [*self.fallback_sources, *self.sources]
+
+    def note(self, line: str) -> None:
+        if line not in self.explain:
+            self.explain.append(line)
+
+    def route(self, node: Node, how: str, why: str = "") -> None:
+        self.used.setdefault(node.op, set()).add(how)
+        if how == "torch" and node.op not in NOT_COMPUTE:
+            self.note(f"torch fallback: {node.op} ({why or TABLE[node.op].fallback})")
+
+    # -- generated kernels --
+    def kernel_for(self, graph: Graph, key: str, members: list[str], inputs: list[str],
+                   outputs: list[str], make: Any = pointwise_kernel) -> Kernel | str:
+        """The kernel computing `members` (made once per graph and key), or the reason there is none."""
+        if (graph.name, key) in self.kernels:
+            return self.kernels[(graph.name, key)]
+        name = self.globals.fresh(f"{graph.name}_{key}")
+        fallback = self.globals.fresh(f"{name}_torch")
+        try:
+            kernel: Kernel | str = make(graph, members, inputs, outputs, name, fallback)
+        except Unsupported as err:
+            kernel = str(err)
+            self.note(f"no kernel for {graph.name}.{key}: {err}; its ops run one by one")
+        else:
+            self.fallback_sources.append(self._torch_function(graph, members, kernel, fallback))
+            self.sources.append(kernel.source)
+            self.note(f"kernel {kernel.summary}")
+        self.kernels[(graph.name, key)] = kernel
+        return kernel
+
+    def _torch_function(self, graph: Graph, members: list[str], kernel: Kernel, name: str) -> str:
+        """A module-level function computing the kernel's outputs with the torch backend's code."""
+        sub = Graph(name)
+        for i in kernel.inputs:
+            sub.add("input", [], {"name": i, "type": graph[i].type}, graph[i].type, hint=i)
+        for n in dict.fromkeys(i for m in members for i in graph[m].inputs):
+            if n not in sub.nodes and n not in members:   # scalar constants the kernel writes as literals
+                c = graph[n]
+                sub.add(c.op, [], dict(c.attrs), c.type, c.span, hint=n)
+        for m in members:
+            node = graph[m]
+            sub.add(node.op, node.inputs, dict(node.attrs), node.type, node.span, hint=m)
+        sub.outputs = list(kernel.outputs)
+        sub.meta["block"] = graph.meta.get("block", graph.name)
+        gen = _TorchGroupGen(self, sub, ClassPlan(name, sub), None, training=kernel.training)
+        return "\n".join(gen.generate(name, method=False))
+
+
+class _TorchGroupGen(FunctionGen):
+    """The torch code of a kernel's ops, as a function; dropout reads a `training` argument, not `self`."""
+
+    def __init__(self, mg: ModuleGen, graph: Graph, plan: ClassPlan, model: Any, *, training: bool) -> None:
+        super().__init__(mg, graph, plan, model)
+        self.extra_params = ["training: bool"] if training else []
+
+    def emitter_for(self, node: Node, table: dict[str, Any]) -> Any:
+        if node.op == "dropout":
+            return lambda fn, n, ins: call("F.dropout", ins[0], n.attrs["p"], P.Name("training"))
+        return table.get(node.op)
+
+
+class TritonFunctionGen(FunctionGen):
+    """One `forward`: kernel calls where the lowering table has a kernel, the torch backend's code elsewhere."""
+
+    mg: TritonModuleGen
+
+    def emitter_for(self, node: Node, table: dict[str, Any]) -> Any:
+        mg = self.mg
+        group_name = node.meta.get("fusion_group")
+        if group_name is not None:
+            group = self.graph.meta["fusion_groups"][group_name]
+            emitter = self._group(group, node)
+            if emitter is not None:
+                return emitter
+        if node.op in POINTWISE:
+            kernel = mg.kernel_for(self.graph, node.name, [node.name], list(dict.fromkeys(node.inputs)), [node.name])
+            if isinstance(kernel, Kernel):
+                mg.route(node, "kernel")
+                return lambda fn, n, ins: fn._launch(kernel)
+        template = TEMPLATES.get(node.op)
+        if template is not None:
+            return lambda fn, n, ins: fn._template(template, n, ins, table)
+        if node.op in TABLE and TABLE[node.op].fallback is not None and node.op not in ("input",):
+            mg.route(node, "torch")
+        return table.get(node.op)
+
+    def _template(self, template: Any, node: Node, ins: list[Expr], table: dict[str, Any]) -> Expr | None:
+        try:
+            value = template(self, node, ins)
+        except Unsupported as err:
+            self.mg.route(node, "torch", str(err))
+            return table[node.op](self, node, ins)
+        self.mg.route(node, "template")
+        return value
+
+    def _group(self, group: FusionGroup, node: Node) -> Any:
+        """The emitter of a fusion group's member: the first launches the group's kernel, the rest are in it."""
+        if group.kind == "add_norm":
+            try:
+                plan = self._add_norm_plan(group)
+            except Unsupported as err:
+                self.mg.note(f"no kernel for {self.graph.name}.{group.name}: {err}; its ops run one by one")
+                return None
+            if node.name != group.nodes[0]:
+                return lambda fn, n, ins: None
+            return lambda fn, n, ins: fn._add_norm(group, plan)
+        make = {"elementwise": pointwise_kernel, "epilogue": epilogue_kernel}.get(group.kind)
+        if make is None:
+            return None
+        kernel = self.mg.kernel_for(self.graph, group.name, group.nodes, group.inputs, group.outputs, make)
+        if not isinstance(kernel, Kernel):
+            return None
+        self.mg.route(node, "kernel")
+        if node.name != group.nodes[0]:
+            return lambda fn, n, ins: None
+        return lambda fn, n, ins: fn._launch(kernel)
+
+    def _launch(self, kernel: Kernel) -> None:
+        args = [self.value(i) for i in kernel.inputs]
+        if kernel.training:
+            args.append(P.dotted("self.training"))
+        value = call(kernel.name, *args)
+        self._bind_outputs(value, kernel.outputs)
+
+    def branch_on_training(self, training: Expr, evaluating: Expr, hint: str) -> Expr:
+        """`hint = training` under `if self.training:`, else `hint = evaluating`; returns the variable."""
+        tmp = self._temp(hint)
+        self.add(Stmt([(0, ("if self.training:",)), (1, (Var(tmp), " = ", training)), (0, ("else:",)),
+                       (1, (Var(tmp), " = ", evaluating))], pinned=True, inline_into=False,
+                      evaluates=[self.node.name] if self.node else []))
+        return Ref(tmp)
+
+    def _bind_outputs(self, value: Expr, outputs: list[str]) -> None:
+        if len(outputs) == 1:
+            self.alias[outputs[0]] = self.let(value, outputs[0])
+        else:
+            for o, ref in zip(outputs, self.let_many(value, list(outputs)), strict=True):
+                self.alias[o] = ref
+
+    # -- residual add + norm --
+    def _add_norm_plan(self, group: FusionGroup) -> tuple[Node, Node]:
+        if len(group.nodes) != 2:
+            raise Unsupported("a residual add + norm kernel takes exactly an add and a norm")
+        add, norm = (self.graph[n] for n in group.nodes)
+        if add.op != "add" or norm.op not in ("layernorm", "rmsnorm") or norm.inputs[0] != add.name:
+            raise Unsupported("the group is not add, then a norm of the sum")
+        t = add.tensor_type
+        if any(self.type_of(i).names != t.names for i in add.inputs) or t.names[-1] != norm.attrs["axis"] \
+                or any(self.type_of(i).dtype != t.dtype for i in add.inputs):
+            raise Unsupported("the add broadcasts, casts or the norm's axis is not last")
+        return add, norm
+
+    def _add_norm(self, group: FusionGroup, plan: tuple[Node, Node]) -> None:
+        add, norm = plan
+        a, b = (self.value(i) for i in add.inputs)
+        w = [self.value(i) for i in norm.inputs[1:]]
+        kwargs = {"residual": b}
+        value = call(f"{K}.{norm.op}", a, *w, Lit(norm.attrs["eps"]), **kwargs)
+        for n in (add, norm):
+            self.mg.route(n, "template")
+        refs = self.let_many(value, [add.name, norm.name])
+        self.alias[add.name], self.alias[norm.name] = refs
+
+
+# ---- template kernels, one emitter per op (raise Unsupported to fall back to the torch code) ----
+def _norm(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    t = fn.in_type(node, 0)
+    return on_last(ins[0], t, node.attrs["axis"],
+                   lambda x: call(f"{K}.{node.op}", x, *ins[1:], Lit(node.attrs["eps"])))
+
+
+def _softmax(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    return on_last(ins[0], fn.in_type(node, 0), node.attrs["axis"], lambda x: call(f"{K}.softmax", x))
+
+
+def _embedding(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    kwargs = {"padding_idx": node.attrs["padding_idx"]} if "padding_idx" in node.attrs else {}
+    return call(f"{K}.embedding", ins[0], ins[1], **kwargs)
+
+
+def _rotary(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    t = fn.in_type(node, 0)
+    a = node.attrs
+    if len(ins) > 1 and fn.in_type(node, 1).rank != 1:
+        raise Unsupported("rotary positions with more than one axis")
+    rest = [n for n in t.names if n != a["dim"]]
+    kwargs: dict[str, Expr] = {"positions": ins[1]} if len(ins) > 1 else {}
+    if a["style"] == "interleaved":
+        kwargs["interleaved"] = Lit(True)
+
+    def rotate(x: Expr) -> Expr:
+        return call(f"{K}.rotary", x, rest.index(a["pos"]), Lit(a["base"]), **kwargs)
+    return on_last(ins[0], t, a["dim"], rotate)
+
+
+def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """Flash attention on [Z, heads, T, D] views: the first axis q and k share is Z, the rest of their shared
+    axes and then q's own (a GQA group axis) are heads, so query head h reads key/value head h // groups."""
+    from nnspec.compiler.ops.attention import attention_types
+    a = node.attrs
+    types = [fn.in_type(node, i) for i in range(len(ins))]
+    sizes = fn.mg.model.dims
+    scores_t, out_t = attention_types(types, a, sizes)
+    q_t, k_t, v_t = types[:3]
+    qn, kn, dn = a["query"], a["key"], a["dim"]
+    batch = [n for n in scores_t.names if n not in (qn, kn)]
+    shared = [n for n in batch if n in q_t.names and n in k_t.names]
+    q_only = [n for n in batch if n in q_t.names and n not in k_t.names]
+    value = [n for n in v_t.names if n not in shared and n != kn]
+    if not shared or len(value) != 1 or sorted(q_t.names) != sorted([*shared, *q_only, qn, dn]) \
+            or sorted(k_t.names) != sorted([*shared, kn, dn]) or sorted(v_t.names) != sorted([*shared, kn, *value]) \
+            or sorted(out_t.names) != sorted([*shared, *q_only, qn, *value]):
+        raise Unsupported("attention whose axes are not batch/heads x positions x features")
+    dropout = a.get("dropout", 0.0)
+    if dropout > 0 and (a["has_mask"] or (a["causal"] and a["has_bias"])):
+        # while training, SDPA drops the probabilities; it takes one attn_mask, and masks no row entirely
+        raise Unsupported("attention dropout with a boolean mask, or causal with a bias")
+
+    def heads(x: Expr, t: TensorType, order: list[str]) -> Expr:
+        y = permute(x, [t.index(n) for n in order])
+        if len(order) == 4:
+            return y
+        last = [fn.size(t.axis(n).size) for n in order[-2:]]  # type: ignore[union-attr]
+        return method(y, "reshape", fn.size(t.axis(order[0]).size), Lit(-1), *last)  # type: ignore[union-attr]
+
+    # the kernel's [Z, heads, positions, features] views, one statement each so the call reads plainly
+    q, k, v = (fn.let(heads(ins[i], t, order), f"{'qkv'[i]}_heads") for i, (t, order) in enumerate(
+        [(q_t, [*shared, *q_only, qn, dn]), (k_t, [*shared, kn, dn]), (v_t, [*shared, kn, *value])]))
+    full = [*shared, *q_only, qn, kn]
+    kwargs: dict[str, Expr] = {"scale": Lit(a["scale"]), "causal": Lit(a["causal"])}
+    extra = list(zip(ins[3:], types[3:], strict=True))
+    for flag in ("mask", "bias"):
+        if a[f"has_{flag}"]:
+            x, t = extra.pop(0)
+            kwargs[flag] = _scores_view(fn, x, t, full, scores_t)
+    y: Expr = call(f"{K}.attention", q, k, v, **kwargs)
+    if dropout > 0:
+        # the kernel drops nothing: while training, SDPA (on the same views) drops the probabilities
+        sdpa: dict[str, Expr] = {"dropout_p": Lit(dropout), "scale": Lit(a["scale"]), "enable_gqa": Lit(True)}
+        if a["causal"]:
+            sdpa["is_causal"] = Lit(True)
+        if a["has_bias"]:
+            sdpa["attn_mask"] = kwargs["bias"]
+        y = fn.branch_on_training(call("F.scaled_dot_product_attention", q, k, v, **sdpa), y, "o_heads")
+    order = [*shared, *q_only, qn, *value]
+    if len(order) != 4:
+        y = method(fn.let(y, "o_heads"), "reshape", *[fn.size(out_t.axis(n).size) for n in order])  # type: ignore[union-attr]
+    return permute(y, [order.index(n) for n in out_t.names])
+
+
+def _scores_view(fn: TritonFunctionGen, x: Expr, t: TensorType, full: list[str], scores_t: TensorType) -> Expr:
+    """A mask or bias laid out as the kernel's [Z, heads, T, S] (broadcast axes stay stride 0)."""
+    from nnspec.backends.torch.emit import align
+    y = align(x, t, tuple(full), full=True)
+    sizes = [fn.size(scores_t.axis(n).size) for n in full]  # type: ignore[union-attr]
+    y = method(y, "expand", *sizes)
+    if len(full) != 4:
+        y = method(y, "reshape", sizes[0], Lit(-1), sizes[-2], sizes[-1])
+    return y
+
+
+TEMPLATES = {"layernorm": _norm, "rmsnorm": _norm, "softmax": _softmax, "embedding": _embedding, "rotary": _rotary,
+             "attention": _attention}
+
+TritonModuleGen.function_gen = TritonFunctionGen
+
+
+def generate(model: Any, *, spec_text: str, doc: str | None = None, opt: int = 0) -> tuple[str, TritonModuleGen]:
+    """The source of the Triton target's module for `model`, and the generator (its kernels and explain lines)."""
+    gen = TritonModuleGen(model, spec_text=spec_text, doc=doc, opt=opt)
+    return gen.generate(), gen
+
+
+__all__ = ["TEMPLATES", "TritonModuleGen", "generate"]

@@ -1,0 +1,71 @@
+"""The Triton backend's lowering table: for every graph op, the kernel that computes it or the torch fallback.
+
+`kernel` names what runs on the GPU: `generated` (a pointwise kernel generated from the group's IR nodes),
+or a template in `nnspec.backends.triton.kernels`. `fallback` says when and why the op runs as the torch
+backend's code instead; an op with a kernel may still fall back for layouts the kernel does not take (the
+generator says which with `--explain`). A test fails when an op has no entry, and every entry is executed by
+the Triton tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nnspec.compiler.ops import OPS
+
+
+@dataclass(frozen=True)
+class Lowering:
+    kernel: str | None     # what computes it inside a Triton kernel, if anything
+    fallback: str | None   # when (and why) it runs as torch code instead
+
+
+GENERATED = "generated pointwise kernel (fusion groups and lone ops)"
+_POINTWISE = sorted(n for n, d in OPS.items() if d.family == "elementwise" and n != "rotary")
+
+TABLE: dict[str, Lowering] = {
+    **{op: Lowering(GENERATED, "when a member cannot be expressed (pow with a tensor exponent)") for op in _POINTWISE},
+    "rotary": Lowering("template rotary", "positions with more than one axis"),
+    "layernorm": Lowering("template layernorm (+ residual add in add_norm groups; forward and backward)", None),
+    "rmsnorm": Lowering("template rmsnorm (+ residual add in add_norm groups; forward and backward)", None),
+    "softmax": Lowering("template softmax", None),
+    "attention": Lowering("template flash attention (causal, GQA, mask, bias; SDPA while training with dropout)",
+                          "axes that are not batch/heads x positions x features; dropout with a bool mask"),
+    "embedding": Lowering("template embedding", None),
+    "linear": Lowering(None, "matmul: torch (cuBLAS on a GPU); its epilogue ops are kernels"),
+    "einsum": Lowering(None, "contraction: torch matmul or einsum (cuBLAS on a GPU)"),
+    "conv": Lowering(None, "convolution: torch (cuDNN on a GPU)"),
+    "pool": Lowering(None, "pooling: torch"),
+    "batchnorm": Lowering(None, "batch statistics and running-stat updates: torch"),
+    "sum": Lowering(None, "reduction: torch"),
+    "mean": Lowering(None, "reduction: torch"),
+    "amax": Lowering(None, "reduction: torch"),
+    "amin": Lowering(None, "reduction: torch"),
+    "cumsum": Lowering(None, "scan along an axis: torch"),
+    "topk": Lowering(None, "selection: torch"),
+    "sort": Lowering(None, "sorting: torch"),
+    "gather": Lowering(None, "indexed read: torch"),
+    "scatter": Lowering(None, "indexed write: torch"),
+    "concat": Lowering(None, "copy into one tensor: torch.cat"),
+    "rearrange": Lowering(None, "a view (permute/reshape): no computation"),
+    "select": Lowering(None, "a view: no computation"),
+    "slice": Lowering(None, "a view: no computation"),
+    "sinusoidal": Lowering(None, "a position table built once per call: torch"),
+    "arange": Lowering(None, "creates a tensor: torch"),
+    "causal_mask": Lowering(None, "creates a tensor: torch"),
+    "full": Lowering(None, "creates a tensor: torch"),
+    "const": Lowering(None, "a scalar: a literal inside kernels, else a torch tensor"),
+    "param": Lowering(None, "a module parameter"),
+    "buffer": Lowering(None, "a module buffer"),
+    "input": Lowering(None, "a forward() argument"),
+    "call": Lowering(None, "a block call: Python"),
+    "repeat": Lowering(None, "a loop over blocks: Python"),
+    "scan": Lowering(None, "a sequential loop: Python"),
+    "getitem": Lowering(None, "a tuple element: Python"),
+}
+
+# ops that compute no values of their own (sources, structure and views): not counted when measuring how much
+# of a model's work runs inside kernels
+NOT_COMPUTE = frozenset({"input", "param", "buffer", "const", "arange", "causal_mask", "full", "call", "repeat",
+                         "scan", "getitem", "rearrange", "select", "slice"})
+MATMUL = frozenset({"linear", "einsum", "conv"})
