@@ -156,7 +156,7 @@ def check_cmd(
                                                      share=share)
         needed = check_memory(result.model, limit) if limit is not None else None
     except SpecError as err:
-        _fail(err, as_json)
+        _fail(err, as_json, getattr(err, "warnings", None))  # a config's unused keys, found before the error
         return
     except ResourceError as err:
         _fail_resource(err, spec, as_json)

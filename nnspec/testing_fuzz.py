@@ -1053,10 +1053,10 @@ class FuzzRun:
         cols = [*(f"{s}: refused" for s in STAGES), "codegen: passed", "ok: passed"]
         heads = [*STAGES, "unrun", "ran"]
         lines = ["  by mutation (where the mutants that had it stopped):",
-                 f"    {'mutation':18} {'mutants':>7} " + " ".join(f"{h:>7}" for h in heads)]
+                 f"    {'mutation':21} {'mutants':>7} " + " ".join(f"{h:>7}" for h in heads)]
         for kind in sorted(self.mutators):
             row = self.mutators[kind]
-            lines.append(f"    {kind:18} {sum(row.values()):7} " + " ".join(f"{row[c]:7}" for c in cols))
+            lines.append(f"    {kind:21} {sum(row.values()):7} " + " ".join(f"{row[c]:7}" for c in cols))
         return lines
 
     def to_json(self) -> dict[str, Any]:

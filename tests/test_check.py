@@ -53,6 +53,15 @@ def test_gpt2_flops_closed_form() -> None:
     rest = sympy.expand(flops - matmul)
     assert sympy.Poly(rest, B, T).total_degree() == 3
     assert 0 < rest.subs({B: 1, T: 1024}) < 0.05 * matmul.subs({B: 1, T: 1024})
+    # exactly, by the per-element costs docs/ops.md lists (layernorm 8, gelu_tanh 8, softmax 5, the rest 1; a
+    # linear 2·in·out plus out for its bias), per token: ln_1 8d, c_attn 6d²+3d, c_proj 2d²+d, dropout d,
+    # residual d, ln_2 8d, c_fc 8d²+4d, gelu_tanh 32d, c_proj 8d²+d, dropout d, residual d
+    h = 12
+    layer_tokens = 24 * d * d + 61 * d
+    # per token pair: the two contractions 2d each; per head: / sqrt 1, where 1, softmax 5, dropout 1
+    layer_pairs = 4 * d + 8 * h
+    head = 2 * d + 8 * d + 2 * d * v          # tok + pos and its dropout, ln_f, the tied LM head
+    assert sympy.expand(flops - (12 * layer_tokens * B * T + 12 * layer_pairs * B * T * T + head * B * T)) == 0
 
 
 def test_repeat_is_checked_once_not_unrolled() -> None:
@@ -225,3 +234,43 @@ def test_arithmetic_on_bool_is_refused(expr: str) -> None:
 def test_comparisons_give_bool() -> None:
     result = nnspec.check(_binary("float32", "int64", "x < y"))
     assert next(n for n in result.model.graph if n.op == "lt").tensor_type.dtype.value == "bool"
+
+
+def test_topk_along_a_free_axis_is_a_guard() -> None:
+    """torch.topk fails for k beyond the axis; along a free axis that is a run-time guard, checked by the interpreter
+    with the spec's words rather than torch's."""
+    text = _spec("v, i = topk(x, 3, over=T, into=K)\ny = x", outputs="y: float32[B, T, d]")
+    result = nnspec.check(text)
+    assert [g.text for g in result.model.guards] == ["T >= 3"]
+    with pytest.raises(nnspec.SpecError) as err:   # T bound when checking: known to be too short, as for slice
+        nnspec.check(text, T=2)
+    assert err.value.code == "E012" and "k=3" in err.value.message
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch import Interpreter
+
+    interp = Interpreter(result.model)
+    assert interp(x=torch.randn(1, 3, 8))["y"].shape == (1, 3, 8)
+    with pytest.raises(ValueError, match="T >= 3"):
+        interp(x=torch.randn(1, 2, 8))
+
+
+def test_config_warnings_are_kept_when_checking_then_fails(tmp_path: Path) -> None:
+    """`--json` promises the config's warnings first, then the error: also when the error comes after the mapping."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nnspec.cli import app
+
+    config = tmp_path / "config.json"
+    config.write_text('{\n  "n_layer": 2,\n  "my_note": 1,\n  "n_head": 7\n}\n')
+    with pytest.raises(nnspec.SpecError) as err:
+        nnspec.check(GPT2, config=config)
+    assert err.value.code == "E014" and [w.message for w in err.value.warnings] == [  # type: ignore[attr-defined]
+        "config key 'my_note' is not used by this spec"]
+    result = CliRunner().invoke(app, ["check", str(GPT2), "--config", str(config), "--json"])
+    assert result.exit_code == 1
+    diags = json.loads(result.stdout)["diagnostics"]
+    assert [(d["severity"], d["span"]["line"]) for d in diags] == [("warning", 3), ("error", 11)]
+    result = CliRunner().invoke(app, ["check", str(GPT2), "--config", str(config)])
+    assert result.stderr.index("warning: config key 'my_note'") < result.stderr.index("error[E014]")

@@ -6,6 +6,10 @@
 - the meta device computes the same output shapes as the CPU;
 - check's parameter count (and parameter list) is what the interpreter allocates.
 
+`op_chains()` below draws what `specs()` does not reach (convolution, pooling, batchnorm, cumsum, sort, top-k,
+slices, concatenation of different lengths, with random kernels, strides and padding over free spatial axes), with
+the same properties.
+
 Run with `--hypothesis-show-statistics` to see which ops the drawn specs reached.
 """
 
@@ -197,3 +201,101 @@ def test_unpacking_a_tuple_twice() -> None:
     y = model.graph[model.outputs["y"]]
     assert y.op == "add"
     assert y.inputs[0] == y.inputs[1]  # q and a are the same member of t
+
+
+# ---- random chains of the spatial and indexing ops --------------------------------------------------------
+# `nnspec.testing.specs()` draws transformer-shaped specs; this draws what it does not reach: convolutions and
+# pooling with random kernels, strides and padding, batchnorm, cumsum, sort, top-k, slices and concatenation of
+# different lengths, over free spatial axes (so output sizes are floor formulas and the windows' fit is a guard).
+BIGGEST = 12   # the largest free size drawn; each step is drawn so that every guard holds there
+
+
+@st.composite
+def op_chains(draw: st.DrawFn) -> str:
+    """A spec `x[B, c0, spatial...] -> y[B, channels]`: 1-5 random steps, then a mean over each spatial axis."""
+    first = draw(st.sampled_from([["L"], ["H", "W"]]))
+    spatial = [(name, BIGGEST) for name in first]   # (axis, its size when the free dims are BIGGEST)
+    dims = {"c0": draw(st.integers(1, 4))}
+    ch, h, lines = "c0", "x", []
+
+    def tup(items: list[Any]) -> str:
+        return str(items[0]) if len(items) == 1 else "(" + ", ".join(map(str, items)) + ")"
+
+    for i in range(1, draw(st.integers(1, 5)) + 1):
+        kind = draw(st.sampled_from(["conv", "pool", "batchnorm", "cumsum", "sort", "topk", "slice", "concat", "act"]))
+        new = f"h{i}"
+        names = [a for a, _ in spatial]
+        if kind in ("conv", "pool"):
+            k = [draw(st.integers(1, min(3, n))) for _, n in spatial]
+            stride = [draw(st.integers(1, 2)) for _ in spatial]
+            pad = [draw(st.integers(0, kk // 2 if kind == "pool" else kk - 1)) for kk in k]
+            into = [f"{a}{i}" for a in names]
+            args = f"{tup(k)}, stride={tup(stride)}, padding={tup(pad)}, over={tup(names)}, into={tup(into)}"
+            if kind == "conv":
+                dims[f"c{i}"] = draw(st.integers(1, 4))
+                bias = draw(st.sampled_from(["", ", bias=false"]))
+                lines.append(f"{new} = conv({h}, c{i}, {args}, channel={ch}{bias}, name=conv{i})")
+                ch = f"c{i}"
+            else:
+                lines.append(f"{new} = {draw(st.sampled_from(['max', 'avg']))}pool({h}, {args})")
+            spatial = [(a, (n + 2 * p - kk) // sd + 1)
+                       for a, (_, n), kk, sd, p in zip(into, spatial, k, stride, pad, strict=True)]
+        elif kind == "batchnorm":
+            lines.append(f"{new} = batchnorm({h}, over={ch}, name=bn{i})")
+        elif kind == "cumsum":
+            lines.append(f"{new} = cumsum({h}, over={draw(st.sampled_from(names))})")
+        elif kind == "sort":
+            order = draw(st.sampled_from(["true", "false"]))
+            lines.append(f"{new}, order{i} = sort({h}, over={ch}, descending={order})")
+        elif kind == "topk":
+            dims[f"t{i}"] = draw(st.integers(1, dims[ch]))
+            lines.append(f"{new}, idx{i} = topk({h}, t{i}, over={ch}, into=t{i})")
+            ch = f"t{i}"
+        elif kind in ("slice", "concat"):
+            j = draw(st.integers(0, len(spatial) - 1))
+            a, n = spatial[j]
+            start = draw(st.integers(0, n - 1))
+            step = draw(st.integers(1, 2))
+            stop = draw(st.integers(start + 1, n))
+            part = f"slice({h}, over={a}, start={start}, stop={stop}, step={step}, into={a}_{i})"
+            length = -(-(stop - start) // step)
+            if kind == "slice":
+                lines.append(f"{new} = {part}")
+                spatial[j] = (f"{a}_{i}", length)
+            else:   # the axis and a slice of it have different lengths, so different names: over= names both
+                lines.append(f"{new} = concat({h}, {part}, over=({a}, {a}_{i}), into={a}{i})")
+                spatial[j] = (f"{a}{i}", n + length)
+        else:
+            lines.append(f"{new} = {draw(st.sampled_from(['relu', 'gelu', 'tanh', 'sigmoid']))}({h})")
+        h = new
+    for a, _ in spatial:   # down to [B, channels]: a type the outputs can declare
+        lines.append(f"{h}m = mean({h}, over={a})")
+        h += "m"
+    lines.append(f"y = {h}")
+    dim_text = ", ".join(f"{k}: {v}" for k, v in dims.items())
+    body = "".join(f"  {line}\n" for line in lines)
+    return (f"nnspec: 1\nname: chain\ndims: {{{dim_text}}}\ninputs:\n  x: float32[B, c0, {', '.join(first)}]\n"
+            f"outputs:\n  y: float32[B, {ch}]\nbody: |\n{body}")
+
+
+@given(st.data())
+def test_op_chains_have_their_inferred_shapes_on_cpu_and_meta(data: st.DataObject) -> None:
+    text = data.draw(op_chains(), label="spec")
+    result = nnspec.check(text)
+    for op in sorted({node.op for node in result.model.graph}):
+        event(f"op {op}")
+    spatial = {d: data.draw(st.integers(2, BIGGEST), label=d) for d in result.free_dims if d != "B"}
+    try:   # checking with the sizes bound decides every guard (and window fit) now
+        bound = nnspec.check(text, **spatial)
+    except nnspec.SpecError:
+        spatial = dict.fromkeys(spatial, BIGGEST)   # where the chain was drawn to fit
+        bound = nnspec.check(text, **spatial)
+    inputs = data.draw(inputs_for(result, **spatial), label="inputs")
+    interp = CheckingInterpreter(result.model)
+    out = run(interp, inputs)
+    assert not interp.mismatches, "\n".join(interp.mismatches)
+    assert result.params == sum(p.numel() for p in interp.parameters())
+    y = bound.model.graph[bound.model.outputs["y"]].tensor_type
+    assert tuple(out["y"].shape[1:]) == tuple(int(bound.model.dims.concrete(s)) for s in y.sizes[1:])
+    meta = run(Interpreter(result.model, device="meta"), {k: v.to("meta") for k, v in inputs.items()})
+    assert meta["y"].shape == out["y"].shape and meta["y"].device.type == "meta"

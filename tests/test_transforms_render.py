@@ -177,7 +177,7 @@ def test_circuit_outlines_exactly_the_ops_a_transform_made_or_changed(kw: dict[s
         x0, y0, x1, y1 = _box(outline)
         assert outline.get("stroke") == TRANSFORM and outline.get("data-transform") == groups[node].get(
             "data-transform")
-        assert 0 <= x0 and 0 <= y0 and x1 <= width and y1 <= height
+        assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
         for r in groups[node].iter(f"{NS}rect"):       # the op's own boxes lie inside its outline
             bx0, by0, bx1, by1 = _box(r)
             assert x0 <= bx0 and y0 <= by0 and bx1 <= x1 and by1 <= y1, (node, _box(r), (x0, y0, x1, y1))
@@ -193,7 +193,7 @@ def test_circuit_outlines_exactly_the_ops_a_transform_made_or_changed(kw: dict[s
 ], ids=["lora-bf16", "share", "drop-lora", "fp16-attention"])
 def test_marked_circuits_stay_inside_the_viewbox_without_overlapping_text(kw: dict[str, Any], block: str | None,
                                                                            expand: int) -> None:
-    from test_render_circuit import EPS, Diagram       # the geometry reader the circuit tests use
+    from test_render_circuit import EPS, Diagram  # the geometry reader the circuit tests use
 
     dia = Diagram(circuit_svg(_transformed(**kw), block=block, expand=expand))
     for pts in dia.shapes:

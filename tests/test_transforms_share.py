@@ -122,7 +122,9 @@ def _grads(model: nnspec.compiler.ir.Model, params: dict[str, torch.Tensor], inp
     """Each parameter's gradient of the sum of the float outputs (eval mode; an unused one counts as zero)."""
     interp = Interpreter(model, seed=None).eval()
     load_params(interp, params)
-    sum(v.sum() for v in interp(**inputs).values() if v.dtype.is_floating_point).backward()
+    loss = sum(v.sum() for v in interp(**inputs).values() if v.dtype.is_floating_point)
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:    # not when no output depends on a parameter
+        loss.backward()
     return {k: p.grad if p.grad is not None else torch.zeros_like(p)
             for k, p in interp.named_spec_parameters().items()}
 

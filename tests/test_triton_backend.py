@@ -134,6 +134,22 @@ def test_most_non_matmul_work_runs_inside_kernels(case: str) -> None:
         torch.testing.assert_close(got, reference(**inputs), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["gpt2", "llama"])
+def test_bf16_models_run_in_kernels_and_agree(case: str) -> None:
+    """`--dtype bf16` (storage and compute in bf16, fp32 norms, softmax and logits) through the Triton target."""
+    spec, dims = CASES[case]
+    torch.manual_seed(0)
+    reference = nnspec.build(spec, opt=2, transforms={"dtype": "bf16"}, **dims).eval()
+    module = nnspec.build(spec, target="triton", opt=2, transforms={"dtype": "bf16"}, **dims).eval()
+    module.load_state_dict(reference.state_dict())
+    ids = torch.randint(0, 90, (2, 16))
+    runtime.reset()
+    with torch.no_grad():
+        got, want = module(input_ids=ids), reference(input_ids=ids)
+    assert not runtime.FALLBACKS and sum(runtime.OPS.values()) > 0
+    torch.testing.assert_close(got, want, **TOL[torch.bfloat16])
+
+
 # ---- generated kernels ----
 UNARY = ["-{}", "abs", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "exp({})", "sqrt(abs({}) + 0.5)",
          "log(abs({}) + 0.5)", "rsqrt(abs({}) + 0.5)"]

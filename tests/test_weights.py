@@ -132,3 +132,73 @@ def test_unsqueezed_checkpoint_tensors_round_trip() -> None:
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(m(pixels), hf(pixel_values=pixels).logits)
+
+
+# ---- split: separate q, k, v projections loaded from GPT-2's fused c_attn ----
+FUSED = """\
+    qkv = linear(x, 3 * n_embd, name=c_attn)
+    q, k, v = split(qkv[B, T, (3 n_head head_dim)], over=3)
+"""
+SEPARATE = """\
+    q = linear(x, n_embd, name=q_attn)[B, T, (n_head head_dim)]
+    k = linear(x, n_embd, name=k_attn)[B, T, (n_head head_dim)]
+    v = linear(x, n_embd, name=v_attn)[B, T, (n_head head_dim)]
+"""
+
+
+def separate_qkv(pieces: tuple[int, ...] = (0, 1, 2)) -> str:
+    """examples/gpt2.yaml with q, k and v as three linears, mapped onto HF's c_attn as its three pieces."""
+    text = GPT2.read_text(encoding="utf-8")
+    rules = [f"    h.{{i}}.attn.{name}_attn.{leaf}: transformer.h.{{i}}.attn.c_attn.{leaf}"
+             f"{' | transpose' if leaf == 'weight' else ''} | split(0, 3, {piece})"
+             for name, piece in zip("qkv", pieces, strict=True) for leaf in ("weight", "bias")]
+    old = ["    h.{i}.attn.c_attn.weight: transformer.h.{i}.attn.c_attn.weight | transpose",
+           "    h.{i}.attn.c_attn.bias: transformer.h.{i}.attn.c_attn.bias"]
+    assert FUSED in text and all(line in text for line in old)
+    text = text.replace(FUSED, SEPARATE).replace(old[0] + "\n", "\n".join(rules) + "\n").replace(old[1] + "\n", "")
+    return text
+
+
+def test_split_pieces_load_from_one_fused_tensor_and_save_back_to_it_exactly(tmp_path: Path) -> None:
+    hf = hf_gpt2()
+    m = nnspec.build(separate_qkv(), **SMALL).eval()
+    report = nnspec.load_weights(m, hf.state_dict())
+    assert report.loaded["h.0.attn.k_attn.weight"] == "transformer.h.0.attn.c_attn.weight"
+    w = hf.state_dict()["transformer.h.0.attn.c_attn.weight"]            # Conv1D: [in, 3 * out]
+    assert torch.equal(m.state_dict()["h.0.attn.v_attn.weight"], w[:, 128:].t())
+    ids = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), hf(input_ids=ids).logits)
+    saved = nnspec.save_weights(m, tmp_path / "model.safetensors")
+    assert same(saved, {k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"})
+    again = nnspec.build(separate_qkv(), **SMALL)
+    nnspec.load_weights(again, tmp_path / "model.safetensors")
+    assert same(snapshot(again), snapshot(m))
+
+
+@pytest.mark.parametrize("pieces", [(0, 1, 1), (0, 2, 1)])
+def test_split_pieces_must_cover_the_tensor_once(pieces: tuple[int, ...]) -> None:
+    m = nnspec.build(separate_qkv(pieces), **SMALL)     # checking the spec does not see the pieces; loading does
+    before = snapshot(m)
+    with pytest.raises(WeightError, match=r"split\(D, N, I\) pieces.*transformer.h.0.attn.c_attn.weight"):
+        nnspec.load_weights(m, hf_gpt2().state_dict())
+    assert same(snapshot(m), before)
+
+
+def test_transforms_apply_in_the_order_written() -> None:
+    """A rule's transforms are a pipe from the checkpoint's tensor to the parameter: `unsqueeze(0) | transpose`
+    takes a [1, in, out] tensor to [in, out] and then to the parameter's [out, in]; saving runs the pipe back."""
+    class Tiny(torch.nn.Module):
+        weight_maps = {"hf": [("w", "their.w", ("unsqueeze(0)", "transpose"))]}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3, 5))
+
+    theirs = torch.arange(15.0).reshape(1, 5, 3)
+    m = Tiny()
+    nnspec.load_weights(m, {"their.w": theirs})
+    assert torch.equal(m.w.detach(), theirs[0].t())
+    assert same(nnspec.save_weights(m), {"their.w": theirs})
+    with pytest.raises(WeightError, match=r"their.w: \[5, 3\] in the checkpoint, \[1, 5, 3\] expected"):
+        nnspec.load_weights(m, {"their.w": theirs[0]})

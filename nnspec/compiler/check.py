@@ -70,8 +70,12 @@ def check(path_or_text: str | os.PathLike[str], *, config: str | os.PathLike[str
         mapped, warnings = map_config(spec, data, source)
         overrides = {**mapped, **overrides}
     _refuse_unknown_overrides(spec, overrides)
-    model = Elaborator(spec, overrides).elaborate()
-    model.weight_maps = _weight_maps(spec, Analysis(model).parameters())
+    try:
+        model = Elaborator(spec, overrides).elaborate()
+        model.weight_maps = _weight_maps(spec, Analysis(model).parameters())
+    except SpecError as err:  # the config's unused keys are still worth saying (the CLI prints them first)
+        err.warnings = warnings  # type: ignore[attr-defined]
+        raise
     return _report(model, spec, warnings)
 
 

@@ -73,8 +73,9 @@ class WeightRule:
     span: Span
 
 
-WEIGHT_TRANSFORMS = ("transpose", "unsqueeze(D, ...)", "optional")
+WEIGHT_TRANSFORMS = ("transpose", "unsqueeze(D, ...)", "split(D, N, I)", "optional")
 _UNSQUEEZE = re.compile(r"unsqueeze\(\s*\d+(\s*,\s*\d+)*\s*\)$")
+_SPLIT = re.compile(r"split\(\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\)$")
 
 
 @dataclass
@@ -190,7 +191,7 @@ def load_source(source: Source) -> Spec:
         for ours, value in node.value.items():
             theirs, *transforms = [part.strip() for part in value.value.split("|")]
             for t in transforms:
-                if t not in ("transpose", "optional") and not _UNSQUEEZE.match(t):
+                if t not in ("transpose", "optional") and not _UNSQUEEZE.match(t) and not _SPLIT.match(t):
                     raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
                                     value.span)
             if not theirs or _placeholders(ours) != _placeholders(theirs):

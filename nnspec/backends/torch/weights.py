@@ -36,11 +36,15 @@ class WeightError(ValueError):
 
 @dataclass(frozen=True)
 class Transform:
-    """How a parameter is stored in the other scheme: `load` maps theirs -> ours, `save` ours -> theirs."""
+    """How a parameter is stored in the other scheme: `load` maps theirs -> ours, `save` ours -> theirs.
+
+    A rule's transforms are a pipe from the checkpoint's tensor to ours, in the order written (`c_attn.weight |
+    transpose | split(0, 3, 1)`: transpose it, then take the second of three pieces along dim 0)."""
 
     load: Callable[[torch.Tensor], torch.Tensor]
     save: Callable[[torch.Tensor], torch.Tensor]
     their_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    split: tuple[int, int, int] | None = None    # (dim, pieces, index): one of several parameters in one tensor
 
 
 TRANSFORMS: dict[str, Transform] = {
@@ -50,12 +54,24 @@ TRANSFORMS: dict[str, Transform] = {
     "optional": Transform(lambda t: t, lambda t: t, lambda s: s),
 }
 _UNSQUEEZE = re.compile(r"unsqueeze\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)$")
+_SPLIT = re.compile(r"split\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)$")
 
 
 def transform(name: str) -> Transform:
-    """A transform by its name in a `weights:` rule; `unsqueeze(0, 1)`: the checkpoint has size-1 axes there."""
+    """A transform by its name in a `weights:` rule; `unsqueeze(0, 1)`: the checkpoint has size-1 axes there;
+    `split(D, N, I)`: the parameter is piece I of N equal pieces along dim D (GPT-2's fused c_attn for separate
+    q, k and v projections). Saving joins the pieces (`to_source`), so `save` is the identity on one piece."""
     if name in TRANSFORMS:
         return TRANSFORMS[name]
+    m = _SPLIT.match(name)
+    if m is not None:
+        d, n, i = (int(g) for g in m.groups())
+        if not 0 <= i < n:
+            raise WeightError(f"{name}: piece {i} of {n} does not exist")
+
+        def grow(s: tuple[int, ...]) -> tuple[int, ...]:
+            return (*s[:d], s[d] * n, *s[d + 1:]) if d < len(s) else s
+        return Transform(lambda t: t.chunk(n, d)[i], lambda t: t, grow, (d, n, i))
     m = _UNSQUEEZE.match(name)
     if m is None:
         raise WeightError(f"unknown weight transform {name!r}")
@@ -134,15 +150,37 @@ def plan(module: nn.Module, source: str) -> tuple[nn.Module, dict[str, tuple[str
             out[key] = found
     if unmapped:
         raise WeightError(f"no `weights: {source}:` rule for {_listing(unmapped)}")
-    theirs = [t for t, _ in out.values()]
-    twice = sorted({t for t in theirs if theirs.count(t) > 1})
-    if twice:
-        raise WeightError(f"two parameters map to the same checkpoint key: {_listing(twice)}")
+    for key, (theirs, transforms) in out.items():
+        if any(transform(t).split for t in transforms[:-1]):
+            raise WeightError(f"{key}: split(...) must be the last transform of its rule ({' | '.join(transforms)})")
+    groups: dict[str, list[str]] = {}
+    for key, (theirs, _) in out.items():
+        groups.setdefault(theirs, []).append(key)
+    bad = [f"{theirs} ({', '.join(keys)})" for theirs, keys in groups.items()
+           if not _pieces_fit([out[k][1] for k in keys])]
+    if bad:
+        raise WeightError(f"parameters that share a checkpoint key must be its split(D, N, I) pieces, each I of the "
+                          f"same N along the same D once, with the same other transforms: {_listing(bad)}")
     return target, out
 
 
+def _split_of(transforms: tuple[str, ...]) -> tuple[int, int, int] | None:
+    return transform(transforms[-1]).split if transforms else None
+
+
+def _pieces_fit(rules: list[tuple[str, ...]]) -> bool:
+    """One parameter without a split, or the pieces 0..N-1 of one split, each once."""
+    splits = [_split_of(r) for r in rules]
+    if splits == [None]:
+        return True
+    if any(s is None for s in splits) or len({r[:-1] for r in rules}) != 1:
+        return False
+    (d, n, _), indices = splits[0], sorted(s[2] for s in splits if s is not None)
+    return all(s is not None and s[:2] == (d, n) for s in splits) and indices == list(range(n))
+
+
 def _their_shape(shape: tuple[int, ...], transforms: tuple[str, ...]) -> tuple[int, ...]:
-    for name in transforms:
+    for name in reversed(transforms):      # undo the pipe from ours back to theirs: last transform first
         shape = transform(name).their_shape(shape)
     return shape
 
@@ -280,11 +318,24 @@ def to_source(module: nn.Module, tensors: Mapping[str, torch.Tensor] | None = No
     mod, mapping = plan(module, target)
     values = tensors if tensors is not None else {k: v.detach() for k, v in mod.state_dict(keep_vars=True).items()}
     out = {}
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
     for key, (theirs, transforms) in mapping.items():
         if key not in values:
             continue
         t = values[key]
+        split = _split_of(transforms)
+        if split is not None:      # joined below, once every piece is there
+            pieces.setdefault(theirs, {})[split[2]] = t
+            continue
         for name in reversed(transforms):
+            t = transform(name).save(t)
+        out[theirs] = t
+    for key, (theirs, transforms) in mapping.items():
+        split = _split_of(transforms)
+        if split is None or theirs in out or len(pieces.get(theirs, {})) != split[1]:
+            continue
+        t = torch.cat([pieces[theirs][i] for i in range(split[1])], dim=split[0])
+        for name in reversed(transforms[:-1]):
             t = transform(name).save(t)
         out[theirs] = t
     return out

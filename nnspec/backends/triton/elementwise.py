@@ -19,7 +19,7 @@ from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.codegen import Names
 from nnspec.backends.torch.lowering import TORCH_DTYPES
 from nnspec.backends.triton.pointwise import Body, Unsupported, Value
-from nnspec.compiler.ir import Graph, TensorType
+from nnspec.compiler.ir import DType, Graph, TensorType
 
 KERNEL_WORDS = frozenset({"tl", "triton", "offs", "mask", "rest", "n", "seed", "BLOCK", "TRAINING", "pid"})
 
@@ -98,7 +98,7 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     params = [*(ptr[n] for n in tensors), *(ptr[o] for o in outputs), "n", *(f"size{j}" for j in range(rank)),
               *stride_params, "seed", "TRAINING: tl.constexpr", "BLOCK: tl.constexpr"]
     ops = ", ".join(graph[m].op for m in members)
-    lines = ["@triton.jit", f"def {name}_kernel(", *_wrap_params(params), "):",
+    lines = ["@triton.jit", f"def {name}_kernel(", *wrap_params(params), "):",
              f'    """{ops} over [{", ".join(axes)}], one block of flat offsets per program."""',
              "    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
              "    mask = offs < n"]
@@ -112,23 +112,17 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     # ---- the launcher ----
     training = body.uses_seed
     args = [var[n] for n in tensors]
-    sig = [f"{a}: torch.Tensor" for a in args] + (["training: bool = False"] if training else [])
-    returns = "torch.Tensor" if len(outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outputs))}]"
     first = {a: next(n for n in tensors if a in graph[n].tensor_type.names) for a in axes}
     shape = [f"{var[first[a]]}.shape[{graph[first[a]].tensor_type.index(a)}]" for a in axes]
-    call_fallback = f"{fallback}({', '.join(args + (['training'] if training else []))})"
-    lau = ["", "", *P.signature("", f"def {name}", sig, f" -> {returns}:"),
-           f'    """Fused {ops} over [{", ".join(axes)}] (a generated kernel; torch code when it cannot run)."""',
-           f"    if not K.runs_kernel({', '.join(args)}):",
-           f'        K.fell_back("{name}")',
-           f"        return {call_fallback}",
-           f"    shape = ({', '.join(shape)}{',' if rank == 1 else ''})"]
+    lau = launcher_head(name, args, len(outputs), training, fallback,
+                        f"Fused {ops} over [{', '.join(axes)}] (a generated kernel; torch code when it cannot run).")
+    lau.append(f"    shape = ({', '.join(shape)}{',' if rank == 1 else ''})")
     device = f"{args[0]}.device"
     for o in outputs:
         t = graph[o].tensor_type
         order = ", ".join(f"shape[{axes.index(a)}]" for a in t.names)
-        dtype = f"torch.{str(TORCH_DTYPES[t.dtype]).split('.')[-1]}"
-        lau.append(f"    {var[o]} = torch.empty(({order}{',' if t.rank == 1 else ''}), dtype={dtype}, device={device})")
+        lau.append(f"    {var[o]} = torch.empty(({order}{',' if t.rank == 1 else ''}), dtype={torch_dtype(t.dtype)}, "
+                   f"device={device})")
     lau.append("    n = " + (f"{var[outputs[0]]}.numel()"))
     if training:
         lau.append("    seed = int(torch.randint(0, 2**31 - 1, ()).item()) if training else 0")
@@ -139,18 +133,33 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     launch_args += [f"*K.strides({var[o]}, {_tuple(tuple(graph[o].tensor_type.index(a) for a in axes))})"
                     for o in outputs if rank]
     launch_args += ["seed" if training else "0", f"TRAINING={'training' if training else 'False'}", "BLOCK=block"]
-    lau += [f"        {name}_kernel[(triton.cdiv(n, block),)](", *_wrap_params(launch_args, "            "),
+    lau += [f"        {name}_kernel[(triton.cdiv(n, block),)](", *wrap_params(launch_args, "            "),
             "        )", f'        K.launched("{name}", {len(members)})']
     lau.append(f"    return {', '.join(var[o] for o in outputs)}")
     return Kernel(name, "\n".join(lines + lau), tensors, list(outputs), training, len(members),
                   f"{name}: {ops} over [{', '.join(axes)}]")
 
 
+def launcher_head(name: str, args: list[str], n_outputs: int, training: bool, fallback: str, doc: str) -> list[str]:
+    """A launcher's signature, docstring and its way out: the torch function when no kernel can run."""
+    sig = [f"{a}: torch.Tensor" for a in args] + (["training: bool = False"] if training else [])
+    returns = "torch.Tensor" if n_outputs == 1 else f"tuple[{', '.join(['torch.Tensor'] * n_outputs)}]"
+    return ["", "", *P.signature("", f"def {name}", sig, f" -> {returns}:"),
+            f'    """{doc}"""',
+            f"    if not K.runs_kernel({', '.join(args)}):",
+            f'        K.fell_back("{name}")',
+            f"        return {fallback}({', '.join(args + (['training'] if training else []))})"]
+
+
+def torch_dtype(d: DType) -> str:
+    return f"torch.{str(TORCH_DTYPES[d]).split('.')[-1]}"
+
+
 def _tuple(items: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, items)) + ("," if len(items) == 1 else "") + ")"
 
 
-def _wrap_params(params: list[str], indent: str = "    ", width: int = 100) -> list[str]:
+def wrap_params(params: list[str], indent: str = "    ", width: int = 100) -> list[str]:
     """Parameters or arguments, several to a line, each line ending in a comma."""
     lines: list[str] = []
     cur = indent

@@ -12,8 +12,7 @@ from __future__ import annotations
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.codegen import Names
 from nnspec.backends.torch.emit import align
-from nnspec.backends.torch.lowering import TORCH_DTYPES
-from nnspec.backends.triton.elementwise import KERNEL_WORDS, Kernel, _wrap_params
+from nnspec.backends.triton.elementwise import KERNEL_WORDS, Kernel, launcher_head, torch_dtype, wrap_params
 from nnspec.backends.triton.pointwise import TL_TYPES, Body, Unsupported, Value
 from nnspec.compiler.ir import DType, Graph, TensorType
 
@@ -99,7 +98,7 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
     params = [*ptr.values(), "M", "N", "Kd", *strides, "seed", "TRAINING: tl.constexpr", "UPCAST: tl.constexpr",
               "IEEE: tl.constexpr", "BLOCK_M: tl.constexpr", "BLOCK_N: tl.constexpr", "BLOCK_K: tl.constexpr"]
     src = ['@triton.autotune(configs=K.matmul_configs(), key=["M", "N", "Kd"])', "@triton.jit",
-           f"def {name}_kernel(", *_wrap_params(params), "):",
+           f"def {name}_kernel(", *wrap_params(params), "):",
            f'    """{ops}: x[M, K] @ w[N, K]^T with the epilogue applied to each [BLOCK_M, BLOCK_N] tile."""',
            "    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)",
            "    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)",
@@ -110,16 +109,10 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
     tensors = [x, w, *([bias] if bias else []), *extra]
     args = [var[n] for n in tensors]
     training = body.uses_seed
-    sig = [f"{a}: torch.Tensor" for a in args] + (["training: bool = False"] if training else [])
-    returns = "torch.Tensor" if len(outputs) == 1 else f"tuple[{', '.join(['torch.Tensor'] * len(outputs))}]"
-    call_fallback = f"{fallback}({', '.join(args + (['training'] if training else []))})"
     xv, wv = var[x], var[w]
-    lau = ["", "", *P.signature("", f"def {name}", sig, f" -> {returns}:"),
-           f'    """{ops} as one matmul kernel with a fused epilogue (torch code when it cannot run)."""',
-           f"    if not K.runs_kernel({', '.join(args)}):",
-           f'        K.fell_back("{name}")',
-           f"        return {call_fallback}",
-           f"    shape = (*{xv}.shape[:-1], {wv}.shape[0])",
+    lau = launcher_head(name, args, len(outputs), training, fallback,
+                        f"{ops} as one matmul kernel with a fused epilogue (torch code when it cannot run).")
+    lau += [f"    shape = (*{xv}.shape[:-1], {wv}.shape[0])",
            f"    rows = {xv}.reshape(-1, {xv}.shape[-1])",
            f"    M, N, Kd = rows.shape[0], {wv}.shape[0], rows.shape[1]"]
     for e in extra:
@@ -127,8 +120,8 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
         aligned = P.src(align(P.Name(var[e]), t, out_t.names, full=True))
         lau.append(f"    {var[e]} = K.rows({aligned}, shape)")
     for o in outputs:
-        dtype = f"torch.{str(TORCH_DTYPES[graph[o].tensor_type.dtype]).split('.')[-1]}"
-        lau.append(f"    {var[o]} = torch.empty(shape, dtype={dtype}, device={xv}.device)")
+        lau.append(f"    {var[o]} = torch.empty(shape, dtype={torch_dtype(graph[o].tensor_type.dtype)}, "
+                   f"device={xv}.device)")
     if training:
         lau.append("    seed = int(torch.randint(0, 2**31 - 1, ()).item()) if training else 0")
     launch = ["rows", wv, *([var[bias]] if bias else []), *(var[e] for e in extra), *(var[o] for o in outputs),
@@ -140,7 +133,7 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
             "        def grid(meta: dict) -> tuple[int, int]:",
             '            return triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"])',
             "",
-            f"        {name}_kernel[grid](", *_wrap_params(launch, "            "), "        )",
+            f"        {name}_kernel[grid](", *wrap_params(launch, "            "), "        )",
             f'        K.launched("{name}", {len(members) - 1})',
             f"    return {', '.join(var[o] for o in outputs)}"]
     return Kernel(name, "\n".join(src + lau), tensors, list(outputs), training, len(members) - 1,

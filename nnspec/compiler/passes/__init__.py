@@ -7,9 +7,10 @@
 
 `passes=["cse", "dce"]` (or `"cse,dce"`) runs exactly those instead. Every pass runs over the model body and
 every block template (a template is shared by all its calls and every iteration of a repeat). The state
-dict is the same at every level: passes never add, remove, rename or reorder parameters. Optimised graphs
-are for inference: recognising attention drops dropout on attention probabilities, identity in eval mode,
-unless `training=True`.
+dict is the same at every level: passes never add, remove, rename or reorder parameters. By default optimised
+graphs are for inference: recognising attention drops dropout on attention probabilities (the identity in
+eval mode); with `training=True` (what `nnspec compile` and `nnspec.build` use) the fused attention does that
+dropout itself, drawing the same random numbers.
 
 The graph is verified after every pass that changed it when `verify=True` or the environment has
 `NNSPEC_VERIFY=1` (tests do this); a pass that raises, or leaves a graph that fails verification, is reported

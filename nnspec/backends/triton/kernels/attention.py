@@ -93,7 +93,7 @@ def _attention_fwd(Q, K, V, O, Mask, Bias,
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     # l_i == 0: every key masked; torch's softmax of an all -inf row is NaN, so is this row
-    o = tl.where(l_i[:, None] > 0, acc / l_i[:, None], float("nan"))
+    o = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], float("nan"))
     tl.store(O + b * sob + h * soh + rows[:, None] * sot + dv[None, :] * sod, o.to(O.dtype.element_ty),
              mask=(rows < T)[:, None] & (dv < DV)[None, :])
 

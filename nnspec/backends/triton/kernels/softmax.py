@@ -21,8 +21,12 @@ def _softmax_fwd(X, Y, stride_x, stride_y, N, BLOCK_N: tl.constexpr, SINGLE: tl.
     cols = tl.arange(0, BLOCK_N)
     if SINGLE:
         x = tl.load(x_row + cols, mask=cols < N, other=-float("inf")).to(tl.float32)
-        e = tl.exp(x - tl.max(x, axis=0))
-        tl.store(y_row + cols, (e / tl.sum(e, axis=0)).to(Y.dtype.element_ty), mask=cols < N)
+        row_max = tl.max(x, axis=0)
+        # an all -inf row is NaN, as in torch, made explicitly (no inf - inf or 0 / 0 along the way)
+        e = tl.exp(x - tl.where(row_max == -float("inf"), 0.0, row_max))
+        total = tl.sum(e, axis=0)
+        y = tl.where(total > 0, e / tl.where(total > 0, total, 1.0), float("nan"))
+        tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=cols < N)
     else:
         # per-lane running max and sum; a lane that has seen only -inf keeps sum 0 (not exp(-inf + inf) = NaN)
         m = tl.full([BLOCK_N], -float("inf"), tl.float32)
@@ -34,10 +38,11 @@ def _softmax_fwd(X, Y, stride_x, stride_y, N, BLOCK_N: tl.constexpr, SINGLE: tl.
             s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
             m = m_new
         row_max = tl.max(m, axis=0)
+        row_max = tl.where(row_max == -float("inf"), 0.0, row_max)
         total = tl.sum(s * tl.exp(m - row_max), axis=0)
         for start in range(0, N, BLOCK_N):
             x = tl.load(x_row + start + cols, mask=start + cols < N, other=-float("inf")).to(tl.float32)
-            y = tl.exp(x - row_max) / total
+            y = tl.where(total > 0, tl.exp(x - row_max) / tl.where(total > 0, total, 1.0), float("nan"))
             tl.store(y_row + start + cols, y.to(Y.dtype.element_ty), mask=start + cols < N)
 
 
