@@ -1,6 +1,7 @@
 """CPU throughput of GPT-2 small in bfloat16 (`--dtype bf16`) against float32, both generated at -O2.
 
     python benchmarks/cpu_bf16.py [--batch 8] [--seq 512] [--threads 2] [--reps 5] [--logits fp32|bf16] [--hf]
+                                  [--profile]
 
 Both modules are generated from examples/gpt2.yaml by the torch backend after the -O2 passes (run with
 `training=True`, as `nnspec compile -O2` runs them, so attention is `F.scaled_dot_product_attention` in both);
@@ -15,7 +16,8 @@ the median tokens/s of each and their ratio, and the next-token top-1 agreement 
   against the float32 module (the usual way to run GPT-2 in bf16; not timed).
 The weights are a random initialisation (the spec's), so the logits are nearly flat: it also prints the
 median gap between the float32 module's two best logits and the largest gap at a position where the
-bf16 module's top-1 differs. Load averages before and after tell how busy the machine was.
+bf16 module's top-1 differs. Load averages before and after tell how busy the machine was. `--profile` adds
+one profiled call of each module: self CPU time per op, the largest first.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def main() -> None:
     ap.add_argument("--logits", choices=["fp32", "bf16"], default="fp32",
                     help="compute the LM head in float32 (default) or bfloat16")
     ap.add_argument("--hf", action="store_true", help="also measure Hugging Face GPT-2 in bf16's agreement")
+    ap.add_argument("--profile", action="store_true", help="also profile one call of each module")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -113,6 +116,24 @@ def main() -> None:
             agree, worst = agreement(outs[ref], outs[got])
             print(f"  top-1 agreement of {got} with {ref}: {agree:.4f} (largest {ref} top-2 gap where they "
                   f"differ: {worst:.4f})")
+    if args.profile:
+        for name, m in (("fp32", fp32), ("bf16", bf16)):
+            profile(name, m, ids)
+
+
+def profile(name: str, m: torch.nn.Module, ids: torch.Tensor, top: int = 8) -> None:
+    """Self CPU time per op of one call, the `top` largest, with each op's share of the call."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run_profiled
+
+    with torch.inference_mode(), run_profiled(activities=[ProfilerActivity.CPU]) as prof:
+        m(ids)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"  profile {name}: {total / 1e6:.2f} s of self CPU time")
+    for e in events[:top]:
+        print(f"    {e.key:<40} {e.self_cpu_time_total / 1e6:6.2f} s  {100 * e.self_cpu_time_total / total:4.1f}%  "
+              f"x{e.count}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def _example_cases() -> list[tuple[str, str | None, int]]:
 
 
 OWN = [("tiny_attention.yaml", None, 0), ("residual_mlp.yaml", None, 0), ("halves.yaml", None, 0),
-       ("halves.yaml", None, 1), ("broadcast.yaml", None, 0)]
+       ("halves.yaml", None, 1), ("broadcast.yaml", None, 0), ("conv.yaml", None, 0)]
 GPT2 = [("examples/gpt2.yaml", None, 0), ("examples/gpt2.yaml", None, 1), ("examples/gpt2.yaml", None, 2),
         ("examples/gpt2.yaml", "attention", 0), ("examples/gpt2.yaml", "mlp", 0), ("examples/gpt2.yaml", "layer", 0)]
 
@@ -198,7 +198,10 @@ class Diagram:
             elif role == "cup":
                 self.cups.append((el.get("data-node", ""), pts, verts))
             elif group is not None:
-                group.paths.append((role, pts))
+                group.paths.append((role, verts if role == "box" else pts))
+                if role == "box":     # a convolution's trapezoid: for the checks on boxes, its bounding box
+                    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+                    group.rects.append(Rect(min(xs), min(ys), max(xs), max(ys)))
         elif tag == "rect" and role in ("box", "bar"):
             x, y, w, h = (float(el.get(k, "0")) for k in ("x", "y", "width", "height"))
             self.shapes.append([(x, y), (x + w, y + h)])
@@ -362,6 +365,9 @@ def _expected_passing(op) -> tuple[set[str], set[str]] | None:  # type: ignore[n
         return {n for n in tensors[0].names if n != axis}, {axis}
     if node.op == "embedding":
         return set(tensors[0].names), set()
+    if node.op == "conv":
+        acted = {node.attrs["channel"], *node.attrs["spatial"]}
+        return set(tensors[0].names) - acted, acted
     if node.op in ("add", "sub", "mul", "div", "where") and len(tensors) >= 2:
         counts: dict[str, int] = {}
         for t in tensors:
@@ -574,6 +580,31 @@ def test_broadcast_add_passes_B_over_the_box() -> None:
     assert b_wires and all(w.y_at(box[0].x0) < box[0].y0 for w in b_wires)
 
 
+@pytest.mark.parametrize(("spec", "block"), [("conv.yaml", None), ("examples/vit.yaml", "embeddings")])
+def test_a_convolution_is_a_trapezoid_with_a_star_and_its_stride(spec: str, block: str | None) -> None:
+    """Abbott's convolution: a trapezoid narrowing to the right (the spatial axes shrink by the stride), a bold
+    star with the stride as a subscript; the channel and spatial wires end at its left edge, the output's start at
+    its right edge, and the batch passes over it."""
+    dia, flat = _diagram(spec, block, 0), _flat(spec, block, 0)
+    (op,) = [o for o in flat.ops if o.op == "conv"]
+    group = dia.groups[op.id]
+    ((_, corners),) = [(r, p) for r, p in group.paths if r == "box"]
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = corners[:4]
+    assert x0 == x3 < x1 == x2 and y0 < y1 < y2 < y3, corners    # left edge taller than the right one
+    assert {t.text for t in group.texts if t.bold} == {"★"}
+    strides = op.node.attrs["stride"]
+    assert [t.text for t in group.texts if t.attrs.get("data-role") == "stride"] == [f"÷{strides[0]}"]
+    gaps = dia.gap_xs()
+    before, after = max(x for x in gaps if x < x0), min(x for x in gaps if x > x1)
+    ending = sorted(dia.label_of(w, before).text for w in dia.wires if w.spans(before) and abs(w.end[0] - x0) < EPS
+                    and y0 <= w.end[1] <= y3)
+    assert ending == sorted([op.node.attrs["channel"], *op.node.attrs["spatial"]])
+    out_t = flat.values[op.outputs[0]].type
+    starting = [w for w in dia.wires if abs(w.start[0] - x1) < EPS and y1 <= w.start[1] <= y2]
+    assert sorted(dia.label_of(w, after).text for w in starting) == sorted(n for n in out_t.names if n != "B")
+    assert any(w.spans(x0 - 1) and w.spans(x1 + 1) and w.y_at((x0 + x1) / 2) < y0 for w in dia.wires)   # B
+
+
 def test_a_tuple_is_stacked_bundles_with_a_dashed_separator() -> None:
     dia = _diagram("halves.yaml", None, 0)
     group = dia.groups["halves"]
@@ -618,6 +649,7 @@ CIRCUIT_GOLDENS = {
     "vit_embeddings": ("examples/vit.yaml", "embeddings", 0),
     "moe": ("examples/small/moe.yaml", None, 0),
     "graph_attention": ("examples/small/graph_transformer.yaml", "graph_attention", 0),
+    "conv": ("conv.yaml", None, 0),
 }
 
 

@@ -317,3 +317,52 @@ def test_every_lowering_entry_was_exercised() -> None:
     for op, entry in TABLE.items():
         if entry.kernel and op in USED:
             assert USED[op] & {"kernel", "template"}, f"{op} never ran in a kernel: {USED[op]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["gpt2", "llama", "bert", "pointwise"])
+def test_generated_kernels_compile_for_a_gpu(case: str, tmp_path: Path) -> None:
+    """Every kernel generated for a model compiles to sm_90 machine code (no GPU needed), with its operands in
+    their IR dtypes and with float operands in bf16: catches what the interpreter accepts and the GPU compiler
+    does not."""
+    import subprocess
+    import sys
+    import textwrap
+    spec, dims = CASES[case]
+    code = textwrap.dedent(f"""
+        import warnings
+        warnings.filterwarnings("ignore")
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        import nnspec
+        from nnspec.backends.triton.codegen import TritonModuleGen
+        from nnspec.compiler.passes import optimize
+        from nnspec.generated import cache_dir, load_source
+
+        result = nnspec.check({str(spec)!r}, **{dims!r})
+        gen = TritonModuleGen(optimize(result.model, level=2, training=True), spec_text="", doc=None, opt=2)
+        module = load_source(gen.generate(), result.model.name, cache_dir())
+        kernels = [k for k in gen.kernels.values() if not isinstance(k, str)]
+        assert kernels
+        tl_type = dict(float32="fp32", float16="fp16", bfloat16="bf16", int64="i64", int32="i32", bool="i1")
+        consts = dict(TRAINING=True, BLOCK=1024, UPCAST=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
+        for low in (None, "bf16"):
+            for k in kernels:
+                fn = getattr(module, k.name + "_kernel")
+                fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
+                c = {{a: v for a, v in consts.items() if a in fn.arg_names}}
+                types = {{p: tl_type[d.value] for p, d in k.pointers.items()}}
+                if low:
+                    types = {{p: low if t == "fp32" else t for p, t in types.items()}}
+                if "IEEE" in fn.arg_names:
+                    c["IEEE"] = low is None
+                sig = {{a: "constexpr" if a in c else "*" + types[a] if a in types else "i32" for a in fn.arg_names}}
+                triton.compile(ASTSource(fn=fn, signature=sig, constexprs=c), target=GPUTarget("cuda", 90, 32))
+        print("compiled", len(kernels))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"NNSPEC_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, text=True, capture_output=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled" in done.stdout

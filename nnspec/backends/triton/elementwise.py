@@ -13,7 +13,7 @@ function, the same computation the torch backend generates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.codegen import Names
@@ -35,6 +35,7 @@ class Kernel:
     training: bool       # the launcher takes the module's `training` flag (it holds a dropout)
     ops: int             # graph ops one launch computes (for the launch counter)
     summary: str         # one line for --explain
+    pointers: dict[str, DType] = field(default_factory=dict)   # the kernel's pointer parameters and their dtypes
 
 
 def domain_of(graph: Graph, members: list[str]) -> TensorType:
@@ -137,7 +138,7 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
             "        )", f'        K.launched("{name}", {len(members)})']
     lau.append(f"    return {', '.join(var[o] for o in outputs)}")
     return Kernel(name, "\n".join(lines + lau), tensors, list(outputs), training, len(members),
-                  f"{name}: {ops} over [{', '.join(axes)}]")
+                  f"{name}: {ops} over [{', '.join(axes)}]", {ptr[n]: graph[n].tensor_type.dtype for n in ptr})
 
 
 def launcher_head(name: str, args: list[str], n_outputs: int, training: bool, fallback: str, doc: str) -> list[str]:

@@ -137,4 +137,5 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
             f'        K.launched("{name}", {len(members) - 1})',
             f"    return {', '.join(var[o] for o in outputs)}"]
     return Kernel(name, "\n".join(src + lau), tensors, list(outputs), training, len(members) - 1,
-                  f"{name}: matmul + {', '.join(graph[m].op for m in members[1:])} over [{', '.join(out_t.names)}]")
+                  f"{name}: matmul + {', '.join(graph[m].op for m in members[1:])} over [{', '.join(out_t.names)}]",
+                  {ptr[n]: graph[n].tensor_type.dtype for n in ptr})

@@ -11,8 +11,10 @@ from nnspec.compiler.diagrams.layout import (
     GLYPH_SIZE,
     LABEL_SIZE,
     SMALL_SIZE,
+    TAPER,
     Column,
     Lane,
+    subscript_width,
 )
 from nnspec.compiler.diagrams.metrics import FONT_FAMILY, text_width
 from nnspec.compiler.diagrams.palette import TRANSFORM, colours
@@ -68,12 +70,20 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
             if d.kind == "bar":
                 g.add(El("rect", {"x": ba + 2, "y": y0, "width": bb - ba - 4, "height": y1 - y0, "fill": "#555555",
                                   "data-role": "bar"}))
+            elif d.shape == "trapezoid":     # narrowing to the right: the spatial axes shrink by the stride
+                t = min(TAPER, (y1 - y0) / 4)
+                outline = (f"M{num(ba)} {num(y0)} L{num(bb)} {num(y0 + t)} L{num(bb)} {num(y1 - t)} L{num(ba)} "
+                           f"{num(y1)} Z")
+                g.add(El("path", {"d": outline, "fill": fill, "stroke": border, "stroke-width": 1.2,
+                                  "stroke-linejoin": "round", "data-role": "box", "data-shape": "trapezoid"}))
             else:
                 g.add(El("rect", {"x": ba, "y": y0, "width": bb - ba, "height": y1 - y0, "rx": 3, "fill": fill,
                                   "stroke": border, "stroke-width": 1.2, "data-role": "box"}))
         if d.kind == "box" and spans:
             s0, s1 = max(spans, key=lambda r: (r[1] - r[0], -r[0]))
-            _label(g, d.label, d.sup, d.bias, d.bold, (ba + bb) / 2, (lane.y(s0) + lane.y(s1)) / 2)
+            inset = TAPER if d.shape == "trapezoid" else 0.0    # centred in the trapezoid's wider part
+            _label(g, d.label, d.sup, d.bias, d.bold, (ba + bb - inset) / 2, (lane.y(s0) + lane.y(s1)) / 2,
+                   d.stride)
         if d.count:
             _brackets(g, ba - 6, bb + 6, lane.y(0) - half - 4, lane.bottom + half + 4, d.count)
     elif d.kind == "lift":
@@ -96,15 +106,18 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
     return g
 
 
-def _label(g: El, label: str, sup: str, bias: bool, bold: bool, cx: float, cy: float) -> None:
+def _label(g: El, label: str, sup: str, bias: bool, bold: bool, cx: float, cy: float, stride: str = "") -> None:
     main = text_width(label, GLYPH_SIZE, bold)
-    small = max(text_width(sup, SMALL_SIZE), text_width("+", SMALL_SIZE) if bias else 0.0)
+    small = max(text_width(sup, SMALL_SIZE), subscript_width(bias, stride))
     x = cx - (main + (small + 1 if small else 0)) / 2
     g.add(text(x, cy + 4, label, GLYPH_SIZE, "glyph", anchor="start", bold=bold))
     if sup:
         g.add(text(x + main + 1, cy - 2, sup, SMALL_SIZE, "name", anchor="start"))
     if bias:
         g.add(text(x + main + 1, cy + 9, "+", SMALL_SIZE, "bias", anchor="start"))
+    if stride:
+        at = x + main + 1 + (subscript_width(True, "") + text_width(" ", SMALL_SIZE) if bias else 0.0)
+        g.add(text(at, cy + 9, stride, SMALL_SIZE, "stride", anchor="start"))
 
 
 def _brackets(g: El, left: float, right: float, top: float, bottom: float, count: int, ink: str = INK) -> None:

@@ -28,6 +28,7 @@ SMALL_SIZE = 8.0      # superscripts, einsum strings
 NAME_SIZE = 11.0      # input and output names
 TOP = 44.0            # below the title
 HEADROOM = 24.0       # above a lane's first wire, room for a lifted glyph: the first wires sit at TOP + this
+TAPER = 5.0           # a convolution's trapezoid is this much shorter at each end of its right edge
 MARGIN = 12.0
 
 
@@ -221,7 +222,7 @@ def _op_lane(idx: int, op: Op, d: Drawing, flat: Flat) -> Lane:
     lane = Lane("op", [(s[0], s[1]) for s in slots], op=op, index=idx, drawing=d)
     lane.width = op_width(d)
     lane.in_names = [axes(t) for t in ins]
-    if d.sup or d.bias:
+    if d.sup or d.bias or d.stride:
         lane.top_ext = lane.bot_ext = BOX_HALF + 2.0
     if d.kind == "lift":
         lane.top_ext = HEADROOM
@@ -235,9 +236,9 @@ def _op_lane(idx: int, op: Op, d: Drawing, flat: Flat) -> Lane:
 def op_width(d: Drawing) -> float:
     if d.kind == "box":
         w = text_width(d.label, GLYPH_SIZE, d.bold) + 14
-        if d.sup or d.bias:
-            w += max(text_width(d.sup, SMALL_SIZE), text_width("+", SMALL_SIZE) if d.bias else 0) + 1
-        w = max(w, 24.0)
+        if d.sup or d.bias or d.stride:
+            w += max(text_width(d.sup, SMALL_SIZE), subscript_width(d.bias, d.stride)) + 1
+        w = max(w, 24.0) + (TAPER if d.shape == "trapezoid" else 0.0)
         return w + (24.0 if d.count else 0.0)
     if d.kind == "bar":
         return 8.0
@@ -248,6 +249,12 @@ def op_width(d: Drawing) -> float:
     if d.kind == "contract":
         return max(64.0, text_width(d.note, SMALL_SIZE) + 8)
     return 10.0
+
+
+def subscript_width(bias: bool, stride: str) -> float:
+    """The subscript after a box's glyph: `+` for a bias, then a convolution's stride (`÷2`)."""
+    parts = (["+"] if bias else []) + ([stride] if stride else [])
+    return text_width(" ".join(parts), SMALL_SIZE)
 
 
 def _column(c: int, lay: Layout) -> Column:

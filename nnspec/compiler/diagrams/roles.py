@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnspec.compiler.diagrams.view import Flat, Op
+from nnspec.compiler.diagrams.view import Const, Flat, Op
 from nnspec.compiler.ir import TensorType
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.ops.contract import einsum_string
@@ -47,6 +47,8 @@ class Drawing:
     mark: Wire | None = None       # the wire a softmax triangle sits on
     note: str = ""                 # an einsum string written beside the column
     count: int = 0                 # a collapsed repeat's xN
+    shape: str = "rect"            # rect | trapezoid (a convolution, narrowing as x -> x/s)
+    stride: str = ""               # a convolution's stride, written as a subscript: `÷2`
 
 
 def axes(t: TensorType) -> list[str]:
@@ -65,6 +67,10 @@ def drawing(op: Op, flat: Flat) -> Drawing:
         return d
     if op.block:                   # scan and other ops applying a block: a box over the axes that change
         glyph = f"{glyph} {op.block}"
+    if op.op == "pool":            # which pooling, as the spec calls it
+        glyph = f"{op.node.attrs['kind']}pool"
+    if op.op == "full":            # a constant tensor: its value
+        glyph = str(Const(op.node.attrs["value"]))
     if op.learned:
         return _learned(op, ins, outs, glyph)
     family = op.family
@@ -159,6 +165,11 @@ def _learned(op: Op, ins: list[TensorType], outs: list[TensorType], glyph: str) 
     d = _acting(ins, outs, acted, "box", "L" if op.family == "contract" else glyph, list(range(len(ins))))
     d.bold, d.bias = True, op.bias
     d.sup = op.params[0].short if op.params else ""
+    if op.op == "conv":            # Abbott's convolution: a trapezoid with a star, the stride as a subscript
+        d.shape = "trapezoid"
+        strides = attrs["stride"]
+        if any(s != 1 for s in strides):
+            d.stride = "÷" + (str(strides[0]) if len(set(strides)) == 1 else ",".join(map(str, strides)))
     return d
 
 

@@ -83,7 +83,7 @@ def box_span(lane: Lane, col: Column) -> tuple[float, float]:
 
 def box_half(lane: Lane) -> float:
     d = lane.drawing
-    return BOX_HALF + 2.0 if d is not None and (d.sup or d.bias) else BOX_HALF
+    return BOX_HALF + 2.0 if d is not None and (d.sup or d.bias or d.stride) else BOX_HALF
 
 
 def route(lay: Layout) -> Routes:
