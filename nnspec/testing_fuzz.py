@@ -20,19 +20,26 @@ Stages, in order (`STAGES`); a mutant either is refused at one (with a located `
 - `load`: bytes -> text -> YAML nodes (`decode`, `load_yaml`): size, encoding, tabs, syntax, limits;
 - `schema`: the spec layer (`load_source`): keys and value kinds, identifiers, expression syntax, includes;
 - `check`: `nnspec.check` (elaboration): names, shapes, dtypes, sizes, constraints, weight maps;
-- `codegen`: `nnspec.backends.torch.codegen.generate` where that module exists, and `compile()` of its text;
+- `codegen`: the generated PyTorch module (`nnspec.backends.torch.codegen`), as written (-O0) and optimised
+  (-O2, `nnspec.compiler.passes`), each compiled by Python;
 - `run`: the reference interpreter on small random inputs (integer inputs all 0, a valid index anywhere), its
-  outputs compared with their declared shapes and dtypes and its parameter count with check's. Large models
-  are not run: the parameter bytes and every node's element count are estimated first (`SKIP_PARAM_BYTES`,
-  `SKIP_NUMEL`); big seeds are run with their integer dims shrunk (`--set`).
+  outputs compared with their declared shapes and dtypes and its parameter count with check's; then both generated
+  modules, given the interpreter's weights, must compute the interpreter's outputs. Large models are not run: the
+  parameter bytes and every node's element count are estimated first (`SKIP_PARAM_BYTES`, `SKIP_NUMEL`); big
+  seeds are run with their integer dims shrunk (`shrink_dims`, `--set`).
 
-Mutators (`MUTATORS`): bytes (flip, insert, delete, truncate, duplicate, odd characters), YAML structure
-(drop, duplicate, rename keys; change scalar types; nest; alias), expression text (swap operators, near
-names, delete tokens, brackets, huge numbers, zero divisors, negative sizes), axis annotations, block
-signatures, built-in function swaps (any, or elementwise for elementwise) and dim values (wild, or another
-small integer, which often keeps the spec valid so the interpreter runs new sizes). Expression mutators pick
-their place mostly inside the expression-language scalars (`expression_regions`), and are drawn more often
-(`WEIGHTS`).
+Seeds (`load_seeds`): the examples and golden specs, plus each one that includes the standard library with its
+blocks copied in, so mutations reach them. Mutators (`MUTATORS`), by level: bytes (flip, insert, delete,
+truncate, duplicate, odd characters), YAML structure (duplicate lines, drop or rename keys, change a value's
+kind, nest, alias), expressions (swap operators, near names, delete or duplicate tokens, brackets, huge numbers,
+zero divisors, negation), axes (annotations), blocks (signatures; whole blocks swapped, dropped, copied, made
+recursive), ops (built-in function swaps, any or elementwise for elementwise), types (dtypes; option values) and
+dims (wild values, or another small integer, which often keeps the spec valid so the interpreter and the generated
+code run new sizes). Expression mutators pick their place mostly inside the expression-language scalars
+(`expression_regions`), and are drawn more often (`WEIGHTS`).
+
+`FuzzRun.summary()` reports, per stage, how many mutants it refused (located `SpecError`s, by code) and how many
+went past it, and per kind of mutation where the mutants that had it stopped.
 
 Only a timeout (`TIMEOUT_S`, SIGALRM) guards against hangs; there is no other time check.
 """

@@ -218,8 +218,14 @@ def test_golden_files(name: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
-def test_golden_files_are_formatted_and_lint_clean() -> None:
+def test_generated_files_are_formatted_and_lint_clean(tmp_path: Path) -> None:
+    """The goldens and every example at every level: `ruff check` and `ruff format --check` find nothing."""
     files = [str(GOLDEN / f"{name}.py") for name in GOLDENS]
+    for example, dims in EXAMPLE_DIMS.items():
+        for opt in (0, 1, 2):
+            path = tmp_path / f"{Path(example).stem}_o{opt}.py"
+            path.write_text(compile_spec(EXAMPLES / example, opt=opt, **dims).source, encoding="utf-8")
+            files.append(str(path))
     config = str(ROOT / "pyproject.toml")
     for args in (["check"], ["format", "--check"]):
         run = subprocess.run(["ruff", *args, "--config", config, *files], capture_output=True, text=True)

@@ -1,9 +1,10 @@
 """Outputs are deterministic and atomic (issue 8).
 
-- `nnspec check --json --emit ir`, and where the commands exist `nnspec render` (DOT, SVG) and `nnspec compile`,
-  print or write byte-identical output across processes with PYTHONHASHSEED=0, 1 and random: nothing depends on
-  set or dict-of-hash order, object ids or the clock.
-- A failing `render` or `compile` leaves no partial file, no temporary file, and no changed old file.
+- `nnspec check --json --emit ir`, and where the commands exist `nnspec render` (DOT, SVG) and `nnspec compile`
+  (-O0 and -O2), print or write byte-identical output across processes with PYTHONHASHSEED=0, 1 and random:
+  nothing depends on set or dict-of-hash order, object ids or the clock.
+- A failing `render`, `compile` or `save_weights` leaves no partial file, no temporary file, and no changed old
+  file.
 
 Each seed runs every command once in one subprocess (the three run side by side) to keep the cost down.
 """
@@ -59,9 +60,10 @@ with tempfile.TemporaryDirectory() as tmp:
                 run("render", spec, "-o", str(path), "--style", style, "--format", fmt)
                 out[f"render {style} {fmt} {spec}"] = hashlib.sha256(path.read_bytes()).hexdigest()
         if "compile" in want and spec in drawn:
-            d = Path(tmp) / ("compiled_" + Path(spec).stem)
-            run("compile", spec, "-o", str(d))
-            out["compile " + spec] = files(d)
+            for level in ("0", "2"):
+                d = Path(tmp) / (f"compiled_O{level}_" + Path(spec).stem)
+                run("compile", spec, "-o", str(d), "-O", level)
+                out[f"compile -O{level} " + spec] = files(d)
 print(json.dumps(out, sort_keys=True))
 """
 

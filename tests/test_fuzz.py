@@ -2,9 +2,9 @@
 with a `SpecError` located in the spec. Anything else is an nnspec bug: minimise it, add a regression test to
 tests/test_fuzz_regressions.py, fix it.
 
-The CI run draws a few hundred mutants; `pytest --runslow -k fuzz_10k` draws 10,000 (stage counts are printed,
-and written as JSON to the file named by $NNSPEC_FUZZ_REPORT when set). The mutators and stages are in
-`nnspec.testing_fuzz`.
+The CI run draws a few hundred mutants; `pytest --runslow -k fuzz_10k` draws 10,000 (stage counts, error codes
+and where each kind of mutation stopped are printed, and written as JSON to the file named by $NNSPEC_FUZZ_REPORT
+when set). The mutators and stages are in `nnspec.testing_fuzz`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import nnspec
-from nnspec.testing_fuzz import FuzzRun, Mutant, load_seeds, mutants
+from nnspec.testing_fuzz import MUTATORS, FuzzRun, Mutant, load_seeds, mutants
 
 ROOT = Path(__file__).parent.parent
 SEEDS = load_seeds(ROOT)
@@ -27,7 +27,8 @@ SLOW_EXAMPLES = 10_000
 
 def test_seeds_are_the_examples_and_all_check() -> None:
     names = {s.name for s in SEEDS}
-    assert {"examples/gpt2.yaml", "examples/small/moe.yaml", "tests/golden/ir/tiny.yaml"} <= names
+    assert {"examples/gpt2.yaml", "examples/small/moe.yaml", "tests/golden/ir/tiny.yaml",
+            "examples/small/recursive.yaml (std inlined)"} <= names
     assert len(SEEDS) >= 9
     for seed in SEEDS:
         nnspec.check(seed.text)
@@ -55,9 +56,12 @@ def _fuzz(tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int, report: st
             print("\n" + summary)
     total = sum(run.counts.values())
     assert total >= n // 2, "Hypothesis ran far fewer examples than asked"
-    # the mutants reach every stage, not just the YAML loader
+    # the mutants reach every stage, not just the YAML loader: some are checked, generated and run
     reached_check = sum(v for k, v in run.counts.items() if not k.startswith(("load", "schema")))
     assert reached_check > total // 10, run.summary()
+    assert run.counts["ok: passed"] > total // 50, run.summary()
+    # every level of mutation was drawn (bytes, YAML, keys, types, ops, expressions, dims, axes, blocks)
+    assert set(run.mutators) == set(MUTATORS), run.summary()
 
 
 def test_fuzz_ci(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -567,3 +567,81 @@ def test_compile_of_two_specs_with_one_name_is_a_usage_error(capsys: pytest.Capt
     result = CliRunner().invoke(app, ["compile", spec, spec, "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert "two specs would both write moe.py" in result.stderr
+
+
+# ---- dtypes the checker promised and torch did not compute (found by the dtype mutator) -----------------------
+
+MIXED = HEAD.replace("x: float32[B, d]", "x: float32[B, T, d]\n  h: float16[B, T, d]\n  j: int32[B, T]") \
+    .replace("y: float32[B, d]", "y: OUT")
+#  1 nnspec: 1 ... 6   x: ..  7   h: float16[B, T, d]   8   j: int32[B, T]  ... 11 body: |   12   y = ...
+
+
+@pytest.mark.parametrize("body, out, col", [
+    ("y[B, T] = h * x", "float32[B, T]", 13),                 # checked as float32; torch.einsum: Half and Float
+    ("y = linear(h, d)", "float16[B, T, d]", 7),              # float32 weights: mat1 and mat2 must have the same dtype
+    ("y = rmsnorm(h)", "float16[B, T, d]", 7),                # checked as float16, computed as float32
+    ("y = layernorm(h)", "float16[B, T, d]", 7),
+    ("y = conv(h, 4, 3, channel=d, over=T, into=P, padding=1)", "float16[B, P, 4]", 7),
+    ("y = attention(h[B, T, (2 k)], x[B, S, (2 k)], x[B, S, (2 k)], key=S, dim=k, query=T)", "float16[B, T, 2, k]",
+     7),
+])
+def test_operands_torch_does_not_promote_must_share_a_dtype(body: str, out: str, col: int) -> None:
+    err = error(spec(body, MIXED.replace("OUT", out)))
+    assert where(err) == ("E013", 12, col)
+    assert "in one dtype, got float16 and float32" in err.message
+
+
+@pytest.mark.parametrize("body, out", [("y = sum(j, over=T)", "int64[B]"), ("y = cumsum(j, over=T)", "int64[B, T]")])
+def test_integer_sums_are_int64_as_torch_computes_them(body: str, out: str) -> None:
+    # sum/cumsum of int32 were checked as int32 and computed as int64 by torch (the output's declared dtype broke)
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    result = nnspec.check(spec(body, MIXED.replace("OUT", out)))
+    inputs = {"x": torch.zeros(2, 3, 8), "h": torch.zeros(2, 3, 8, dtype=torch.float16),
+              "j": torch.arange(6, dtype=torch.int32).reshape(2, 3)}
+    y = Interpreter(result.model)(**inputs)["y"]
+    assert y.dtype == torch.int64
+    want = inputs["j"].sum(-1) if "sum(" in body and "cumsum" not in body else inputs["j"].cumsum(-1)
+    assert y.tolist() == want.tolist()
+    int32 = error(spec(body, MIXED.replace("OUT", out.replace("int64", "int32"))))
+    assert where(int32)[0] == "E021"
+
+
+# ---- functions of static values that leave the real numbers -------------------------------------------------
+
+@pytest.mark.parametrize("body, code, col", [
+    ("y = linear(x, d, std=0.02 / sqrt(2 * -1 * d))", "E026", 31),   # the gpt2 c_proj init, mutated: TypeError
+    ("y = x * sqrt(-1)", "E026", 11),
+    ("y = x * log(0)", "E026", 11),
+    ("y = x * log(-1)", "E026", 11),
+    ("y = dropout(x, sqrt(-1))", "E026", 18),
+    ("y = x * log(d - 8)", "E026", 11),                                # judged by the dim's value
+    ("y = x * sqrt(d - 9)", "E026", 11),
+    ("y = x * exp(100000)", "E023", 11),                               # beyond 2^62, though no sympy Number
+    ("y = x * exp(d * 100)", "E023", 11),
+])
+def test_static_function_leaving_the_reals_is_a_located_error(body: str, code: str, col: int) -> None:
+    # sympy made sqrt(-2) = sqrt(2)*I; float() of it raised TypeError (exit 3) where a number was needed
+    err = error(spec(body))
+    assert where(err) == (code, 10, col)
+
+
+def test_static_function_inside_a_dim() -> None:
+    err = error(spec("y = x", HEAD.replace("d: 8", "d: 8\n  e: max(sqrt(-1), 2)")))
+    #   5   e: max(sqrt(-1), 2): sqrt starts at column 10 (max raised "The argument 'I' is not comparable")
+    assert where(err) == ("E026", 5, 10)
+
+
+@pytest.mark.parametrize("body", ["y = x * sqrt(d)", "y = x * exp(-1000)", "y = x * log(d)", "y = x * max(d, 2)"])
+def test_static_functions_within_the_reals(body: str) -> None:
+    assert nnspec.check(spec(body)).params == 0
+
+
+# ---- a spec without outputs ------------------------------------------------------------------------------------
+
+def test_spec_with_no_outputs_is_a_located_error() -> None:
+    # `outputs: {}` checked; the generated forward, annotated to return a dict, returned None
+    err = error(HEAD.replace("outputs:\n  y: float32[B, d]\n", "outputs: {}\n") + "body: |\n  y = relu(x)\n")
+    #   7 outputs: {}: the mapping at column 10
+    assert where(err) == ("E021", 7, 10)

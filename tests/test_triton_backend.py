@@ -208,7 +208,20 @@ def test_random_pointwise_chains_run_in_generated_kernels(chain: tuple[str, str]
     pointwise = sum(1 for n in optimize(result.model, level=2, training=True).graph if TABLE[n.op].kernel
                     and n.op not in ("input",))
     assert sum(runtime.OPS.values()) == pointwise
-    torch.testing.assert_close(got, want, equal_nan=True, **TOL[want.dtype])
+    if dtype == "float32":
+        torch.testing.assert_close(got, want, equal_nan=True, **TOL[want.dtype])
+        return
+    # In fp16/bf16 a 1-ulp difference in an intermediate (a transcendental's last fp32 bit deciding a rounding)
+    # can grow through cancellation, for torch as for the kernel. So each element is within the tolerance of
+    # torch's value, or no further than twice torch's own error from the same chain computed in float32.
+    exact = nnspec.build(chain_spec(body, "float32"), opt=0).eval()
+    with torch.no_grad():
+        ref = exact(**{k: v.float() for k, v in inputs.items()})
+    tol = TOL[want.dtype]
+    near = (got.float() - want.float()).abs() <= tol["atol"] + tol["rtol"] * want.float().abs()
+    no_worse = (got.float() - ref).abs() <= 2 * (want.float() - ref).abs() + tol["atol"] / 10
+    same_nan = got.isnan() & want.isnan()
+    assert bool((near | no_worse | same_nan).all()), (got, want, ref)
 
 
 def test_matmul_epilogue_kernels_fuse_bias_activation_and_residual() -> None:
@@ -305,6 +318,14 @@ def test_compile_command_writes_the_triton_module(tmp_path: Path) -> None:
     assert "@triton.jit" in text and "K.rotary(" in text and "K.attention(" in text and "K.rmsnorm(" in text
     again = compile_spec(spec, target="triton", opt=2, **LLAMA).source
     assert again == text   # deterministic
+    res = runner.invoke(app, ["compile", str(spec), "--target", "triton", "-O2", "--explain", "-o", str(tmp_path),
+                              *sets])
+    assert res.exit_code == 0, res.output
+    lines = [line.strip() for line in res.output.splitlines()]
+    # the fused q/k/v and gate/up weights are concatenated by torch; the rest has kernels
+    assert "torch fallback: concat (copy into one tensor: torch.cat)" in lines
+    assert {"template kernel: rotary", "template kernel: attention", "template kernel: rmsnorm"} <= set(lines)
+    assert any(line.startswith("kernel mlp_elementwise_0: silu, mul over [B, T, intermediate_size]") for line in lines)
 
 
 def test_every_lowering_entry_was_exercised() -> None:

@@ -218,7 +218,7 @@ class Elaborator:
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in STATIC_FUNCS \
                 and not expr.kwargs:
             args = [self.static_eval(a, allow_free) for a in expr.args]
-            return static_call(expr.func.id, args, expr.span)
+            return static_call(expr.func.id, args, expr.span, self.sizes.concrete)
         raise SpecError("E026", "only arithmetic on dims and options is allowed here", expr.span)
 
     def _concrete(self, v: Any) -> Any:
@@ -371,7 +371,7 @@ class Elaborator:
 STATIC_FUNCS = {"sqrt", "min", "max", "abs", "log", "exp"}
 
 
-def static_call(name: str, args: list[Any], span: Span) -> Any:
+def static_call(name: str, args: list[Any], span: Span, concrete: Any = None) -> Any:
     nums = [static.to_sym(a, span) for a in args]
     if name in ("min", "max"):
         if len(nums) < 2:
@@ -380,7 +380,7 @@ def static_call(name: str, args: list[Any], span: Span) -> Any:
     if len(nums) != 1:
         raise SpecError("E019", f"{name} takes one value, got {len(nums)}", span)
     fn = {"sqrt": sympy.sqrt, "abs": sympy.Abs, "log": sympy.log, "exp": sympy.exp}[name]
-    return fn(nums[0])
+    return static.checked(fn(nums[0]), span, concrete)  # sqrt(-1), log(0), exp(1000): refused where written
 
 
 def _text(span: Span) -> str:

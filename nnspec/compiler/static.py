@@ -33,13 +33,17 @@ def to_sym(value: Static, span: Span) -> sympy.Expr:
     return sympy.sympify(value)
 
 
-def _checked(result: sympy.Basic, span: Span) -> sympy.Basic:
-    if result.is_Number and result.is_finite and abs(result) > MAX_MAGNITUDE:
-        raise SpecError("E023", f"value {result} is out of range (|x| > 2^62)", span)
-    if result in (sympy.zoo, sympy.nan):
-        raise SpecError("E026", "undefined value (division by zero?)", span)
-    if result.is_number and result.is_extended_real is False:  # (-8)**0.5
-        raise SpecError("E026", f"{result} is not a real number", span)
+def checked(result: sympy.Basic, span: Span, concrete: Any = None) -> sympy.Basic:
+    """`result` of static arithmetic or a function (sqrt, log, exp, ...), refused where it leaves the real numbers
+    a spec means: undefined (1/0, log(0)), imaginary (sqrt(-1), log(-1)) or beyond 2^62 (exp(1000)). With
+    `concrete` (the known dims substituted), `log(d - 8)` is judged by its value; the symbolic result is kept."""
+    value = concrete(result) if concrete is not None else result
+    if value in (sympy.zoo, sympy.nan) or (value.is_number and value.has(sympy.zoo, sympy.nan)):
+        raise SpecError("E026", "undefined value (a division by zero, log(0) or 0/0)", span)
+    if value.is_number and value.is_extended_real is False:  # (-8)**0.5
+        raise SpecError("E026", f"{value} is not a real number", span)
+    if value.is_number and value.is_finite and abs(value) > MAX_MAGNITUDE:  # exp(1000) is no sympy Number
+        raise SpecError("E023", f"value {value} is out of range (|x| > 2^62)", span)
     return result
 
 
@@ -71,7 +75,7 @@ def binop(op: str, a: Static, b: Static, span: Span, concrete: Any) -> Static:
         result = x ** y
     else:
         raise SpecError("E026", f"'{op}' does not apply to sizes", span)
-    return _checked(result, span)
+    return checked(result, span, concrete)
 
 
 def compare(op: str, a: Static, b: Static, span: Span) -> bool | sympy.Basic:

@@ -167,6 +167,8 @@ def load_source(source: Source) -> Spec:
     require = [RequireDecl(_expr(n, "dimexpr"), n.span) for n in _list(top, "require")]
     inputs = {name: _tensor(name, node, top["inputs"]) for name, node in _items(top, "inputs")}
     outputs = {name: _tensor(name, node, top["outputs"]) for name, node in _items(top, "outputs")}
+    if not outputs:  # a model computes something: generated code would have nothing to return
+        raise SpecError("E021", "the spec declares no outputs; name at least one with its type", top["outputs"].span)
     for name in outputs:
         if name in inputs:
             raise SpecError("E024", f"'{name}' is both an input and an output",

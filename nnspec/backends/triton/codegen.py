@@ -54,10 +54,12 @@ class TritonModuleGen(ModuleGen):
         if line not in self.explain:
             self.explain.append(line)
 
-    def route(self, node: Node, how: str, why: str = "") -> None:
+    def route(self, node: Node, how: str, why: str = "", *, note: bool = True) -> None:
         self.used.setdefault(node.op, set()).add(how)
         if how == "torch" and node.op not in NOT_COMPUTE:
             self.note(f"torch fallback: {node.op} ({why or TABLE[node.op].fallback})")
+        elif how == "template" and note:
+            self.note(f"template kernel: {node.op}")
 
     # -- generated kernels --
     def kernel_for(self, graph: Graph, key: str, members: list[str], inputs: list[str],
@@ -207,8 +209,8 @@ class TritonFunctionGen(FunctionGen):
         w = [self.value(i) for i in norm.inputs[1:]]
         kwargs = {"residual": b}
         value = call(f"{K}.{norm.op}", a, *w, Lit(norm.attrs["eps"]), **kwargs)
-        for n in (add, norm):
-            self.mg.route(n, "template")
+        self.mg.route(add, "template", note=False)
+        self.mg.route(norm, "template")
         refs = self.let_many(value, [add.name, norm.name])
         self.alias[add.name], self.alias[norm.name] = refs
 

@@ -141,7 +141,8 @@ def _unary(name: str) -> Any:
         v = b.eval(a["x"])  # type: ignore[arg-type]
         if not isinstance(v, TensorValue):
             if name in ("sqrt", "exp", "log", "abs"):
-                return static_call(name, [b.static(a["x"], name)], call.span)  # type: ignore[arg-type]
+                return static_call(name, [b.static(a["x"], name)], call.span,  # type: ignore[arg-type]
+                                   b.sizes.concrete)
             raise SpecError("E026", f"{name} applies to a tensor, got {v!r}", call.span)
         return b.emit(name, [v.node], {}, call.span)
     return fn
@@ -195,7 +196,7 @@ def _extremum(name: str) -> Any:
             if call.kwargs:
                 raise SpecError("E016", f"{name}(a, b, ...) takes no keyword arguments", call.kwargs[0].span)
             if not any(isinstance(v, TensorValue) for v in values):
-                return static_call(name, [b.static(e, name) for e in call.args], call.span)
+                return static_call(name, [b.static(e, name) for e in call.args], call.span, b.sizes.concrete)
             out = values[0]
             for v in values[1:]:
                 out = b.elementwise("maximum" if name == "max" else "minimum", [out, v], call.span)

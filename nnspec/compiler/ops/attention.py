@@ -14,7 +14,7 @@ import sympy
 from nnspec.compiler.ir import Axis, DType, TensorType, Type
 from nnspec.compiler.ops.elementwise import broadcast
 from nnspec.compiler.ops.nn import unique_axes
-from nnspec.compiler.ops.registry import find_axis, need_float, need_same_size, op, tensor
+from nnspec.compiler.ops.registry import find_axis, need_float, need_same_dtype, need_same_size, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -79,6 +79,7 @@ def _attention(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "attention") for t in ins]
     for t in ts[:3]:
         need_float(t, "attention")
+    need_same_dtype(ts[:3], "attention (query, key, value)")
     scores, out = attention_types(ts, attrs, sizes)
     extra = ts[3:]
     if len(extra) != int(attrs["has_mask"]) + int(attrs["has_bias"]):
@@ -92,6 +93,7 @@ def _attention(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if attrs["has_bias"]:
         bias = extra.pop(0)
         need_float(bias, "attention bias")
+        need_same_dtype([ts[0], bias], "attention (query, bias)")
         _within(bias, scores, sizes, "bias")
     if attrs["causal"]:
         find_axis(ts[0], attrs["query"], "causal attention query axis")

@@ -8,7 +8,7 @@ import sympy
 
 from nnspec.compiler.ir import Axis, TensorType, Type
 from nnspec.compiler.ops.elementwise import broadcast
-from nnspec.compiler.ops.registry import need_float, op, promote, tensor
+from nnspec.compiler.ops.registry import need_float, need_same_dtype, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -46,7 +46,5 @@ def _einsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
         out.append(axes[name])
     if len(set(attrs["out"])) != len(attrs["out"]):
         raise SpecError("E017", f"contraction result names an axis twice: {', '.join(attrs['out'])}")
-    dtype = ts[0].dtype
-    for t in ts[1:]:
-        dtype = promote(dtype, t.dtype)
-    return TensorType(tuple(out), dtype)
+    need_same_dtype(ts, "contraction")  # torch.einsum does not promote
+    return TensorType(tuple(out), ts[0].dtype)

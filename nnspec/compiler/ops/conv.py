@@ -12,7 +12,7 @@ import sympy
 
 from nnspec.compiler.ir import Axis, TensorType, Type
 from nnspec.compiler.ops.nn import unique_axes
-from nnspec.compiler.ops.registry import find_axis, need_float, need_same_size, op, tensor
+from nnspec.compiler.ops.registry import find_axis, need_float, need_same_dtype, need_same_size, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -51,6 +51,7 @@ def _conv_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Expr
 def _conv(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x, w = tensor(ins[0], "conv"), tensor(ins[1], "conv weight")
     need_float(x, "conv")
+    need_same_dtype([tensor(t, "conv") for t in ins], "conv (input, weight, bias)")
     c = find_axis(x, attrs["channel"], "conv")
     _check_window(x, attrs, sizes, "conv")
     need_same_size(sizes, x.axes[c].size, w.axes[1].size,

@@ -82,7 +82,7 @@ def _cumsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     find_axis(x, attrs["axis"], "cumsum")
     if x.dtype == DType.bool:
         raise SpecError("E013", "cumsum of a bool tensor; cast it first")
-    return x
+    return x.with_dtype(DType.int64) if x.dtype.is_int else x  # torch.cumsum of integers gives int64
 
 
 def concat_reference(types: list[TensorType], axis: str) -> TensorType | None:

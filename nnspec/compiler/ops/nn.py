@@ -7,7 +7,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.ir import Axis, TensorType, Type
-from nnspec.compiler.ops.registry import find_axis, need_float, need_same_size, op, tensor
+from nnspec.compiler.ops.registry import find_axis, need_float, need_same_dtype, need_same_size, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -34,6 +34,7 @@ def _linear_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Ex
 def _linear(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x, w = tensor(ins[0], "linear"), tensor(ins[1], "linear weight")
     need_float(x, "linear")
+    need_same_dtype([tensor(t, "linear") for t in ins], "linear (input, weight, bias)")
     i = find_axis(x, attrs["axis"], "linear")
     out_axis, in_axis = w.axes
     need_same_size(sizes, x.axes[i].size, in_axis.size,
@@ -71,6 +72,7 @@ def _norm_rule(name: str, n_params: int) -> Any:
     def rule(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
         x = tensor(ins[0], name)
         need_float(x, name)
+        need_same_dtype([tensor(t, name) for t in ins[:1 + n_params]], f"{name} (input, weight)")
         i = find_axis(x, attrs["axis"], name)
         for p in ins[1:1 + n_params]:
             p = tensor(p, f"{name} parameter")
@@ -99,6 +101,7 @@ op("rmsnorm", "normalize", doc="`x / sqrt(mean(x²) + eps) * weight` over axis `
 def _batchnorm(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "batchnorm")
     need_float(x, "batchnorm")
+    need_same_dtype([tensor(t, "batchnorm") for t in ins[:3]], "batchnorm (input, weight, bias)")
     i = find_axis(x, attrs["axis"], "batchnorm")
     for p in ins[1:5]:
         need_same_size(sizes, tensor(p, "batchnorm state").axes[0].size, x.axes[i].size,

@@ -6,7 +6,7 @@ from typing import Any
 
 import sympy
 
-from nnspec.compiler.ir import TensorType, Type
+from nnspec.compiler.ir import DType, TensorType, Type
 from nnspec.compiler.ops.registry import find_axis, need_float, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
@@ -35,7 +35,9 @@ def _reduce_rule(name: str, needs_float: bool) -> Any:
         elif x.dtype.value == "bool":
             raise SpecError("E013", f"{name} of a bool tensor {x}; cast it first")
         i = find_axis(x, attrs["axis"], name)
-        return TensorType(x.axes[:i] + x.axes[i + 1:], x.dtype)
+        # torch.sum of an integer tensor accumulates and returns int64
+        dtype = DType.int64 if name == "sum" and x.dtype.is_int else x.dtype
+        return TensorType(x.axes[:i] + x.axes[i + 1:], dtype)
     return rule
 
 

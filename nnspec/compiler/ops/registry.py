@@ -111,6 +111,15 @@ def need_float(t: TensorType, what: str) -> None:
         raise SpecError("E013", f"{what} expects a floating-point tensor, got {t}")
 
 
+def need_same_dtype(ts: list[TensorType], what: str) -> None:
+    """Operands that torch multiplies in one kernel (matrix products, convolutions, norms with their weights,
+    attention) must share a dtype: torch does not promote them, so the checker does not either."""
+    dtypes = list(dict.fromkeys(t.dtype.value for t in ts))
+    if len(dtypes) > 1:
+        raise SpecError("E013", f"{what} needs its operands in one dtype, got {' and '.join(dtypes)}; cast one "
+                        f"(cast(x, \"{dtypes[-1]}\")), or convert the whole model with --dtype")
+
+
 def need_same_size(sizes: Sizes, a: sympy.Expr, b: sympy.Expr, message: str) -> None:
     """Raise E012 when two sizes are provably different; an undecided equality becomes a run-time guard."""
     verdict = sizes.equal(a, b)
