@@ -323,6 +323,9 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     value = [n for n in v_t.names if n not in batch and n != kn]
     if a.get("dropout", 0.0) > 0 and scores_t.names != (*batch, qn, kn):
         return None     # SDPA drops over [batch..., q, k]: spelled out, dropout draws as the spec's does
+    shared = [n for n in batch if n in k_t.names]
+    if shared and len(shared) < len(batch):
+        return _sdpa_grouped(fn, node, ins, types, scores_t, out_t, shared)
     if a["has_mask"] or len(value) != 1 or sorted(q_t.names) != sorted([*batch, qn, dn]) or \
             sorted(k_t.names) != sorted([*batch, kn, dn]) or sorted(v_t.names) != sorted([*batch, kn, *value]) or \
             sorted(out_t.names) != sorted([*batch, qn, *value]):
@@ -344,6 +347,41 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     if perm != sorted(perm):   # a statement of its own, so the permute after it reads as in nanoGPT
         y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
     return permute(y, perm)
+
+
+def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
+                  out_t: TensorType, shared: list[str]) -> Expr | None:
+    """Grouped-query attention (q has head axes k and v lack, as `q[B, T, kv, group, d]` against
+    `k[B, S, kv, d]`) as SDPA with `enable_gqa`: q's heads are laid out kv-major, so query head h reads key/value
+    head h // group, as SDPA does. Plain causal or unmasked attention only (no mask, bias or dropout)."""
+    a = node.attrs
+    q_t, k_t, v_t = types[:3]
+    qn, kn, dn = a["query"], a["key"], a["dim"]
+    group = [n for n in scores_t.names if n not in (qn, kn) and n not in shared]
+    value = [n for n in v_t.names if n not in shared and n != kn]
+    if a["has_mask"] or a["has_bias"] or a.get("dropout", 0.0) > 0 or len(value) != 1 or \
+            sorted(q_t.names) != sorted([*shared, *group, qn, dn]) or sorted(k_t.names) != sorted([*shared, kn, dn]) \
+            or sorted(v_t.names) != sorted([*shared, kn, *value]) or \
+            sorted(out_t.names) != sorted([*shared, *group, qn, *value]):
+        return None
+
+    def size(t: TensorType, n: str) -> Expr:
+        return fn.size(t.axis(n).size)  # type: ignore[union-attr]
+
+    def heads(x: Expr, t: TensorType, order: list[str]) -> Expr:
+        y = permute(x, [t.index(n) for n in order])
+        if len(order) == 4:
+            return y
+        return method(y, "reshape", size(t, order[0]), Lit(-1), size(t, order[-2]), size(t, order[-1]))
+    q = heads(ins[0], q_t, [*shared, *group, qn, dn])
+    k = heads(ins[1], k_t, [*shared, kn, dn])
+    v = heads(ins[2], v_t, [*shared, kn, *value])
+    kwargs: dict[str, Any] = {"is_causal": True} if a["causal"] else {}
+    order = [*shared, *group, qn, *value]
+    y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"], enable_gqa=True),
+                     "y", comment="(" + ", ".join([shared[0], "heads", qn, *value]) + ")")
+    y = method(y, "reshape", *[size(out_t, n) for n in order])
+    return permute(y, [order.index(n) for n in out_t.names])
 
 
 def _comment(t: TensorType) -> str:

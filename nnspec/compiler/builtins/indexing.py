@@ -157,9 +157,26 @@ def _slice(b: Builder, call: ast.Call) -> Any:
 def _clamp(b: Builder, call: ast.Call) -> Any:
     a, _ = bind(call, "clamp", [("x", REQUIRED), ("min", None), ("max", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
-    lo = None if a["min"] is None else b.number(a["min"], "min")
-    hi = None if a["max"] is None else b.number(a["max"], "max")
-    return b.emit("clamp", [x.node], {"min": lo, "max": hi}, call.span)
+    dtype = b.type_of(x).dtype
+    bounds: dict[str, int | float | None] = {}
+    for key in ("min", "max"):
+        expr = a[key]
+        if expr is None:
+            bounds[key] = None
+            continue
+        value: int | float = b.number(expr, key)
+        if dtype.is_int:  # torch.clamp with a float bound turns an integer tensor into float32
+            exact = b.static(expr, key)
+            exact = b.sizes.concrete(exact) if isinstance(exact, sympy.Basic) else exact
+            if isinstance(exact, bool) or not (isinstance(exact, int) or (isinstance(exact, sympy.Basic)
+                                                                          and exact.is_Integer)):
+                raise SpecError("E026", f"clamp of an integer tensor takes integer bounds, got {key}={value}",
+                                expr.span)
+            value = int(exact)
+        if not fits_dtype(value, dtype):  # torch refuses a bound its dtype cannot hold
+            raise SpecError("E023", f"clamp {key}={value} does not fit the {dtype.value} tensor it bounds", expr.span)
+        bounds[key] = value
+    return b.emit("clamp", [x.node], bounds, call.span)
 
 
 @builtin("take", "take(x, over=AXIS, index=0)", "One position along an axis (the axis is removed).")

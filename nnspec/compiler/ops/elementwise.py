@@ -70,6 +70,8 @@ def _unary_rule(name: str, needs_float: bool) -> Any:
             raise SpecError("E013", f"'not' expects a bool tensor, got {x}")
         if name == "neg" and x.dtype == DType.bool:
             raise SpecError("E013", f"cannot negate a bool tensor {x}")
+        if name == "abs" and x.dtype == DType.bool:  # torch has no abs for bool
+            raise SpecError("E013", f"abs of a bool tensor {x}; cast it first")
         return x
     return rule
 
@@ -125,7 +127,7 @@ def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("clamp", "elementwise", doc="Clamp into `[min, max]` (either bound may be absent).",
-    attrs={"min": (float, type(None)), "max": (float, type(None))}, arity=1, glyph="⌈⌋",
+    attrs={"min": (int, float, type(None)), "max": (int, float, type(None))}, arity=1, glyph="⌈⌋",
     flops=_elementwise_flops(1), flops_doc="1 per element")
 def _clamp(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "clamp")
