@@ -57,20 +57,9 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     names = Names(KERNEL_WORDS | {f"i{j}" for j in range(rank)} | {f"size{j}" for j in range(rank)})
     var = {n: names.fresh(n) for n in [*inputs, *members]}
     body = Body(graph, lambda n: var[n])
-    tensors: list[str] = []
-    dims: dict[str, tuple[int | None, ...]] = {}
-    for i in inputs:
-        node, t = graph[i], graph[i].type
-        if not isinstance(t, TensorType):
-            raise Unsupported(f"{i} is a tuple")
-        if node.op == "const" and t.rank == 0:
-            body.bind(i, Value(var[i], t.dtype, const=node.attrs["value"]))
-            continue
-        extra = [a for a in t.names if a not in axes]
-        if extra:
-            raise Unsupported(f"{i} has axes {extra} outside the group's domain {list(axes)}")
-        tensors.append(i)
-        dims[i] = tuple(t.index(a) if a in t.names else None for a in axes)
+    tensors = tensor_operands(graph, inputs, axes, body, var)
+    dims = {i: tuple(graph[i].tensor_type.index(a) if a in graph[i].tensor_type.names else None for a in axes)
+            for i in tensors}
     if not tensors:
         raise Unsupported("no tensor operand to take the domain's sizes from")
     offsets = "offs"
@@ -139,6 +128,24 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     lau.append(f"    return {', '.join(var[o] for o in outputs)}")
     return Kernel(name, "\n".join(lines + lau), tensors, list(outputs), training, len(members),
                   f"{name}: {ops} over [{', '.join(axes)}]", {ptr[n]: graph[n].tensor_type.dtype for n in ptr})
+
+
+def tensor_operands(graph: Graph, inputs: list[str], axes: tuple[str, ...], body: Body, var: dict[str, str]
+                    ) -> list[str]:
+    """The inputs a kernel reads from memory, in order; scalar constants are bound in `body` as literals."""
+    tensors = []
+    for i in inputs:
+        node, t = graph[i], graph[i].type
+        if not isinstance(t, TensorType):
+            raise Unsupported(f"{i} is a tuple")
+        if node.op == "const" and t.rank == 0:
+            body.bind(i, Value(var[i], t.dtype, const=node.attrs["value"]))
+            continue
+        outside = [a for a in t.names if a not in axes]
+        if outside:
+            raise Unsupported(f"{i} has axes {outside} outside the kernel's domain [{', '.join(axes)}]")
+        tensors.append(i)
+    return tensors
 
 
 def launcher_head(name: str, args: list[str], n_outputs: int, training: bool, fallback: str, doc: str) -> list[str]:

@@ -12,7 +12,14 @@ from __future__ import annotations
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.codegen import Names
 from nnspec.backends.torch.emit import align
-from nnspec.backends.triton.elementwise import KERNEL_WORDS, Kernel, launcher_head, torch_dtype, wrap_params
+from nnspec.backends.triton.elementwise import (
+    KERNEL_WORDS,
+    Kernel,
+    launcher_head,
+    tensor_operands,
+    torch_dtype,
+    wrap_params,
+)
 from nnspec.backends.triton.pointwise import TL_TYPES, Body, Unsupported, Value
 from nnspec.compiler.ir import DType, Graph, TensorType
 
@@ -41,19 +48,7 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
     bias = lin.inputs[2] if len(lin.inputs) > 2 else None
     if x in members or w in members:
         raise Unsupported("the matmul's operands are computed inside the group")
-    extra: list[str] = []
-    for i in inputs:
-        if i in (x, w, bias):
-            continue
-        node, t = graph[i], graph[i].type
-        if not isinstance(t, TensorType):
-            raise Unsupported(f"{i} is a tuple")
-        if node.op == "const" and t.rank == 0:
-            body.bind(i, Value(var[i], t.dtype, const=node.attrs["value"]))
-            continue
-        if any(a not in out_t.names for a in t.names):
-            raise Unsupported(f"{i} has axes outside the linear's output")
-        extra.append(i)
+    extra = tensor_operands(graph, [i for i in inputs if i not in (x, w, bias)], out_t.names, body, var)
     ptr = {n: names.fresh(f"{var[n]}_ptr") for n in [x, w, *([bias] if bias else []), *extra, *outputs]}
     sm = {n: names.fresh(f"{var[n]}_sm") for n in [*extra, *outputs]}
     sn = {n: names.fresh(f"{var[n]}_sn") for n in [*extra, *outputs]}
