@@ -114,8 +114,11 @@ def test_parameter_count_and_init_follow_the_spec() -> None:
     params = dict(m.named_parameters())
     assert torch.equal(params["h.0.ln_1.weight"], torch.ones(256))
     assert torch.equal(params["h.1.attn.c_attn.bias"], torch.zeros(3 * 256))
-    for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_proj.weight"):
+    for name in ("wte.weight", "wpe.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_fc.weight"):
         assert abs(params[name].std().item() - 0.02) < 0.002, name
+    residual = 0.02 / (2 * dims["n_layer"]) ** 0.5      # `std=0.02 / sqrt(2 * n_layer)` in the spec, as GPT-2's
+    for name in ("h.0.attn.c_proj.weight", "h.1.mlp.c_proj.weight"):
+        assert abs(params[name].std().item() / residual - 1) < 0.1, name
 
 
 def test_shared_repeat_is_one_module_applied_many_times() -> None:

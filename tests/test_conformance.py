@@ -7,7 +7,8 @@ weights go in through its `weights: hf:` mapping (`nnspec.load_weights`). A row 
 exist is skipped. Checked per row:
 
 - eval-mode outputs at -O0 and -O2 pass `assert_close` at fp32 defaults;
-- after one AdamW step on the same batch and loss, every parameter's gradient and new value match HF's;
+- after one AdamW step on the same batch and loss, every parameter's gradient and new value match HF's (-O0, -O2);
+- a fresh module starts as a fresh HF model does (constants exactly, random tensors in distribution);
 - `nnspec check`'s parameter count equals `numel` of the built module and of the HF model;
 - (slow) at full size, nnspec's largest error against the HF model run in fp64 is at most twice HF's own.
 """
@@ -193,9 +194,10 @@ def test_initialisation_matches_hf(name: str, tmp_path: Path) -> None:
         assert abs(mine.mean().item() - want.mean().item()) < 5 * want.std().item() / n ** 0.5, key
 
 
+@pytest.mark.parametrize("opt", [0, 2])
 @pytest.mark.parametrize("name", cases())
-def test_one_adamw_step_matches_hf(name: str, tmp_path: Path) -> None:
-    pair = make_pair(name, tmp_path)
+def test_one_adamw_step_matches_hf(name: str, opt: int, tmp_path: Path) -> None:
+    pair = make_pair(name, tmp_path, opt=opt)
     loss = CASES[name].loss
     pair.hf.train()
     pair.ours.train()

@@ -645,3 +645,44 @@ def test_spec_with_no_outputs_is_a_located_error() -> None:
     err = error(HEAD.replace("outputs:\n  y: float32[B, d]\n", "outputs: {}\n") + "body: |\n  y = relu(x)\n")
     #   7 outputs: {}: the mapping at column 10
     assert where(err) == ("E021", 7, 10)
+
+
+# ---- clamp bounds and abs of bool ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, out, code, col", [
+    ("y = clamp(j, min=0.5)", "int32[B, T]", "E026", 20),                # torch.clamp made it float32: not int32
+    ("y = clamp(h, min=0.5, max=2**20)", "float16[B, T, d]", "E023", 29),  # torch: cannot convert to Half
+    ("y = abs(j > 0)", "bool[B, T]", "E013", 7),                          # torch: "abs_cpu" not implemented for Bool
+])
+def test_clamp_and_abs_that_torch_cannot_compute_are_located_errors(body: str, out: str, code: str, col: int) -> None:
+    err = error(spec(body, MIXED.replace("OUT", out)))
+    assert where(err) == (code, 12, col)
+
+
+def test_clamp_of_an_integer_tensor_stays_integer() -> None:
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch.interpreter import Interpreter
+
+    result = nnspec.check(spec("y = clamp(j, min=1, max=d - 4)", MIXED.replace("OUT", "int32[B, T]")))
+    j = torch.arange(8, dtype=torch.int32).reshape(2, 4)
+    y = Interpreter(result.model)(x=torch.zeros(2, 4, 8), h=torch.zeros(2, 4, 8, dtype=torch.float16), j=j)["y"]
+    assert y.dtype == torch.int32 and y.tolist() == [[1, 1, 2, 3], [4, 4, 4, 4]]
+
+
+def test_topk_of_a_bool_tensor_is_a_located_error() -> None:
+    # checked, then torch: "topk does not support bool dtypes on CPU"
+    err = error(spec("v, i = topk(j > 0, 2, over=T, into=K)\ny = x", MIXED.replace("OUT", "float32[B, T, d]")))
+    assert where(err) == ("E013", 12, 10)
+
+
+# ---- a run-time guard that always holds ----------------------------------------------------------------------
+
+def test_split_guard_that_always_holds_is_not_kept() -> None:
+    # a block taking x[(B T), d] of a T-long input split T into (B T): the guard `T % T == 0` was kept, and code
+    # generation could not write its negation, False (InternalError, exit 3)
+    generated = pytest.importorskip("nnspec.generated")
+    text = HEAD.replace("x: float32[B, d]", "x: float32[T, d]").replace("y: float32[B, d]", "y: float32[B, T, d]") \
+        + "blocks:\n  f(x[(B T), d]): |\n    return x\nbody: |\n  y = f(x)\n"
+    compiled = generated.compile_spec(text)
+    assert compiled.result.model.guards == []
+    compile(compiled.source, "<generated>", "exec")

@@ -605,6 +605,21 @@ def test_a_convolution_is_a_trapezoid_with_a_star_and_its_stride(spec: str, bloc
     assert any(w.spans(x0 - 1) and w.spans(x1 + 1) and w.y_at((x0 + x1) / 2) < y0 for w in dia.wires)   # B
 
 
+def test_a_scan_consumes_its_state_and_inputs_whole() -> None:
+    """A recurrence's box takes every wire of its initial state and of its sequences (none passes over: the state
+    is replaced at every step), and its results start at the box."""
+    dia, flat = _diagram("examples/small/retention.yaml", None, 0), _flat("examples/small/retention.yaml", None, 0)
+    (op,) = [o for o in flat.ops if o.op == "scan"]
+    (box,) = dia.groups[op.id].rects
+    gaps = dia.gap_xs()
+    before = max(x for x in gaps if x < box.x0)
+    entering = [w for w in dia.wires if w.spans(before) and dia.label_of(w, before).attrs["data-value"] in op.inputs]
+    assert len(entering) == sum(len(flat.values[v].type.names) for v in op.inputs)
+    assert all(abs(w.end[0] - box.x0) < EPS and box.y0 <= w.end[1] <= box.y1 for w in entering)
+    leaving = [w for w in dia.wires if abs(w.start[0] - box.x1) < EPS and box.y0 <= w.start[1] <= box.y1]
+    assert len(leaving) == sum(len(flat.values[v].type.names) for v in op.outputs)
+
+
 def test_a_tuple_is_stacked_bundles_with_a_dashed_separator() -> None:
     dia = _diagram("halves.yaml", None, 0)
     group = dia.groups["halves"]

@@ -190,10 +190,9 @@ def test_transforms_apply_in_the_order_written() -> None:
     """A rule's transforms are a pipe from the checkpoint's tensor to the parameter: `unsqueeze(0) | transpose`
     takes a [1, in, out] tensor to [in, out] and then to the parameter's [out, in]; saving runs the pipe back."""
     class Tiny(torch.nn.Module):
-        weight_maps = {"hf": [("w", "their.w", ("unsqueeze(0)", "transpose"))]}
-
         def __init__(self) -> None:
             super().__init__()
+            self.weight_maps = {"hf": [("w", "their.w", ("unsqueeze(0)", "transpose"))]}
             self.w = torch.nn.Parameter(torch.zeros(3, 5))
 
     theirs = torch.arange(15.0).reshape(1, 5, 3)

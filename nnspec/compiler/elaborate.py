@@ -276,7 +276,12 @@ class Elaborator:
     def add_guard(self, guard: Guard) -> None:
         """Keep one guard per fact: `K == N` and `N == K` are the same check, and so are `H % window == 0` and
         `H % wh == 0` where the dim wh is window (facts are compared with the declared dims' values)."""
-        key = _canonical(self.sizes.concrete(guard.expr))
+        fact = self.sizes.concrete(guard.expr)
+        if fact is sympy.true:  # `T % T == 0` holds for every size: no check to run (nor to generate)
+            return
+        if fact is sympy.false:
+            raise SpecError("E012", f"sizes can never agree: {guard.text}", guard.span)
+        key = _canonical(fact)
         if all(_canonical(self.sizes.concrete(g.expr)) != key for g in self.guards):
             self.guards.append(guard)
 

@@ -781,7 +781,8 @@ class FunctionGen:
             return None
         derived = n.name == n.op or n.name.startswith(n.op + "_") or re.fullmatch(re.escape(src.name) + r"_\d+",
                                                                                     n.name)
-        return names[first] if derived or self.hint(node) == self.hint(first) else None
+        # a repeat carries its input through the loop: `for layer in self.h: x = layer(x)`
+        return names[first] if derived or n.op == "repeat" or self.hint(node) == self.hint(first) else None
 
     def hint(self, name: str, follow: bool = True) -> str:
         """The variable name a value would like: the spec's name for it (`h = embedding(...)` keeps the node
@@ -799,8 +800,8 @@ class FunctionGen:
             if spec_named(self.graph, src) or src.meta.get("var"):
                 return self.hint(src.name, follow=False)
         users = self.graph.users(name)
-        if follow and len(users) == 1 and users[0].type == node.type and name not in self.graph.outputs and \
-                (spec_named(self.graph, users[0]) or users[0].meta.get("var")):
+        if follow and len(users) == 1 and (users[0].type == node.type or users[0].op == "rearrange") and \
+                name not in self.graph.outputs and (spec_named(self.graph, users[0]) or users[0].meta.get("var")):
             return self.hint(users[0].name, follow=False)
         return name
 

@@ -150,7 +150,7 @@ def plan(module: nn.Module, source: str) -> tuple[nn.Module, dict[str, tuple[str
             out[key] = found
     if unmapped:
         raise WeightError(f"no `weights: {source}:` rule for {_listing(unmapped)}")
-    for key, (theirs, transforms) in out.items():
+    for key, (_, transforms) in out.items():
         if any(transform(t).split for t in transforms[:-1]):
             raise WeightError(f"{key}: split(...) must be the last transform of its rule ({' | '.join(transforms)})")
     groups: dict[str, list[str]] = {}
@@ -330,7 +330,7 @@ def to_source(module: nn.Module, tensors: Mapping[str, torch.Tensor] | None = No
         for name in reversed(transforms):
             t = transform(name).save(t)
         out[theirs] = t
-    for key, (theirs, transforms) in mapping.items():
+    for theirs, transforms in mapping.values():
         split = _split_of(transforms)
         if split is None or theirs in out or len(pieces.get(theirs, {})) != split[1]:
             continue

@@ -22,6 +22,7 @@ from nnspec.compiler.diagrams.route import Cup, Dot, box_half, box_span, op_span
 from nnspec.compiler.diagrams.svg import El, num
 
 INK = "#222222"
+NOTE_LINE = 12.0      # the baseline of a transform note is this far below the line above it
 
 
 def text(x: float, y: float, content: str, size: float, role: str, *, anchor: str = "middle",
@@ -140,9 +141,6 @@ def region_bracket(left: float, right: float, top: float, bottom: float, count: 
     if transform:   # under the `xN`, from the left bracket
         g.add(note(left, bottom + 11 + NOTE_LINE, transform, "transform"))
     return g
-
-
-NOTE_LINE = 12.0      # the baseline of a transform note is this far below the line above it
 
 
 def note(x: float, y: float, content: str, role: str) -> El:

@@ -65,8 +65,10 @@ def drawing(op: Op, flat: Flat) -> Drawing:
         d.bold = op.learned
         d.count = op.node.attrs["count"] if op.op == "repeat" else 0
         return d
-    if op.block:                   # scan and other ops applying a block: a box over the axes that change
-        glyph = f"{glyph} {op.block}"
+    if op.block:                   # scan and other ops applying a block: the step consumes each operand whole
+        d = _acting(ins, outs, [set(axes(t)) for t in ins], "box", f"{glyph} {op.block}", list(range(len(ins))))
+        d.bold = op.learned        # (its state goes in and a new one comes out: nothing passes over the box)
+        return d
     if op.op == "pool":            # which pooling, as the spec calls it
         glyph = f"{op.node.attrs['kind']}pool"
     if op.op == "full":            # a constant tensor: its value

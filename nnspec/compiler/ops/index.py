@@ -21,6 +21,8 @@ def _replace(t: TensorType, name: str, new: Axis, dtype: DType | None = None) ->
     "replaced by `into` (size k).", attrs={"axis": str, "k": int, "into": Axis}, arity=1, glyph="top-k")
 def _topk(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "topk")
+    if x.dtype == DType.bool:  # torch.topk has no bool kernel
+        raise SpecError("E013", f"topk of a bool tensor {x}; cast it first")
     i = find_axis(x, attrs["axis"], "topk")
     n = sizes.value(x.axes[i].size)
     if attrs["k"] < 1 or (n is not None and attrs["k"] > n):

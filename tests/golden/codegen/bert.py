@@ -108,8 +108,8 @@ class SelfAttention(nn.Module):
         s = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / 2.8284271247461903  # (B, num_attention_heads, T, S)
         p = F.softmax(torch.where(keep[:, None, None], s, float("-inf")), dim=-1)
         p = F.dropout(p, 0.1, self.training)
-        einsum_1 = (p @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, num_attention_heads, head_dim)
-        return einsum_1.reshape(B, T, HEAD_DIM * NUM_ATTENTION_HEADS)  # (B, T, head_dim*num_attention_heads)
+        o = (p @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, num_attention_heads, head_dim)
+        return o.reshape(B, T, HEAD_DIM * NUM_ATTENTION_HEADS)  # (B, T, head_dim*num_attention_heads)
 
 
 class AddNorm(nn.Module):
@@ -201,10 +201,9 @@ class Encoder(nn.Module):
         self.layer = nn.ModuleList([Layer() for _ in range(2)])
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        layer_1 = x
         for layer in self.layer:
-            layer_1 = layer(layer_1, keep)
-        return layer_1
+            x = layer(x, keep)
+        return x
 
 
 class Pooler(nn.Module):
