@@ -32,6 +32,8 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from _small_models import BERT, GPT2, LLAMA, VIT  # noqa: E402
+
 import nnspec  # noqa: E402
 from nnspec.backends.torch import Interpreter  # noqa: E402
 from nnspec.backends.torch.emit import EMITTERS  # noqa: E402
@@ -43,13 +45,7 @@ ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 GOLDEN = Path(__file__).parent / "golden" / "codegen"
 
-GPT2_SMALL = dict(vocab_size=97, n_positions=32, n_embd=64, n_layer=2, n_head=4)
-BERT_SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  max_position_embeddings=64, type_vocab_size=2)
-VIT_SMALL = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                 num_attention_heads=4, intermediate_size=48, num_labels=10)
-LLAMA_SMALL = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-                   num_key_value_heads=2, max_position_embeddings=64)
+GPT2_SMALL, BERT_SMALL, VIT_SMALL, LLAMA_SMALL = GPT2, BERT, VIT, LLAMA
 EXAMPLE_DIMS: dict[str, dict[str, Any]] = {
     "gpt2.yaml": GPT2_SMALL, "bert.yaml": BERT_SMALL, "vit.yaml": VIT_SMALL, "llama.yaml": LLAMA_SMALL,
     **{f"small/{p.name}": {} for p in sorted((EXAMPLES / "small").glob("*.yaml"))},

@@ -20,6 +20,7 @@ if os.environ.get("TRITON_INTERPRET", "") in ("", "0") and not torch.cuda.is_ava
     pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 import hypothesis.strategies as st  # noqa: E402
+from _small_models import BERT, GPT2, LLAMA, VIT  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 
 import nnspec  # noqa: E402
@@ -34,13 +35,6 @@ from nnspec.testing import inputs_for  # noqa: E402
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 SPECS = Path(__file__).parent / "golden" / "triton"
-GPT2 = dict(vocab_size=97, n_positions=32, n_embd=64, n_layer=2, n_head=4)
-LLAMA = dict(vocab_size=101, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=64)
-BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, type_vocab_size=2)
-VIT = dict(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           intermediate_size=48, num_labels=10)
 CASES: dict[str, tuple[Path, dict[str, Any]]] = {
     "gpt2": (EXAMPLES / "gpt2.yaml", GPT2), "llama": (EXAMPLES / "llama.yaml", LLAMA),
     "bert": (EXAMPLES / "bert.yaml", BERT), "vit": (EXAMPLES / "vit.yaml", VIT),
