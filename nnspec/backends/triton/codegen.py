@@ -318,10 +318,4 @@ TEMPLATES = {"layernorm": _norm, "rmsnorm": _norm, "softmax": _softmax, "embeddi
 TritonModuleGen.function_gen = TritonFunctionGen
 
 
-def generate(model: Any, *, spec_text: str, doc: str | None = None, opt: int = 0) -> tuple[str, TritonModuleGen]:
-    """The source of the Triton target's module for `model`, and the generator (its kernels and explain lines)."""
-    gen = TritonModuleGen(model, spec_text=spec_text, doc=doc, opt=opt)
-    return gen.generate(), gen
-
-
-__all__ = ["TEMPLATES", "TritonModuleGen", "generate"]
+__all__ = ["TEMPLATES", "TritonModuleGen"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.codegen import Names
 from nnspec.backends.torch.lowering import TORCH_DTYPES
-from nnspec.backends.triton.pointwise import Body, Unsupported, Value
+from nnspec.backends.triton.pointwise import Body, Unsupported, Value, loaded
 from nnspec.compiler.ir import DType, Graph, TensorType
 
 KERNEL_WORDS = frozenset({"tl", "triton", "offs", "mask", "rest", "n", "seed", "BLOCK", "TRAINING", "pid"})
@@ -73,8 +73,7 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
             at = names.fresh(f"{var[i]}_at")
             body.lines.append(f"{at} = {ptr[i]} + {off}")
             load = f"tl.load({at}, mask=mask)"
-        code = f"{load}.to(tl.float32)" if t.dtype.is_float else f"({load} != 0)" if t.dtype.value == "bool" else load
-        body.lines.append(f"{var[i]} = {code}")
+        body.lines.append(f"{var[i]} = {loaded(load, t.dtype)}")
         body.bind(i, Value(var[i], t.dtype))
     for m in members:
         body.emit(graph[m], offsets)

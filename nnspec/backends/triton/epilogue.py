@@ -20,7 +20,7 @@ from nnspec.backends.triton.elementwise import (
     torch_dtype,
     wrap_params,
 )
-from nnspec.backends.triton.pointwise import TL_TYPES, Body, Unsupported, Value
+from nnspec.backends.triton.pointwise import TL_TYPES, Body, Unsupported, Value, loaded
 from nnspec.compiler.ir import DType, Graph, TensorType
 
 WORDS = KERNEL_WORDS | {"rm", "rn", "rk", "acc", "k0", "a", "b", "M", "N", "Kd", "BLOCK_M", "BLOCK_N", "BLOCK_K",
@@ -78,8 +78,7 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
     for e in extra:
         t = graph[e].tensor_type
         load = f"tl.load({ptr[e]} + rm[:, None] * {sm[e]} + rn[None, :] * {sn[e]}, mask=mask)"
-        code = f"{load}.to(tl.float32)" if t.dtype.is_float else f"({load} != 0)" if t.dtype == DType.bool else load
-        lines.append(f"{var[e]} = {code}")
+        lines.append(f"{var[e]} = {loaded(load, t.dtype)}")
         body.bind(e, Value(var[e], t.dtype))
     for m in members[1:]:
         body.emit(graph[m], "offs")

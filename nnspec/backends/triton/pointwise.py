@@ -29,6 +29,13 @@ def compute_type(d: DType) -> str:
     return "tl.float32" if d.is_float else TL_TYPES[d]
 
 
+def loaded(load: str, d: DType) -> str:
+    """A `tl.load(...)` of dtype `d` converted to the type kernels compute it in."""
+    if d.is_float:
+        return f"{load}.to(tl.float32)"
+    return f"({load} != 0)" if d == DType.bool else load
+
+
 def literal(value: float | int | bool, d: DType) -> str:
     if d == DType.bool:
         return "1" if value else "0"

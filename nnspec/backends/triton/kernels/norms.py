@@ -27,17 +27,24 @@ MAX_COLS = 65536   # longest row one program holds; beyond it the launchers run 
 
 
 @triton.jit
+def _row(X, R, S, row, cols, mask, stride_x, stride_r, stride_s, HAS_RES: tl.constexpr):
+    """A norm's input row in fp32; with a residual, x + r, stored to S first and rounded to its dtype, so the
+    norm reads the sum exactly as an unfused add would store it."""
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        s = (x + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
+        tl.store(S + row * stride_s + cols, s, mask=mask)
+        x = s.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _layernorm_fwd(X, R, S, Y, W, B, Mean, Rstd, stride_x, stride_r, stride_s, stride_y, N, eps,
                    HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        # round the sum to the input dtype first: the norm reads s exactly as an unfused add would store it
-        s = (x + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
-        tl.store(S + row * stride_s + cols, s, mask=mask)
-        x = s.to(tl.float32)
+    x = _row(X, R, S, row, cols, mask, stride_x, stride_r, stride_s, HAS_RES)
     mean = tl.sum(x, axis=0) / N
     xc = tl.where(mask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=0) / N + eps)
@@ -92,11 +99,7 @@ def _rmsnorm_fwd(X, R, S, Y, W, Rstd, stride_x, stride_r, stride_s, stride_y, N,
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        s = (x + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(S.dtype.element_ty)
-        tl.store(S + row * stride_s + cols, s, mask=mask)
-        x = s.to(tl.float32)
+    x = _row(X, R, S, row, cols, mask, stride_x, stride_r, stride_s, HAS_RES)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
     # the lowering rounds the normalised row to the input dtype before scaling by the weight
     h = (x * rstd).to(X.dtype.element_ty).to(tl.float32)
