@@ -10,6 +10,8 @@ into the others with `nnspec.load_weights` (the spec's `weights: hf:` mapping) a
 hand. Variants:
 
 - nnspec -O0, nnspec -O2: `nnspec.build(spec, opt=...)`, the code `nnspec compile` writes;
+- nnspec -O2, oneDNN off: -O2 under `torch.backends.mkldnn.flags(enabled=False)`, so its linears use the BLAS
+  as F.linear does: what the passes gain apart from oneDNN's linear (`--no-ablation` leaves it out);
 - nnspec -O2 + torch.compile: the -O2 module under `torch.compile` (inductor, default mode);
 - HF eager, HF sdpa: `GPT2LMHeadModel` with `attn_implementation` "eager" and "sdpa";
 - reference: a hand-fused model written nanoGPT-style (one qkv linear, `F.scaled_dot_product_attention(
@@ -19,8 +21,9 @@ hand. Variants:
 Method: `torch.set_num_threads(--threads)`, `torch.inference_mode()`, eval mode, every variant's logits
 compared with HF eager's, warm-up calls (torch.compile compiles during them), then `--repeats` rounds per
 shape in which every variant runs once, in an order rotated each round (variants interleaved, so drift in
-the machine's speed hits all alike); the median time of each. A large float32 GEMM (`--gemm N`: N x N x N,
-`torch.mm`) runs in the same rounds as the machine's measured peak. Model FLOPs are the cost model's
+the machine's speed hits all alike); the median time of each. A large float32 GEMM (`--gemm N`: N x N x N)
+runs in the same rounds through each library torch has on CPU (the BLAS behind `torch.mm`, and oneDNN); the
+faster is the machine's measured peak. Model FLOPs are the cost model's
 (`nnspec.compiler.cost.flops`: 2 per multiply-add, causal attention counted as half, LM head included; the
 LM head's share is listed too), so model FLOP/s / GEMM FLOP/s is the share of peak the model reaches.
 
@@ -58,6 +61,7 @@ SPEC = ROOT / "examples" / "gpt2.yaml"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 HEADING = "## `cpu_gpt2.py`"
 O2, REF, SDPA = "nnspec -O2", "reference (nanoGPT-style)", "HF sdpa"
+O2_BLAS = "nnspec -O2, oneDNN off"
 
 
 # ---- the hand-fused reference, as nanoGPT writes GPT-2 ----
@@ -148,10 +152,24 @@ def logits_of(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
-def gemm_variant(n: int) -> Variant:
+def gemm_variants(n: int) -> list[Variant]:
+    """The machine's float32 GEMM peak, from each library torch offers on CPU: the BLAS behind `torch.mm` and
+    `F.linear` (MKL in the wheels), and oneDNN, which -O2's linears call; the faster is the peak."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     out = torch.empty(n, n)
-    return Variant(f"fp32 GEMM {n}x{n}x{n}", lambda _ids: torch.mm(a, b, out=out))
+    variants = [Variant(f"fp32 GEMM {n}^3, BLAS (torch.mm)", lambda _ids: torch.mm(a, b, out=out))]
+    if torch.backends.mkldnn.is_available():
+        onednn = torch.ops.mkldnn._linear_pointwise
+        variants.append(Variant(f"fp32 GEMM {n}^3, oneDNN", lambda _ids: onednn(a, b, None, "none", [], "")))
+    return variants
+
+
+def without_onednn(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """The model with oneDNN turned off: -O2's linears fall back to F.linear (the BLAS), the rest is unchanged."""
+    def run(ids: torch.Tensor) -> Any:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return model(ids)
+    return run
 
 
 def build_variants(args: argparse.Namespace) -> tuple[list[Variant], Any]:
@@ -169,6 +187,8 @@ def build_variants(args: argparse.Namespace) -> tuple[list[Variant], Any]:
         nnspec.load_weights(m, state)
     reference = ReferenceGPT.from_hf(hf_eager).eval()
     variants = [Variant("nnspec -O0", o0), Variant(O2, o2)]
+    if args.ablate_onednn:
+        variants.append(Variant(O2_BLAS, without_onednn(o2)))
     if args.compile:
         if args.freezing:   # inductor folds the (inference-only) weights into the graph and prepacks them
             import torch._inductor.config as inductor_config
@@ -206,7 +226,8 @@ def kernel_counts(run: Callable[[torch.Tensor], Any], ids: torch.Tensor) -> dict
 
     with torch.inference_mode(), torch.profiler.profile() as prof:
         run(ids)
-    return dict(Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in NOT_KERNELS))
+    return dict(Counter(e.name for e in prof.events()
+                        if e.name.startswith(("aten::", "mkldnn::")) and e.name not in NOT_KERNELS))
 
 
 def kernel_note(variants: list[Variant], vocab: int) -> str:
@@ -215,15 +236,15 @@ def kernel_note(variants: list[Variant], vocab: int) -> str:
     ids = torch.randint(0, vocab, (1, 32), generator=torch.Generator().manual_seed(2))
     ours, ref = kernel_counts(by_name[O2].run, ids), kernel_counts(by_name[REF].run, ids)
     if ours == ref:
-        calls = ", ".join(f"{k[6:]} x{n}" for k, n in sorted(ours.items()))
+        calls = ", ".join(f"{k.split('::')[1]} x{n}" for k, n in sorted(ours.items()))
         return (f"nnspec -O2 and the reference run the same compute kernels (aten ops other than views and "
                 f"wrappers, one 1x32 call under the profiler): {calls}.")
-    diff = [f"{k[6:]} {ours.get(k, 0)} vs {ref.get(k, 0)}" for k in sorted(set(ours) | set(ref))
+    diff = [f"{k.split('::')[1]} {ours.get(k, 0)} vs {ref.get(k, 0)}" for k in sorted(set(ours) | set(ref))
             if ours.get(k, 0) != ref.get(k, 0)]
     return f"nnspec -O2 and the reference differ in compute kernels (calls, -O2 vs reference): {'; '.join(diff)}."
 
 
-def measure(variants: list[Variant], gemm: Variant, shapes: list[tuple[int, int]], repeats: int, warmup: int,
+def measure(variants: list[Variant], gemms: list[Variant], shapes: list[tuple[int, int]], repeats: int, warmup: int,
             vocab: int) -> None:
     gen = torch.Generator().manual_seed(0)
     for b, t in shapes:
@@ -235,8 +256,9 @@ def measure(variants: list[Variant], gemm: Variant, shapes: list[tuple[int, int]
                 for _ in range(warmup):
                     out = logits_of(v.run(ids))
                 v.error[key] = (out - want).abs().max().item()
-            gemm.run(ids)
-            timed = [*variants, gemm]
+            for g in gemms:
+                g.run(ids)
+            timed = [*variants, *gemms]
             for v in timed:
                 v.times[key] = []
             for r in range(repeats):
@@ -267,7 +289,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def report(variants: list[Variant], gemm: Variant, shapes: list[tuple[int, int]], args: argparse.Namespace,
+def report(variants: list[Variant], gemms: list[Variant], shapes: list[tuple[int, int]], args: argparse.Namespace,
            load: tuple[tuple[float, ...], tuple[float, ...]], command: str, kernels: str) -> str:
     model = nnspec.check(SPEC).model
     cost = estimate(model)
@@ -279,17 +301,21 @@ def report(variants: list[Variant], gemm: Variant, shapes: list[tuple[int, int]]
         key = f"{b}x{t}"
         subs = {free["B"]: b, free["T"]: t}
         total, head = float(cost.flops.xreplace(subs)), float(cost.head_flops.xreplace(subs))
-        peak = gemm_flops / statistics.median(gemm.times[key])
+        gemm_s = {g.name: statistics.median(g.times[key]) for g in gemms}
+        fastest = min(gemm_s, key=gemm_s.__getitem__)
+        peak = gemm_flops / gemm_s[fastest]
         notes.append(f"{key}: {total / 1e9:.1f} GFLOP per forward, of which LM head {head / 1e9:.1f} GFLOP "
-                     f"({head / total:.0%}); GEMM peak {peak / 1e9:.0f} GFLOP/s")
+                     f"({head / total:.0%}); GEMM peak {peak / 1e9:.0f} GFLOP/s ({fastest})")
         med = {v.name: statistics.median(v.times[key]) for v in variants}
         for v in variants:
             flops_s = total / med[v.name]
             rows.append(f"| {key} | {v.name} | {med[v.name]:.3f} | {b * t / med[v.name]:,.0f} | {flops_s / 1e9:.0f} | "
                         f"{flops_s / peak:.0%} | {med[SDPA] / med[v.name]:.2f}x | {med[REF] / med[v.name]:.2f}x | "
                         f"{v.error[key]:.1e} | {', '.join(f'{x:.3f}' for x in v.times[key])} |")
-        rows.append(f"| {key} | {gemm.name} | {statistics.median(gemm.times[key]):.3f} | | {peak / 1e9:.0f} | 100% "
-                    f"| | | | {', '.join(f'{x:.3f}' for x in gemm.times[key])} |")
+        for g in gemms:
+            rate = gemm_flops / gemm_s[g.name]
+            rows.append(f"| {key} | {g.name} | {gemm_s[g.name]:.3f} | | {rate / 1e9:.0f} | {rate / peak:.0%} "
+                        f"| | | | {', '.join(f'{x:.3f}' for x in g.times[key])} |")
         o2_ref = med[REF] / med[O2]
         targets.append(f"-O2 vs the reference at {key}: {o2_ref:.2f}x (target >= 1.0x: "
                        f"{'met' if o2_ref >= 1.0 else 'missed'})")
@@ -313,8 +339,8 @@ def report(variants: list[Variant], gemm: Variant, shapes: list[tuple[int, int]]
         f"`torch.inference_mode()`, {args.warmup} warm-up call(s) each, then {args.repeats} rounds with the "
         "variants interleaved (order rotated each round); medians. Model FLOPs from the cost model "
         "(`nnspec.compiler.cost`: causal attention counted as half, LM head included); % of peak is model FLOP/s "
-        f"over the {args.gemm}^3 float32 GEMM's FLOP/s measured in the same rounds. Ratios are speed-ups "
-        "(time of the other / time of this row). `max err` is the largest absolute difference of the logits "
+        f"over the faster {args.gemm}^3 float32 GEMM (BLAS or oneDNN) measured in the same rounds. Ratios are "
+        "speed-ups (time of the other / time of this row). `max err` is the largest absolute difference of the logits "
         "from HF eager's on the timed input.",
         "",
         f"Commit {git_commit()}, {date.today().isoformat()}. Machine: {cpu_name()}, {os.cpu_count()} CPUs, "
@@ -368,6 +394,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant and shape (default 2)")
     ap.add_argument("--gemm", type=int, default=None, help="the peak GEMM's size N (default 4096; --quick 1024)")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
+    ap.add_argument("--no-ablation", dest="ablate_onednn", action="store_false",
+                    help=f"leave out {O2_BLAS!r} (which shows what oneDNN adds to the passes)")
     ap.add_argument("--freezing", action="store_true", help="torch.compile with inductor's freezing (weights as "
                     "constants, prepacked)")
     ap.add_argument("--output", type=Path, default=None, help=f"the results file (default {RESULTS.relative_to(ROOT)})")
@@ -389,6 +417,7 @@ def main() -> None:
     command = "python benchmarks/cpu_gpt2.py " + " ".join(
         a for a in [f"--repeats {args.repeats}", f"--shapes {','.join(f'{b}x{t}' for b, t in shapes)}",
                     f"--threads {args.threads}", "" if args.compile else "--no-compile",
+                    "" if args.ablate_onednn else "--no-ablation",
                     "--freezing" if args.freezing and args.compile else ""] if a)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -397,9 +426,9 @@ def main() -> None:
     check_reference(variants, config)
     print("reference matches HF eager; measuring", flush=True)
     kernels = kernel_note(variants, config.vocab_size)
-    gemm = gemm_variant(args.gemm)
-    measure(variants, gemm, shapes, args.repeats, args.warmup, config.vocab_size)
-    section = report(variants, gemm, shapes, args, (load_before, os.getloadavg()), command, kernels)
+    gemms = gemm_variants(args.gemm)
+    measure(variants, gemms, shapes, args.repeats, args.warmup, config.vocab_size)
+    section = report(variants, gemms, shapes, args, (load_before, os.getloadavg()), command, kernels)
     print()
     print(section)
     if output is not None:

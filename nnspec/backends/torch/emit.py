@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.codegen import Stmt, Var
+from nnspec.backends.torch.codegen import Stmt, Var, spec_named
 from nnspec.backends.torch.lowering import BINARY_TORCH, TORCH_DTYPES
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.compiler.ir import DType, Node, TensorType
@@ -118,6 +118,10 @@ TAKES_NUMBERS = frozenset({"add", "sub", "mul", "div", "floordiv", "mod", "pow",
 
 @emits(*UNARY)
 def _unary(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    src = fn.graph[node.inputs[0]]
+    if src.op == "linear" and linear_activation(fn, src) is node:
+        # the linear applied it; the value keeps the name the spec gave it
+        return fn.let(ins[0], node.name) if spec_named(fn.graph, node) else ins[0]
     return UNARY[node.op](ins[0])
 
 
@@ -167,12 +171,43 @@ def _module(fn: FunctionGen, node: Node, kind: str, params: list[str]) -> str | 
     return None
 
 
+# activations oneDNN's linear applies to its output tiles (the `linear` helper's table says how)
+LINEAR_ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
+
+
+def linear_activation(fn: FunctionGen, lin: Node) -> Node | None:
+    """The activation a -O2 `linear` applies itself: the next member of its epilogue group, when oneDNN has it
+    and it is the linear's only use. Both the linear's and the activation's emitters ask, so they agree."""
+    group_name = lin.meta.get("fusion_group")
+    if fn.mg.opt < 2 or group_name is None:
+        return None
+    group = fn.graph.meta.get("fusion_groups", {}).get(group_name)
+    if group is None or group.kind != "epilogue" or group.nodes[0] != lin.name or len(group.nodes) < 2:
+        return None
+    act = fn.graph[group.nodes[1]]
+    users = fn.users(lin.name)
+    if act.op not in LINEAR_ACTIVATIONS or act.inputs[0] != lin.name or len(users) != 1 or \
+            lin.name in fn.graph.outputs or act.tensor_type.dtype != lin.tensor_type.dtype:
+        return None
+    return act
+
+
 @emits("linear")
 def _linear(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """`F.linear` / the planned `nn.Linear` at -O0 and -O1; at -O2 the `linear` helper (and `Linear` module),
+    which runs oneDNN's linear with the epilogue's activation when autograd records nothing."""
     mod = _module(fn, node, "linear", node.inputs[1:])
+    t, axis = fn.in_type(node, 0), node.attrs["axis"]
+    if fn.mg.opt < 2:
+        if mod is not None:
+            return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x))
+        return on_last(ins[0], t, axis, lambda x: call("F.linear", x, *ins[1:]))
+    act = linear_activation(fn, node)
+    kw = {"activation": act.op} if act is not None else {}
     if mod is not None:
-        return on_last(ins[0], fn.in_type(node, 0), node.attrs["axis"], lambda x: call(fn.member(mod), x))
-    return on_last(ins[0], fn.in_type(node, 0), node.attrs["axis"], lambda x: call("F.linear", x, *ins[1:]))
+        return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x, **kw))
+    helper = fn.mg.helper("linear")
+    return on_last(ins[0], t, axis, lambda x: call(helper, x, *ins[1:], **kw))
 
 
 @emits("embedding")
@@ -240,17 +275,19 @@ def _cumsum(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 
 # ---- contraction ----
-def contract(ins: list[Expr], ts: list[TensorType], out: TensorType) -> Expr:
-    """Sum of products by axis names: `a @ b` (with permutes) where it is a (batched) matmul, `F.linear` for a
-    product with a [features, in] matrix, else `torch.einsum`."""
+def contract(ins: list[Expr], ts: list[TensorType], out: TensorType,
+             linear: Callable[[], Expr] = lambda: P.dotted("F.linear")) -> Expr:
+    """Sum of products by axis names: `a @ b` (with permutes) where it is a (batched) matmul, `linear()` (the
+    function to call) for a product with a [features, in] matrix, else `torch.einsum`."""
     if len(ins) == 2:
-        mm = _matmul(ins[0], ins[1], ts[0], ts[1], out)
+        mm = _matmul(ins[0], ins[1], ts[0], ts[1], out, linear)
         if mm is not None:
             return mm
     return call("torch.einsum", einsum_string(ts, out), *ins)
 
 
-def _matmul(a: Expr, b: Expr, ta: TensorType, tb: TensorType, out: TensorType) -> Expr | None:
+def _matmul(a: Expr, b: Expr, ta: TensorType, tb: TensorType, out: TensorType,
+            linear: Callable[[], Expr]) -> Expr | None:
     A, B, O = ta.names, tb.names, out.names
     summed = [n for n in (*A, *(n for n in B if n not in A)) if n not in O]
     if len(summed) != 1 or summed[0] not in A or summed[0] not in B:
@@ -262,7 +299,7 @@ def _matmul(a: Expr, b: Expr, ta: TensorType, tb: TensorType, out: TensorType) -
     if not batch and len(fb) == 1 and tb.rank == 2:
         # x[..., k] against a matrix: F.linear when the matrix is [out, k] (as nn.Linear keeps it)
         left = permute(a, [A.index(n) for n in (*fa, k)])
-        y = call("F.linear", left, b) if (fb[0], k) == B else P.binop("@", left, b)
+        y = call(linear(), left, b) if (fb[0], k) == B else P.binop("@", left, b)
         return permute(y, [(*fa, *fb).index(n) for n in O])
     if len(fa) != 1 or len(fb) != 1 or len(batch) != len(set(A) & set(B)) - 1:
         return None
@@ -274,7 +311,10 @@ def _matmul(a: Expr, b: Expr, ta: TensorType, tb: TensorType, out: TensorType) -
 
 @emits("einsum")
 def _einsum(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
-    return contract(ins, [fn.in_type(node, i) for i in range(len(ins))], node.tensor_type)
+    types = [fn.in_type(node, i) for i in range(len(ins))]
+    if fn.mg.opt >= 2:   # a product with a [features, in] matrix (an LM head) runs as -O2's linears do
+        return contract(ins, types, node.tensor_type, lambda: fn.mg.helper("linear"))
+    return contract(ins, types, node.tensor_type)
 
 
 @emits("attention")
@@ -430,6 +470,10 @@ def _concat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
             y = method(y, "expand", *[Lit(-1) if a.name in t.names else Lit(1) if a.name == axis else fn.size(a.size)
                                       for a in ref.axes])
         parts.append(y)
+    if node.meta.get("weights_only"):
+        # parameters alone (fuse-linear's weights): concatenated once, not on every call
+        return call(fn.mg.helper("cat_weights"), P.Name("self"), node.name, P.ListExpr(tuple(parts)),
+                    dim=dim(ref, axis))
     return call("torch.cat", P.ListExpr(tuple(parts)), dim=dim(ref, axis))
 
 
@@ -626,6 +670,75 @@ def _scan(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 # ---- module-level helpers a generated file may need (name -> (source, helpers it calls)) ----
 HELPERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ONEDNN_POST_OPS": ('''
+# activation -> (oneDNN post-op, its algorithm): what `linear` asks oneDNN to apply to each output tile
+ONEDNN_POST_OPS = {
+    "none": ("none", ""),
+    "relu": ("relu", ""),
+    "gelu": ("gelu", "none"),
+    "gelu_tanh": ("gelu", "tanh"),
+    "silu": ("swish", ""),
+    "sigmoid": ("sigmoid", ""),
+    "tanh": ("tanh", ""),
+}
+''', ()),
+    "runs_onednn": ('''
+def runs_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Can oneDNN's fused linear compute this call? It has no autograd formula and tracers cannot see into it,
+    so only for CPU inference in eager mode; `torch.backends.mkldnn.flags(enabled=False)` turns it off."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() > 0
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and all(t.dtype == x.dtype for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+''', ()),
+    "linear": ('''
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "none"
+) -> torch.Tensor:
+    """`activation(F.linear(x, weight, bias))`. On CPU inference, one oneDNN call that applies the activation to
+    each output tile before writing it; its matrix product also beats the BLAS behind F.linear on some CPUs."""
+    if runs_onednn(x, weight, bias):
+        post_op, algorithm = ONEDNN_POST_OPS[activation]
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+    y = F.linear(x, weight, bias)
+    if activation == "none":
+        return y
+    if activation == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    return {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation](y)
+''', ("ONEDNN_POST_OPS", "runs_onednn")),
+    "Linear": ('''
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) computed by `linear`, with an optional activation."""
+
+    def forward(self, x: torch.Tensor, activation: str = "none") -> torch.Tensor:
+        return linear(x, self.weight, self.bias, activation)
+''', ("linear",)),
+    "cat_weights": ('''
+def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """`torch.cat(parts, dim)` of parameters (a fused linear's weights), made once and kept on `owner` until one
+    of them is replaced or modified in place; made afresh when autograd records or torch traces the call."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in parts)):
+        return torch.cat(parts, dim=dim)
+    stamp = [(p.data_ptr(), p._version, p.dtype, p.device, p.shape) for p in parts]
+    cache = owner.__dict__.setdefault("_fused_weights", {})
+    kept = cache.get(key)
+    if kept is not None and kept[0] == stamp:
+        return kept[2]
+    with torch.inference_mode(False), torch.no_grad():
+        # holding the parts keeps their memory from being reused by other tensors while the stamp names it
+        cache[key] = (stamp, [p.detach() for p in parts], torch.cat(parts, dim=dim))
+    return cache[key][2]
+''', ()),
     "rms_norm": ('''
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`x / sqrt(mean(x^2) + eps) * weight` over the last dim, with statistics in fp32."""

@@ -159,7 +159,9 @@ def _linear_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tupl
     inits = [_init(member(w.attrs["path"]), w.attrs["init"], w.attrs["type"])]
     if b:
         inits.append(_init(member(b.attrs["path"]), b.attrs["init"], b.attrs["type"]))
-    return call("nn.Linear", mg_size(mg, inp), mg_size(mg, out), **kwargs), inits
+    # -O2 calls it through the `linear` helper (oneDNN with the epilogue's activation); the parameters are the same
+    cls = mg.helper("Linear") if mg.opt >= 2 else "nn.Linear"
+    return call(cls, mg_size(mg, inp), mg_size(mg, out), **kwargs), inits
 
 
 def _embedding_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
