@@ -46,7 +46,7 @@ TABLE: dict[str, Lowering] = {
     "sort": Lowering(None, "sorting: torch"),
     "gather": Lowering(None, "indexed read: torch"),
     "scatter": Lowering(None, "indexed write: torch"),
-    "concat": Lowering(None, "copy into one tensor: torch.cat"),
+    "concat": Lowering(None, "copy into one tensor: torch.cat (fused weights: once, kept until they change)"),
     "rearrange": Lowering(None, "a view (permute/reshape): no computation"),
     "select": Lowering(None, "a view: no computation"),
     "slice": Lowering(None, "a view: no computation"),
