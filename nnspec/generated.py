@@ -87,7 +87,7 @@ def compile_spec(path_or_text: str | os.PathLike[str], *, target: str = "torch",
     else:
         gen = ModuleGen(model, spec_text=result.spec.source.text, doc=result.spec.doc, opt=opt)
     source = gen.generate()
-    for line in getattr(gen, "explain", []):   # the Triton target's kernels and torch fallbacks
+    for line in gen.explain:   # what the backend chose: kernels, torch fallbacks, fused linears
         lines.append(line)
         if sink is not None:
             sink(line)

@@ -221,3 +221,22 @@ body: |
     q, k = x @ m.q.weight.T + m.q.bias, x @ m.k.weight.T + m.k.bias
     want = k @ m.q.weight + q @ m.k.weight          # d/dx sum(q * k)
     torch.testing.assert_close(x.grad, want, rtol=1e-4, atol=1e-5)
+
+
+def test_o2_helpers_compile_whole_under_torch_compile() -> None:
+    """Under tracing the helpers take F.linear and torch.cat: one graph, no break, the eager module's numbers."""
+    plain, fused, ids = pair("bert")
+    with torch.no_grad():
+        want = plain(ids)
+        fused(ids)                                   # a kept concatenation exists before compiling
+        got = torch.compile(fused, fullgraph=True)(ids)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_explain_names_the_fused_activations_and_kept_concatenations() -> None:
+    gpt2 = compile_spec(EXAMPLES / "gpt2.yaml", opt=2, **GPT2).explain
+    llama = compile_spec(EXAMPLES / "llama.yaml", opt=2, **LLAMA).explain
+    assert any(line.startswith("torch: mlp.c_fc: gelu_tanh applied by the linear") for line in gpt2)
+    assert {line.split(":")[1].strip() for line in llama if "concatenated once" in line} == \
+        {"self_attn.q_proj_k_proj_v_proj_weight", "mlp.gate_proj_up_proj_weight"}
+    assert not [line for line in compile_spec(EXAMPLES / "gpt2.yaml", opt=0, **GPT2).explain if "torch:" in line]

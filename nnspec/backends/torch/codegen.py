@@ -211,6 +211,11 @@ class ModuleGen:
         self.model_class = self.globals.fresh(camel(model.name))
         self.class_names = {name: self.globals.fresh(camel(name)) for name in self.order}
         self._effectful: dict[str, bool] = {}
+        self.explain: list[str] = []     # what the backend chose, for `--explain`
+
+    def note(self, line: str) -> None:
+        if line not in self.explain:
+            self.explain.append(line)
 
     def _template_order(self) -> list[str]:
         """Templates the model uses, callees before callers (depth-first post-order)."""

@@ -204,6 +204,9 @@ def _linear(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         return on_last(ins[0], t, axis, lambda x: call("F.linear", x, *ins[1:]))
     act = linear_activation(fn, node)
     kw = {"activation": act.op} if act is not None else {}
+    if act is not None:
+        fn.mg.note(f"torch: {fn.graph.name}.{node.name}: {act.op} applied by the linear (a oneDNN post-op on CPU "
+                   "inference)")
     if mod is not None:
         return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x, **kw))
     helper = fn.mg.helper("linear")
@@ -472,6 +475,7 @@ def _concat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         parts.append(y)
     if node.meta.get("weights_only"):
         # parameters alone (fuse-linear's weights): concatenated once, not on every call
+        fn.mg.note(f"torch: {fn.graph.name}.{node.name}: concatenated once and kept until a part changes")
         return call(fn.mg.helper("cat_weights"), P.Name("self"), node.name, P.ListExpr(tuple(parts)),
                     dim=dim(ref, axis))
     return call("torch.cat", P.ListExpr(tuple(parts)), dim=dim(ref, axis))

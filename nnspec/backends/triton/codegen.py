@@ -39,7 +39,6 @@ class TritonModuleGen(ModuleGen):
         self.sources: list[str] = []         # kernel + launcher sources, in the order first used
         self.fallback_sources: list[str] = []
         self.used: dict[str, set[str]] = {}  # op -> how its nodes were lowered: "kernel", "template", "torch"
-        self.explain: list[str] = []
 
     def file_header(self) -> list[str]:
         return ["import triton", "import triton.language as tl", "",
@@ -49,10 +48,6 @@ class TritonModuleGen(ModuleGen):
 
     def preamble(self) -> list[str]:
         return [*self.fallback_sources, *self.sources]
-
-    def note(self, line: str) -> None:
-        if line not in self.explain:
-            self.explain.append(line)
 
     def route(self, node: Node, how: str, why: str = "", *, note: bool = True) -> None:
         self.used.setdefault(node.op, set()).add(how)
