@@ -240,3 +240,10 @@ def test_explain_names_the_fused_activations_and_kept_concatenations() -> None:
     assert {line.split(":")[1].strip() for line in llama if "concatenated once" in line} == \
         {"self_attn.q_proj_k_proj_v_proj_weight", "mlp.gate_proj_up_proj_weight"}
     assert not [line for line in compile_spec(EXAMPLES / "gpt2.yaml", opt=0, **GPT2).explain if "torch:" in line]
+
+
+def test_the_helper_table_covers_exactly_the_activations_the_emitter_fuses() -> None:
+    from nnspec.backends.torch.emit import HELPERS, LINEAR_ACTIVATIONS
+    namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
+    exec(HELPERS["LINEAR_ACTIVATIONS"][0], namespace)
+    assert set(namespace["LINEAR_ACTIVATIONS"]) == {"none", *LINEAR_ACTIVATIONS}

@@ -171,7 +171,7 @@ def _module(fn: FunctionGen, node: Node, kind: str, params: list[str]) -> str | 
     return None
 
 
-# activations oneDNN's linear applies to its output tiles (the `linear` helper's table says how)
+# activations the `linear` helper applies (its LINEAR_ACTIVATIONS table says how, in oneDNN and in torch)
 LINEAR_ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
 
 
@@ -674,16 +674,16 @@ def _scan(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 # ---- module-level helpers a generated file may need (name -> (source, helpers it calls)) ----
 HELPERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ONEDNN_POST_OPS": ('''
-# activation -> (oneDNN post-op, its algorithm): what `linear` asks oneDNN to apply to each output tile
-ONEDNN_POST_OPS = {
-    "none": ("none", ""),
-    "relu": ("relu", ""),
-    "gelu": ("gelu", "none"),
-    "gelu_tanh": ("gelu", "tanh"),
-    "silu": ("swish", ""),
-    "sigmoid": ("sigmoid", ""),
-    "tanh": ("tanh", ""),
+    "LINEAR_ACTIVATIONS": ('''
+# activation -> (oneDNN post-op, its algorithm, the same in torch): what `linear` applies to its output
+LINEAR_ACTIVATIONS = {
+    "none": ("none", "", None),
+    "relu": ("relu", "", F.relu),
+    "gelu": ("gelu", "none", F.gelu),
+    "gelu_tanh": ("gelu", "tanh", lambda y: F.gelu(y, approximate="tanh")),
+    "silu": ("swish", "", F.silu),
+    "sigmoid": ("sigmoid", "", torch.sigmoid),
+    "tanh": ("tanh", "", torch.tanh),
 }
 ''', ()),
     "runs_onednn": ('''
@@ -710,16 +710,12 @@ def linear(
 ) -> torch.Tensor:
     """`activation(F.linear(x, weight, bias))`. On CPU inference, one oneDNN call that applies the activation to
     each output tile before writing it; its matrix product also beats the BLAS behind F.linear on some CPUs."""
+    post_op, algorithm, torch_fn = LINEAR_ACTIVATIONS[activation]
     if runs_onednn(x, weight, bias):
-        post_op, algorithm = ONEDNN_POST_OPS[activation]
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
     y = F.linear(x, weight, bias)
-    if activation == "none":
-        return y
-    if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
-    return {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[activation](y)
-''', ("ONEDNN_POST_OPS", "runs_onednn")),
+    return y if torch_fn is None else torch_fn(y)
+''', ("LINEAR_ACTIVATIONS", "runs_onednn")),
     "Linear": ('''
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) computed by `linear`, with an optional activation."""
