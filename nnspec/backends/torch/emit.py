@@ -171,8 +171,9 @@ def _module(fn: FunctionGen, node: Node, kind: str, params: list[str]) -> str | 
     return None
 
 
-# activations the `linear` helper applies (its LINEAR_ACTIVATIONS table says how, in oneDNN and in torch)
-LINEAR_ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
+# activations the `linear` helper applies (its LINEAR_ACTIVATIONS table says how, in oneDNN and in torch). Not
+# relu: oneDNN's relu post-op turns NaN into 0 where torch.relu keeps it.
+LINEAR_ACTIVATIONS = frozenset({"gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
 
 
 def linear_activation(fn: FunctionGen, lin: Node) -> Node | None:
@@ -678,7 +679,6 @@ HELPERS: dict[str, tuple[str, tuple[str, ...]]] = {
 # activation -> (oneDNN post-op, its algorithm, the same in torch): what `linear` applies to its output
 LINEAR_ACTIVATIONS = {
     "none": ("none", "", None),
-    "relu": ("relu", "", F.relu),
     "gelu": ("gelu", "none", F.gelu),
     "gelu_tanh": ("gelu", "tanh", lambda y: F.gelu(y, approximate="tanh")),
     "silu": ("swish", "", F.silu),
