@@ -686,3 +686,30 @@ def test_split_guard_that_always_holds_is_not_kept() -> None:
     compiled = generated.compile_spec(text)
     assert compiled.result.model.guards == []
     compile(compiled.source, "<generated>", "exec")
+
+
+@pytest.mark.parametrize("value", [".nan", "-.inf", "0.0"])
+def test_norm_eps_that_is_not_positive_is_a_located_error(value: str) -> None:
+    # a NaN eps passed the `eps <= 0` check (found by the 10k fuzz run: rms_norm_eps: nan in llama.yaml)
+    err = error(spec("y = rmsnorm(x, eps=c, name=n)", HEAD.replace("inputs:", f"options:\n  c: {value}\ninputs:")))
+    assert where(err) == ("E015", 12, 7) and "eps must be positive" in err.message
+
+
+def test_non_finite_floats_are_written_as_floats_in_generated_code() -> None:
+    # the generated file wrote a non-finite float attribute as a bare name (`nan`, `inf`): NameError when the
+    # module ran. An infinite eps is legal (the norm's output is 0); the module must compute what the
+    # interpreter computes.
+    torch = pytest.importorskip("torch")
+    from nnspec.backends.torch import Interpreter
+    from nnspec.generated import compile_spec
+    text = spec("y = rmsnorm(x, eps=c, name=n)", HEAD.replace("inputs:", "options:\n  c: .inf\ninputs:"))
+    interp = Interpreter(nnspec.check(text).model).eval()
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    for target, opt in (("torch", 0), ("torch", 2), ("triton", 2)):   # triton: the eps is a kernel argument
+        if target == "triton":
+            pytest.importorskip("triton")
+        assert 'float("inf")' in compile_spec(text, target=target, opt=opt).source
+        m = nnspec.build(text, target=target, opt=opt).eval()
+        m.load_state_dict(interp.root.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), interp(x=x)["y"], equal_nan=True)

@@ -242,7 +242,7 @@ def _rmsnorm(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         return on_last(ins[0], fn.in_type(node, 0), node.attrs["axis"], lambda x: call(fn.member(mod), x))
     helper = fn.mg.helper("rms_norm")
     return on_last(ins[0], fn.in_type(node, 0), node.attrs["axis"],
-                   lambda x: P.Call(helper, (x, ins[1], Lit(node.attrs["eps"]))))
+                   lambda x: P.Call(helper, (x, ins[1], P.lit(node.attrs["eps"]))))
 
 
 @emits("batchnorm")
@@ -333,7 +333,7 @@ def _attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         if fused is not None:
             return fused
     names = scores_t.names
-    s = fn.let(P.binop("*", contract(ins[:2], types[:2], scores_t), Lit(a["scale"])), "scores",
+    s = fn.let(P.binop("*", contract(ins[:2], types[:2], scores_t), P.lit(a["scale"])), "scores",
                comment=_comment(scores_t))
     extra = list(zip(ins[3:], types[3:], strict=True))
     if a["has_mask"]:

@@ -214,7 +214,7 @@ class TritonFunctionGen(FunctionGen):
 def _norm(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     t = fn.in_type(node, 0)
     return on_last(ins[0], t, node.attrs["axis"],
-                   lambda x: call(f"{K}.{node.op}", x, *ins[1:], Lit(node.attrs["eps"])))
+                   lambda x: call(f"{K}.{node.op}", x, *ins[1:], P.lit(node.attrs["eps"])))
 
 
 def _softmax(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
@@ -237,7 +237,7 @@ def _rotary(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
         kwargs["interleaved"] = Lit(True)
 
     def rotate(x: Expr) -> Expr:
-        return call(f"{K}.rotary", x, rest.index(a["pos"]), Lit(a["base"]), **kwargs)
+        return call(f"{K}.rotary", x, rest.index(a["pos"]), P.lit(a["base"]), **kwargs)
     return on_last(ins[0], t, a["dim"], rotate)
 
 
@@ -275,7 +275,7 @@ def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     q, k, v = (fn.let(heads(ins[i], t, order), f"{'qkv'[i]}_heads") for i, (t, order) in enumerate(
         [(q_t, [*shared, *q_only, qn, dn]), (k_t, [*shared, kn, dn]), (v_t, [*shared, kn, *value])]))
     full = [*shared, *q_only, qn, kn]
-    kwargs: dict[str, Expr] = {"scale": Lit(a["scale"]), "causal": Lit(a["causal"])}
+    kwargs: dict[str, Expr] = {"scale": P.lit(a["scale"]), "causal": Lit(a["causal"])}
     extra = list(zip(ins[3:], types[3:], strict=True))
     for flag in ("mask", "bias"):
         if a[f"has_{flag}"]:
@@ -284,7 +284,7 @@ def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     y: Expr = call(f"{K}.attention", q, k, v, **kwargs)
     if dropout > 0:
         # the kernel drops nothing: while training, SDPA (on the same views) drops the probabilities
-        sdpa: dict[str, Expr] = {"dropout_p": Lit(dropout), "scale": Lit(a["scale"]), "enable_gqa": Lit(True)}
+        sdpa: dict[str, Expr] = {"dropout_p": Lit(dropout), "scale": P.lit(a["scale"]), "enable_gqa": Lit(True)}
         if a["causal"]:
             sdpa["is_causal"] = Lit(True)
         if a["has_bias"]:

@@ -79,7 +79,7 @@ def _norm_rule(name: str, n_params: int) -> Any:
             need_same_size(sizes, p.axes[0].size, x.axes[i].size,
                            f"{name} parameter has size {sizes.describe(p.axes[0].size)}, axis {x.axes[i].name} "
                            f"has {sizes.describe(x.axes[i].size)}")
-        if attrs["eps"] <= 0:
+        if not attrs["eps"] > 0:      # NaN too: it would make every output NaN
             raise SpecError("E015", f"{name} eps must be positive, got {attrs['eps']}")
         return x
     return rule
