@@ -199,19 +199,15 @@ def _linear(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     which runs oneDNN's linear with the epilogue's activation when autograd records nothing."""
     mod = _module(fn, node, "linear", node.inputs[1:])
     t, axis = fn.in_type(node, 0), node.attrs["axis"]
-    if fn.mg.opt < 2:
-        if mod is not None:
-            return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x))
-        return on_last(ins[0], t, axis, lambda x: call("F.linear", x, *ins[1:]))
-    act = linear_activation(fn, node)
+    act = linear_activation(fn, node)   # always None below -O2
     kw = {"activation": act.op} if act is not None else {}
     if act is not None:
         fn.mg.note(f"torch: {fn.graph.name}.{node.name}: {act.op} applied by the linear (a oneDNN post-op on CPU "
                    "inference)")
     if mod is not None:
         return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x, **kw))
-    helper = fn.mg.helper("linear")
-    return on_last(ins[0], t, axis, lambda x: call(helper, x, *ins[1:], **kw))
+    func = fn.mg.helper("linear") if fn.mg.opt >= 2 else "F.linear"
+    return on_last(ins[0], t, axis, lambda x: call(func, x, *ins[1:], **kw))
 
 
 @emits("embedding")
