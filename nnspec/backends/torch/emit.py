@@ -685,13 +685,14 @@ LINEAR_ACTIVATIONS = {
     "runs_onednn": ('''
 def runs_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Can oneDNN's fused linear compute this call? It has no autograd formula and tracers cannot see into it,
-    so only for CPU inference in eager mode; `torch.backends.mkldnn.flags(enabled=False)` turns it off."""
+    so only for CPU inference in eager mode; `torch.backends.mkldnn.flags(enabled=False)` turns it off. bf16 only
+    where oneDNN has bf16 kernels (AVX-512 or AMX): elsewhere it refuses to build the primitive."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
         and x.dim() >= 2
         and x.numel() > 0
-        and x.dtype in (torch.float32, torch.bfloat16)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
         and all(t.dtype == x.dtype for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
