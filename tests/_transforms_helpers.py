@@ -10,8 +10,9 @@ import torch
 
 import nnspec
 from nnspec.backends.torch.interpreter import Interpreter
-from nnspec.compiler.ir import Model, verify
+from nnspec.compiler.ir import Model
 from nnspec.compiler.transforms import load_params
+from nnspec.compiler.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 GPT2 = ("gpt2", (("n_layer", 4), ("n_embd", 32), ("n_head", 4), ("vocab_size", 96), ("n_positions", 64)))

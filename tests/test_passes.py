@@ -14,9 +14,10 @@ pytest.importorskip("torch")
 from test_passes_support import assert_idempotent, assert_same_outputs, count, optimized, outputs, state
 
 import nnspec
-from nnspec.compiler.ir import Axis, DType, Graph, TensorType, verify
+from nnspec.compiler.ir import Axis, DType, Graph, TensorType
 from nnspec.compiler.passes import PASSES, PIPELINES, Context, optimize, pipeline, run
 from nnspec.compiler.printer import print_model
+from nnspec.compiler.verify import verify
 from nnspec.errors import InternalError
 from nnspec.testing import inputs_for, specs
 

@@ -150,7 +150,7 @@ def _unary(name: str) -> Any:
 
 for _name in UNARY:
     if _name not in ("neg", "logical_not"):
-        builtin(_name, f"{_name}(x)", UNARY[_name][0])(_unary(_name))
+        builtin(_name, f"{_name}(x)", UNARY[_name].formula)(_unary(_name))
 
 
 @builtin("where", "where(cond, a, b)", "`a` where `cond`, else `b`.")

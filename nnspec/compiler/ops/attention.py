@@ -74,7 +74,7 @@ def _attention_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy
            "has_bias": bool, "dropout": float, "scores": tuple}, optional=("dropout", "scores"), arity=(3, 5),
     glyph="Attn",
     flops=_attention_flops,
-    flops_doc="2·|scores|·dim + 2·|scores|·value + 5·|scores|")
+    flops_doc="2·|scores|·dim + 2·|scores|·value + 5·|scores|", traits=("keeps_float32",))
 def _attention(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "attention") for t in ins]
     for t in ts[:3]:
@@ -132,7 +132,7 @@ def _rotary(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("sinusoidal", "source", doc="Fixed sinusoidal position table (Vaswani et al. 2017): "
     "`[pos, 2i] = sin(pos / base^(2i/dim))`, `[pos, 2i+1] = cos(...)`.",
-    attrs={"pos": Axis, "dim": Axis, "base": float}, arity=0, glyph="∿")
+    attrs={"pos": Axis, "dim": Axis, "base": float}, arity=0, glyph="∿", traits=("source", "float_source"))
 def _sinusoidal(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     value = sizes.value(attrs["dim"].size)
     if value is not None and value % 2:

@@ -32,7 +32,7 @@ def _einsum_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Ex
 
 @op("einsum", "contract", doc="Multiply the operands (aligned by axis name) and sum every axis not in `out`; "
     "`out` lists the result's axes in order.", attrs={"out": tuple}, arity=(1, 8), glyph="•",
-    flops=_einsum_flops, flops_doc="2·(operands-1)·product of all distinct axis sizes")
+    flops=_einsum_flops, flops_doc="2·(operands-1)·product of all distinct axis sizes", traits=("matmul",))
 def _einsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     ts = [tensor(t, "contraction") for t in ins]
     for t in ts:

@@ -47,7 +47,8 @@ def _conv_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Expr
 @op("conv", "nn", doc="Convolution: weight `[out, in, *kernel]`, over axes `spatial` with `stride`/`padding`; "
     "axis `channel` becomes the weight's `out` axis, spatial axes become `out_axes`.",
     attrs={"channel": str, "spatial": tuple, "kernel": tuple, "stride": tuple, "padding": tuple, "out_axes": tuple},
-    arity=(2, 3), glyph="★", flops=_conv_flops, flops_doc="2·numel(y)·in·prod(kernel) (+ numel(y) with bias)")
+    arity=(2, 3), glyph="★", flops=_conv_flops, flops_doc="2·numel(y)·in·prod(kernel) (+ numel(y) with bias)",
+    traits=("matmul",))
 def _conv(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x, w = tensor(ins[0], "conv"), tensor(ins[1], "conv weight")
     need_float(x, "conv")

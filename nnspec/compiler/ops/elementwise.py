@@ -5,41 +5,118 @@ The result's axes are the first operand's, then each later operand's new axes in
 
 from __future__ import annotations
 
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sympy
 
 from nnspec.compiler.ir import Axis, DType, TensorType, Type
-from nnspec.compiler.ops.registry import need_float, need_same_size, op, promote, tensor
+from nnspec.compiler.ops.registry import Effect, need_float, need_same_size, op, promote, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
-# name -> (formula for docs, glyph, FLOPs per element, needs float)
-UNARY: dict[str, tuple[str, str, int, bool]] = {
-    "neg": ("-x", "−", 1, False),
-    "abs": ("|x|", "|·|", 1, False),
-    "relu": ("max(x, 0)", "ReLU", 1, True),
-    "gelu": ("x Φ(x) (exact, erf)", "GELU", 8, True),
-    "gelu_tanh": ("0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))", "GELU~", 8, True),
-    "silu": ("x σ(x)", "SiLU", 4, True),
-    "sigmoid": ("1 / (1 + e^-x)", "σ", 4, True),
-    "tanh": ("tanh x", "tanh", 4, True),
-    "exp": ("e^x", "exp", 1, True),
-    "log": ("ln x", "log", 1, True),
-    "sqrt": ("√x", "√", 1, True),
-    "rsqrt": ("1/√x", "1/√", 1, True),
-    "logical_not": ("not x (bool)", "¬", 1, False),
-}
 
-# name -> (symbol, glyph, result is bool)
-BINARY: dict[str, tuple[str, str, bool]] = {
-    "add": ("+", "+", False), "sub": ("-", "−", False), "mul": ("*", "×", False), "div": ("/", "÷", False),
-    "floordiv": ("//", "÷⌊⌋", False), "mod": ("%", "mod", False), "pow": ("**", "^", False),
-    "maximum": ("max", "max", False), "minimum": ("min", "min", False),
-    "eq": ("==", "=", True), "ne": ("!=", "≠", True), "lt": ("<", "<", True), "le": ("<=", "≤", True),
-    "gt": (">", ">", True), "ge": (">=", "≥", True),
-    "logical_and": ("and", "∧", True), "logical_or": ("or", "∨", True),
-}
+@dataclass(frozen=True)
+class Pointwise:
+    """The meaning of one unary or binary elementwise op, in one row that every place computing it reads: the type
+    rule and docs here, the constant folder (`scalar`), the reference interpreter and the torch emitter (`torch`,
+    `torch_kwargs`, `infix`), and the Triton pointwise generator (`triton`)."""
+
+    name: str
+    formula: str                 # the docs' formula over x (unary); a binary op's symbol in `a SYMBOL b`
+    glyph: str                   # how a circuit diagram draws it
+    flops: int                   # per result element
+    arity: int
+    needs_float: bool = False    # refuses integer and bool operands
+    returns_bool: bool = False   # a comparison or logical op
+    torch: str = ""              # the torch function computing it, by name (`torch.tanh`, `F.gelu`)
+    torch_kwargs: tuple[tuple[str, Any], ...] = ()
+    infix: str | None = None     # the Python operator torch tensors overload for it, if any
+    takes_numbers: bool = False  # torch takes a Python number for an operand, so a scalar constant stays one
+    scalar: Callable[..., Any] | None = None   # its meaning on Python numbers (constant folding)
+    folds: frozenset[str] = frozenset()        # dtype kinds ("float", "int", "bool") the folder evaluates it for
+    triton: str | None = None    # a Triton expression over {x} / {a}, {b} in float32 (None: the generator's own rule)
+    traits: tuple[str, ...] = ()
+
+
+_NUM = frozenset({"float", "int"})
+_ALL = frozenset({"float", "int", "bool"})
+_SQRT_1_2 = 0.7071067811865476
+
+
+def _logical_and(a: Any, b: Any) -> Any:
+    return a and b
+
+
+def _logical_or(a: Any, b: Any) -> Any:
+    return a or b
+
+
+POINTWISE: dict[str, Pointwise] = {p.name: p for p in [
+    # unary
+    Pointwise("neg", "-x", "−", 1, 1, torch="torch.neg", infix="-", scalar=operator.neg, folds=_NUM,
+              triton="-{x}"),
+    Pointwise("abs", "|x|", "|·|", 1, 1, torch="torch.abs", scalar=abs, folds=_NUM, triton="tl.abs({x})"),
+    Pointwise("relu", "max(x, 0)", "ReLU", 1, 1, True, torch="F.relu", triton="tl.where({x} > 0, {x}, 0.0)",
+              traits=("activation",)),
+    Pointwise("gelu", "x Φ(x) (exact, erf)", "GELU", 8, 1, True, torch="F.gelu",
+              triton=f"0.5 * {{x}} * (1.0 + tl.erf({{x}} * {_SQRT_1_2}))", traits=("activation",)),
+    Pointwise("gelu_tanh", "0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))", "GELU~", 8, 1, True, torch="F.gelu",
+              torch_kwargs=(("approximate", "tanh"),), traits=("activation",)),
+    Pointwise("silu", "x σ(x)", "SiLU", 4, 1, True, torch="F.silu", triton="{x} * tl.sigmoid({x})",
+              traits=("activation",)),
+    Pointwise("sigmoid", "1 / (1 + e^-x)", "σ", 4, 1, True, torch="torch.sigmoid", triton="tl.sigmoid({x})",
+              traits=("activation",)),
+    # tanh is libdevice-only in some Triton releases; 2 sigmoid(2x) - 1 is in every one
+    Pointwise("tanh", "tanh x", "tanh", 4, 1, True, torch="torch.tanh",
+              triton="(2.0 * tl.sigmoid(2.0 * {x}) - 1.0)", traits=("activation",)),
+    Pointwise("exp", "e^x", "exp", 1, 1, True, torch="torch.exp", triton="tl.exp({x})"),
+    Pointwise("log", "ln x", "log", 1, 1, True, torch="torch.log", triton="tl.log({x})"),
+    Pointwise("sqrt", "√x", "√", 1, 1, True, torch="torch.sqrt", scalar=math.sqrt, folds=frozenset({"float"}),
+              triton="tl.sqrt({x})"),
+    Pointwise("rsqrt", "1/√x", "1/√", 1, 1, True, torch="torch.rsqrt", triton="tl.rsqrt({x})"),
+    Pointwise("logical_not", "not x (bool)", "¬", 1, 1, torch="torch.logical_not", infix="~",
+              scalar=operator.not_, folds=_ALL, triton="({x} == 0)"),
+    # binary
+    Pointwise("add", "+", "+", 1, 2, torch="torch.add", infix="+", takes_numbers=True, scalar=operator.add,
+              folds=_NUM, triton="{a} + {b}", traits=("commutative",)),
+    Pointwise("sub", "-", "−", 1, 2, torch="torch.sub", infix="-", takes_numbers=True, scalar=operator.sub,
+              folds=_NUM, triton="{a} - {b}"),
+    Pointwise("mul", "*", "×", 1, 2, torch="torch.mul", infix="*", takes_numbers=True, scalar=operator.mul,
+              folds=_NUM, triton="{a} * {b}", traits=("commutative",)),
+    Pointwise("div", "/", "÷", 1, 2, torch="torch.div", infix="/", takes_numbers=True,
+              scalar=operator.truediv, folds=frozenset({"float"})),
+    Pointwise("floordiv", "//", "÷⌊⌋", 1, 2, torch="torch.div", torch_kwargs=(("rounding_mode", "floor"),),
+              infix="//", takes_numbers=True, scalar=operator.floordiv, folds=frozenset({"int"})),
+    Pointwise("mod", "%", "mod", 1, 2, torch="torch.remainder", infix="%", takes_numbers=True,
+              scalar=operator.mod, folds=frozenset({"int"})),
+    Pointwise("pow", "**", "^", 1, 2, torch="torch.pow", infix="**", takes_numbers=True),
+    Pointwise("maximum", "max", "max", 1, 2, torch="torch.maximum", scalar=max, folds=_NUM,
+              traits=("commutative",)),
+    Pointwise("minimum", "min", "min", 1, 2, torch="torch.minimum", scalar=min, folds=_NUM,
+              traits=("commutative",)),
+    Pointwise("eq", "==", "=", 1, 2, returns_bool=True, torch="torch.eq", infix="==", takes_numbers=True,
+              scalar=operator.eq, folds=_ALL, triton="{a} == {b}", traits=("commutative",)),
+    Pointwise("ne", "!=", "≠", 1, 2, returns_bool=True, torch="torch.ne", infix="!=", takes_numbers=True,
+              scalar=operator.ne, folds=_ALL, triton="{a} != {b}", traits=("commutative",)),
+    Pointwise("lt", "<", "<", 1, 2, returns_bool=True, torch="torch.lt", infix="<", takes_numbers=True,
+              scalar=operator.lt, folds=_ALL, triton="{a} < {b}"),
+    Pointwise("le", "<=", "≤", 1, 2, returns_bool=True, torch="torch.le", infix="<=", takes_numbers=True,
+              scalar=operator.le, folds=_ALL, triton="{a} <= {b}"),
+    Pointwise("gt", ">", ">", 1, 2, returns_bool=True, torch="torch.gt", infix=">", takes_numbers=True,
+              scalar=operator.gt, folds=_ALL, triton="{a} > {b}"),
+    Pointwise("ge", ">=", "≥", 1, 2, returns_bool=True, torch="torch.ge", infix=">=", takes_numbers=True,
+              scalar=operator.ge, folds=_ALL, triton="{a} >= {b}"),
+    Pointwise("logical_and", "and", "∧", 1, 2, returns_bool=True, torch="torch.logical_and", infix="&",
+              scalar=_logical_and, folds=_ALL, triton="{a} & {b}", traits=("commutative",)),
+    Pointwise("logical_or", "or", "∨", 1, 2, returns_bool=True, torch="torch.logical_or", infix="|",
+              scalar=_logical_or, folds=_ALL, triton="{a} | {b}", traits=("commutative",)),
+]}
+UNARY = {name: p for name, p in POINTWISE.items() if p.arity == 1}
+BINARY = {name: p for name, p in POINTWISE.items() if p.arity == 2}
 
 
 def broadcast(types: list[TensorType], sizes: Sizes, what: str) -> tuple[Axis, ...]:
@@ -91,17 +168,19 @@ def _binary_rule(name: str, symbol: str, boolean: bool) -> Any:
     return rule
 
 
-for _name, (_formula, _glyph, _cost, _float) in UNARY.items():
-    op(_name, "elementwise", doc=f"Elementwise `{_formula}`.", arity=1, glyph=_glyph,
-       flops=_elementwise_flops(_cost), flops_doc=f"{_cost} per element")(_unary_rule(_name, _float))
+for _p in UNARY.values():
+    op(_p.name, "elementwise", doc=f"Elementwise `{_p.formula}`.", arity=1, glyph=_p.glyph,
+       flops=_elementwise_flops(_p.flops), flops_doc=f"{_p.flops} per element",
+       traits=("pointwise", *_p.traits))(_unary_rule(_p.name, _p.needs_float))
 
-for _name, (_symbol, _glyph, _bool) in BINARY.items():
-    op(_name, "elementwise", doc=f"Elementwise `a {_symbol} b`, broadcasting by axis name.", arity=2,
-       glyph=_glyph, flops=_elementwise_flops(1), flops_doc="1 per element")(_binary_rule(_name, _symbol, _bool))
+for _p in BINARY.values():
+    op(_p.name, "elementwise", doc=f"Elementwise `a {_p.formula} b`, broadcasting by axis name.", arity=2,
+       glyph=_p.glyph, flops=_elementwise_flops(_p.flops), flops_doc=f"{_p.flops} per element",
+       traits=("pointwise", *_p.traits))(_binary_rule(_p.name, _p.formula, _p.returns_bool))
 
 
 @op("where", "elementwise", doc="`where(cond, a, b)`: `a` where `cond` is true, else `b`; broadcasts by name.",
-    arity=3, glyph="?", flops=_elementwise_flops(1), flops_doc="1 per element")
+    arity=3, glyph="?", flops=_elementwise_flops(1), flops_doc="1 per element", traits=("pointwise",))
 def _where(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     c, a, b = (tensor(t, "where") for t in ins)
     if c.dtype != DType.bool:
@@ -110,14 +189,15 @@ def _where(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType(broadcast([a, b, c], sizes, "where"), promote(a.dtype, b.dtype))
 
 
-@op("cast", "elementwise", doc="Convert to another dtype.", attrs={"dtype": DType}, arity=1, glyph="⇒")
+@op("cast", "elementwise", doc="Convert to another dtype.", attrs={"dtype": DType}, arity=1, glyph="⇒",
+    traits=("pointwise",))
 def _cast(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return tensor(ins[0], "cast").with_dtype(attrs["dtype"])
 
 
 @op("dropout", "elementwise", doc="Zero elements with probability `p` while training (scaled by 1/(1-p)); "
     "identity in eval mode.", attrs={"p": float}, arity=1, glyph="D", flops=_elementwise_flops(1),
-    flops_doc="1 per element")
+    flops_doc="1 per element", effect=Effect.RANDOM, traits=("pointwise",))
 def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "dropout")
     need_float(x, "dropout")
@@ -128,7 +208,7 @@ def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("clamp", "elementwise", doc="Clamp into `[min, max]` (either bound may be absent).",
     attrs={"min": (int, float, type(None)), "max": (int, float, type(None))}, arity=1, glyph="⌈⌋",
-    flops=_elementwise_flops(1), flops_doc="1 per element")
+    flops=_elementwise_flops(1), flops_doc="1 per element", traits=("pointwise",))
 def _clamp(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "clamp")
     if x.dtype == DType.bool:

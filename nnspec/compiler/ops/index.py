@@ -78,7 +78,7 @@ def _scatter(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("cumsum", "reduce", doc="Inclusive cumulative sum along axis `axis`.", attrs={"axis": str}, arity=1, glyph="Σ…",
-    flops=lambda ins, out, attrs: tensor(out, "y").numel(), flops_doc="1 per element")
+    flops=lambda ins, out, attrs: tensor(out, "y").numel(), flops_doc="1 per element", traits=("keeps_float32",))
 def _cumsum(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "cumsum")
     find_axis(x, attrs["axis"], "cumsum")
@@ -121,7 +121,7 @@ def _concat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("slice", "shape", doc="Elements `start:stop:step` along axis `axis`, which becomes `into`.",
-    attrs={"axis": str, "start": int, "stop": int, "step": int, "into": Axis}, arity=1, glyph="[a:b]")
+    attrs={"axis": str, "start": int, "stop": int, "step": int, "into": Axis}, arity=1, glyph="[a:b]", traits=("view",))
 def _slice(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "slice")
     i = find_axis(x, attrs["axis"], "slice")

@@ -7,7 +7,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.ir import Axis, TensorType, Type
-from nnspec.compiler.ops.registry import find_axis, need_float, need_same_dtype, need_same_size, op, tensor
+from nnspec.compiler.ops.registry import Effect, find_axis, need_float, need_same_dtype, need_same_size, op, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -30,7 +30,7 @@ def _linear_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Ex
 
 @op("linear", "nn", doc="`y = x W^T + b` over axis `axis` of x; W is `[out, in]`, b is `[out]`. The `in` axis "
     "is replaced, in place, by W's `out` axis.", attrs={"axis": str}, arity=(2, 3), glyph="L",
-    flops=_linear_flops, flops_doc="2·numel(x)·out (+ numel(y) with bias)")
+    flops=_linear_flops, flops_doc="2·numel(x)·out (+ numel(y) with bias)", traits=("matmul",))
 def _linear(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x, w = tensor(ins[0], "linear"), tensor(ins[1], "linear weight")
     need_float(x, "linear")
@@ -87,17 +87,17 @@ def _norm_rule(name: str, n_params: int) -> Any:
 
 op("layernorm", "normalize", doc="`(x - mean) / sqrt(var + eps) * weight + bias` over axis `axis` (biased "
    "variance).", attrs={"axis": str, "eps": float}, arity=3, glyph="LN", flops=_norm_flops(8),
-   flops_doc="8 per element")(_norm_rule("layernorm", 2))
+   flops_doc="8 per element", traits=("norm", "row_norm", "keeps_float32"))(_norm_rule("layernorm", 2))
 op("rmsnorm", "normalize", doc="`x / sqrt(mean(x²) + eps) * weight` over axis `axis`.",
    attrs={"axis": str, "eps": float}, arity=2, glyph="RMS", flops=_norm_flops(5),
-   flops_doc="5 per element")(_norm_rule("rmsnorm", 1))
+   flops_doc="5 per element", traits=("norm", "row_norm", "keeps_float32"))(_norm_rule("rmsnorm", 1))
 
 
 @op("batchnorm", "normalize", doc="Batch normalisation over channel axis `axis`: statistics over every other axis "
     "while training (updating running_mean/running_var with `momentum`), running statistics in eval mode. "
     "Inputs: x, weight, bias, running_mean, running_var, num_batches_tracked.",
     attrs={"axis": str, "eps": float, "momentum": float}, arity=6, glyph="BN", flops=_norm_flops(4),
-    flops_doc="4 per element")
+    flops_doc="4 per element", effect=Effect.STATEFUL, traits=("norm", "keeps_float32"))
 def _batchnorm(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "batchnorm")
     need_float(x, "batchnorm")

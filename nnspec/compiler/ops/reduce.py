@@ -19,7 +19,7 @@ def _per_element(cost: int, of_input: bool) -> Any:
 
 
 @op("softmax", "reduce", doc="`exp(x - max) / sum(exp(x - max))` along axis `axis`.", attrs={"axis": str},
-    arity=1, glyph="▷", flops=_per_element(5, True), flops_doc="5 per element")
+    arity=1, glyph="▷", flops=_per_element(5, True), flops_doc="5 per element", traits=("keeps_float32",))
 def _softmax(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "softmax")
     need_float(x, "softmax")

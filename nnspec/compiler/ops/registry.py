@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import sympy
 
-from nnspec.compiler.ir import DType, TensorType, Type
+from nnspec.compiler.ir import OP_TABLE, DType, TensorType, Type
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import InternalError, SpecError
 
@@ -28,6 +29,37 @@ def _no_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy.Expr:
     return sympy.Integer(0)
 
 
+class Effect(str, Enum):
+    """What running an op does besides computing its result: the one question DCE, CSE, fusion, reordering and the
+    backends ask (`OpDef.is_impure`, `Node.is_impure`)."""
+
+    PURE = "pure"              # a function of its inputs: may be merged with an equal node, moved, or dropped unused
+    RANDOM = "random"          # draws random numbers (dropout): never merged or reordered; dropped when unused
+    STATEFUL = "stateful"      # updates state as it runs (batchnorm's running statistics): never merged, moved, dropped
+    LEAF = "leaf"              # a value supplied from outside the graph (argument, parameter, buffer): each is distinct
+    OWNS_STATE = "owns_state"  # runs a block holding parameters (call, repeat, scan): kept, never merged or moved
+
+
+# The tags an op may carry, each with what it promises. An op's tags are declared with its definition; passes,
+# transforms, cost and backends ask `with_trait(tag)` / `OPS[name].has(tag)` and never keep op-name lists.
+TRAITS: dict[str, str] = {
+    "pointwise": "each result element is a function of the same-position operand elements (broadcast by name): "
+                 "fusable into one elementwise kernel",
+    "activation": "a unary pointwise nonlinearity f(x) (relu, gelu...): may ride as a matmul epilogue",
+    "commutative": "a binary op whose operands may be swapped",
+    "norm": "normalises its input with learned scale (and bias): layernorm, rmsnorm, batchnorm",
+    "row_norm": "a norm over one axis of each row, independent across rows (layernorm, rmsnorm): fusable with a "
+                "residual add, and rotation-invariant where SliceGPT needs it",
+    "view": "moves, picks or relabels elements without arithmetic: costs no FLOPs and no new activation memory",
+    "matmul": "a contraction that runs as a matrix product (linear, einsum, conv)",
+    "keeps_float32": "computes in float32 under --dtype bf16/fp16 (reductions, norms, softmax): low precision loses "
+                     "too much here",
+    "source": "takes no tensor operands: makes a value from attributes (constants, tables, masks, leaves)",
+    "float_source": "a source that computes floats from attributes (a table, a fill): under --dtype it is cast",
+    "structure": "calls a block or picks a tuple member: Python control flow in a backend, no kernel of its own",
+}
+
+
 @dataclass
 class OpDef:
     name: str
@@ -40,6 +72,24 @@ class OpDef:
     flops: Flops = _no_flops
     glyph: str = ""      # how a circuit diagram draws it
     flops_doc: str = "0"
+    effect: Effect = Effect.PURE
+    traits: frozenset[str] = frozenset()
+
+    def has(self, trait: str) -> bool:
+        if trait not in TRAITS:
+            raise InternalError(f"unknown op trait {trait!r}")
+        return trait in self.traits
+
+    @property
+    def is_impure(self) -> bool:
+        """Anything but a pure function of its inputs: never merged with an equal node or reordered."""
+        return self.effect is not Effect.PURE
+
+    @property
+    def removable(self) -> bool:
+        """May be deleted when nothing uses its result: pure ops, and random ones (an unused draw changes nothing
+        a caller can observe beyond the random stream, which the spec does not promise)."""
+        return self.effect in (Effect.PURE, Effect.RANDOM)
 
     def infer(self, in_types: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
         self.check_attrs(attrs)
@@ -62,7 +112,26 @@ class OpDef:
             raise InternalError(f"op {self.name} given unknown attributes {sorted(extra)}")
 
 
-OPS: dict[str, OpDef] = {}
+OPS: dict[str, OpDef] = OP_TABLE   # the IR holds the table so `Node.is_impure()` can read it
+
+
+def with_trait(*tags: str) -> frozenset[str]:
+    """The names of the ops that carry every one of `tags`."""
+    for tag in tags:
+        if tag not in TRAITS:
+            raise InternalError(f"unknown op trait {tag!r}")
+    return frozenset(name for name, d in OPS.items() if d.traits.issuperset(tags))
+
+
+def with_effect(*effects: Effect) -> frozenset[str]:
+    """The names of the ops whose effect is one of `effects`."""
+    return frozenset(name for name, d in OPS.items() if d.effect in effects)
+
+
+def is_impure(op_name: str) -> bool:
+    """See `OpDef.is_impure`."""
+    return OPS[op_name].is_impure
+
 
 Builtin = Callable[["Builder", "ast.Call"], Any]
 
@@ -80,12 +149,17 @@ BUILTINS: dict[str, BuiltinDef] = {}
 
 def op(name: str, family: str, *, doc: str, attrs: dict[str, type | tuple[type, ...]] | None = None,
        optional: tuple[str, ...] = (), arity: int | tuple[int, int] | None = None, flops: Flops = _no_flops,
-       flops_doc: str = "0", glyph: str = "") -> Callable[[Rule], Rule]:
+       flops_doc: str = "0", glyph: str = "", effect: Effect = Effect.PURE, traits: tuple[str, ...] = ()
+       ) -> Callable[[Rule], Rule]:
+    unknown = sorted(set(traits) - set(TRAITS))
+    if unknown:
+        raise InternalError(f"op {name} declares unknown traits {unknown}")
+
     def register(rule: Rule) -> Rule:
         if name in OPS:
             raise InternalError(f"op {name} registered twice")
         OPS[name] = OpDef(name, family, doc, rule, attrs or {}, frozenset(optional), arity, flops, glyph,
-                          flops_doc)
+                          flops_doc, effect, frozenset(traits))
         return rule
     return register
 

@@ -13,7 +13,7 @@ from nnspec.errors import SpecError
 
 @op("rearrange", "shape", doc="Permute axes by `perm`, then view the result with axes `axes` (same element "
     "count): relabels, transposes, splits and merges. No arithmetic.", attrs={"perm": tuple, "axes": tuple},
-    arity=1, glyph="⤨")
+    arity=1, glyph="⤨", traits=("view",))
 def _rearrange(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "rearrange")
     perm, axes = attrs["perm"], attrs["axes"]
@@ -26,7 +26,7 @@ def _rearrange(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("select", "shape", doc="Take index `index` along axis `axis`, removing it.", attrs={"axis": str, "index": int},
-    arity=1, glyph="[i]")
+    arity=1, glyph="[i]", traits=("view",))
 def _select(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "select")
     i = find_axis(x, attrs["axis"], "select")
@@ -36,13 +36,14 @@ def _select(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType(x.axes[:i] + x.axes[i + 1:], x.dtype)
 
 
-@op("arange", "source", doc="`int64[axis]` holding 0, 1, ..., size-1.", attrs={"axis": Axis}, arity=0, glyph="0..n")
+@op("arange", "source", doc="`int64[axis]` holding 0, 1, ..., size-1.", attrs={"axis": Axis}, arity=0, glyph="0..n",
+    traits=("source",))
 def _arange(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType((attrs["axis"],), DType.int64)
 
 
 @op("causal_mask", "source", doc="`bool[q, k]`: true where the key index is at most the query index "
-    "(`k <= q`, aligned at the start).", attrs={"q": Axis, "k": Axis}, arity=0, glyph="◣")
+    "(`k <= q`, aligned at the start).", attrs={"q": Axis, "k": Axis}, arity=0, glyph="◣", traits=("source",))
 def _causal_mask(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     q, k = attrs["q"], attrs["k"]
     if q.name == k.name:
@@ -51,6 +52,7 @@ def _causal_mask(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("full", "source", doc="A tensor of axes `axes` filled with `value`.",
-    attrs={"axes": tuple, "value": (int, float, bool), "dtype": DType}, arity=0, glyph="c")
+    attrs={"axes": tuple, "value": (int, float, bool), "dtype": DType}, arity=0, glyph="c",
+    traits=("source", "float_source"))
 def _full(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return TensorType(unique_axes(tuple(attrs["axes"]), "full"), attrs["dtype"])

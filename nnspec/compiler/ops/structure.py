@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnspec.compiler.ir import Axis, TensorType, Type
-from nnspec.compiler.ops.registry import op
+from nnspec.compiler.ops.registry import Effect, op
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -13,7 +13,7 @@ from nnspec.errors import SpecError
 @op("input", "source", doc="A graph input (a model input or a block parameter); an optional model input has the "
     "`default` value it is filled with when not given.", attrs={"name": str, "type": TensorType,
                                                                 "default": (int, float, bool)},
-    optional=("default",), arity=0, glyph="")
+    optional=("default",), arity=0, glyph="", effect=Effect.LEAF, traits=("source",))
 def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
@@ -21,13 +21,13 @@ def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 @op("param", "source", doc="A learned parameter at path `path`, initialised by `init` "
     "(`('normal', std)`, `('zeros',)`, `('ones',)`); `trainable=false` (set by transforms such as LoRA) freezes it.",
     attrs={"path": str, "type": TensorType, "init": tuple, "trainable": bool}, optional=("trainable",),
-    arity=0, glyph="")
+    arity=0, glyph="", effect=Effect.LEAF, traits=("source",))
 def _param(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
 
 @op("const", "source", doc="A scalar constant (no axes) of dtype `type.dtype`.",
-    attrs={"value": (int, float, bool), "type": TensorType}, arity=0, glyph="")
+    attrs={"value": (int, float, bool), "type": TensorType}, arity=0, glyph="", traits=("source",))
 def _const(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
@@ -41,7 +41,8 @@ def _check_args(what: str, ins: list[Type], params: tuple[TensorType, ...], size
 
 
 @op("call", "structure", doc="Apply block template `block` with its parameters under scope `scope`.",
-    attrs={"block": str, "scope": str, "params": tuple, "result": (TensorType, tuple)}, glyph="")
+    attrs={"block": str, "scope": str, "params": tuple, "result": (TensorType, tuple)}, glyph="",
+    effect=Effect.OWNS_STATE, traits=("structure",))
 def _call(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     _check_args(f"block {attrs['block']}", ins, attrs["params"], sizes)
     return attrs["result"]
@@ -53,7 +54,7 @@ def _call(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     "(consecutive runs of count/groups iterations share the weights under `scope.0` ... `scope.{groups-1}`).",
     attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple, "result": TensorType,
            "variants": tuple, "groups": int}, optional=("variants", "groups"),
-    glyph="×N")
+    glyph="×N", effect=Effect.OWNS_STATE, traits=("structure",))
 def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     _check_args(f"repeat of {attrs['block']}", ins, attrs["params"], sizes)
     groups = attrs.get("groups")
@@ -69,7 +70,8 @@ def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["result"]
 
 
-@op("getitem", "structure", doc="Member `index` of a tuple-valued call.", attrs={"index": int}, arity=1, glyph="")
+@op("getitem", "structure", doc="Member `index` of a tuple-valued call.", attrs={"index": int}, arity=1, glyph="",
+    traits=("view", "structure"))
 def _getitem(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     t = ins[0]
     if not isinstance(t, tuple) or not 0 <= attrs["index"] < len(t):
@@ -79,7 +81,7 @@ def _getitem(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("buffer", "source", doc="Non-learned state at path `path` (running statistics); `persistent` buffers are "
     "saved in the state dict.", attrs={"path": str, "type": TensorType, "init": tuple, "persistent": bool},
-    arity=0, glyph="")
+    arity=0, glyph="", effect=Effect.LEAF, traits=("source",))
 def _buffer(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
@@ -88,7 +90,7 @@ def _buffer(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     "first, apply block `block` to (state, slices...) -> (new state, output); returns (final state, outputs "
     "stacked along `axis` at position `position`). One set of weights under `scope`.",
     attrs={"block": str, "scope": str, "axis": Axis, "position": int, "params": tuple, "result": tuple},
-    glyph="scan")
+    glyph="scan", effect=Effect.OWNS_STATE, traits=("structure",))
 def _scan(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if len(ins) < 2:
         raise SpecError("E019", "scan needs an initial state and at least one sequence")

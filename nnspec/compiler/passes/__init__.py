@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from nnspec.compiler.elaborate import UsageError
-from nnspec.compiler.ir import Graph, Model, verify
+from nnspec.compiler.ir import Graph, Model
 from nnspec.compiler.passes.attention import RecognizeAttention
 from nnspec.compiler.passes.base import Context, Explain, Pass
 from nnspec.compiler.passes.canonicalize import Canonicalize
@@ -36,6 +36,7 @@ from nnspec.compiler.passes.fuse_elementwise import FuseElementwise
 from nnspec.compiler.passes.fuse_epilogue import FuseEpilogue
 from nnspec.compiler.passes.fuse_linear import FuseLinear
 from nnspec.compiler.passes.groups import refresh
+from nnspec.compiler.verify import verify
 from nnspec.errors import InternalError
 
 PASSES: dict[str, Pass] = {p.name: p for p in (
