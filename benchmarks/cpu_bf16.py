@@ -42,7 +42,7 @@ SPEC = Path(__file__).resolve().parent.parent / "examples" / "gpt2.yaml"
 def module(model, result, tag: str) -> torch.nn.Module:
     """The -O2 module `nnspec compile -O2` would write for `model` (passes with training=True)."""
     model = optimize(model, level=2, training=True)
-    gen = ModuleGen(model, spec_text=result.spec.source.text, doc=result.spec.doc, opt=2)
+    gen = ModuleGen.from_level(model, spec_text=result.spec.source.text, doc=result.spec.doc, opt=2)
     return getattr(load_source(gen.generate(), f"{model.name}_{tag}"), gen.model_class)().eval()
 
 

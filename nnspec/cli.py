@@ -19,11 +19,13 @@ from rich.table import Table
 
 from nnspec import __version__
 from nnspec import cli_transforms as T
+from nnspec.backends.base import names as backend_names
 from nnspec.compiler.analysis import check_memory, format_bytes, parse_size
-from nnspec.compiler.check import CheckResult, check
+from nnspec.compiler.check import CheckResult
 from nnspec.compiler.elaborate import UsageError
 from nnspec.compiler.printer import print_model
 from nnspec.errors import ResourceError, SpecError, errors_to_json
+from nnspec.pipeline import Pipeline
 
 EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
 
@@ -126,6 +128,7 @@ def _fail_resource(err: ResourceError, spec: Path, as_json: bool) -> None:
 
 
 @app.command("check")
+@T.transform_flags
 def check_cmd(
     spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
     set_: Annotated[list[str] | None,
@@ -136,11 +139,7 @@ def check_cmd(
     emit: Annotated[str | None, typer.Option("--emit", help="also print an artefact: 'ir'")] = None,
     cost: Annotated[bool, typer.Option("--cost", help="also print the cost model: FLOPs (head apart), activation "
                                        "memory, KV cache, fused vs unfused memory traffic")] = False,
-    dtype: T.DtypeOpt = None,
-    drop: T.DropOpt = None,
-    slice_: T.SliceOpt = None,
-    lora: T.LoraOpt = None,
-    share: T.ShareOpt = None,
+    transforms: T.Requested = None,
     explain: T.ExplainOpt = False,
     max_memory: Annotated[str | None, typer.Option("--max-memory", help="fail (exit 1) when the parameters and "
                                                    "buffers would need more than this: 4GiB, 512MiB, 2GB, 1e9")]
@@ -151,9 +150,8 @@ def check_cmd(
         if emit not in (None, "ir"):
             raise UsageError(f"--emit takes 'ir', got {emit!r}")
         limit = _parse_max_memory(max_memory)
-        result = check(spec, config=config, **parse_sets(set_ or []))
-        result, transform_lines = T.transform_result(result, dtype=dtype, drop=drop, slice_=slice_, lora=lora,
-                                                     share=share)
+        pipeline = Pipeline(spec, config=config, overrides=parse_sets(set_ or []), transforms=transforms)
+        result, transform_lines = pipeline.transformed, pipeline.transform_lines
         needed = check_memory(result.model, limit) if limit is not None else None
     except SpecError as err:
         _fail(err, as_json, getattr(err, "warnings", None))  # a config's unused keys, found before the error
@@ -201,6 +199,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 @app.command("render")
+@T.transform_flags
 def render_cmd(
     spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="the file to write")],
@@ -211,11 +210,7 @@ def render_cmd(
     block: Annotated[str | None, typer.Option("--block", help="draw this block instead of the whole model")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     scale: Annotated[float, typer.Option("--scale", help="PNG pixels per SVG unit")] = 2.0,
-    dtype: T.DtypeOpt = None,
-    drop: T.DropOpt = None,
-    slice_: T.SliceOpt = None,
-    lora: T.LoraOpt = None,
-    share: T.ShareOpt = None,
+    transforms: T.Requested = None,
     explain: T.ExplainOpt = False,
 ) -> None:
     """Draw a checked spec: its block graph (graphviz) or its neural circuit diagram (SVG), as SVG, PNG or DOT.
@@ -233,9 +228,8 @@ def render_cmd(
             raise UsageError(f"--expand takes a level of 0 or more, got {expand}")
         if not output.parent.is_dir():
             raise UsageError(f"cannot write {output}: no directory {output.parent}")
-        result = check(spec, **parse_sets(set_ or []))
-        result, transform_lines = T.transform_result(result, dtype=dtype, drop=drop, slice_=slice_, lora=lora,
-                                                     share=share)
+        pipeline = Pipeline(spec, overrides=parse_sets(set_ or []), transforms=transforms)
+        result, transform_lines = pipeline.transformed, pipeline.transform_lines
         if style == "graph":
             source = block_graph(result.model, expand=expand, block=block)
             fallback, fallback_data = output.with_suffix(".dot"), source
@@ -265,10 +259,12 @@ def render_cmd(
 
 
 @app.command("compile")
+@T.transform_flags
 def compile_cmd(
     specs: Annotated[list[Path], typer.Argument(help="spec files (YAML); one Python file is written per spec")],
     output: Annotated[Path, typer.Option("-o", "--output", help="the directory to write into (made if missing)")],
-    target: Annotated[str, typer.Option("--target", help="code to generate: 'torch'")] = "torch",
+    target: Annotated[str, typer.Option("--target", help=f"code to generate: {', '.join(backend_names())}")]
+    = "torch",
     opt: Annotated[int | None, typer.Option("-O", "--opt", help="optimisation level 0, 1 or 2 (the passes of "
                                                                 "nnspec.compiler.passes; the state dict is the same)")]
     = None,
@@ -280,30 +276,22 @@ def compile_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
     = None,
-    dtype: T.DtypeOpt = None,
-    drop: T.DropOpt = None,
-    slice_: T.SliceOpt = None,
-    lora: T.LoraOpt = None,
-    share: T.ShareOpt = None,
+    transforms: T.Requested = None,
 ) -> None:
     """Generate standalone PyTorch code: OUT/<name>.py per spec, all files or none."""
     from nnspec.compiler.passes import pipeline
-    from nnspec.generated import TARGETS, compile_spec, write_outputs
+    from nnspec.generated import write_outputs
 
     try:
-        if target not in TARGETS:
-            raise UsageError(f"--target takes {', '.join(TARGETS)}, got {target!r}")
+        if target not in backend_names():
+            raise UsageError(f"--target takes {', '.join(backend_names())}, got {target!r}")
         if opt not in (None, 0, 1, 2):
             raise UsageError(f"-O takes 0, 1 or 2, got {opt}")
         level = opt if opt is not None else 2 if passes is not None else 0
         ran = [p.name for p in pipeline(level, passes)]     # an unknown pass is a usage error before any work
         sets = parse_sets(set_ or [])
-        # the transform flags, as `nnspec.compiler.transforms.apply` takes them (applied before the passes)
-        transforms = {k: v for k, v in {"dtype": dtype, "drop": T._items(drop), "slice_width": slice_,
-                                        "lora": T._items(lora), "share": T._items(share)}.items()
-                      if v is not None and v != []}
-        compiled = [compile_spec(spec, target=target, opt=level, config=config, passes=passes,
-                                 transforms=transforms, **sets) for spec in specs]
+        compiled = [Pipeline(spec, config=config, overrides=sets, transforms=transforms).artifact(target, level, passes)
+                    for spec in specs]
         if explain:
             for spec, c in zip(specs, compiled, strict=True):
                 _print_compile_explain(spec, c, level, ran, passes is not None, bool(transforms))

@@ -1,64 +1,100 @@
-"""The transform flags (`--dtype --drop --slice --lora --share --explain`), shared by `nnspec check`, `compile`
-and `render`.
+"""The transform flags of `nnspec check`, `compile` and `render`, generated from one table (`TRANSFORMS`).
 
-A command declares the flags with the `*Opt` aliases below and passes their values to `transform_result`
-after checking the spec:
+Each row names a transform, its flag, its help, how the flag's value is read and the keyword of
+`nnspec.compiler.transforms.apply` it fills. A command declares one parameter `transforms` and is decorated with
+`transform_flags`, which puts a flag per row in that parameter's place and hands the command the requested
+transforms as `apply` keywords (only the flags given):
 
 ```python
-from nnspec import cli_transforms as T
-
-def check_cmd(spec: ..., dtype: T.DtypeOpt = None, drop: T.DropOpt = None, slice_: T.SliceOpt = None,
-              lora: T.LoraOpt = None, share: T.ShareOpt = None, explain: T.ExplainOpt = False) -> None:
-    result = check(spec, ...)
-    result, lines = T.transform_result(result, dtype=dtype, drop=drop, slice_=slice_, lora=lora, share=share)
+@app.command("check")
+@T.transform_flags
+def check_cmd(spec: ..., transforms: T.Requested = None, explain: T.ExplainOpt = False) -> None:
+    pipeline = Pipeline(spec, transforms=transforms)
+    result = pipeline.transformed                      # TransformError (exit 2) for a flag that does not apply
     if explain:
-        T.print_explain(lines)
+        T.print_explain(pipeline.transform_lines)
 ```
 
-`transform_result` raises `TransformError`, a `UsageError` (exit 2), for a flag that does not apply (a path
-that names nothing, a structure a transform does not recognise). The result's `model` is the transformed
-model (`model.transforms` lists what was applied); its rows, parameter count and FLOPs are recomputed.
+A new transform is a row here (and its keyword in `apply`): every command gets its flag.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 
-from nnspec.compiler.check import CheckResult
 
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", help="store and compute in bf16 or fp16 (float32 for norms, softmax, reductions and the logits)")]
-DropOpt = Annotated[list[str] | None, typer.Option(
-    "--drop", help="remove a residual sub-layer by parameter path, e.g. h.5.attn (repeat or comma-separate)")]
-SliceOpt = Annotated[int | None, typer.Option(
-    "--slice", help="SliceGPT: reduce the residual stream to this width")]
-LoraOpt = Annotated[list[str] | None, typer.Option(
-    "--lora", help="adapters on matching linears: PATTERN:RANK[:alpha=A][:randlora], e.g. '*.c_attn:8'")]
-ShareOpt = Annotated[list[str] | None, typer.Option(
-    "--share", help="tie a repeat's weights in groups of consecutive iterations: REPEAT:GROUPS, e.g. h:4")]
+def _items(values: list[str]) -> list[str]:
+    """Repeated flags, each maybe comma- or space-separated: `--drop a,b --drop c` -> [a, b, c]."""
+    return [v for value in values for v in re.split(r"[,\s]+", value) if v]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One transform as the command line offers it."""
+
+    name: str                     # the command function's parameter (a Python name)
+    flag: str
+    help: str
+    type: Any                     # what typer parses the flag into (`list[str]` for a repeatable flag)
+    keyword: str                  # the `apply` keyword the parsed value fills
+    parse: Callable[[Any], Any] = lambda value: value
+
+
+TRANSFORMS: tuple[Transform, ...] = (
+    Transform("dtype", "--dtype", "store and compute in bf16 or fp16 (float32 for norms, softmax, reductions and "
+              "the logits)", str, "dtype"),
+    Transform("drop", "--drop", "remove a residual sub-layer by parameter path, e.g. h.5.attn (repeat or "
+              "comma-separate)", list[str], "drop", _items),
+    Transform("slice_", "--slice", "SliceGPT: reduce the residual stream to this width", int, "slice_width"),
+    Transform("lora", "--lora", "adapters on matching linears: PATTERN:RANK[:alpha=A][:randlora], e.g. "
+              "'*.c_attn:8'", list[str], "lora", _items),
+    Transform("share", "--share", "tie a repeat's weights in groups of consecutive iterations: REPEAT:GROUPS, "
+              "e.g. h:4", list[str], "share", _items),
+)
+
+# the `apply` keywords of the flags given (an empty repeatable flag counts as not given)
+Requested = dict[str, Any] | None
 ExplainOpt = Annotated[bool, typer.Option("--explain", help="print each transform applied and its effect")]
 
 
-def _items(values: list[str] | None) -> list[str]:
-    return [v for value in values or [] for v in re.split(r"[,\s]+", value) if v]
+def requested(values: dict[str, Any]) -> dict[str, Any]:
+    """`apply` keywords from the flags' values, by parameter name."""
+    out = {}
+    for t in TRANSFORMS:
+        value = values.get(t.name)
+        if value is not None:
+            parsed = t.parse(value)
+            if parsed != []:
+                out[t.keyword] = parsed
+    return out
 
 
-def transform_result(result: CheckResult, *, dtype: str | None = None, drop: list[str] | None = None,
-                     slice_: int | None = None, lora: list[str] | None = None, share: list[str] | None = None
-                     ) -> tuple[CheckResult, list[str]]:
-    """`result` with the flags' transforms applied (unchanged when no flag is given) and the explain lines."""
-    from nnspec.compiler.check import _report
-    from nnspec.compiler.transforms import apply
+def transform_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with its `transforms` parameter replaced by one option per row of `TRANSFORMS`."""
+    signature = inspect.signature(command, eval_str=True)
+    flags = [inspect.Parameter(t.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=Annotated[t.type | None, typer.Option(t.flag, help=t.help)])
+             for t in TRANSFORMS]
+    params = []
+    for p in signature.parameters.values():
+        params += flags if p.name == "transforms" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
 
-    if dtype is None and not drop and slice_ is None and not lora and not share:
-        return result, []
-    model, lines = apply(result.model, dtype=dtype, drop=_items(drop), slice_width=slice_, lora=_items(lora),
-                         share=_items(share))
-    return _report(model, result.spec, result.warnings), lines
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        values = {t.name: kwargs.pop(t.name, None) for t in TRANSFORMS}
+        command(**kwargs, transforms=requested(values))
+
+    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
 
 
 def print_explain(lines: list[str], file: object = None) -> None:

@@ -42,7 +42,7 @@ def _goldens(root: Path) -> dict[str, list[tuple[Path, int, str | None]]]:
 
 def _example(rel: Path, line: int, code: str) -> tuple[str, int, int, str]:
     """(excerpt, its first and last line, rendered message) for one golden, checked from the current directory."""
-    import nnspec  # late: keeps `import nnspec.docs_gen` cheap
+    from nnspec.pipeline import Pipeline  # late: keeps `import nnspec.docs_gen` cheap
 
     lines = rel.read_bytes().decode("utf-8", "replace").split("\n")
     first_content = next(i for i, t in enumerate(lines, 1) if not (HEADER.match(t) or NOTE.match(t)))
@@ -51,12 +51,12 @@ def _example(rel: Path, line: int, code: str) -> tuple[str, int, int, str]:
     while end > start and not lines[end - 1].strip():
         end -= 1
     try:
-        nnspec.check(rel.as_posix())
+        model = Pipeline(rel.as_posix()).checked.model
     except SpecError as err:
         if err.code != code:
             raise RuntimeError(f"{rel}: expected {code}, nnspec reports:\n{err.render()}") from None
         return "\n".join(lines[start - 1:end]), start, end, err.render()
-    raise RuntimeError(f"{rel}: expected {code}, but the spec checks")
+    raise RuntimeError(f"{rel}: expected {code}, but the spec checks (model {model.name})")
 
 
 def _config_goldens(root: Path) -> dict[str, list[tuple[Path, Path, int, str | None]]]:
@@ -75,15 +75,15 @@ def _config_goldens(root: Path) -> dict[str, list[tuple[Path, Path, int, str | N
 
 def _config_example(rel: Path, spec: Path, code: str) -> str:
     """The message nnspec renders for a config golden, checked from the current directory."""
-    import nnspec
+    from nnspec.pipeline import Pipeline
 
     try:
-        nnspec.check(spec.as_posix(), config=rel.as_posix())
+        model = Pipeline(spec.as_posix(), config=rel.as_posix()).checked.model
     except SpecError as err:
         if err.code != code:
             raise RuntimeError(f"{rel}: expected {code}, nnspec reports:\n{err.render()}") from None
         return err.render()
-    raise RuntimeError(f"{rel}: expected {code}, but the config maps onto {spec}")
+    raise RuntimeError(f"{rel}: expected {code}, but the config maps onto {spec} (model {model.name})")
 
 
 def errors_markdown() -> str:
@@ -143,7 +143,9 @@ def _cell(text: str) -> str:
 def ops_markdown() -> str:
     """docs/ops.md: the spec language's functions, then every graph op by family."""
     import nnspec.compiler.builtins  # noqa: F401  (registers the functions)
-    from nnspec.compiler.ops import BUILTINS, OPS
+    from nnspec.compiler.elaborate import BUILTINS
+    from nnspec.compiler.ops import OPS
+    from nnspec.compiler.ops.registry import TRAITS
 
     out = [
         "# Functions and ops",
@@ -163,17 +165,29 @@ def ops_markdown() -> str:
         "",
         "## Ops",
         "",
+        "Each op declares its **effect**, what running it does besides computing its result (`pure`; `random`:",
+        "draws random numbers; `stateful`: updates state as it runs; `leaf`: a value from outside the graph;",
+        "`owns_state`: runs a block holding parameters), and its **traits**, the tags passes, transforms, the cost",
+        "model and the backends ask instead of keeping lists of op names:",
+        "",
+        "| trait | meaning |",
+        "|---|---|",
+        *(f"| `{name}` | {_cell(meaning)} |" for name, meaning in TRAITS.items()),
+        "",
     ]
     families = sorted({op.family for op in OPS.values()})
     for family in families:
-        out += [f"### {family}", "", "| op | inputs | attributes | FLOPs | meaning |", "|---|---|---|---|---|"]
+        out += [f"### {family}", "", "| op | inputs | attributes | effect | traits | FLOPs | meaning |",
+                "|---|---|---|---|---|---|---|"]
         for op in sorted((o for o in OPS.values() if o.family == family), key=lambda o: o.name):
             arity = op.arity if op.arity is not None else "any"
             if isinstance(arity, tuple):
                 arity = f"{arity[0]}-{arity[1]}"
             attrs = ", ".join(f"`{k}`: {_attr_type(v)}" + (" (optional)" if k in op.optional_attrs else "")
                               for k, v in op.attrs.items()) or "-"
-            out.append(f"| `{op.name}` | {arity} | {attrs} | {_cell(op.flops_doc)} | {_cell(op.doc)} |")
+            traits = ", ".join(f"`{t}`" for t in sorted(op.traits)) or "-"
+            out.append(f"| `{op.name}` | {arity} | {attrs} | {op.effect.value} | {traits} | {_cell(op.flops_doc)} "
+                       f"| {_cell(op.doc)} |")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

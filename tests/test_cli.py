@@ -403,7 +403,7 @@ def test_internal_error_exit_3_please_report(monkeypatch: pytest.MonkeyPatch,
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug in the analysis")
 
-    monkeypatch.setattr(nnspec.compiler.check, "_report", broken)
+    monkeypatch.setattr(nnspec.compiler.check, "summarize", broken)
     monkeypatch.setattr(sys, "argv", ["nnspec", "check", GPT2])
     with pytest.raises(SystemExit) as info:
         nnspec.cli.main()

@@ -36,7 +36,7 @@ from _small_models import BERT, GPT2, LLAMA, VIT  # noqa: E402
 
 import nnspec  # noqa: E402
 from nnspec.backends.torch import Interpreter  # noqa: E402
-from nnspec.backends.torch.emit import EMITTERS  # noqa: E402
+from nnspec.backends.torch.ops import EMITTERS  # noqa: E402
 from nnspec.compiler.ops import OPS  # noqa: E402
 from nnspec.generated import compile_spec, load_source  # noqa: E402
 from nnspec.testing import inputs_for  # noqa: E402
@@ -485,7 +485,7 @@ def _distinct_sizes(result: Any) -> dict[str, Any]:
 
     from hypothesis import find
 
-    from nnspec.testing import _free_dims, _guards_hold
+    from nnspec.testing.inputs import _free_dims, _guards_hold
     free = _free_dims(result.model)
     taken = {int(v) for v in result.model.dims.values.values()}     # not the size of any dim either
     sizes = [n for n in range(3, 64) if n not in taken][:8]

@@ -247,7 +247,7 @@ def test_explain_names_the_fused_activations_and_kept_concatenations() -> None:
 
 
 def test_the_helper_table_covers_exactly_the_activations_the_emitter_fuses() -> None:
-    from nnspec.backends.torch.emit import HELPERS, LINEAR_ACTIVATIONS
+    from nnspec.backends.torch.helpers import LINEAR_ACTIVATIONS, source
     namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
-    exec(HELPERS["LINEAR_ACTIVATIONS"][0], namespace)
+    exec(source("LINEAR_ACTIVATIONS"), namespace)
     assert set(namespace["LINEAR_ACTIVATIONS"]) == {"none", *LINEAR_ACTIVATIONS}

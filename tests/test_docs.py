@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnspec.compiler.ops import BUILTINS, OPS
+from nnspec.compiler.elaborate import BUILTINS
+from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import TRAITS
 from nnspec.docs_gen import errors_markdown, ops_markdown
 from nnspec.errors import CODES
 
@@ -65,8 +67,20 @@ def test_ops_md_documents_every_op_and_function() -> None:
         assert f"| `{name}` |" in text, name
     for b in BUILTINS.values():  # a `|` inside a table cell is escaped, or it would end the cell
         assert f"| `{b.signature.replace('|', chr(92) + '|')}` |" in text, b.name
-    functions, ops = text.split("\n## Ops\n")
-    for part, cells in ((functions, 2), (ops, 5)):   # every row has as many cells as its table's header
-        for line in part.split("\n"):
-            if line.startswith("| `"):
-                assert len(line.replace("\\|", "").split("|")) == cells + 2, line
+    cells = 0
+    for line in text.split("\n"):   # every row has as many cells as its table's header
+        if line.startswith("| ") and not line.startswith("| `"):
+            cells = len(line.split("|"))
+        elif line.startswith("| `"):
+            assert len(line.replace("\\|", "").split("|")) == cells, line
+
+
+def test_ops_md_shows_each_ops_effect_and_traits() -> None:
+    text = ops_markdown()
+    for trait in TRAITS:
+        assert f"| `{trait}` |" in text, trait
+    for name, op in OPS.items():
+        row = next(line for line in text.split("\n") if line.startswith(f"| `{name}` |") and "|---" not in line
+                   and line.count("|") > 4)
+        traits = ", ".join(f"`{t}`" for t in sorted(op.traits)) or "-"
+        assert f"| {op.effect.value} | {traits} |" in row, row

@@ -4,7 +4,7 @@ tests/test_fuzz_regressions.py, fix it.
 
 The CI run draws a few hundred mutants; `pytest --runslow -k fuzz_10k` draws 10,000 (stage counts, error codes
 and where each kind of mutation stopped are printed, and written as JSON to the file named by $NNSPEC_FUZZ_REPORT
-when set). The mutators and stages are in `nnspec.testing_fuzz`.
+when set). The mutators and stages are in `tools/fuzz` (imported from the checkout: pyproject's pytest `pythonpath`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import nnspec
-from nnspec.testing_fuzz import MUTATORS, FuzzRun, Mutant, load_seeds, mutants
+from tools.fuzz import MUTATORS, FuzzRun, Mutant, load_seeds, mutants
 
 ROOT = Path(__file__).parent.parent
 SEEDS = load_seeds(ROOT)

@@ -546,11 +546,11 @@ def test_compile_does_not_relabel_a_bug_as_a_usage_error(monkeypatch: pytest.Mon
     import sys
 
     import nnspec.cli
-    generated = pytest.importorskip("nnspec.generated")
+    from nnspec.pipeline import Pipeline
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("a bug in code generation")
-    monkeypatch.setattr(generated, "compile_spec", broken)
+    monkeypatch.setattr(Pipeline, "artifact", broken)
     monkeypatch.setattr(sys, "argv", ["nnspec", "compile", "examples/small/moe.yaml", "-o", str(tmp_path)])
     with pytest.raises(SystemExit) as info:
         nnspec.cli.main()

@@ -17,7 +17,7 @@ import pytest
 import nnspec
 from nnspec.compiler import elaborate
 from nnspec.compiler.analysis import estimate_parameter_bytes, parameter_bytes_by_dtype, parse_size
-from nnspec.compiler.elaborate import MAX_PARAM_TENSORS, MAX_REPEAT
+from nnspec.compiler.elaborate import MAX_PARAM_TENSORS, MAX_REPEAT, nodes
 from nnspec.compiler.sizes import MAX_SIZE
 from nnspec.spec.parser import MAX_EXPR_CHARS, MAX_EXPR_DEPTH
 from nnspec.spec.yaml_loader import MAX_BYTES, MAX_NODES
@@ -241,12 +241,12 @@ body: |
     assert f"{MAX_PARAM_TENSORS:,}" in err.message
 
 
-# ---- graph node count (MAX_NODES in elaborate.py) ------------------------------------------------------
+# ---- graph node count (MAX_NODES in elaborate/limits.py) ---------------------------------------------------
 
 def test_graph_node_limit_is_counted_across_templates(monkeypatch: pytest.MonkeyPatch) -> None:
     # 2^k distinct bindings of nested blocks: the graph grows exponentially in the spec's length, and stops at
     # the node limit (lowered here, so the test builds 200 nodes rather than 200,000)
-    monkeypatch.setattr(elaborate, "MAX_NODES", 200)
+    monkeypatch.setattr(nodes, "MAX_NODES", 200)
     blocks = "".join(f"  b{i}(x, n): |\n    return b{i + 1}(x, 2 * n, name=p) + b{i + 1}(x, 2 * n + 1, name=q)\n"
                      for i in range(20))
     text = HEAD + "blocks:\n" + blocks + "  b20(x, n): |\n    return x * n\nbody: |\n  y = b0(x, 1)\n"
@@ -256,7 +256,7 @@ def test_graph_node_limit_is_counted_across_templates(monkeypatch: pytest.Monkey
 
 
 def test_graph_node_limit_in_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(elaborate, "MAX_NODES", 10)
+    monkeypatch.setattr(nodes, "MAX_NODES", 10)
     # each `x = x + 1.0` adds a constant and an add; the input is the first node
     err = error(spec("h = x\n" + "h = h + 1.0\n" * 10 + "y = h"))
     #  10 h = x, 11.. h = h + 1.0: nodes 1 (input), 2-3 (line 11), ..., 10-11 (line 15): the 11th node

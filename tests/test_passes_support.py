@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import nnspec  # noqa: E402
+from nnspec.backends.torch.dtypes import TORCH_DTYPES  # noqa: E402
 from nnspec.backends.torch.interpreter import Interpreter  # noqa: E402
-from nnspec.backends.torch.lowering import TORCH_DTYPES  # noqa: E402
 from nnspec.compiler.ir import Model, TensorType  # noqa: E402
 from nnspec.compiler.passes import optimize, pipeline, run  # noqa: E402
 

@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import nnspec  # noqa: E402
-from nnspec.backends.torch.interpreter import Frame, Interpreter  # noqa: E402
-from nnspec.backends.torch.lowering import LOWERINGS, TORCH_DTYPES  # noqa: E402
+from nnspec.backends.torch.dtypes import TORCH_DTYPES  # noqa: E402
+from nnspec.backends.torch.frame import Frame  # noqa: E402
+from nnspec.backends.torch.interpreter import Interpreter  # noqa: E402
+from nnspec.backends.torch.ops import LOWERINGS  # noqa: E402
 from nnspec.compiler.analysis import Analysis  # noqa: E402
 from nnspec.compiler.ir import Graph, Model, Node, TensorType  # noqa: E402
 from nnspec.testing import inputs_for, specs  # noqa: E402

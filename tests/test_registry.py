@@ -6,7 +6,7 @@ import pytest
 
 from nnspec.compiler.ops import OPS
 
-torch_backend = pytest.importorskip("nnspec.backends.torch.lowering")
+torch_backend = pytest.importorskip("nnspec.backends.torch.ops")
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

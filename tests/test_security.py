@@ -232,7 +232,7 @@ def runs_like_the_interpreter(model: Any, instance: Any) -> None:
     import torch
 
     from nnspec.backends.torch.interpreter import Interpreter
-    from nnspec.testing_fuzz import free_sizes, make_inputs
+    from tools.fuzz import free_sizes, make_inputs
     interp = Interpreter(model).eval()
     instance.load_state_dict(interp.root.state_dict())
     inputs = make_inputs(model, free_sizes(model, 3), torch)
@@ -384,10 +384,10 @@ def test_no_eval_or_exec_of_spec_text_in_the_package() -> None:
     """Spec expressions go through the lark grammar and nnspec's evaluator. Only the module runner of generated
     code may exec (its input is nnspec's own output, never spec text)."""
     root = Path(nnspec.__file__).parent
-    allowed = {"generated.py", "build.py"}   # exec() of generated source, by design
+    allowed = {"backends/loading.py"}   # exec() of generated source, by design
     offenders = []
     for path in root.rglob("*.py"):
-        if path.name in allowed or path.name == "testing_fuzz.py":
+        if str(path.relative_to(root)) in allowed:
             continue
         previous = None
         for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 import nnspec
 from nnspec.compiler.ir import DType, TensorType
+from nnspec.compiler.ops.registry import with_trait
 from nnspec.compiler.transforms import TransformError, convert_params, to_dtype
-from nnspec.compiler.transforms.dtype import FP32_OPS
 from nnspec.testing import inputs_for, specs
+
+FP32_OPS = with_trait("keeps_float32")
 
 
 def _bf16_exact(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

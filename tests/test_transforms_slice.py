@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nnspec
+from nnspec.backends.torch.calibrate import compute_rotation
 from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.transforms import TransformError, apply, compute_rotation, convert_params, slice_model
+from nnspec.compiler.transforms import TransformError, apply, convert_params, slice_model
 from nnspec.compiler.transforms.slicegpt import plan
 from nnspec.testing import inputs_for, specs
 

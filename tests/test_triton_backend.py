@@ -55,7 +55,7 @@ def pair(case: str, opt: int = 2) -> tuple[Any, Any, Any]:
     torch.manual_seed(0)
     reference = nnspec.build(spec, opt=opt, **dims)
     model = optimize(result.model, level=opt, training=True) if opt else result.model
-    gen = TritonModuleGen(model, spec_text=result.spec.source.text, doc=None, opt=opt)
+    gen = TritonModuleGen.from_level(model, spec_text=result.spec.source.text, doc=None, opt=opt)
     source = gen.generate()
     for op, how in gen.used.items():
         USED.setdefault(op, set()).update(how)
@@ -358,7 +358,7 @@ def test_generated_kernels_compile_for_a_gpu(case: str, tmp_path: Path) -> None:
         from nnspec.generated import cache_dir, load_source
 
         result = nnspec.check({str(spec)!r}, **{dims!r})
-        gen = TritonModuleGen(optimize(result.model, level=2, training=True), spec_text="", doc=None, opt=2)
+        gen = TritonModuleGen.from_level(optimize(result.model, level=2, training=True), spec_text="", doc=None, opt=2)
         module = load_source(gen.generate(), result.model.name, cache_dir())
         kernels = [k for k in gen.kernels.values() if not isinstance(k, str)]
         assert kernels

@@ -21,6 +21,7 @@ import sympy
 
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType, repeat_counts, repeat_weight_sets
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ class Analysis:
     def node_params(self, node: Node) -> int:
         if node.op == "param":
             return int(self.sizes.concrete(node.attrs["type"].numel()))
-        if node.op in ("call", "scan"):  # a scan has one set of weights, like a call
-            return self.graph_params(node.attrs["block"])
         if node.op == "repeat":  # one count per weight set (transforms may vary blocks and group weights)
             return sum(n * self.graph_params(b) for b, n in repeat_counts(node.attrs, weights=True).items())
+        if runs_block(node):    # a call or scan: one set of weights
+            return self.graph_params(node.attrs["block"])
         return 0
 
     def _graph_flops(self, name: str) -> sympy.Expr:
@@ -84,12 +85,18 @@ class Analysis:
         for node in graph:
             if node.op == "param":
                 out.append(ParamInfo(prefix + node.attrs["path"], node.attrs["type"]))
-            elif node.op in ("call", "scan"):
-                self._collect(self._graph(node.attrs["block"]), f"{prefix}{node.attrs['scope']}.", out)
             elif node.op == "repeat":
                 for sub, block in repeat_weight_sets(node.attrs):
                     self._collect(self._graph(block), f"{prefix}{node.attrs['scope']}.{sub}." if sub else
                                   f"{prefix}{node.attrs['scope']}.", out)
+            elif runs_block(node):
+                self._collect(self._graph(node.attrs["block"]), f"{prefix}{node.attrs['scope']}.", out)
+
+
+def runs_block(node: Node) -> bool:
+    """A call, repeat or scan: an op that runs a block template and owns its parameters (the op table's
+    `owns_state` effect)."""
+    return OPS[node.op].effect is Effect.OWNS_STATE
 
 
 DTYPE_BYTES: dict[DType, int] = {DType.float32: 4, DType.float16: 2, DType.bfloat16: 2, DType.int64: 8,
@@ -110,17 +117,17 @@ def parameter_bytes_by_dtype(model: Model) -> dict[str, int]:
             return memo[id(graph)]
         out: dict[str, int] = {}
         for node in graph:
-            if node.op in ("param", "buffer"):
+            if OPS[node.op].has("state"):
                 t = node.attrs["type"]
                 numel = model.dims.concrete(t.numel())
                 if not numel.is_Integer:  # a parameter sized by a free dim: nothing can be estimated before run
                     raise ValueError(f"parameter {node.attrs['path']} has a size that depends on a free dim")
                 _add(out, {t.dtype.value: int(numel) * DTYPE_BYTES[t.dtype]})
-            elif node.op in ("call", "scan"):
-                _add(out, graph_bytes(model.templates[node.attrs["block"]]))
             elif node.op == "repeat":
                 for block, n in repeat_counts(node.attrs, weights=True).items():
                     _add(out, {k: n * v for k, v in graph_bytes(model.templates[block]).items()})
+            elif runs_block(node):
+                _add(out, graph_bytes(model.templates[node.attrs["block"]]))
         memo[id(graph)] = out
         return out
 

@@ -1,20 +1,27 @@
-"""`nnspec.check`: load, elaborate and analyse a spec; the report `nnspec check` prints."""
+"""`nnspec.check`: load, elaborate and analyse a spec; the report `nnspec check` prints.
+
+The report (a row per parameterised op or block call, the parameter count and the FLOPs) is computed on first
+use and once per result: a transformed model gets a fresh `CheckResult` (`with_model`) whose report is computed
+only if someone reads it.
+"""
 
 from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import sympy
 
 import nnspec.compiler.builtins  # noqa: F401  (registers the spec language's functions)
-from nnspec.compiler.analysis import Analysis, ParamInfo
+from nnspec.compiler.analysis import Analysis
 from nnspec.compiler.elaborate import Elaborator, UsageError
 from nnspec.compiler.hf_config import load_config, map_config
-from nnspec.compiler.ir import Model, TensorType
+from nnspec.compiler.ir import Model, Node, TensorType
+from nnspec.compiler.ops import OPS
+from nnspec.compiler.weight_map import resolve as resolve_weight_maps
 from nnspec.errors import SpecError, Warning_
 from nnspec.spec import ast
 from nnspec.spec.load import Spec, load
@@ -30,14 +37,42 @@ class Row:
     flops: sympy.Expr
 
 
-@dataclass
-class CheckResult:
-    model: Model
-    spec: Spec
+@dataclass(frozen=True)
+class Report:
+    """What `nnspec check` prints for a model: its rows and totals."""
+
     rows: list[Row]
     params: int
     flops: sympy.Expr
+
+
+@dataclass
+class CheckResult:
+    """A checked (possibly transformed) model, the spec it came from, and the report on it (computed lazily)."""
+
+    model: Model
+    spec: Spec
     warnings: list[Warning_] = field(default_factory=list)
+
+    @cached_property
+    def report(self) -> Report:
+        return summarize(self.model)
+
+    @property
+    def rows(self) -> list[Row]:
+        return self.report.rows
+
+    @property
+    def params(self) -> int:
+        return self.report.params
+
+    @property
+    def flops(self) -> sympy.Expr:
+        return self.report.flops
+
+    def with_model(self, model: Model) -> CheckResult:
+        """The result for `model` (this one transformed): the same spec and warnings, a report of its own."""
+        return CheckResult(model, self.spec, self.warnings)
 
     @property
     def free_dims(self) -> list[str]:
@@ -63,7 +98,11 @@ def check(path_or_text: str | os.PathLike[str], *, config: str | os.PathLike[str
 
     Raises `nnspec.SpecError` for a mistake in the spec, `UsageError` for a bad override.
     """
-    spec = load(path_or_text)
+    return check_spec(load(path_or_text), config=config, **overrides)
+
+
+def check_spec(spec: Spec, *, config: str | os.PathLike[str] | None = None, **overrides: Any) -> CheckResult:
+    """`check` for a spec already loaded (the pipeline loads it as a stage of its own)."""
     warnings: list[Warning_] = []
     if config is not None:
         data, source = load_config(config)
@@ -72,40 +111,11 @@ def check(path_or_text: str | os.PathLike[str], *, config: str | os.PathLike[str
     _refuse_unknown_overrides(spec, overrides)
     try:
         model = Elaborator(spec, overrides).elaborate()
-        model.weight_maps = _weight_maps(spec, Analysis(model).parameters())
+        model.weight_maps = resolve_weight_maps(spec, [p.path for p in Analysis(model).parameters()])
     except SpecError as err:  # the config's unused keys are still worth saying (the CLI prints them first)
         err.warnings = warnings  # type: ignore[attr-defined]
         raise
-    return _report(model, spec, warnings)
-
-
-def _pattern(rule: str) -> re.Pattern[str]:
-    return re.compile("".join(rf"(?P<{part[1:-1]}>\d+)" if part.startswith("{") else re.escape(part)
-                              for part in re.split(r"(\{\w+\})", rule)) + "$")
-
-
-def _weight_maps(spec: Spec, params: list[ParamInfo]) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
-    """Every rule must match a parameter and every parameter must be matched by exactly one rule."""
-    maps: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
-    for source, rules in spec.weights.items():
-        compiled = [(_pattern(r.ours), r) for r in rules]
-        used: set[int] = set()
-        for p in params:
-            hits = [i for i, (pat, _) in enumerate(compiled) if pat.match(p.path)]
-            if not hits:
-                span = spec.weights_spans.get(source)
-                raise SpecError("E027", f"parameter {p.path} has no mapping under weights.{source}", span)
-            if len(hits) > 1:
-                a, b = (compiled[i][1] for i in hits[:2])
-                raise SpecError("E027", f"parameter {p.path} matches two rules: '{a.ours}' and '{b.ours}'",
-                                b.span).with_note("the other rule", a.span)
-            used.update(hits)
-        for i, (_, r) in enumerate(compiled):
-            if i not in used and "optional" not in r.transforms:
-                raise SpecError("E027", f"weights.{source} rule '{r.ours}' matches no parameter", r.span)
-        maps[source] = [(r.ours, r.theirs, tuple(t for t in r.transforms if t != "optional"))
-                        for i, r in enumerate(rules) if i in used]
-    return maps
+    return CheckResult(model, spec, warnings)
 
 
 def _refuse_unknown_overrides(spec: Spec, overrides: dict[str, Any]) -> None:
@@ -146,7 +156,8 @@ def _names_used(spec: Spec) -> set[str]:
     return out
 
 
-def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:
+def summarize(model: Model) -> Report:
+    """The rows `nnspec check` prints (each op with parameters, each block call and repeat) and the totals."""
     an = Analysis(model)
     sizes = model.dims
     rows: list[Row] = []
@@ -157,16 +168,13 @@ def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:
         tied = [model.graph[i].attrs["path"] for i in own if i in counted]
         params = an.node_params(node) + sum(an.node_params(model.graph[i]) for i in own if i not in counted)
         counted.update(own)
-        if node.op in ("input", "param", "const") or (params == 0 and not tied and
-                                                      node.op not in ("call", "repeat", "einsum")):
+        block = _block_row(model, node)
+        # sources (inputs, parameters, constants, tables) are not rows; an op is one when it has parameters of its
+        # own or tied, or is a block applied, or a contraction (einsum: FLOPs worth a row without parameters)
+        if OPS[node.op].has("source") or (params == 0 and not tied and block is None and node.op != "einsum"):
             continue
-        if node.op == "call":
-            kind = f"{model.templates[node.attrs['block']].meta['block']}"
-            name = node.attrs["scope"]
-        elif node.op == "repeat":
-            kind = f"{model.templates[node.attrs['block']].meta['block']} x{node.attrs['count']}"
-            kind += " (shared)" if node.attrs["shared"] else ""
-            name = node.attrs["scope"]
+        if block is not None:
+            kind, name = block
         else:
             # a parameterised op is known by its parameters' scope (ln_f), not the variable it was bound to
             scopes = [model.graph[i].attrs["path"].rpartition(".")[0] for i in fresh]
@@ -177,4 +185,14 @@ def _report(model: Model, spec: Spec, warnings: list[Warning_]) -> CheckResult:
         shape = t.shape_str() if isinstance(t, TensorType) else "tuple"
         concrete = " x ".join(str(sizes.concrete(s)) for s in t.sizes) if isinstance(t, TensorType) else ""
         rows.append(Row(name, kind, shape, concrete, params, an.node_flops(node, model.graph)))
-    return CheckResult(model, spec, rows, an.total_params(), an.total_flops(), warnings)
+    return Report(rows, an.total_params(), an.total_flops())
+
+
+def _block_row(model: Model, node: Node) -> tuple[str, str] | None:
+    """(kind, name) of the row of a block call (`mlp`) or a repeat (`block x12 (shared)`); None for other ops."""
+    if node.op == "call":
+        return model.templates[node.attrs["block"]].meta["block"], node.attrs["scope"]
+    if node.op == "repeat":
+        kind = f"{model.templates[node.attrs['block']].meta['block']} x{node.attrs['count']}"
+        return kind + (" (shared)" if node.attrs["shared"] else ""), node.attrs["scope"]
+    return None

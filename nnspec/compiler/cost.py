@@ -43,14 +43,11 @@ from typing import Any
 
 import sympy
 
-from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.ir import DType, FusionGroup, Graph, Model, Node, Type, repeat_counts
+from nnspec.compiler.analysis import DTYPE_BYTES, Analysis, runs_block
+from nnspec.compiler.ir import FusionGroup, Graph, Model, Node, Type, repeat_counts
 from nnspec.compiler.ops import OPS
 
 ON_CHIP = 2 ** 16
-DTYPE_BYTES = {DType.float32: 4, DType.float16: 2, DType.bfloat16: 2, DType.int64: 8, DType.int32: 4, DType.bool: 1}
-VIEWS = frozenset({"rearrange", "select", "slice", "getitem"})
-NOT_ACTIVATIONS = frozenset({"param", "buffer", "const"})
 ZERO = sympy.Integer(0)
 
 
@@ -177,7 +174,7 @@ class _Estimator:
         return sympy.Add(*[self._node_flops(graph, n) for n in graph]) if graph.nodes else ZERO
 
     def _node_flops(self, graph: Graph, node: Node) -> sympy.Expr:
-        if node.op in ("call", "repeat", "scan"):
+        if runs_block(node):
             return sympy.Add(*[n * self._flops(self.graph(b)) for b, n in _runs(node).items()])
         f = OPS[node.op].flops(graph.input_types(node), node.type, node.attrs)
         if node.op == "attention" and node.attrs["causal"]:
@@ -194,12 +191,11 @@ class _Estimator:
         root: dict[str, str] = {}
         size: dict[str, sympy.Expr] = {}
         for node in graph:
-            if node.op in VIEWS:
+            if OPS[node.op].has("view"):
                 root[node.name] = root[node.inputs[0]]
             else:
                 root[node.name] = node.name
-                owned = node.op not in NOT_ACTIVATIONS and (top or node.op != "input")
-                size[node.name] = nbytes(node.type) if owned else ZERO
+                size[node.name] = nbytes(node.type) if _allocates(graph, node, top) else ZERO
         order = list(graph.nodes)
         last = {r: i for i, n in enumerate(order) for r in [root[x] for x in graph[n].inputs]}
         for o in graph.outputs:
@@ -207,7 +203,7 @@ class _Estimator:
         live, cands = ZERO, []
         for i, name in enumerate(order):
             node = graph[name]
-            if node.op in ("call", "repeat", "scan"):
+            if runs_block(node):
                 inner = _prune([self.c(x) for b in _runs(node) for x in self._peaks(self.graph(b))], self.free)
                 extra = nbytes(node.type) if node.op == "scan" else ZERO   # the stacked outputs
                 cands.extend(live + extra + x for x in inner)
@@ -255,6 +251,14 @@ class _Estimator:
                                            self.c(self.counts.get(graph.name, 0)), unfused, fused,
                                            self.c(self._node_flops(graph, node))))
         return out
+
+
+def _allocates(graph: Graph, node: Node, top: bool) -> bool:
+    """Whether a (non-view) node's result is a new activation: not parameters and buffers (state), nor a scalar
+    `const`; inputs only of the model (a block's inputs are its caller's tensors)."""
+    if OPS[node.op].has("state") or node.op == "const":
+        return False
+    return top or node.name not in graph.inputs
 
 
 def _runs(node: Node) -> dict[str, sympy.Expr]:
@@ -312,7 +316,7 @@ def _heads(graph: Graph) -> list[Node]:
 
 def _is_param(graph: Graph, name: str) -> bool:
     node = graph[name]
-    while node.op in VIEWS | {"concat"} and node.inputs:
+    while (OPS[node.op].has("view") or node.op == "concat") and node.inputs:   # a view of (fused) weights
         node = graph[node.inputs[0]]
     return node.op == "param"
 
@@ -345,10 +349,27 @@ def _prune(cands: list[sympy.Expr], free: set[sympy.Symbol]) -> list[sympy.Expr]
     return keep
 
 
-# ---- the `nnspec check --cost` tables ----
+# ---- polynomials in the free dims as text: `nnspec check --cost` tables and transform summaries ----
+def monomial(expr: sympy.Expr) -> str:
+    """`B·T²`: the free dims of one term (its coefficient divided out), each with its power, in name order."""
+    return "·".join(f"{base}" + ("" if e == 1 else "²" if e == 2 else f"^{e}")
+                    for base, e in sorted(expr.as_powers_dict().items(), key=lambda kv: str(kv[0])) if base != 1)
+
+
+def format_flops(expr: sympy.Expr) -> str:
+    """`2.4e+08·B·T + 3.8e+04·B·T²`: every coefficient to 4 digits, terms in sympy's order (the one-line form
+    transform summaries print; `fmt` is the tables')."""
+    terms = []
+    for term in sympy.Add.make_args(sympy.expand(expr)):
+        coeff, rest = term.as_coeff_Mul()
+        dims = monomial(rest)
+        terms.append(f"{float(coeff):.4g}" + (f"·{dims}" if dims else ""))
+    return " + ".join(terms) or "0"
+
+
 def fmt(expr: sympy.Expr, unit: str = "") -> str:
-    """A polynomial in the free dims with short coefficients (`2.476e+08·B·T + 1.879e+04·B·T²`), or a
-    number (bytes also in KiB/MiB/GiB)."""
+    """A polynomial in the free dims with short coefficients (`2.476e+08·B·T + 1.879e+04·B·T²`, longest term
+    first; a coefficient of 1 left out, whole ones with separators), or a number (bytes also in KiB/MiB/GiB)."""
     expr = sympy.expand(expr)
     if expr.is_Number:
         n = float(expr)
@@ -363,12 +384,9 @@ def fmt(expr: sympy.Expr, unit: str = "") -> str:
         if rest == 1:
             terms.append(fmt(coeff))
             continue
-        factors = []
-        for base, exp in sorted(rest.as_powers_dict().items(), key=lambda kv: str(kv[0])):
-            factors.append(f"{base}" + ("" if exp == 1 else "²" if exp == 2 else f"^{exp}"))
         c = float(coeff)
         terms.append(("" if c == 1 else f"{int(c):,}·" if c == int(c) and abs(c) < 1e6 else f"{c:.4g}·")
-                     + "·".join(factors))
+                     + monomial(rest))
     return " + ".join(sorted(terms, key=len, reverse=True))
 
 

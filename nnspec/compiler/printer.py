@@ -40,7 +40,7 @@ def print_graph(graph: Graph, kind: str = "block") -> str:
     params = ", ".join(f"%{i}: {graph[i].type}" for i in graph.inputs)
     lines = [f"{kind} {graph.name}({params}) -> {_type(graph.output_type()) if graph.outputs else '()'} {{"]
     for node in graph:
-        if node.op != "input":
+        if node.name not in graph.inputs:   # the signature lists them
             lines.append("  " + print_node(node))
     lines.append("  return " + ", ".join(f"%{o}" for o in graph.outputs))
     lines.append("}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import sympy
 
+from nnspec.compiler.ir import DType
 from nnspec.errors import SpecError
 from nnspec.spec.source import Span
 
@@ -78,6 +79,40 @@ def binop(op: str, a: Static, b: Static, span: Span, concrete: Any) -> Static:
     return checked(result, span, concrete)
 
 
+def float_op(op: str, x: float, y: float) -> float:
+    """`x op y` in Python floats: arithmetic on a static float (`0.5 * d` meeting no tensor) stays a float."""
+    if op == "+":
+        return x + y
+    if op == "-":
+        return x - y
+    if op == "*":
+        return x * y
+    if op == "/":
+        return x / y
+    if op == "**":
+        return float(x ** y)
+    if op == "//":
+        return float(x // y)
+    if op == "%":
+        return x % y
+    raise ValueError(op)
+
+
+STATIC_FUNCS = {"sqrt", "min", "max", "abs", "log", "exp"}
+
+
+def static_call(name: str, args: list[Any], span: Span, concrete: Any = None) -> Any:
+    nums = [to_sym(a, span) for a in args]
+    if name in ("min", "max"):
+        if len(nums) < 2:
+            raise SpecError("E019", f"{name} takes at least two values", span)
+        return (sympy.Min if name == "min" else sympy.Max)(*nums)
+    if len(nums) != 1:
+        raise SpecError("E019", f"{name} takes one value, got {len(nums)}", span)
+    fn = {"sqrt": sympy.sqrt, "abs": sympy.Abs, "log": sympy.log, "exp": sympy.exp}[name]
+    return checked(fn(nums[0]), span, concrete)  # sqrt(-1), log(0), exp(1000): refused where written
+
+
 def compare(op: str, a: Static, b: Static, span: Span) -> bool | sympy.Basic:
     if isinstance(a, str) or isinstance(b, str):
         if op not in ("==", "!="):
@@ -104,3 +139,16 @@ def python_value(value: Static) -> bool | int | float | str:
             return bool(value)
         raise ValueError(f"{value} is not concrete")
     return value
+
+
+DTYPE_LIMITS: dict[DType, float] = {DType.int32: 2 ** 31, DType.int64: 2 ** 63, DType.float16: 65504.0,
+                                    DType.bfloat16: 3.3895313892515355e38, DType.float32: 3.4028234663852886e38}
+
+
+def fits_dtype(value: bool | int | float, dtype: DType) -> bool:
+    """Whether a constant is representable in `dtype` (infinities and NaN are, in a float dtype)."""
+    if dtype == DType.bool or isinstance(value, bool):
+        return True
+    if dtype.is_int:
+        return float(value).is_integer() and -DTYPE_LIMITS[dtype] <= value < DTYPE_LIMITS[dtype]
+    return not math.isfinite(value) or abs(value) <= DTYPE_LIMITS[dtype]

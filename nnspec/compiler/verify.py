@@ -6,6 +6,7 @@ from typing import Any
 
 from nnspec.compiler.ir import Graph
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 from nnspec.errors import InternalError, SpecError
 
 
@@ -44,7 +45,7 @@ def verify(graph: Graph, sizes: Any, templates: dict[str, Graph] | None = None) 
                 raise fail(f"{node.name} = {node.op}(...) no longer type-checks: {err.message}") from None
             if inferred != node.type:
                 raise fail(f"{node.name} = {node.op}(...) is stored as {node.type} but infers {inferred}")
-            if templates is not None and node.op in ("call", "repeat", "scan"):
+            if templates is not None and OPS[node.op].effect is Effect.OWNS_STATE:   # runs a block
                 for name in [node.attrs["block"], *(b for _, b in node.attrs.get("variants", ()))]:
                     block = templates.get(name)
                     if block is None:

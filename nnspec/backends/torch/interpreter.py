@@ -6,26 +6,24 @@ Parameters live in an `nn.Module` tree whose paths are the spec's (`h.3.attn.c_a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import sympy
 import torch
 from torch import nn
 
-from nnspec.backends.torch.lowering import LOWERINGS, TORCH_DTYPES
+from nnspec.backends.torch.dtypes import TORCH_DTYPES
+from nnspec.backends.torch.frame import Frame, RuntimeShapeError
+from nnspec.backends.torch.ops import LOWERINGS
+from nnspec.backends.torch.source import owns_block
 from nnspec.compiler.analysis import MEMORY_FRACTION, check_memory, default_max_memory
-from nnspec.compiler.ir import Graph, Model, TensorType, repeat_weight_sets
+from nnspec.compiler.ir import Graph, Model, Node, TensorType, repeat_weight_sets
 
 
 def _default_limit(device: torch.device) -> int | None:
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(device).total_memory * MEMORY_FRACTION)
     return default_max_memory()
-
-
-class RuntimeShapeError(ValueError):
-    """An input does not match the spec's declared type, or a run-time guard fails."""
 
 
 class Scope(nn.Module):
@@ -105,27 +103,6 @@ def _init(t: TensorType, init: tuple[Any, ...], shape: list[int], device: torch.
     return data
 
 
-@dataclass
-class Frame:
-    """What a lowering sees while one graph runs."""
-
-    interp: Interpreter
-    graph: Graph
-    module: nn.Module
-    args: list[Any]
-    sizes: dict[sympy.Symbol, sympy.Integer]
-    device: torch.device | str
-
-    def size(self, expr: sympy.Expr) -> int:
-        value = sympy.sympify(expr).xreplace(self.sizes)
-        if not value.is_Integer:
-            raise RuntimeShapeError(f"size {expr} is not known at run time (got {value})")
-        return int(value)
-
-    def run_block(self, name: str, module: nn.Module, args: list[Any]) -> list[Any]:
-        return self.interp.run_graph(self.interp.model.templates[name], module, args, self.sizes)
-
-
 class Interpreter(nn.Module):
     """`Interpreter(model)(input_ids=...)` -> dict of outputs by spec name."""
 
@@ -160,12 +137,12 @@ class Interpreter(nn.Module):
                 shape = [int(sizes.concrete(s)) for s in t.sizes]
                 value = _init(t, node.attrs["init"], shape, self.device, gen)
                 scope.add_state(node.attrs["path"], value, node.attrs["persistent"])
-            elif node.op in ("call", "scan"):
-                self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)
             elif node.op == "repeat":
                 outer = scope.child(node.attrs["scope"])
                 for sub, block in repeat_weight_sets(node.attrs):  # per layer, per group, or one shared set
                     self._build(self.model.templates[block], outer.child(sub) if sub else outer, gen)
+            elif owns_block(node):   # call, scan: one weight set
+                self._build(self.model.templates[node.attrs["block"]], scope.child(node.attrs["scope"]), gen)
         for node in graph:   # an embedding's padding row starts at zero, as torch's and Hugging Face's do
             weight = graph[node.inputs[1]] if node.op == "embedding" else None
             if weight is not None and weight.op == "param" and node.attrs.get("padding_idx") is not None:
@@ -236,11 +213,17 @@ class Interpreter(nn.Module):
 
     def run_graph(self, graph: Graph, module: nn.Module, args: list[Any],
                   sizes: dict[sympy.Symbol, sympy.Integer]) -> list[Any]:
+        """Run one graph (the model's or a block's) on `args`, node by node through `run_node`."""
         frame = Frame(self, graph, module, args, sizes, self.device)
         env: dict[str, Any] = {}
         for node in graph:
-            env[node.name] = LOWERINGS[node.op](frame, node, [env[i] for i in node.inputs])
+            env[node.name] = self.run_node(frame, node, [env[i] for i in node.inputs])
         return [env[o] for o in graph.outputs]
+
+    def run_node(self, frame: Frame, node: Node, ins: list[Any]) -> Any:
+        """The value of one node from its inputs' values: the op's lowering. A subclass may override it to watch
+        or record values as they are computed (as `torch.fx.Interpreter.run_node`), e.g. `calibrate.py`."""
+        return LOWERINGS[node.op](frame, node, ins)
 
 
 def interpret(model: Model, inputs: dict[str, torch.Tensor], *, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -10,24 +10,61 @@ instances and `nn.ModuleList`s. Each member carries the `reset_parameters()` lin
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.codegen import STRUCTURE, ClassPlan, Member, ModuleGen, member, refuse, size_expr
+from nnspec.backends.torch.context import ModuleContext
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
+from nnspec.backends.torch.source import holds_state, member, owns_block, refuse, size_expr
 from nnspec.compiler.ir import DType, Graph, Node, TensorType
 from nnspec.errors import InternalError
 
 
-def plan_members(mg: ModuleGen, graph: Graph, name: str) -> ClassPlan:
+# ---- the members of one class ----
+@dataclass
+class Member:
+    """One attribute of a generated class: a torch module, a block, a list of blocks or a container."""
+
+    attr: str
+    ctor: Expr | None                                 # `self.attr = ctor`; None for plain parameters
+    inits: list[Expr] = field(default_factory=list)   # reset_parameters() statements
+    # other __init__ statements: `target = value` pairs or calls (plain parameters, buffers, containers)
+    setup: list[Expr | tuple[Expr, Expr]] = field(default_factory=list)
+
+    def init_lines(self) -> list[str]:
+        lines = [] if self.ctor is None else [f"self.{self.attr} = {P.src(self.ctor)}"]
+        return lines + [f"{P.src(e[0])} = {P.src(e[1])}" if isinstance(e, tuple) else P.src(e) for e in self.setup]
+
+
+@dataclass
+class ClassPlan:
+    name: str
+    graph: Graph
+    members: list[Member] = field(default_factory=list)   # in the order the graph first uses them
+    module_of: dict[str, tuple[str, str]] = field(default_factory=dict)  # param/buffer node -> (attr, module kind)
+
+
+def module_for(plan: ClassPlan, kind: str, params: list[str]) -> str | None:
+    """The attribute of the torch module (of `kind`: the op it serves) holding exactly these parameters, if the
+    plan made one."""
+    found = {plan.module_of.get(p) for p in params}
+    if len(found) == 1:
+        got = found.pop()
+        if got is not None and got[1] == kind:
+            return got[0]
+    return None
+
+
+def plan_members(mg: ModuleContext, graph: Graph, name: str) -> ClassPlan:
     plan = ClassPlan(name, graph)
     first: dict[str, int] = {}
     groups: dict[str, list[Node]] = {}
     blocks: list[Member] = []
     for pos, node in enumerate(graph):
-        if node.op in STRUCTURE:
+        if owns_block(node):
             scope = node.attrs["scope"]
             mg.check_attr("scope", scope, node)
             if scope in first:
@@ -37,7 +74,7 @@ def plan_members(mg: ModuleGen, graph: Graph, name: str) -> ClassPlan:
             if node.op == "repeat" and not node.attrs["shared"]:
                 block = call("nn.ModuleList", P.ListComp(block, "_", call("range", node.attrs["count"])))
             blocks.append(Member(scope, block))
-        elif node.op in ("param", "buffer"):
+        elif holds_state(node):
             parts = node.attrs["path"].split(".")
             for part in parts:
                 mg.check_attr("parameter path component", part, node)
@@ -78,7 +115,7 @@ def _freeze_and_pad(graph: Graph, by_attr: dict[str, Member]) -> None:
                 owner.inits.append(row)
 
 
-def _plain_member(mg: ModuleGen, attr: str, nodes: list[Node]) -> Member:
+def _plain_member(mg: ModuleContext, attr: str, nodes: list[Node]) -> Member:
     """`nn.Parameter`s and buffers at their paths, under `nn.Module()` containers where nested."""
     m = Member(attr, None)
     containers: set[str] = set()
@@ -108,7 +145,7 @@ def _plain_member(mg: ModuleGen, attr: str, nodes: list[Node]) -> Member:
     return m
 
 
-def mg_size(mg: ModuleGen, e: sympy.Basic) -> Expr:
+def mg_size(mg: ModuleContext, e: sympy.Basic) -> Expr:
     def name_of(sym: sympy.Symbol) -> Expr:
         if sym not in mg.dim_names:
             raise InternalError(f"parameter size {e} depends on a free dim")
@@ -126,7 +163,7 @@ def _init(target: Expr, init: tuple[Any, ...], t: TensorType) -> Expr:
     raise InternalError(f"unknown parameter init {init}")
 
 
-Recogniser = Callable[[ModuleGen, Graph, dict[str, Node]], tuple[Expr, list[Expr]] | None]
+Recogniser = Callable[[ModuleContext, Graph, dict[str, Node]], tuple[Expr, list[Expr]] | None]
 
 
 def _uses(graph: Graph, nodes: list[Node], op: str, slots: list[str | None]) -> list[Node] | None:
@@ -147,7 +184,7 @@ def _float32(*nodes: Node) -> bool:
     return all(n.attrs["type"].dtype == DType.float32 for n in nodes)
 
 
-def _linear_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _linear_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     w, b = leaves.get("weight"), leaves.get("bias")
     if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param" or \
             (b is not None and b.op != "param"):
@@ -159,12 +196,12 @@ def _linear_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tupl
     inits = [_init(member(w.attrs["path"]), w.attrs["init"], w.attrs["type"])]
     if b:
         inits.append(_init(member(b.attrs["path"]), b.attrs["init"], b.attrs["type"]))
-    # -O2 calls it through the `linear` helper (oneDNN with the epilogue's activation); the parameters are the same
-    cls = mg.helper("Linear") if mg.opt >= 2 else "nn.Linear"
+    # fused_linear calls it through the `linear` helper (oneDNN with the epilogue's activation); same parameters
+    cls = mg.helper("Linear") if mg.options.fused_linear else "nn.Linear"
     return call(cls, mg_size(mg, inp), mg_size(mg, out), **kwargs), inits
 
 
-def _embedding_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _embedding_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     w = leaves.get("weight")
     if w is None or len(leaves) != 1 or w.op != "param" or not _float32(w) or \
             _uses(graph, [w], "embedding", [w.name]) is None:
@@ -181,7 +218,7 @@ def _embedding_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> t
     return call("nn.Embedding", mg_size(mg, num), mg_size(mg, d), **kwargs), inits
 
 
-def _layernorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _layernorm_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     w, b = leaves.get("weight"), leaves.get("bias")
     if w is None or b is None or len(leaves) != 2 or not _float32(w, b) or w.op != "param" or b.op != "param":
         return None
@@ -194,7 +231,7 @@ def _layernorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> t
     return call("nn.LayerNorm", mg_size(mg, w.attrs["type"].sizes[0]), **({} if eps == 1e-5 else {"eps": eps})), inits
 
 
-def _rmsnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _rmsnorm_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     w = leaves.get("weight")
     if w is None or len(leaves) != 1 or not _float32(w) or w.op != "param":
         return None
@@ -206,15 +243,17 @@ def _rmsnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tup
     return call(mg.helper("RMSNorm"), mg_size(mg, w.attrs["type"].sizes[0]), eps=users[0].attrs["eps"]), inits
 
 
-BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+# nn.BatchNormNd's state: leaf -> whether it is a learned parameter or a buffer
+BN_LEAVES = {"weight": "param", "bias": "param", "running_mean": "buffer", "running_var": "buffer",
+             "num_batches_tracked": "buffer"}
 BN_DEFAULTS = {"weight": ("ones",), "bias": ("zeros",), "running_mean": ("zeros",), "running_var": ("ones",)}
 
 
-def _batchnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _batchnorm_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     if set(leaves) != set(BN_LEAVES):
         return None
     nodes = [leaves[k] for k in BN_LEAVES]
-    if [n.op for n in nodes] != ["param", "param", "buffer", "buffer", "buffer"] or not _float32(*nodes[:4]) or \
+    if any(n.op != op for n, op in zip(nodes, BN_LEAVES.values(), strict=True)) or not _float32(*nodes[:4]) or \
             not all(n.attrs["persistent"] for n in nodes[2:]) or nodes[4].attrs["type"].dtype != DType.int64:
         return None
     users = _uses(graph, nodes, "batchnorm", [n.name for n in nodes])
@@ -231,7 +270,7 @@ def _batchnorm_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> t
     return ctor, []
 
 
-def _conv_module(mg: ModuleGen, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+def _conv_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
     w, b = leaves.get("weight"), leaves.get("bias")
     if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param":
         return None

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from nnspec.atomic import staged
-from nnspec.compiler.check import _pattern as rule_pattern
+from nnspec.compiler.weight_map import rule_pattern
 
 __all__ = ["LoadReport", "WeightError", "load_weights", "save_weights", "to_source"]
 

@@ -16,15 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.codegen import ClassPlan, FunctionGen, ModuleGen, Stmt, Var
-from nnspec.backends.torch.emit import on_last, permute
+from nnspec.backends.torch.codegen import ModuleGen
+from nnspec.backends.torch.context import ModuleContext
+from nnspec.backends.torch.function import FunctionGen
+from nnspec.backends.torch.layout import align, on_last, permute
+from nnspec.backends.torch.members import ClassPlan
 from nnspec.backends.torch.pysrc import Expr, Lit, Ref, call, method
+from nnspec.backends.torch.source import Stmt, Var
 from nnspec.backends.triton.elementwise import Kernel, pointwise_kernel
 from nnspec.backends.triton.epilogue import epilogue_kernel
 from nnspec.backends.triton.lowering import NOT_COMPUTE, TABLE
-from nnspec.backends.triton.pointwise import Unsupported
+from nnspec.backends.triton.pointwise import RULES, Unsupported
 from nnspec.compiler.ir import FusionGroup, Graph, Node, TensorType
-from nnspec.compiler.passes.groups import POINTWISE
+from nnspec.compiler.ops import OPS
 
 K = "K"   # the name generated files import nnspec.backends.triton.lib under
 
@@ -97,14 +101,14 @@ class TritonModuleGen(ModuleGen):
 class _TorchGroupGen(FunctionGen):
     """The torch code of a kernel's ops, as a function; dropout reads a `training` argument, not `self`."""
 
-    def __init__(self, mg: ModuleGen, graph: Graph, plan: ClassPlan, model: Any, *, training: bool) -> None:
+    def __init__(self, mg: ModuleContext, graph: Graph, plan: ClassPlan, model: Any, *, training: bool) -> None:
         super().__init__(mg, graph, plan, model)
         self.extra_params = ["training: bool"] if training else []
 
-    def emitter_for(self, node: Node, table: dict[str, Any]) -> Any:
+    def emitter_for(self, node: Node) -> Any:
         if node.op == "dropout":
             return lambda fn, n, ins: call("F.dropout", ins[0], n.attrs["p"], P.Name("training"))
-        return table.get(node.op)
+        return super().emitter_for(node)
 
 
 class TritonFunctionGen(FunctionGen):
@@ -112,7 +116,7 @@ class TritonFunctionGen(FunctionGen):
 
     mg: TritonModuleGen
 
-    def emitter_for(self, node: Node, table: dict[str, Any]) -> Any:
+    def emitter_for(self, node: Node) -> Any:
         mg = self.mg
         group_name = node.meta.get("fusion_group")
         if group_name is not None:
@@ -120,24 +124,24 @@ class TritonFunctionGen(FunctionGen):
             emitter = self._group(group, node)
             if emitter is not None:
                 return emitter
-        if node.op in POINTWISE:
+        if node.op in RULES:   # a pointwise op the kernel generator computes
             kernel = mg.kernel_for(self.graph, node.name, [node.name], list(dict.fromkeys(node.inputs)), [node.name])
             if isinstance(kernel, Kernel):
                 mg.route(node, "kernel")
                 return lambda fn, n, ins: fn._launch(kernel)
         template = TEMPLATES.get(node.op)
         if template is not None:
-            return lambda fn, n, ins: fn._template(template, n, ins, table)
+            return lambda fn, n, ins: fn._template(template, n, ins)
         if node.op in TABLE and TABLE[node.op].fallback is not None and node.op not in ("input",):
             mg.route(node, "torch")
-        return table.get(node.op)
+        return super().emitter_for(node)
 
-    def _template(self, template: Any, node: Node, ins: list[Expr], table: dict[str, Any]) -> Expr | None:
+    def _template(self, template: Any, node: Node, ins: list[Expr]) -> Expr | None:
         try:
             value = template(self, node, ins)
         except Unsupported as err:
             self.mg.route(node, "torch", str(err))
-            return table[node.op](self, node, ins)
+            return self.mg.emitters[node.op](self, node, ins)
         self.mg.route(node, "template")
         return value
 
@@ -190,7 +194,7 @@ class TritonFunctionGen(FunctionGen):
         if len(group.nodes) != 2:
             raise Unsupported("a residual add + norm kernel takes exactly an add and a norm")
         add, norm = (self.graph[n] for n in group.nodes)
-        if add.op != "add" or norm.op not in ("layernorm", "rmsnorm") or norm.inputs[0] != add.name:
+        if add.op != "add" or not OPS[norm.op].has("row_norm") or norm.inputs[0] != add.name:
             raise Unsupported("the group is not add, then a norm of the sum")
         t = add.tensor_type
         if any(self.type_of(i).names != t.names for i in add.inputs) or t.names[-1] != norm.attrs["axis"] \
@@ -298,7 +302,6 @@ def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 def _scores_view(fn: TritonFunctionGen, x: Expr, t: TensorType, full: list[str], scores_t: TensorType) -> Expr:
     """A mask or bias laid out as the kernel's [Z, heads, T, S] (broadcast axes stay stride 0)."""
-    from nnspec.backends.torch.emit import align
     y = align(x, t, tuple(full), full=True)
     sizes = [fn.size(scores_t.axis(n).size) for n in full]  # type: ignore[union-attr]
     y = method(y, "expand", *sizes)

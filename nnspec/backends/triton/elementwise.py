@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.codegen import Names
-from nnspec.backends.torch.lowering import TORCH_DTYPES
+from nnspec.backends.torch.dtypes import TORCH_DTYPES
+from nnspec.backends.torch.source import Names
 from nnspec.backends.triton.pointwise import Body, Unsupported, Value, loaded
 from nnspec.compiler.ir import DType, Graph, TensorType
 

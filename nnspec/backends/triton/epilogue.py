@@ -10,8 +10,8 @@ Other operands of the epilogue (a residual) are read as [M, N] views, broadcast 
 from __future__ import annotations
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.codegen import Names
-from nnspec.backends.torch.emit import align
+from nnspec.backends.torch.layout import align
+from nnspec.backends.torch.source import Names
 from nnspec.backends.triton.elementwise import (
     KERNEL_WORDS,
     Kernel,

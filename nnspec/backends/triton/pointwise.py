@@ -5,18 +5,24 @@ computed in fp32 (floats), int64/int32 (integers) or int1 (bools); a node whose 
 to that type after its op, as torch rounds after each op, so a fused chain gives torch's numbers up to the
 last bit of fp32 arithmetic. An op or operand the kernel cannot express raises `Unsupported` with the reason,
 and the group falls back to torch code.
+
+What each op computes comes from one table, `RULES`: the op table's `POINTWISE[op].triton` template where its row
+has one, and a rule of this file for the rest (ops whose code depends on dtypes or constants, such as integer
+`//` or `pow`, and ops with attributes: `where`, `cast`, `clamp`, `dropout`). An op not in `RULES` has no kernel.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nnspec.compiler.ir import DType, Graph, Node
+from nnspec.compiler.ops.elementwise import POINTWISE, Pointwise
+from nnspec.compiler.ops.registry import promote
 
 TL_TYPES = {DType.float32: "tl.float32", DType.float16: "tl.float16", DType.bfloat16: "tl.bfloat16",
             DType.int64: "tl.int64", DType.int32: "tl.int32", DType.bool: "tl.int1"}
-SQRT_1_2 = 0.7071067811865476
 SQRT_2_PI = 0.7978845608028654
 
 
@@ -47,32 +53,6 @@ def literal(value: float | int | bool, d: DType) -> str:
             return f'{"-" if v < 0 else ""}float("inf")'
         return repr(v)
     return str(int(value))
-
-
-def _tanh(x: str) -> str:
-    # tanh is libdevice-only in some Triton releases; 2 sigmoid(2x) - 1 is in every one
-    return f"(2.0 * tl.sigmoid(2.0 * {x}) - 1.0)"
-
-
-UNARY: dict[str, Callable[[str], str]] = {
-    "neg": lambda x: f"-{x}",
-    "abs": lambda x: f"tl.abs({x})",
-    "relu": lambda x: f"tl.where({x} > 0, {x}, 0.0)",
-    "gelu": lambda x: f"0.5 * {x} * (1.0 + tl.erf({x} * {SQRT_1_2}))",
-    "silu": lambda x: f"{x} * tl.sigmoid({x})",
-    "sigmoid": lambda x: f"tl.sigmoid({x})",
-    "tanh": _tanh,
-    "exp": lambda x: f"tl.exp({x})",
-    "log": lambda x: f"tl.log({x})",
-    "sqrt": lambda x: f"tl.sqrt({x})",
-    "rsqrt": lambda x: f"tl.rsqrt({x})",
-    "logical_not": lambda x: f"({x} == 0)",
-}
-INFIX = {"add": "+", "sub": "-", "mul": "*", "eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
-         "logical_and": "&", "logical_or": "|"}
-COMPARE = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})
-SUPPORTED = frozenset(UNARY) | frozenset(INFIX) | {"gelu_tanh", "div", "floordiv", "mod", "pow", "maximum",
-                                                   "minimum", "where", "cast", "dropout", "clamp"}
 
 
 @dataclass
@@ -109,69 +89,17 @@ class Body:
             return f"({v.code} != 0)"
         return f"{v.code}.to({as_type})"
 
+    def args(self, node: Node, as_type: str) -> list[str]:
+        """Every operand of `node` in `as_type`, parenthesised where an operator could bind into it."""
+        return [self.wrap(self.arg(i, as_type)) for i in node.inputs]
+
     def emit(self, node: Node, offsets: str) -> None:
         """Compute `node` from its (bound) inputs into a variable named after it."""
-        op, out = node.op, node.tensor_type.dtype
-        if op not in SUPPORTED:
-            raise Unsupported(f"{op} is not a pointwise op a kernel computes")
-        ct = compute_type(out)
-        ins = node.inputs
-        if op == "gelu_tanh":   # its inner polynomial on a line of its own
-            x = self._wrap(self.arg(ins[0], ct))
-            inner = self._tmp(f"{SQRT_2_PI} * ({x} + 0.044715 * {x} * {x} * {x})")
-            expr = f"0.5 * {x} * (1.0 + {_tanh(inner)})"
-        elif op in UNARY:
-            arg_t = "tl.int1" if op == "logical_not" else ct
-            expr = UNARY[op](self._wrap(self.arg(ins[0], arg_t)))
-            if op in ("neg", "abs") and not out.is_float:
-                expr = {"neg": f"-{self._wrap(self.arg(ins[0], ct))}",
-                        "abs": f"tl.abs({self.arg(ins[0], ct)})"}[op]
-        elif op in COMPARE:
-            t = _common([self.values[i].dtype for i in ins])
-            a, b = (self._wrap(self.arg(i, t)) for i in ins)
-            expr = f"{a} {INFIX[op]} {b}"
-        elif op in INFIX:
-            a, b = (self._wrap(self.arg(i, ct)) for i in ins)
-            expr = f"{a} {INFIX[op]} {b}"
-        elif op == "div":
-            if out.is_float:
-                a, b = (self._wrap(self.arg(i, ct)) for i in ins)
-                expr = f"{a} / {b}"
-            else:   # torch divides integers exactly, then the IR's integer type truncates toward zero
-                a, b = (self._wrap(self.arg(i, "tl.float64")) for i in ins)
-                expr = f"({a} / {b}).to({ct})"
-        elif op in ("floordiv", "mod"):
-            expr = self._floor_div_mod(op, ins, ct, out)
-        elif op == "pow":
-            expr = self._pow(ins, ct)
-        elif op in ("maximum", "minimum"):
-            a, b = (self.arg(i, ct) for i in ins)
-            expr = f"tl.{op}({a}, {b})"
-        elif op == "where":
-            c = self.arg(ins[0], "tl.int1")
-            a, b = (self.arg(i, ct) for i in ins[1:])
-            expr = f"tl.where({c}, {a}, {b})"
-        elif op == "cast":
-            expr = self.arg(ins[0], ct)
-        elif op == "clamp":
-            expr = self.arg(ins[0], ct)
-            bound = DType.float32 if out.is_float else DType.int64
-            if node.attrs["min"] is not None:
-                expr = f"tl.maximum({expr}, {literal(node.attrs['min'], bound)})"
-            if node.attrs["max"] is not None:
-                expr = f"tl.minimum({expr}, {literal(node.attrs['max'], bound)})"
-        else:  # dropout: identity unless training; each dropout in a kernel draws from its own stream
-            p = node.attrs["p"]
-            x = self.arg(ins[0], ct)
-            expr = x
-            if p != 0.0:   # a constexpr branch: in eval mode the kernel draws no random numbers
-                self.uses_seed = True
-                self.dropout_salt += 1
-                keep = f"tl.rand(seed + {self.dropout_salt}, {offsets}) >= {p!r}"
-                scaled = f"{self._wrap(x)} * {1.0 / (1.0 - p)!r}"
-                self.lines += ["if TRAINING:", f"    {self.names(node.name)} = tl.where({keep}, {scaled}, 0.0)",
-                               "else:", f"    {self.names(node.name)} = {x}"]
-                expr = self.names(node.name)
+        rule = RULES.get(node.op)
+        if rule is None:
+            raise Unsupported(f"{node.op} is not a pointwise op a kernel computes")
+        out = node.tensor_type.dtype
+        expr = rule(self, node, compute_type(out), offsets)
         var = self.names(node.name)
         if out in (DType.float16, DType.bfloat16):  # round as torch does after each op
             expr = f"({expr}).to({TL_TYPES[out]}).to(tl.float32)"
@@ -179,47 +107,150 @@ class Body:
             self.lines.append(f"{var} = {expr}")
         self.values[node.name] = Value(var, out)
 
-    def _floor_div_mod(self, op: str, ins: list[str], ct: str, out: DType) -> str:
-        a, b = (self._wrap(self.arg(i, ct)) for i in ins)
-        if out.is_float:
-            q = f"tl.floor({a} / {b})"
-            return q if op == "floordiv" else f"{a} - {b} * {q}"
-        # Triton's integer `//` truncates on the GPU and floors in the interpreter: correct either to floor
-        t, r = self._tmp(f"{a} // {b}"), None
-        r = self._tmp(f"{a} - {t} * {b}")
-        q = self._tmp(f"{t} - (({r} != 0) & (({r} < 0) != ({b} < 0))).to({ct})")
-        return q if op == "floordiv" else f"{a} - {q} * {b}"
-
-    def _pow(self, ins: list[str], ct: str) -> str:
-        base, exponent = self.values[ins[0]], self.values[ins[1]]
-        x = self._wrap(self.arg(ins[0], ct))
-        e = exponent.const
-        if e is not None and float(e) == int(e) and 0 <= int(e) <= 8:
-            return " * ".join([x] * int(e)) if int(e) else ("1.0" if ct == "tl.float32" else "1")
-        if e is not None and float(e) == 0.5:
-            return f"tl.sqrt({x})"
-        if e is not None and float(e) == -0.5:
-            return f"tl.rsqrt({x})"
-        if e is not None and float(e) == -1.0 and ct == "tl.float32":
-            return f"1.0 / {x}"
-        if base.const is not None and ct == "tl.float32" and float(base.const) > 0:
-            import math
-            return f"tl.exp({self._wrap(self.arg(ins[1], ct))} * {math.log(float(base.const))!r})"
-        raise Unsupported("pow with an exponent other than a small constant needs torch's pow (negative bases)")
-
-    def _tmp(self, expr: str) -> str:
+    def tmp(self, expr: str) -> str:
+        """`expr` on a line of its own; returns the temporary holding it."""
         var = f"_t{len(self.lines)}"
         self.lines.append(f"{var} = {expr}")
         return var
 
     @staticmethod
-    def _wrap(code: str) -> str:
+    def wrap(code: str) -> str:
+        """`code` in parentheses unless a name, a literal or a call: an operator beside it then binds to all of it."""
         simple = code.replace("_", "").replace(".", "").isalnum() or code.startswith(("tl.", "float("))
         return code if simple and " " not in code else f"({code})"
 
 
+# (body, node, the compute type of its result, the kernel's flat offsets) -> the expression computing the node
+Rule = Callable[[Body, Node, str, str], str]
+
+
+def _template(row: Pointwise) -> Rule:
+    """The op table's Triton template, over operands in the result's compute type; a comparison (or logical op)
+    reads its operands in their common type, since its result is a bool."""
+    template = row.triton
+    assert template is not None
+
+    def rule(body: Body, node: Node, ct: str, offsets: str) -> str:
+        if row.arity == 1:
+            return template.format(x=body.args(node, ct)[0])
+        a, b = body.args(node, _common([body.values[i].dtype for i in node.inputs]) if row.returns_bool else ct)
+        return template.format(a=a, b=b)
+    return rule
+
+
+def _tanh(x: str) -> str:
+    template = POINTWISE["tanh"].triton
+    assert template is not None
+    return template.format(x=x)
+
+
+def _gelu_tanh(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """The inner polynomial on a line of its own, then the tanh template over it."""
+    (x,) = body.args(node, ct)
+    inner = body.tmp(f"{SQRT_2_PI} * ({x} + 0.044715 * {x} * {x} * {x})")
+    return f"0.5 * {x} * (1.0 + {_tanh(inner)})"
+
+
+def _div(body: Body, node: Node, ct: str, offsets: str) -> str:
+    if node.tensor_type.dtype.is_float:
+        a, b = body.args(node, ct)
+        return f"{a} / {b}"
+    # torch divides integers exactly, then the IR's integer type truncates toward zero
+    a, b = body.args(node, "tl.float64")
+    return f"({a} / {b}).to({ct})"
+
+
+def _floor_div_mod(body: Body, node: Node, ct: str, offsets: str) -> str:
+    a, b = body.args(node, ct)
+    floordiv = node.op == "floordiv"
+    if node.tensor_type.dtype.is_float:
+        q = f"tl.floor({a} / {b})"
+        return q if floordiv else f"{a} - {b} * {q}"
+    # Triton's integer `//` truncates on the GPU and floors in the interpreter: correct either to floor
+    t = body.tmp(f"{a} // {b}")
+    r = body.tmp(f"{a} - {t} * {b}")
+    q = body.tmp(f"{t} - (({r} != 0) & (({r} < 0) != ({b} < 0))).to({ct})")
+    return q if floordiv else f"{a} - {q} * {b}"
+
+
+def _pow(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """Small constant exponents as products and roots; a positive constant base as exp; anything else needs torch's
+    pow (negative bases)."""
+    base, exponent = (body.values[i] for i in node.inputs)
+    x = body.wrap(body.arg(node.inputs[0], ct))
+    e = exponent.const
+    if e is not None and float(e) == int(e) and 0 <= int(e) <= 8:
+        return " * ".join([x] * int(e)) if int(e) else ("1.0" if ct == "tl.float32" else "1")
+    if e is not None and float(e) == 0.5:
+        return f"tl.sqrt({x})"
+    if e is not None and float(e) == -0.5:
+        return f"tl.rsqrt({x})"
+    if e is not None and float(e) == -1.0 and ct == "tl.float32":
+        return f"1.0 / {x}"
+    if base.const is not None and ct == "tl.float32" and float(base.const) > 0:
+        return f"tl.exp({body.wrap(body.arg(node.inputs[1], ct))} * {math.log(float(base.const))!r})"
+    raise Unsupported("pow with an exponent other than a small constant needs torch's pow (negative bases)")
+
+
+def _extremum(body: Body, node: Node, ct: str, offsets: str) -> str:
+    a, b = (body.arg(i, ct) for i in node.inputs)
+    return f"tl.{node.op}({a}, {b})"
+
+
+def _where(body: Body, node: Node, ct: str, offsets: str) -> str:
+    c = body.arg(node.inputs[0], "tl.int1")
+    a, b = (body.arg(i, ct) for i in node.inputs[1:])
+    return f"tl.where({c}, {a}, {b})"
+
+
+def _cast(body: Body, node: Node, ct: str, offsets: str) -> str:
+    return body.arg(node.inputs[0], ct)
+
+
+def _clamp(body: Body, node: Node, ct: str, offsets: str) -> str:
+    expr = body.arg(node.inputs[0], ct)
+    bound = DType.float32 if node.tensor_type.dtype.is_float else DType.int64
+    if node.attrs["min"] is not None:
+        expr = f"tl.maximum({expr}, {literal(node.attrs['min'], bound)})"
+    if node.attrs["max"] is not None:
+        expr = f"tl.minimum({expr}, {literal(node.attrs['max'], bound)})"
+    return expr
+
+
+def _dropout(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """Identity unless training; each dropout in a kernel draws from its own stream."""
+    p = node.attrs["p"]
+    x = body.arg(node.inputs[0], ct)
+    if p == 0.0:
+        return x
+    # a constexpr branch: in eval mode the kernel draws no random numbers
+    body.uses_seed = True
+    body.dropout_salt += 1
+    keep = f"tl.rand(seed + {body.dropout_salt}, {offsets}) >= {p!r}"
+    scaled = f"{body.wrap(x)} * {1.0 / (1.0 - p)!r}"
+    var = body.names(node.name)
+    body.lines += ["if TRAINING:", f"    {var} = tl.where({keep}, {scaled}, 0.0)", "else:", f"    {var} = {x}"]
+    return var
+
+
+# How a kernel computes each pointwise op it supports: the op table's template, else this file's rule.
+RULES: dict[str, Rule] = {
+    **{name: _template(row) for name, row in POINTWISE.items() if row.triton is not None},
+    "gelu_tanh": _gelu_tanh,
+    "div": _div,
+    "floordiv": _floor_div_mod,
+    "mod": _floor_div_mod,
+    "pow": _pow,
+    "maximum": _extremum,
+    "minimum": _extremum,
+    "where": _where,
+    "cast": _cast,
+    "clamp": _clamp,
+    "dropout": _dropout,
+}
+
+
 def _common(dtypes: list[DType]) -> str:
-    from nnspec.compiler.ops.registry import promote
     out = dtypes[0]
     for d in dtypes[1:]:
         out = promote(out, d)

@@ -9,10 +9,11 @@ from typing import Any
 
 import sympy
 
-from nnspec.compiler.elaborate import MAX_REPEAT, Builder, FuncRef, TensorValue, TupleValue, static_call
+from nnspec.compiler.elaborate import BUILTINS, MAX_REPEAT, FuncRef, Surface, TensorValue, TupleValue, builtin
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.elementwise import UNARY
-from nnspec.compiler.ops.registry import BUILTINS, builtin
+from nnspec.compiler.static import static_call
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
@@ -52,7 +53,7 @@ def bind(call: ast.Call, fname: str, params: list[tuple[str, Any]], varargs: boo
     return out, rest
 
 
-def over_axis(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, span: Any) -> str:
+def over_axis(b: Surface, expr: ast.Expr | None, x: TensorValue, fname: str, span: Any) -> str:
     t = b.type_of(x)
     if expr is None:
         if not t.axes:
@@ -61,7 +62,7 @@ def over_axis(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, spa
     name = b.axis_name(expr)
     if name not in t.names:
         hint = difflib.get_close_matches(name, list(t.names), n=1)
-        raise SpecError("E017", f"{fname}: no axis '{name}' in {b.el.show(t)}" +
+        raise SpecError("E017", f"{fname}: no axis '{name}' in {show(t)}" +
                         (f"; did you mean '{hint[0]}'?" if hint else ""), expr.span)
     return name
 
@@ -69,7 +70,7 @@ def over_axis(b: Builder, expr: ast.Expr | None, x: TensorValue, fname: str, spa
 # ---- learned maps ----
 @builtin("linear", "linear(x, out, bias=true, over=last, std=0.02, name=linear)",
          "Affine map over one axis; the weight starts normal with standard deviation `std`.")
-def _linear(b: Builder, call: ast.Call) -> Any:
+def _linear(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "linear", [("x", REQUIRED), ("out", REQUIRED), ("bias", None), ("over", None), ("std", None),
                                  ("name", None)])
     x = b.tensor(a["x"])
@@ -93,14 +94,14 @@ def _linear(b: Builder, call: ast.Call) -> Any:
 
 @builtin("embedding", "embedding(ids, num, dim, padding_idx=none, name=embedding)",
          "Lookup table of `num` rows of size `dim`; row `padding_idx` gets no gradient.")
-def _embedding(b: Builder, call: ast.Call) -> Any:
+def _embedding(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "embedding", [("ids", REQUIRED), ("num", REQUIRED), ("dim", REQUIRED), ("padding_idx", None),
                                     ("name", None)])
     ids = b.tensor(a["ids"])
     num = b.size(a["num"], "embedding rows")  # type: ignore[arg-type]
     dim = b.size(a["dim"], "embedding size")  # type: ignore[arg-type]
     if not b.type_of(ids).dtype.is_int:
-        raise SpecError("E013", f"embedding indices must be an integer tensor, got {b.el.show(b.type_of(ids))}",
+        raise SpecError("E013", f"embedding indices must be an integer tensor, got {show(b.type_of(ids))}",
                         call.span)
     scope = b.claim_scope(b.scope_kwarg(call), "embedding", call.span)
     w = b.param(scope, "weight", (num, dim), ("normal", INIT_STD), call.span)
@@ -109,7 +110,7 @@ def _embedding(b: Builder, call: ast.Call) -> Any:
 
 
 def _norm(kind: str, default_eps: float) -> Any:
-    def fn(b: Builder, call: ast.Call) -> Any:
+    def fn(b: Surface, call: ast.Call) -> Any:
         params = [("x", REQUIRED), ("eps", None), ("over", None), ("name", None)]
         if kind == "layernorm":
             params.insert(3, ("bias", None))
@@ -136,7 +137,7 @@ builtin("rmsnorm", "rmsnorm(x, eps=1e-6, over=last, name=rmsnorm)", "RMS normali
 
 # ---- elementwise ----
 def _unary(name: str) -> Any:
-    def fn(b: Builder, call: ast.Call) -> Any:
+    def fn(b: Surface, call: ast.Call) -> Any:
         a, _ = bind(call, name, [("x", REQUIRED)])
         v = b.eval(a["x"])  # type: ignore[arg-type]
         if not isinstance(v, TensorValue):
@@ -154,7 +155,7 @@ for _name in UNARY:
 
 
 @builtin("where", "where(cond, a, b)", "`a` where `cond`, else `b`.")
-def _where(b: Builder, call: ast.Call) -> Any:
+def _where(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "where", [("cond", REQUIRED), ("a", REQUIRED), ("b", REQUIRED)])
     values = [b.eval(a[k]) for k in ("cond", "a", "b")]  # type: ignore[arg-type]
     if not any(isinstance(v, TensorValue) for v in values):
@@ -163,7 +164,7 @@ def _where(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("dropout", "dropout(x, p)", "Random zeroing while training.")
-def _dropout(b: Builder, call: ast.Call) -> Any:
+def _dropout(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "dropout", [("x", REQUIRED), ("p", REQUIRED)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     return b.emit("dropout", [x.node], {"p": b.number(a["p"], "dropout p")}, call.span)  # type: ignore[arg-type]
@@ -171,14 +172,14 @@ def _dropout(b: Builder, call: ast.Call) -> Any:
 
 # ---- along an axis ----
 @builtin("softmax", "softmax(x, over=last)", "Normalised exponentials along an axis.")
-def _softmax(b: Builder, call: ast.Call) -> Any:
+def _softmax(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "softmax", [("x", REQUIRED), ("over", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     return b.emit("softmax", [x.node], {"axis": over_axis(b, a["over"], x, "softmax", call.span)}, call.span)
 
 
 def _reduction(name: str, op: str) -> Any:
-    def fn(b: Builder, call: ast.Call) -> Any:
+    def fn(b: Surface, call: ast.Call) -> Any:
         a, _ = bind(call, name, [("x", REQUIRED), ("over", None)])
         x = b.tensor(a["x"])  # type: ignore[arg-type]
         return b.emit(op, [x.node], {"axis": over_axis(b, a["over"], x, name, call.span)}, call.span)
@@ -190,7 +191,7 @@ builtin("mean", "mean(x, over=last)", "Mean along an axis.")(_reduction("mean", 
 
 
 def _extremum(name: str) -> Any:
-    def fn(b: Builder, call: ast.Call) -> Any:
+    def fn(b: Surface, call: ast.Call) -> Any:
         if len(call.args) >= 2:
             values = [b.eval(e) for e in call.args]
             if call.kwargs:
@@ -217,7 +218,7 @@ MAX_SPLIT = 64
 
 
 @builtin("split", "split(x, over=AXIS)", "Unpack an axis of literal size k into k tensors.")
-def _split(b: Builder, call: ast.Call) -> Any:
+def _split(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "split", [("x", REQUIRED), ("over", REQUIRED)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "split", call.span)
@@ -231,14 +232,14 @@ def _split(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("arange", "arange(AXIS)", "0, 1, ... along an axis.")
-def _arange(b: Builder, call: ast.Call) -> Any:
+def _arange(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "arange", [("axis", REQUIRED)])
     name = b.axis_name(a["axis"])  # type: ignore[arg-type]
     return b.emit("arange", [], {"axis": b.axis(name, a["axis"].span)}, call.span)  # type: ignore[union-attr]
 
 
 @builtin("causal_mask", "causal_mask(Q, K)", "bool[Q, K]: key index <= query index.")
-def _causal_mask(b: Builder, call: ast.Call) -> Any:
+def _causal_mask(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "causal_mask", [("q", REQUIRED), ("k", REQUIRED)])
     q = b.axis(b.axis_name(a["q"]), a["q"].span)  # type: ignore[arg-type, union-attr]
     k = b.axis(b.axis_name(a["k"]), a["k"].span)  # type: ignore[arg-type, union-attr]
@@ -246,7 +247,7 @@ def _causal_mask(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("cast", 'cast(x, "dtype")', "Convert dtype.")
-def _cast(b: Builder, call: ast.Call) -> Any:
+def _cast(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "cast", [("x", REQUIRED), ("dtype", REQUIRED)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     name = b.axis_name(a["dtype"])  # type: ignore[arg-type]
@@ -256,14 +257,14 @@ def _cast(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("matmul", "matmul(a, b, over=AXIS)", "Contract one named axis shared by a and b.")
-def _matmul(b: Builder, call: ast.Call) -> Any:
+def _matmul(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "matmul", [("a", REQUIRED), ("b", REQUIRED), ("over", None)])
     x, y = b.tensor(a["a"]), b.tensor(a["b"])  # type: ignore[arg-type]
     if a["over"] is None:
         return b.matmul(x, y, call.span)
     over = over_axis(b, a["over"], x, "matmul", call.span)
     if over not in b.type_of(y).names:
-        raise SpecError("E017", f"matmul: no axis '{over}' in the second operand {b.el.show(b.type_of(y))}",
+        raise SpecError("E017", f"matmul: no axis '{over}' in the second operand {show(b.type_of(y))}",
                         a["over"].span)
     out = tuple(dict.fromkeys(n for n in (*b.type_of(x).names, *b.type_of(y).names) if n != over))
     return b.emit("einsum", [x.node, y.node], {"out": out}, call.span)
@@ -272,7 +273,7 @@ def _matmul(b: Builder, call: ast.Call) -> Any:
 # ---- structure ----
 @builtin("repeat", "repeat(N, block, x, ..., name=block, shared=false)",
          "Apply a block N times, feeding its output back in.")
-def _repeat(b: Builder, call: ast.Call) -> Any:
+def _repeat(b: Surface, call: ast.Call) -> Any:
     if len(call.args) < 3:
         raise SpecError("E019", "repeat takes a count, a block and its input: repeat(n_layer, layer, x)", call.span)
     count_expr, block_expr = call.args[0], call.args[1]
@@ -281,9 +282,9 @@ def _repeat(b: Builder, call: ast.Call) -> Any:
         raise SpecError("E023", f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count}",
                         count_expr.span)
     ref = b.eval(block_expr)
-    if isinstance(ref, str) and ref in b.el.spec.blocks:
+    if isinstance(ref, str) and ref in b.blocks:
         ref = FuncRef(ref)
-    if not isinstance(ref, FuncRef) or ref.name not in b.el.spec.blocks:
+    if not isinstance(ref, FuncRef) or ref.name not in b.blocks:
         raise SpecError("E016", "repeat's second argument must be a block of this spec", block_expr.span)
     shared = False
     kwargs = []
@@ -292,15 +293,15 @@ def _repeat(b: Builder, call: ast.Call) -> Any:
             shared = b.flag(kw.value, "shared")
         else:
             kwargs.append(kw)
-    decl = b.el.spec.blocks[ref.name]
+    decl = b.blocks[ref.name]
     inner = ast.Call(block_expr, call.args[2:], kwargs, span=call.span)
     tensors, template = b.block_binding(decl, inner)
     scope = b.claim_scope(b.scope_kwarg(call), ref.name, call.span)
     params = tuple(b.graph[t].type for t in tensors)
     result = template.output_type()
     if not params or result != params[0]:
-        got = b.el.show(result)
-        want = b.el.show(params[0]) if params else "no tensor"
+        got = show(result)
+        want = show(params[0]) if params else "no tensor"
         raise SpecError("E025", f"repeat feeds block '{ref.name}' its own output, but it takes {want} and "
                         f"returns {got}", call.span)
     return b.emit("repeat", tensors, {"block": template.name, "scope": scope, "count": int(count),

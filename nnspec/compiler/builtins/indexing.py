@@ -8,14 +8,15 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
-from nnspec.compiler.elaborate import Builder, TensorValue, TupleValue, fits_dtype
+from nnspec.compiler.elaborate import Surface, TensorValue, TupleValue, builtin
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import Axis, DType
-from nnspec.compiler.ops.registry import builtin
+from nnspec.compiler.static import fits_dtype
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
 
-def _into(b: Builder, expr: ast.Expr | None, size: sympy.Expr) -> Axis:
+def _into(b: Surface, expr: ast.Expr | None, size: sympy.Expr) -> Axis:
     """The renamed axis: `into=NAME`, or named after its size."""
     if expr is not None:
         name = b.axis_name(expr)
@@ -27,12 +28,12 @@ def _into(b: Builder, expr: ast.Expr | None, size: sympy.Expr) -> Axis:
     return Axis(str(size), size)
 
 
-def _tuple(b: Builder, node: TensorValue, n: int, span: Any) -> TupleValue:
+def _tuple(b: Surface, node: TensorValue, n: int, span: Any) -> TupleValue:
     return TupleValue(tuple(b.emit("getitem", [node.node], {"index": i}, span) for i in range(n)))
 
 
 @builtin("topk", "topk(x, k, over=last, into=NAME) -> (values, indices)", "The k largest along an axis.")
-def _topk(b: Builder, call: ast.Call) -> Any:
+def _topk(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "topk", [("x", REQUIRED), ("k", REQUIRED), ("over", None), ("into", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "topk", call.span)
@@ -50,7 +51,7 @@ def _topk(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("sort", "sort(x, over=last, descending=false) -> (values, indices)", "Sort along an axis.")
-def _sort(b: Builder, call: ast.Call) -> Any:
+def _sort(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "sort", [("x", REQUIRED), ("over", None), ("descending", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "sort", call.span)
@@ -59,7 +60,7 @@ def _sort(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("gather", "gather(x, idx, over=AXIS)", "Pick entries along an axis by index.")
-def _gather(b: Builder, call: ast.Call) -> Any:
+def _gather(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "gather", [("x", REQUIRED), ("idx", REQUIRED), ("over", REQUIRED)])
     x, idx = b.tensor(a["x"]), b.tensor(a["idx"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "gather", call.span)
@@ -67,7 +68,7 @@ def _gather(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("scatter", 'scatter(x, idx, src, over=AXIS, reduce="set")', "Write entries along an axis by index.")
-def _scatter(b: Builder, call: ast.Call) -> Any:
+def _scatter(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "scatter", [("x", REQUIRED), ("idx", REQUIRED), ("src", REQUIRED), ("over", REQUIRED),
                                   ("reduce", None)])
     x, idx, src = b.tensor(a["x"]), b.tensor(a["idx"]), b.tensor(a["src"])  # type: ignore[arg-type]
@@ -77,7 +78,7 @@ def _scatter(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("cumsum", "cumsum(x, over=last)", "Running sum along an axis.")
-def _cumsum(b: Builder, call: ast.Call) -> Any:
+def _cumsum(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "cumsum", [("x", REQUIRED), ("over", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     return b.emit("cumsum", [x.node], {"axis": over_axis(b, a["over"], x, "cumsum", call.span)}, call.span)
@@ -85,7 +86,7 @@ def _cumsum(b: Builder, call: ast.Call) -> Any:
 
 @builtin("concat", "concat(a, b, ..., over=AXIS | (AXIS, AXIS, ...), into=NAME)",
          "Join tensors along an axis (`over=(N, M)`: along axis N of a and M of b, of any lengths).")
-def _concat(b: Builder, call: ast.Call) -> Any:
+def _concat(b: Surface, call: ast.Call) -> Any:
     kw = {k.name: k for k in call.kwargs}
     for name in kw:
         if name not in ("over", "into"):
@@ -105,7 +106,7 @@ def _concat(b: Builder, call: ast.Call) -> Any:
     return b.emit("concat", [x.node for x in xs], {"axis": over, "into": into}, call.span)
 
 
-def _join_axes(b: Builder, xs: list[TensorValue], call: ast.Call, over: ast.Tuple) -> list[TensorValue]:
+def _join_axes(b: Surface, xs: list[TensorValue], call: ast.Call, over: ast.Tuple) -> list[TensorValue]:
     """`over=(N, M, ...)`: operand i joins along its own axis over[i]. Within a block an axis name has one size,
     so sequences of different lengths carry different names; each is relabelled to the first operand's name for
     the concat alone (the relabelled view is not recorded as the name's size)."""
@@ -117,10 +118,10 @@ def _join_axes(b: Builder, xs: list[TensorValue], call: ast.Call, over: ast.Tupl
     for x, name, e in zip(xs, names, over.items, strict=True):
         t = b.type_of(x)
         if name not in t.names:
-            raise SpecError("E017", f"concat: no axis '{name}' in {b.el.show(t)}", e.span)
+            raise SpecError("E017", f"concat: no axis '{name}' in {show(t)}", e.span)
         if name != names[0]:
             if names[0] in t.names:
-                raise SpecError("E017", f"concat: {b.el.show(t)} already has an axis '{names[0]}'; it cannot join "
+                raise SpecError("E017", f"concat: {show(t)} already has an axis '{names[0]}'; it cannot join "
                                 f"along '{name}'", e.span)
             axes = tuple(Axis(names[0], a.size) if a.name == name else a for a in t.axes)
             x = b.emit("rearrange", [x.node], {"perm": tuple(range(t.rank)), "axes": axes}, e.span, record=False)
@@ -129,7 +130,7 @@ def _join_axes(b: Builder, xs: list[TensorValue], call: ast.Call, over: ast.Tupl
 
 
 @builtin("slice", "slice(x, over=AXIS, start=0, stop=size, step=1, into=NAME)", "A range along an axis.")
-def _slice(b: Builder, call: ast.Call) -> Any:
+def _slice(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "slice", [("x", REQUIRED), ("over", REQUIRED), ("start", None), ("stop", None), ("step", None),
                                 ("into", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
@@ -154,7 +155,7 @@ def _slice(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("clamp", "clamp(x, min=none, max=none)", "Clamp into a range.")
-def _clamp(b: Builder, call: ast.Call) -> Any:
+def _clamp(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "clamp", [("x", REQUIRED), ("min", None), ("max", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     dtype = b.type_of(x).dtype
@@ -180,7 +181,7 @@ def _clamp(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("take", "take(x, over=AXIS, index=0)", "One position along an axis (the axis is removed).")
-def _take(b: Builder, call: ast.Call) -> Any:
+def _take(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "take", [("x", REQUIRED), ("over", REQUIRED), ("index", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     over = over_axis(b, a["over"], x, "take", call.span)
@@ -193,7 +194,7 @@ def _take(b: Builder, call: ast.Call) -> Any:
     return b.emit("select", [x.node], {"axis": over, "index": index}, call.span)
 
 
-def _within(b: Builder, size: sympy.Expr, bound: int, op: str, span: Any) -> None:
+def _within(b: Surface, size: sympy.Expr, bound: int, op: str, span: Any) -> None:
     """An index or a range end along an axis whose size depends on a free dim: a run-time guard."""
     fact = sympy.Gt(size, bound) if op == ">" else sympy.Ge(size, bound)
     if fact is sympy.false:
@@ -203,7 +204,7 @@ def _within(b: Builder, size: sympy.Expr, bound: int, op: str, span: Any) -> Non
 
 
 @builtin("full", 'full(value, AXIS, ..., dtype="float32")', "A constant tensor over named axes.")
-def _full(b: Builder, call: ast.Call) -> Any:
+def _full(b: Surface, call: ast.Call) -> Any:
     if len(call.args) < 1:
         raise SpecError("E019", "full takes a value and axis names: full(0.0, B, h, d)", call.span)
     value = b.number(call.args[0], "fill value")
@@ -227,7 +228,7 @@ def _full(b: Builder, call: ast.Call) -> Any:
 
 
 @builtin("zeros", "zeros(AXIS, ...)", "A float32 tensor of zeros over named axes.")
-def _zeros(b: Builder, call: ast.Call) -> Any:
+def _zeros(b: Surface, call: ast.Call) -> Any:
     if call.kwargs:
         raise SpecError("E016", "zeros takes only axis names", call.kwargs[0].span)
     axes = tuple(b.axis(b.axis_name(e), e.span) for e in call.args)

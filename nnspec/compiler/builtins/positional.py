@@ -6,15 +6,15 @@ import math
 from typing import Any
 
 from nnspec.compiler.builtins.core import REQUIRED, bind, over_axis
-from nnspec.compiler.elaborate import Builder
-from nnspec.compiler.ops.registry import builtin
+from nnspec.compiler.elaborate import Surface, builtin
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
 
 @builtin("attention", "attention(q, k, v, key=AXIS, dim=last, query=AXIS, causal=false, mask=none, bias=none, "
          "scale=1/sqrt(dim))", "Scaled dot-product attention by axis names (GQA/MQA by broadcasting).")
-def _attention(b: Builder, call: ast.Call) -> Any:
+def _attention(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "attention", [("q", REQUIRED), ("k", REQUIRED), ("v", REQUIRED), ("key", None), ("dim", None),
                                     ("query", None), ("causal", None), ("mask", None), ("bias", None),
                                     ("scale", None)])
@@ -25,7 +25,7 @@ def _attention(b: Builder, call: ast.Call) -> Any:
         key = b.axis_name(a["key"])
         for what, t in (("keys", tk), ("values", b.type_of(v))):  # said at key=, not at the whole call
             if key not in t.names:
-                raise SpecError("E017", f"attention: the {what} have no axis '{key}' ({b.el.show(t)}); name the "
+                raise SpecError("E017", f"attention: the {what} have no axis '{key}' ({show(t)}); name the "
                                 f"sequence axis they are read along, as in {what[0]}[B, {key}, ...]", a["key"].span)
     else:
         only_k = [n for n in tk.names if n not in tq.names]
@@ -66,7 +66,7 @@ def _attention(b: Builder, call: ast.Call) -> Any:
 
 @builtin("rotary", 'rotary(x, pos=AXIS, dim=last, base=10000, style="half", positions=none)',
          "Rotary position embedding.")
-def _rotary(b: Builder, call: ast.Call) -> Any:
+def _rotary(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "rotary", [("x", REQUIRED), ("pos", REQUIRED), ("dim", None), ("base", None), ("style", None),
                                  ("positions", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
@@ -79,13 +79,13 @@ def _rotary(b: Builder, call: ast.Call) -> Any:
         positions = b.tensor(a["positions"])
         if b.type_of(positions).names != (pos,):  # the cos/sin tables are [pos, dim]: one position per index
             raise SpecError("E013", f"rotary positions must have exactly the axis {pos}, got "
-                            f"{b.el.show(b.type_of(positions))}", a["positions"].span)
+                            f"{show(b.type_of(positions))}", a["positions"].span)
         inputs.append(positions.node)
     return b.emit("rotary", inputs, {"pos": pos, "dim": dim, "base": base, "style": style}, call.span)
 
 
 @builtin("sinusoidal", "sinusoidal(POS, size, base=10000)", "Fixed sine/cosine position table.")
-def _sinusoidal(b: Builder, call: ast.Call) -> Any:
+def _sinusoidal(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "sinusoidal", [("pos", REQUIRED), ("dim", REQUIRED), ("base", None)])
     pos = b.axis(b.axis_name(a["pos"]), a["pos"].span)  # type: ignore[arg-type, union-attr]
     dim = b.size(a["dim"], "sinusoidal size")  # type: ignore[arg-type]
@@ -93,7 +93,7 @@ def _sinusoidal(b: Builder, call: ast.Call) -> Any:
     return b.emit("sinusoidal", [], {"pos": pos, "dim": dim, "base": base}, call.span)
 
 
-def _base(b: Builder, expr: ast.Expr) -> float:
+def _base(b: Surface, expr: ast.Expr) -> float:
     """The base of the frequencies base**(-2i/d): positive and finite, or every angle is NaN or infinite."""
     base = b.number(expr, "base")
     if not (math.isfinite(base) and base > 0):

@@ -7,22 +7,22 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.builtins.core import INIT_STD, REQUIRED, bind, over_axis
-from nnspec.compiler.elaborate import Builder
+from nnspec.compiler.elaborate import Surface, builtin
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.conv import out_size
-from nnspec.compiler.ops.registry import builtin
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
 
-def _window(b: Builder, call: ast.Call, a: dict[str, Any], x: Any, what: str) -> dict[str, Any]:
+def _window(b: Surface, call: ast.Call, a: dict[str, Any], x: Any, what: str) -> dict[str, Any]:
     t = b.type_of(x)
     if a["over"] is None:
         raise SpecError("E019", f"{what} needs over=AXIS or over=(AXIS, AXIS): the spatial axes", call.span)
     spatial = b.axis_names(a["over"])
     for name in spatial:
         if name not in t.names:
-            raise SpecError("E017", f"{what}: no axis '{name}' in {b.el.show(t)}", a["over"].span)
+            raise SpecError("E017", f"{what}: no axis '{name}' in {show(t)}", a["over"].span)
     n = len(spatial)
     kernel = b.ints(a["kernel"], n, "kernel")
     stride = kernel if a["stride"] is None and what == "pool" else (
@@ -53,7 +53,7 @@ def _window(b: Builder, call: ast.Call, a: dict[str, Any], x: Any, what: str) ->
 
 @builtin("conv", "conv(x, out, kernel, stride=1, padding=0, channel=AXIS, over=(AXIS, ...), into=(NAME, ...), "
          "bias=true, name=conv)", "Convolution over 1-3 named spatial axes.")
-def _conv(b: Builder, call: ast.Call) -> Any:
+def _conv(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "conv", [("x", REQUIRED), ("out", REQUIRED), ("kernel", REQUIRED), ("stride", None),
                                ("padding", None), ("channel", REQUIRED), ("over", None), ("into", None),
                                ("bias", None), ("name", None)])
@@ -76,7 +76,7 @@ def _conv(b: Builder, call: ast.Call) -> Any:
 
 
 def _pool(kind: str) -> Any:
-    def fn(b: Builder, call: ast.Call) -> Any:
+    def fn(b: Surface, call: ast.Call) -> Any:
         a, _ = bind(call, f"{kind}pool", [("x", REQUIRED), ("kernel", REQUIRED), ("stride", None),
                                           ("padding", None), ("over", None), ("into", None)])
         x = b.tensor(a["x"])  # type: ignore[arg-type]
@@ -91,7 +91,7 @@ builtin("avgpool", "avgpool(x, kernel, stride=kernel, padding=0, over=(AXIS, ...
 
 
 @builtin("batchnorm", "batchnorm(x, over=AXIS, eps=1e-5, momentum=0.1, name=batchnorm)", "Batch normalisation.")
-def _batchnorm(b: Builder, call: ast.Call) -> Any:
+def _batchnorm(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "batchnorm", [("x", REQUIRED), ("over", REQUIRED), ("eps", None), ("momentum", None),
                                     ("name", None)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]

@@ -6,9 +6,9 @@ import math
 from typing import Any
 
 from nnspec.compiler.builtins.core import INIT_STD, over_axis
-from nnspec.compiler.elaborate import Builder, FuncRef, TupleValue
+from nnspec.compiler.elaborate import FuncRef, Surface, TupleValue, builtin
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import DType, TensorType
-from nnspec.compiler.ops.registry import builtin
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
@@ -17,7 +17,7 @@ INITS = ("normal", "zeros", "ones")
 
 @builtin("param", 'param(size, size, ..., init="normal", std=0.02, name=NAME)',
          "A learned tensor with the given axes (e.g. stacked expert weights).")
-def _param(b: Builder, call: ast.Call) -> Any:
+def _param(b: Surface, call: ast.Call) -> Any:
     if not call.args:
         raise SpecError("E019", "param needs at least one size: param(E, d, name=w)", call.span)
     init, std = "normal", INIT_STD
@@ -46,12 +46,12 @@ def _param(b: Builder, call: ast.Call) -> Any:
 
 @builtin("scan", "scan(step, init, xs..., over=AXIS, name=step) -> (final state, outputs)",
          "Apply a block along an axis, carrying a state.")
-def _scan(b: Builder, call: ast.Call) -> Any:
+def _scan(b: Surface, call: ast.Call) -> Any:
     if len(call.args) < 3:
         raise SpecError("E019", "scan takes a block, an initial state and sequences: scan(step, s0, x, over=T)",
                         call.span)
     ref = b.eval(call.args[0])
-    if not isinstance(ref, FuncRef) or ref.name not in b.el.spec.blocks:
+    if not isinstance(ref, FuncRef) or ref.name not in b.blocks:
         raise SpecError("E016", "scan's first argument must be a block of this spec", call.args[0].span)
     over_expr = next((k.value for k in call.kwargs if k.name == "over"), None)
     for k in call.kwargs:
@@ -70,19 +70,19 @@ def _scan(b: Builder, call: ast.Call) -> Any:
         if over not in t.names:
             raise SpecError("E017", f"scan: sequence has no axis '{over}'", e.span)
         steps.append(TensorType(tuple(a for a in t.axes if a.name != over), t.dtype))
-    decl = b.el.spec.blocks[ref.name]
+    decl = b.blocks[ref.name]
     params = decl.signature.params
     if len(params) != 1 + len(xs):
         raise SpecError("E019", f"scan: block '{ref.name}' must take the state and {len(xs)} slice"
                         f"{'s' if len(xs) != 1 else ''}, it takes {len(params)} arguments", call.span)
     state_t = b.type_of(state)
     bound = [(params[0].name, state_t)] + [(p.name, t) for p, t in zip(params[1:], steps, strict=True)]
-    template = b.el.template(decl, bound, call.span)
+    template = b.template(decl, bound, call.span)
     result = template.output_type()
     new_state, y = result if isinstance(result, tuple) and len(result) == 2 else (result, result)
     if new_state != state_t:
-        raise SpecError("E025", f"scan: block '{ref.name}' takes state {b.el.show(state_t)} but returns "
-                        f"{b.el.show(new_state)}", call.span)
+        raise SpecError("E025", f"scan: block '{ref.name}' takes state {show(state_t)} but returns "
+                        f"{show(new_state)}", call.span)
     assert isinstance(y, TensorType)
     position = min(b.type_of(xs[0]).index(over), y.rank)
     ys = TensorType(y.axes[:position] + (axis,) + y.axes[position:], y.dtype)

@@ -24,7 +24,15 @@ import graphviz
 
 from nnspec.compiler.analysis import Analysis
 from nnspec.compiler.diagrams.palette import FAMILIES, TRANSFORM, TRANSFORM_LEGEND, colours, legend_text
-from nnspec.compiler.diagrams.view import Const, Param, param_of, repeat_notes, select_graph, transform_notes
+from nnspec.compiler.diagrams.view import (
+    Const,
+    Param,
+    drawn_in_place,
+    param_of,
+    repeat_notes,
+    select_graph,
+    transform_notes,
+)
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
 
@@ -120,7 +128,7 @@ class _Writer:
             if node.op == "input":
                 self.ghosts(g, node, env[node.name], prefix)
                 continue
-            if node.op in ("param", "buffer"):
+            if OPS[node.op].has("state"):
                 env[node.name] = param_of(node)
                 env[node.name + "#full"] = prefix.replace("/", ".") + node.attrs["path"]
             elif node.op == "const":
@@ -164,16 +172,15 @@ class _Writer:
     def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, notes: bool = True) -> Any:
         nid = prefix + node.name
         family = OPS[node.op].family if node.op in OPS else "unknown"
-        if node.op in ("call", "repeat"):
+        if drawn_in_place(node):
             lines = [node.attrs["scope"], self._block(node)]
-            family = "structure"
         else:
             consts = [str(env[i]) for i in node.inputs if isinstance(env[i], Const)]
             if node.op == "cast":
                 consts.insert(0, f"to {node.attrs['dtype']}")
             what = node.op + (" " + ", ".join(consts) if consts else "")
             lines = [what] if node.name == node.op else [node.name, what]
-        params = self._params(node) if node.op in ("call", "repeat") else self._own_params(node, env)
+        params = self._params(node) if drawn_in_place(node) else self._own_params(node, env)
         if params:
             lines.append(params)
         self.node(g, nid, "\\n".join(lines), family, transform_notes(node.meta), notes)  # DOT's escaped line break

@@ -51,7 +51,7 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
     """The op's marks; anything that wires must pass over goes to `under`."""
     op, d = lane.op, lane.drawing
     assert op is not None and d is not None
-    family = "structure" if op.op in ("call", "repeat") else op.family
+    family = op.family
     fill, border = colours(family)
     g = El("g", {"data-node": op.id, "data-op": op.op, "data-role": d.kind, "data-family": family})
     if op.node.meta.get("transform"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nnspec.compiler.diagrams.view import Const, Flat, Op
+from nnspec.compiler.diagrams.view import Const, Flat, Op, drawn_in_place
 from nnspec.compiler.ir import TensorType
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.ops.contract import einsum_string
@@ -60,7 +60,7 @@ def drawing(op: Op, flat: Flat) -> Drawing:
     outs = [flat.values[v].type for v in op.outputs]
     opdef = OPS.get(op.op)
     glyph = (opdef.glyph if opdef and opdef.glyph else op.op)
-    if op.op in ("call", "repeat"):
+    if drawn_in_place(op.node):
         d = _acting(ins, outs, [set(axes(t)) for t in ins], "box", op.block, list(range(len(ins))))
         d.bold = op.learned
         d.count = op.node.attrs["count"] if op.op == "repeat" else 0

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnspec.compiler.analysis import Analysis
+from nnspec.compiler.analysis import Analysis, runs_block
 from nnspec.compiler.elaborate import UsageError
 from nnspec.compiler.ir import Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
@@ -129,6 +129,12 @@ def repeat_notes(model: Model, node: Node) -> list[str]:
     return notes
 
 
+def drawn_in_place(node: Node) -> bool:
+    """A call or repeat: its block runs on the operands whole, so a diagram may draw the block's body in place of
+    the node (a repeat's once, bracketed); a scan's step sees one position at a time and is drawn as one box."""
+    return runs_block(node) and node.op != "scan"
+
+
 def param_of(node: Node) -> Param:
     """A `param` or `buffer` node as the diagrams show it: a fact of the op that reads it."""
     return Param(node.attrs["path"], node.attrs["type"], node.op == "buffer", node.attrs.get("trainable", True))
@@ -170,13 +176,13 @@ def _inline(model: Model, an: Analysis, graph: Graph, env: dict[str, Any], prefi
     for node in graph:
         if node.op == "input":
             continue
-        if node.op in ("param", "buffer"):
+        if OPS[node.op].has("state"):
             env[node.name] = param_of(node)
         elif node.op == "const":
             env[node.name] = Const(node.attrs["value"])
         elif node.op == "getitem":
             env[node.name] = env[node.inputs[0]][node.attrs["index"]]
-        elif node.op in ("call", "repeat") and depth < expand:
+        elif drawn_in_place(node) and depth < expand:
             template = model.templates[node.attrs["block"]]
             sub = {t: env[i] for t, i in zip(template.inputs, node.inputs, strict=True)}
             start = len(flat.ops)
@@ -204,7 +210,7 @@ def _op(model: Model, an: Analysis, node: Node, env: dict[str, Any], prefix: str
             op.inputs.append(item)
             op.operands.append(flat.values[item].type)
     op.param_count = sum(int(model.dims.concrete(p.type.numel())) for p in op.params)
-    if node.op in ("call", "repeat"):
+    if drawn_in_place(node):
         op.param_count += an.node_params(node)
     elif "block" in node.attrs and node.attrs["block"] in model.templates:     # scan and later block-taking ops
         op.param_count += an.graph_params(node.attrs["block"])

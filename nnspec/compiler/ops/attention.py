@@ -132,7 +132,8 @@ def _rotary(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("sinusoidal", "source", doc="Fixed sinusoidal position table (Vaswani et al. 2017): "
     "`[pos, 2i] = sin(pos / base^(2i/dim))`, `[pos, 2i+1] = cos(...)`.",
-    attrs={"pos": Axis, "dim": Axis, "base": float}, arity=0, glyph="∿", traits=("source", "float_source"))
+    attrs={"pos": Axis, "dim": Axis, "base": float}, arity=0, glyph="∿",
+    traits=("source", "float_source", "costly_source"))
 def _sinusoidal(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     value = sizes.value(attrs["dim"].size)
     if value is not None and value % 2:

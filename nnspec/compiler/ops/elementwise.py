@@ -36,8 +36,8 @@ class Pointwise:
     torch_kwargs: tuple[tuple[str, Any], ...] = ()
     infix: str | None = None     # the Python operator torch tensors overload for it, if any
     takes_numbers: bool = False  # torch takes a Python number for an operand, so a scalar constant stays one
-    scalar: Callable[..., Any] | None = None   # its meaning on Python numbers (constant folding)
-    folds: frozenset[str] = frozenset()        # dtype kinds ("float", "int", "bool") the folder evaluates it for
+    scalar: Callable[..., Any] | None = None   # its meaning on Python numbers; raises where that is not torch's
+    folds: frozenset[str] = frozenset()        # operand dtype kinds ("float", "int", "bool") it folds for
     triton: str | None = None    # a Triton expression over {x} / {a}, {b} in float32 (None: the generator's own rule)
     traits: tuple[str, ...] = ()
 
@@ -55,24 +55,35 @@ def _logical_or(a: Any, b: Any) -> Any:
     return a or b
 
 
+def _extremum(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Python's max/min, refusing (ValueError) the float cases it does not settle as torch does: a NaN operand
+    (torch propagates it; Python's answer depends on the order) and two zeros (either sign may come back)."""
+    def scalar(a: Any, b: Any) -> Any:
+        if isinstance(a, float) and (math.isnan(a) or math.isnan(b) or a == b == 0):
+            raise ValueError("NaN propagation and the sign of zero are the backend's business")
+        return pick(a, b)
+    return scalar
+
+
 POINTWISE: dict[str, Pointwise] = {p.name: p for p in [
     # unary
     Pointwise("neg", "-x", "−", 1, 1, torch="torch.neg", infix="-", scalar=operator.neg, folds=_NUM,
-              triton="-{x}"),
-    Pointwise("abs", "|x|", "|·|", 1, 1, torch="torch.abs", scalar=abs, folds=_NUM, triton="tl.abs({x})"),
+              triton="-{x}", traits=("epilogue",)),
+    Pointwise("abs", "|x|", "|·|", 1, 1, torch="torch.abs", scalar=abs, folds=_NUM, triton="tl.abs({x})",
+              traits=("epilogue",)),
     Pointwise("relu", "max(x, 0)", "ReLU", 1, 1, True, torch="F.relu", triton="tl.where({x} > 0, {x}, 0.0)",
-              traits=("activation",)),
+              traits=("activation", "epilogue")),
     Pointwise("gelu", "x Φ(x) (exact, erf)", "GELU", 8, 1, True, torch="F.gelu",
-              triton=f"0.5 * {{x}} * (1.0 + tl.erf({{x}} * {_SQRT_1_2}))", traits=("activation",)),
+              triton=f"0.5 * {{x}} * (1.0 + tl.erf({{x}} * {_SQRT_1_2}))", traits=("activation", "epilogue")),
     Pointwise("gelu_tanh", "0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))", "GELU~", 8, 1, True, torch="F.gelu",
-              torch_kwargs=(("approximate", "tanh"),), traits=("activation",)),
+              torch_kwargs=(("approximate", "tanh"),), traits=("activation", "epilogue")),
     Pointwise("silu", "x σ(x)", "SiLU", 4, 1, True, torch="F.silu", triton="{x} * tl.sigmoid({x})",
-              traits=("activation",)),
+              traits=("activation", "epilogue")),
     Pointwise("sigmoid", "1 / (1 + e^-x)", "σ", 4, 1, True, torch="torch.sigmoid", triton="tl.sigmoid({x})",
-              traits=("activation",)),
+              traits=("activation", "epilogue")),
     # tanh is libdevice-only in some Triton releases; 2 sigmoid(2x) - 1 is in every one
     Pointwise("tanh", "tanh x", "tanh", 4, 1, True, torch="torch.tanh",
-              triton="(2.0 * tl.sigmoid(2.0 * {x}) - 1.0)", traits=("activation",)),
+              triton="(2.0 * tl.sigmoid(2.0 * {x}) - 1.0)", traits=("activation", "epilogue")),
     Pointwise("exp", "e^x", "exp", 1, 1, True, torch="torch.exp", triton="tl.exp({x})"),
     Pointwise("log", "ln x", "log", 1, 1, True, torch="torch.log", triton="tl.log({x})"),
     Pointwise("sqrt", "√x", "√", 1, 1, True, torch="torch.sqrt", scalar=math.sqrt, folds=frozenset({"float"}),
@@ -82,21 +93,21 @@ POINTWISE: dict[str, Pointwise] = {p.name: p for p in [
               scalar=operator.not_, folds=_ALL, triton="({x} == 0)"),
     # binary
     Pointwise("add", "+", "+", 1, 2, torch="torch.add", infix="+", takes_numbers=True, scalar=operator.add,
-              folds=_NUM, triton="{a} + {b}", traits=("commutative",)),
+              folds=_NUM, triton="{a} + {b}", traits=("commutative", "epilogue")),
     Pointwise("sub", "-", "−", 1, 2, torch="torch.sub", infix="-", takes_numbers=True, scalar=operator.sub,
-              folds=_NUM, triton="{a} - {b}"),
+              folds=_NUM, triton="{a} - {b}", traits=("epilogue",)),
     Pointwise("mul", "*", "×", 1, 2, torch="torch.mul", infix="*", takes_numbers=True, scalar=operator.mul,
-              folds=_NUM, triton="{a} * {b}", traits=("commutative",)),
+              folds=_NUM, triton="{a} * {b}", traits=("commutative", "epilogue")),
     Pointwise("div", "/", "÷", 1, 2, torch="torch.div", infix="/", takes_numbers=True,
-              scalar=operator.truediv, folds=frozenset({"float"})),
+              scalar=operator.truediv, folds=frozenset({"float"}), traits=("epilogue",)),
     Pointwise("floordiv", "//", "÷⌊⌋", 1, 2, torch="torch.div", torch_kwargs=(("rounding_mode", "floor"),),
               infix="//", takes_numbers=True, scalar=operator.floordiv, folds=frozenset({"int"})),
     Pointwise("mod", "%", "mod", 1, 2, torch="torch.remainder", infix="%", takes_numbers=True,
               scalar=operator.mod, folds=frozenset({"int"})),
     Pointwise("pow", "**", "^", 1, 2, torch="torch.pow", infix="**", takes_numbers=True),
-    Pointwise("maximum", "max", "max", 1, 2, torch="torch.maximum", scalar=max, folds=_NUM,
+    Pointwise("maximum", "max", "max", 1, 2, torch="torch.maximum", scalar=_extremum(max), folds=_NUM,
               traits=("commutative",)),
-    Pointwise("minimum", "min", "min", 1, 2, torch="torch.minimum", scalar=min, folds=_NUM,
+    Pointwise("minimum", "min", "min", 1, 2, torch="torch.minimum", scalar=_extremum(min), folds=_NUM,
               traits=("commutative",)),
     Pointwise("eq", "==", "=", 1, 2, returns_bool=True, torch="torch.eq", infix="==", takes_numbers=True,
               scalar=operator.eq, folds=_ALL, triton="{a} == {b}", traits=("commutative",)),
@@ -190,14 +201,14 @@ def _where(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("cast", "elementwise", doc="Convert to another dtype.", attrs={"dtype": DType}, arity=1, glyph="⇒",
-    traits=("pointwise",))
+    traits=("pointwise", "epilogue"))
 def _cast(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return tensor(ins[0], "cast").with_dtype(attrs["dtype"])
 
 
 @op("dropout", "elementwise", doc="Zero elements with probability `p` while training (scaled by 1/(1-p)); "
     "identity in eval mode.", attrs={"p": float}, arity=1, glyph="D", flops=_elementwise_flops(1),
-    flops_doc="1 per element", effect=Effect.RANDOM, traits=("pointwise",))
+    flops_doc="1 per element", effect=Effect.RANDOM, traits=("pointwise", "epilogue"))
 def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "dropout")
     need_float(x, "dropout")
@@ -208,7 +219,7 @@ def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("clamp", "elementwise", doc="Clamp into `[min, max]` (either bound may be absent).",
     attrs={"min": (int, float, type(None)), "max": (int, float, type(None))}, arity=1, glyph="⌈⌋",
-    flops=_elementwise_flops(1), flops_doc="1 per element", traits=("pointwise",))
+    flops=_elementwise_flops(1), flops_doc="1 per element", traits=("pointwise", "epilogue"))
 def _clamp(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "clamp")
     if x.dtype == DType.bool:

@@ -45,4 +45,5 @@ for _name, _float, _doc in [("sum", False, "Sum"), ("mean", True, "Mean"), ("ama
                             ("amin", False, "Minimum")]:
     op(_name, "reduce", doc=f"{_doc} over axis `axis`, which is removed.", attrs={"axis": str}, arity=1,
        glyph="Σ" if _name == "sum" else _name, flops=_per_element(1, True),
-       flops_doc="1 per input element")(_reduce_rule(_name, _float))
+       flops_doc="1 per input element",   # sum and mean accumulate; amax and amin are exact in any dtype
+       traits=("keeps_float32",) if _name in ("sum", "mean") else ())(_reduce_rule(_name, _float))

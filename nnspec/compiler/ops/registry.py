@@ -1,5 +1,5 @@
-"""The op table: one `OpDef` per graph op (attribute schema, shape+dtype rule, FLOPs, docs, glyph),
-and the table of surface functions (`linear(...)` in a spec) that build those ops.
+"""The op table: one `OpDef` per graph op (attribute schema, shape+dtype rule, FLOPs, docs, glyph). The surface
+functions that build these ops (`linear(...)` in a spec) are the frontend's (`compiler/elaborate/surface.py`).
 
 Rules raise `SpecError` without a span; the elaborator attaches the span of the user's expression.
 """
@@ -9,17 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sympy
 
 from nnspec.compiler.ir import OP_TABLE, DType, TensorType, Type
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import InternalError, SpecError
-
-if TYPE_CHECKING:
-    from nnspec.compiler.elaborate import Builder
-    from nnspec.spec import ast
 
 Rule = Callable[[list[Type], dict[str, Any], Sizes], Type]
 Flops = Callable[[list[Type], Type, dict[str, Any]], sympy.Expr]
@@ -46,6 +42,8 @@ TRAITS: dict[str, str] = {
     "pointwise": "each result element is a function of the same-position operand elements (broadcast by name): "
                  "fusable into one elementwise kernel",
     "activation": "a unary pointwise nonlinearity f(x) (relu, gelu...): may ride as a matmul epilogue",
+    "epilogue": "cheap enough for a matmul kernel to apply to each output tile before writing it (activations, "
+                "dropout, cast, neg, abs, clamp; a binary one with a constant second operand: + - * /)",
     "commutative": "a binary op whose operands may be swapped",
     "norm": "normalises its input with learned scale (and bias): layernorm, rmsnorm, batchnorm",
     "row_norm": "a norm over one axis of each row, independent across rows (layernorm, rmsnorm): fusable with a "
@@ -55,7 +53,9 @@ TRAITS: dict[str, str] = {
     "keeps_float32": "computes in float32 under --dtype bf16/fp16 (reductions, norms, softmax): low precision loses "
                      "too much here",
     "source": "takes no tensor operands: makes a value from attributes (constants, tables, masks, leaves)",
+    "state": "a parameter or buffer: module state at attribute `path`, in the state dict (a buffer when persistent)",
     "float_source": "a source that computes floats from attributes (a table, a fill): under --dtype it is cast",
+    "costly_source": "a source built with real arithmetic (a sin/cos table), unlike a leaf, fill, range or mask: work",
     "structure": "calls a block or picks a tuple member: Python control flow in a backend, no kernel of its own",
 }
 
@@ -133,20 +133,6 @@ def is_impure(op_name: str) -> bool:
     return OPS[op_name].is_impure
 
 
-Builtin = Callable[["Builder", "ast.Call"], Any]
-
-
-@dataclass
-class BuiltinDef:
-    name: str
-    fn: Builtin
-    signature: str
-    doc: str
-
-
-BUILTINS: dict[str, BuiltinDef] = {}
-
-
 def op(name: str, family: str, *, doc: str, attrs: dict[str, type | tuple[type, ...]] | None = None,
        optional: tuple[str, ...] = (), arity: int | tuple[int, int] | None = None, flops: Flops = _no_flops,
        flops_doc: str = "0", glyph: str = "", effect: Effect = Effect.PURE, traits: tuple[str, ...] = ()
@@ -161,15 +147,6 @@ def op(name: str, family: str, *, doc: str, attrs: dict[str, type | tuple[type, 
         OPS[name] = OpDef(name, family, doc, rule, attrs or {}, frozenset(optional), arity, flops, glyph,
                           flops_doc, effect, frozenset(traits))
         return rule
-    return register
-
-
-def builtin(name: str, signature: str, doc: str) -> Callable[[Builtin], Builtin]:
-    def register(fn: Builtin) -> Builtin:
-        if name in BUILTINS:
-            raise InternalError(f"builtin {name} registered twice")
-        BUILTINS[name] = BuiltinDef(name, fn, signature, doc)
-        return fn
     return register
 
 

@@ -21,7 +21,7 @@ def _input(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 @op("param", "source", doc="A learned parameter at path `path`, initialised by `init` "
     "(`('normal', std)`, `('zeros',)`, `('ones',)`); `trainable=false` (set by transforms such as LoRA) freezes it.",
     attrs={"path": str, "type": TensorType, "init": tuple, "trainable": bool}, optional=("trainable",),
-    arity=0, glyph="", effect=Effect.LEAF, traits=("source",))
+    arity=0, glyph="", effect=Effect.LEAF, traits=("source", "state"))
 def _param(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 
@@ -81,7 +81,7 @@ def _getitem(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 @op("buffer", "source", doc="Non-learned state at path `path` (running statistics); `persistent` buffers are "
     "saved in the state dict.", attrs={"path": str, "type": TensorType, "init": tuple, "persistent": bool},
-    arity=0, glyph="", effect=Effect.LEAF, traits=("source",))
+    arity=0, glyph="", effect=Effect.LEAF, traits=("source", "state"))
 def _buffer(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     return attrs["type"]
 

@@ -19,11 +19,11 @@ as an InternalError naming it and the passes run before it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
 from nnspec.compiler.elaborate import UsageError
+from nnspec.compiler.graph_edits import copy_model
 from nnspec.compiler.ir import Graph, Model
 from nnspec.compiler.passes.attention import RecognizeAttention
 from nnspec.compiler.passes.base import Context, Explain, Pass
@@ -68,11 +68,12 @@ def pipeline(level: int = 0, passes: str | Sequence[str] | None = None) -> list[
     return [PASSES[n] for n in PIPELINES[level]]
 
 
-def copy_model(model: Model) -> Model:
-    """A copy whose graphs can be rewritten without touching `model`'s."""
-    return dataclasses.replace(model, graph=model.graph.clone(),
-                               templates={k: g.clone() for k, g in model.templates.items()},
-                               inputs=dict(model.inputs), outputs=dict(model.outputs))
+def level_label(model: Model, level: int) -> str:
+    """How a generated file's header names the optimisation of `model`: `-O2`, plus `, passes cse,dce` when the
+    passes that ran (`optimize` records them in the graph's meta) are not the level's own pipeline."""
+    ran = model.graph.meta.get("passes")
+    note = "" if ran is None or ran == PIPELINES.get(level) else f", passes {','.join(ran) or 'none'}"
+    return f"-O{level}{note}"
 
 
 def optimize(model: Model, level: int = 0, passes: str | Sequence[str] | None = None, explain: ExplainSink = None,
@@ -141,5 +142,5 @@ def _sync_outputs(before: Model, after: Model) -> None:
         after.outputs = dict(zip(names, after.graph.outputs, strict=True))
 
 
-__all__ = ["PASSES", "PIPELINES", "Context", "Explain", "Pass", "copy_model", "optimize", "pipeline", "run",
+__all__ = ["PASSES", "PIPELINES", "Context", "Explain", "Pass", "level_label", "optimize", "pipeline", "run",
            "verify_model"]

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnspec.compiler.ir import Graph, Node
+from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.base import Context, const_value, tensor_type
-
-COMMUTATIVE = frozenset({"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or"})
 
 
 def _is(value: object, target: int) -> bool:
@@ -97,7 +96,7 @@ class Canonicalize:
             return True
         if not node.inputs:
             return False
-        if node.op in COMMUTATIVE and len(node.inputs) == 2:
+        if OPS[node.op].has("commutative") and len(node.inputs) == 2:
             a, b = node.inputs
             if graph[a].op == "const" and graph[b].op != "const" \
                     and ctx.infer(node.op, [graph[b].type, graph[a].type], node.attrs) == node.type:
@@ -118,6 +117,6 @@ class Canonicalize:
 
 
 def _drop_if_unused(graph: Graph, name: str) -> None:
-    if name in graph.nodes and not graph.users(name) and name not in graph.outputs \
-            and graph[name].op not in ("input", "param", "buffer", "call", "repeat", "scan", "batchnorm"):
+    """Erase a node a rewrite left unused, when DCE would (the op table calls it removable)."""
+    if name in graph.nodes and not graph.users(name) and name not in graph.outputs and OPS[graph[name].op].removable:
         graph.erase(name)

@@ -1,11 +1,11 @@
 """Common-subexpression elimination: one node for each distinct (op, inputs, attributes).
 
-Sound because every op outside `UNIQUE` is a pure function of its inputs and attributes, so two nodes
-that agree on all three compute the same value; the later one's uses read the earlier one, which is
-defined before it. Never merged: sources with an identity (inputs, parameters, buffers), dropout (each
-draws its own random mask), batchnorm (state updates), block calls, repeats and scans (each owns its
-parameters), and members of fusion groups. Float attributes are compared by their exact text, so 0.0 and
--0.0, or two NaNs, are told apart correctly.
+Sound because every op the op table calls pure (`not node.is_impure()`) is a function of its inputs and
+attributes, so two nodes that agree on all three compute the same value; the later one's uses read the
+earlier one, which is defined before it. Never merged: impure nodes, that is sources with an identity
+(inputs, parameters, buffers), random draws (each dropout draws its own mask), stateful ops (batchnorm's
+running statistics), block calls, repeats and scans (each owns its parameters); and members of fusion groups.
+Float attributes are compared by their exact text, so 0.0 and -0.0, or two NaNs, are told apart correctly.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from typing import Any
 
 from nnspec.compiler.ir import Graph
 from nnspec.compiler.passes.base import Context
-
-UNIQUE = frozenset({"input", "param", "buffer", "dropout", "batchnorm", "call", "repeat", "scan"})
 
 
 def freeze(value: Any) -> Any:
@@ -40,7 +38,7 @@ class CommonSubexpressions:
         seen: dict[Any, str] = {}
         merged: list[str] = []
         for node in list(graph):
-            if node.op in UNIQUE or "fusion_group" in node.meta:
+            if node.is_impure() or "fusion_group" in node.meta:
                 continue
             key = (node.op, tuple(node.inputs), freeze(node.attrs), node.type)
             first = seen.setdefault(key, node.name)

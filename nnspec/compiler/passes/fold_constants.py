@@ -13,29 +13,14 @@ overflow an integer type.
 from __future__ import annotations
 
 import math
-import operator
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nnspec.compiler.ir import DType, Graph, Node, TensorType
+from nnspec.compiler.ops.elementwise import POINTWISE
 from nnspec.compiler.passes.base import Context
 
-_FLOAT: dict[str, Callable[..., Any]] = {
-    "neg": operator.neg, "abs": abs, "sqrt": math.sqrt, "add": operator.add, "sub": operator.sub,
-    "mul": operator.mul, "div": operator.truediv, "maximum": max, "minimum": min,
-}
-_INT: dict[str, Callable[..., Any]] = {
-    "neg": operator.neg, "abs": abs, "add": operator.add, "sub": operator.sub, "mul": operator.mul,
-    "maximum": max, "minimum": min, "floordiv": operator.floordiv, "mod": operator.mod,
-}
-_COMPARE: dict[str, Callable[..., Any]] = {
-    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
-}
-_LOGICAL: dict[str, Callable[..., Any]] = {
-    "logical_and": lambda a, b: a and b, "logical_or": lambda a, b: a or b, "logical_not": operator.not_,
-}
 _INT_RANGE = {DType.int64: 1 << 63, DType.int32: 1 << 31}
 
 
@@ -69,30 +54,30 @@ def constant_of(node: Node) -> tuple[Any, DType] | None:
 
 
 def evaluate(op: str, attrs: dict[str, Any], values: list[Any], dtypes: list[DType], out: DType) -> Any:
-    """The folded value, or None when folding would not be exact."""
+    """The folded value, or None when folding would not be exact. An elementwise op folds by its row's `scalar`
+    (in float64, or exactly on integers and booleans) for the operand kinds its `folds` names; where the
+    `scalar` raises (a division by zero, max of a NaN) the node is left alone."""
     xs = [round_to(v, d) for v, d in zip(values, dtypes, strict=True)]
     if op == "where":
         return round_to(xs[1] if xs[0] else xs[2], out)
     if op == "cast":
         return round_to(xs[0], out) if not (out.is_int and isinstance(xs[0], float) and not math.isfinite(xs[0])) \
             else None
-    if op not in _LOGICAL and len(set(dtypes)) > 1:
+    row = POINTWISE.get(op)
+    if row is None or row.scalar is None or len(set(dtypes)) > 1:
         return None   # mixed dtypes round through the promoted one first; not worth modelling
-    if op in _COMPARE:
-        return _COMPARE[op](*xs)
-    if op in _LOGICAL:
-        return _LOGICAL[op](*xs)
-    if out.is_float and op in _FLOAT:
-        if (op == "sqrt" and xs[0] < 0) or (op == "div" and xs[1] == 0):
-            return None
-        if op in ("maximum", "minimum") and (any(math.isnan(x) for x in xs) or xs[0] == xs[1] == 0):
-            return None   # NaN propagation and the sign of zero are the backend's business
-        return round_to(_FLOAT[op](*[float(x) for x in xs]), out)
-    if out.is_int and op in _INT:
-        if op in ("floordiv", "mod") and xs[1] == 0:
-            return None
-        return round_to(_INT[op](*[int(x) for x in xs]), out)
-    return None
+    kind = _kind(dtypes[0])
+    if kind not in row.folds:
+        return None
+    args = [float(x) for x in xs] if kind == "float" else [int(x) for x in xs] if kind == "int" else xs
+    try:
+        return round_to(row.scalar(*args), out)
+    except (ArithmeticError, ValueError):   # 1/0, sqrt(-1), max(nan, x), an integer overflowing its dtype
+        return None
+
+
+def _kind(dtype: DType) -> str:
+    return "float" if dtype.is_float else "int" if dtype.is_int else "bool"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Residual add + norm fusion groups: `layernorm(a + b)` / `rmsnorm(a + b)` marked as one `add_norm` group.
+"""Residual add + norm fusion groups: a row norm of a sum (`layernorm(a + b)`, `rmsnorm(a + b)`: ops with the
+`row_norm` trait) marked as one `add_norm` group.
 
 The kernel reads a, b and the norm's parameters once and writes the normalised result (and the sum, when
 something else also reads it, as the next residual does in a pre-norm transformer), instead of writing
@@ -11,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnspec.compiler.ir import Graph
+from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.base import Context, Refusal
-from nnspec.compiler.passes.groups import NORMS, form, group_of
+from nnspec.compiler.passes.groups import form, group_of
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class FuseAddNorm:
     def apply(self, ctx: Context, graph: Graph) -> tuple[Graph, bool]:
         changed = False
         for norm in list(graph):
-            if norm.op not in NORMS or group_of(graph, norm.name) or graph[norm.inputs[0]].op != "add":
+            if not OPS[norm.op].has("row_norm") or group_of(graph, norm.name) or graph[norm.inputs[0]].op != "add":
                 continue
             add = graph[norm.inputs[0]]
             try:

@@ -1,10 +1,11 @@
 """Elementwise fusion groups: chains of pointwise ops over one domain marked as one `elementwise` group.
 
-Grown from the last op of a chain up through producers that are pointwise, not yet grouped, over the same
-axes (a producer over fewer axes would be recomputed per broadcast element: refused) and read only inside
-the group (otherwise its value must be written anyway: refused), keeping the group convex. The kernel reads
-the group's inputs once and writes its outputs once; intermediates stay in registers. Sound because a group
-is only an annotation: the nodes and what they compute are unchanged (see `groups`).
+Grown from the last op of a chain up through producers that are pointwise (the op table's `pointwise` trait;
+not rotary, which reads across its feature axis), not yet grouped, over the same axes (a producer over fewer
+axes would be recomputed per broadcast element: refused) and read only inside the group (otherwise its value
+must be written anyway: refused), keeping the group convex. The kernel reads the group's inputs once and
+writes its outputs once; intermediates stay in registers. Sound because a group is only an annotation: the
+nodes and what they compute are unchanged (see `groups`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnspec.compiler.ir import Graph, TensorType
+from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.base import Context, Refusal, users_text
-from nnspec.compiler.passes.groups import POINTWISE, convex, form, group_of, same_domain
+from nnspec.compiler.passes.groups import convex, form, group_of, same_domain
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class FuseElementwise:
     def apply(self, ctx: Context, graph: Graph) -> tuple[Graph, bool]:
         changed = False
         for seed in reversed(list(graph)):
-            if seed.op not in POINTWISE or group_of(graph, seed.name) or not isinstance(seed.type, TensorType):
+            if not OPS[seed.op].has("pointwise") or group_of(graph, seed.name) or not isinstance(seed.type, TensorType):
                 continue
             members = [seed.name]
             while (p := self._next(graph, members, seed.type)) is not None:  # type: ignore[arg-type]
@@ -49,7 +51,7 @@ class FuseElementwise:
         out = []
         for m in members:
             for p in graph[m].inputs:
-                if p not in members and p not in out and graph[p].op in POINTWISE and not group_of(graph, p):
+                if p not in members and p not in out and OPS[graph[p].op].has("pointwise") and not group_of(graph, p):
                     out.append(p)
         return out
 

@@ -1,5 +1,6 @@
 """Bias + activation epilogue groups: a `linear` and the chain of elementwise ops applied to its result
-alone (activation, dropout, cast, scaling by a constant) marked as one `epilogue` group.
+alone (ops with the `epilogue` trait: activation, dropout, cast, scaling by a constant) marked as one
+`epilogue` group.
 
 The matmul's kernel applies the bias and the chain to each output tile before writing it, so the
 pre-activation result is never written and read back. The chain stops at an op with another tensor operand
@@ -12,19 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nnspec.compiler.ir import Graph, Node
-from nnspec.compiler.passes.base import Context, Refusal, sole_user, users_text
-from nnspec.compiler.passes.groups import ACTIVATIONS, POINTWISE, form, group_of, same_domain
-
-UNARY = frozenset({*ACTIVATIONS, "dropout", "cast", "neg", "clamp", "abs"})
-SCALAR_BINARY = frozenset({"add", "sub", "mul", "div"})
+from nnspec.compiler.ops import OPS
+from nnspec.compiler.passes.base import Context, Refusal, const_value, sole_user, users_text
+from nnspec.compiler.passes.groups import form, group_of, same_domain
 
 
 def epilogue_op(graph: Graph, node: Node, prev: str) -> bool:
-    if node.op in UNARY:
+    """`node`, applied to the chain's value `prev`, is cheap enough to ride on the matmul's output tiles: an
+    `epilogue` op, a binary one only with `prev` on the left and a scalar constant on the right."""
+    if not OPS[node.op].has("epilogue"):
+        return False
+    if len(node.inputs) == 1:
         return True
-    if node.op in SCALAR_BINARY and node.inputs[0] == prev:
-        return graph[node.inputs[1]].op == "const"
-    return False
+    return node.inputs[0] == prev and const_value(graph, node.inputs[1]) is not None
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,12 @@ class FuseEpilogue:
             chain = [lin.name]
             while True:
                 u = sole_user(graph, chain[-1])
-                if u is None or group_of(graph, u.name) or u.op not in POINTWISE \
+                if u is None or group_of(graph, u.name) or not OPS[u.op].has("pointwise") \
                         or not epilogue_op(graph, u, chain[-1]) or not same_domain(u.type, lin.type):  # type: ignore[arg-type]
                     break
                 chain.append(u.name)
             if len(chain) == 1:
-                acts = [u for u in graph.users(lin.name) if u.op in ACTIVATIONS]
+                acts = [u for u in graph.users(lin.name) if OPS[u.op].has("activation")]
                 if acts and len(graph.users(lin.name)) > 1:
                     ctx.explain.refuse(self.name, graph, lin, f"{lin.name} -> {acts[0].name} not grouped: "
                                        f"{lin.name} is also used by "

@@ -19,12 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nnspec.compiler.analysis import runs_block
 from nnspec.compiler.ir import Axis, Graph, Node
+from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.base import Context, Refusal, tensor_type
 from nnspec.spec.source import Span
-
-STATE = frozenset({"param", "buffer"})
-OWNS_STATE = frozenset({"call", "repeat", "scan"})
 
 
 @dataclass(frozen=True)
@@ -136,16 +135,16 @@ class FuseLinear:
         return graph.insert_before(anchor, op, ins, attrs, t, span, hint).name
 
     def _hoist_state(self, graph: Graph, first: Node, needed: list[Node]) -> None:
-        """Move parameters defined after `first` up to just before it, keeping the order of every parameter
-        and buffer (the state dict's order) unchanged."""
+        """Move parameters and buffers defined after `first` up to just before it, keeping the order of every
+        parameter and buffer (the state dict's order) unchanged; a block call in between refuses."""
         order = list(graph.nodes)
         lo = order.index(first.name)
         hi = max(order.index(n.name) for n in needed)
         if hi < lo:
             return
         between = order[lo:hi + 1]
-        owners = [n for n in between if graph[n].op in OWNS_STATE]
+        owners = [n for n in between if runs_block(graph[n])]
         if owners:
             raise Refusal(f"their weights are defined after {owners[0]}, a block with parameters; moving them "
                           "up would reorder the state dict")
-        graph.move_before([n for n in between if graph[n].op in STATE], first.name)
+        graph.move_before([n for n in between if OPS[graph[n].op].has("state")], first.name)

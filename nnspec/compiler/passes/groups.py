@@ -15,13 +15,12 @@ import heapq
 
 from nnspec.compiler.ir import FusionGroup, Graph
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 from nnspec.compiler.passes.base import Context, Refusal, same_axes
 
-# elementwise ops a pointwise kernel can compute; rotary reads across its feature axis, so it is not one
-POINTWISE = frozenset(n for n, d in OPS.items() if d.family == "elementwise") - {"rotary"}
-ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh"})
-NORMS = frozenset({"layernorm", "rmsnorm"})
-ORDERED = frozenset({"input", "param", "buffer", "call", "repeat", "scan", "batchnorm"})
+# nodes whose relative order a group never changes: leaves (the signature and the state dict's order), block
+# calls (they own parameters) and stateful ops (their updates happen in order)
+PINNED = (Effect.LEAF, Effect.OWNS_STATE, Effect.STATEFUL)
 
 
 def table(graph: Graph) -> dict[str, FusionGroup]:
@@ -82,8 +81,8 @@ def schedule(graph: Graph) -> list[str] | None:
                 heapq.heappush(ready, (pos[members[w][0]], w))
     if len(order) != len(pos):
         return None
-    fixed = [n for n in graph.nodes if graph[n].op in ORDERED]
-    return order if [n for n in order if graph[n].op in ORDERED] == fixed else None
+    fixed = [n for n in graph.nodes if OPS[graph[n].op].effect in PINNED]
+    return order if [n for n in order if OPS[graph[n].op].effect in PINNED] == fixed else None
 
 
 def form(ctx: Context, graph: Graph, pass_name: str, kind: str, members: list[str], why: str) -> FusionGroup:

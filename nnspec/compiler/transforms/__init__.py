@@ -20,18 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import sympy
-
 from nnspec.compiler.analysis import Analysis
+from nnspec.compiler.cost import format_flops
 from nnspec.compiler.ir import Model
 from nnspec.compiler.transforms.drop import drop
 from nnspec.compiler.transforms.dtype import parse_dtype, to_dtype
 from nnspec.compiler.transforms.lora import LoraSpec, lora, merge, parse_lora, trainable_parameters
 from nnspec.compiler.transforms.rewrite import TransformError, param_nodes
 from nnspec.compiler.transforms.share import parse_share, share
-from nnspec.compiler.transforms.slicegpt import compute_rotation, slice_model, slice_params
+from nnspec.compiler.transforms.slicegpt import slice_model, slice_params
 
-__all__ = ["LoraSpec", "TransformError", "apply", "compute_rotation", "convert_params", "drop", "load_params",
+__all__ = ["LoraSpec", "TransformError", "apply", "convert_params", "drop", "load_params",
            "lora", "merge", "share", "slice_model", "slice_params", "to_dtype", "trainable_parameters"]
 
 
@@ -119,8 +118,7 @@ def convert_params(model: Model, params: dict[str, Any], *, dtype: str | None = 
     result = {}
     for path, node in param_nodes(model):
         t = node.attrs["type"]
-        from nnspec.backends.torch.lowering import TORCH_DTYPES
-        dtype_ = TORCH_DTYPES[t.dtype]
+        dtype_ = getattr(torch, t.dtype.value)   # a DType's value is torch's name for it
         if path in out:
             result[path] = out[path].detach().to(dtype_)
         else:
@@ -188,14 +186,3 @@ def _explain(before: Model, after: Model) -> str:
                      if not n.attrs.get("trainable", True))
         line += f", trainable {pb - frozen:,}"
     return line
-
-
-def format_flops(expr: sympy.Expr) -> str:
-    """`2.4e+08·B·T + 3.8e+04·B·T²`: a short form of a FLOP polynomial."""
-    terms = []
-    for term in sympy.Add.make_args(sympy.expand(expr)):
-        coeff, rest = term.as_coeff_Mul()
-        factors = [f"{base}" + ("" if e == 1 else "²" if e == 2 else f"^{e}")
-                   for base, e in sorted(rest.as_powers_dict().items(), key=lambda kv: str(kv[0])) if base != 1]
-        terms.append("·".join([f"{float(coeff):.4g}", *factors]))
-    return " + ".join(terms) or "0"

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import networkx as nx
 
+from nnspec.compiler.graph_edits import erase_unused
 from nnspec.compiler.ir import Graph, Model, Node
-from nnspec.compiler.transforms.rewrite import TransformError, mark, remove_dead, scope_of, specialize, unknown_path
+from nnspec.compiler.transforms.rewrite import TransformError, mark, scope_of, specialize, unknown_path
 
 
 def residual_add(graph: Graph, node: Node) -> tuple[Node, str] | None:
@@ -49,7 +50,7 @@ def drop_branches(graph: Graph, names: tuple[str, ...]) -> list[Node]:
         graph.replace_uses(add.name, stream)
         graph.erase(add.name)
         removed.append(add)
-        removed += remove_dead(graph)
+        removed += erase_unused(graph, with_state=True)   # the branch's parameters and calls go with it
     return removed
 
 

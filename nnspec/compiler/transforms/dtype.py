@@ -3,10 +3,10 @@
 Rewrite (every graph, types inferred again):
 - parameters and buffers of float dtype are stored in the low dtype, except those only a normalisation reads
   (norm weights and biases, running statistics): they are O(width) and are used in float32;
-- float constants take the low dtype; float model inputs, `sinusoidal` tables and float `full`s are cast to it
-  where they enter;
-- float32 islands: `layernorm`, `rmsnorm`, `batchnorm`, `softmax`, `attention`, `sum`, `mean` and `cumsum`
-  read their float operands cast to float32 and their result is cast back to the low dtype;
+- float constants take the low dtype; float model inputs and the float sources (`sinusoidal` tables, float
+  `full`s: the `float_source` trait) are cast to it where they enter;
+- float32 islands: the ops with the `keeps_float32` trait (norms, softmax, attention, sum, mean, cumsum) read
+  their float operands cast to float32 and their result is cast back to the low dtype;
 - the residual stream is float32: a residual add (`x + f(x)`) reads both operands in float32, and a repeat
   carries float32 from one iteration to the next;
 - the output tail (`fp32_outputs`, the default): the last linear or contraction computing each model output
@@ -27,11 +27,10 @@ from __future__ import annotations
 import networkx as nx
 
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType, Type
+from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 from nnspec.compiler.transforms.rewrite import GraphBuilder, Rebuilder, TransformError, mark
 
-FP32_OPS = frozenset({"layernorm", "rmsnorm", "batchnorm", "softmax", "attention", "sum", "mean", "cumsum"})
-NORM_OPS = frozenset({"layernorm", "rmsnorm", "batchnorm"})
-CAST_SOURCES = frozenset({"sinusoidal", "full"})
 DTYPES = {"bf16": DType.bfloat16, "bfloat16": DType.bfloat16, "fp16": DType.float16, "float16": DType.float16,
           "fp32": DType.float32, "float32": DType.float32}
 
@@ -69,10 +68,10 @@ class _LowPrecision(Rebuilder):
 
     def norm_only(self, node: Node) -> bool:
         users = self.old_graph.users(node.name)
-        return bool(users) and all(u.op in NORM_OPS and node.name not in u.inputs[:1] for u in users)
+        return bool(users) and all(OPS[u.op].has("norm") and node.name not in u.inputs[:1] for u in users)
 
     def visit(self, b: GraphBuilder, node: Node, ins: list[str]) -> str:
-        if node.op in ("param", "buffer"):
+        if OPS[node.op].has("state"):
             t = node.attrs["type"]
             if not t.dtype.is_float or t.dtype == self.low or self.norm_only(node):
                 return self.copy(b, node, ins)
@@ -91,18 +90,19 @@ class _LowPrecision(Rebuilder):
         if node.op == "add" and self.residual(node):
             ins = [self.cast(b, i, DType.float32, "residual stream in float32") for i in ins]
             return self.copy(b, node, ins)
-        if node.op in FP32_OPS and any(_is_float(b.type(i)) for i in ins):
+        if OPS[node.op].has("keeps_float32") and any(_is_float(b.type(i)) for i in ins):
             ins = [self.cast(b, i, DType.float32, f"{node.op} in float32") for i in ins]
             out = self.copy(b, node, ins)
             return self.cast(b, out, self.low, f"{node.op} result back to {self.low}")
         if node.op == "cast" and node.attrs["dtype"].is_float and node.attrs["dtype"] != DType.float32:
             raise TransformError(f"--dtype: the spec already casts to {node.attrs['dtype']} (node {node.name}); "
                                  "mixing a spec's own precision with --dtype is not supported")
-        if node.op not in ("call", "repeat", "scan", "cast", "getitem"):
-            # everything else computes in the low dtype, also when it reads the float32 stream
+        if not OPS[node.op].has("structure") and node.op != "cast":
+            # everything else computes in the low dtype, also when it reads the float32 stream (block calls and
+            # tuple members pass values through; a cast to float32 or an integer dtype is the spec's own)
             ins = [self.cast(b, i, self.low, "back to low precision") for i in ins]
         out = self.copy(b, node, ins)
-        if node.op in CAST_SOURCES:
+        if OPS[node.op].has("float_source"):
             return self.cast(b, out, self.low, f"{node.op} to low precision")
         return out
 
@@ -117,22 +117,29 @@ class _LowPrecision(Rebuilder):
         return self.cast(b, new, old.type.dtype, f"output back to {old.type.dtype}")
 
 
-SKIP_CHECK = frozenset({"cast", "param", "buffer", "input", "call", "repeat", "scan", "add"})
-TAIL_OPS = frozenset({"add", "sub", "mul", "div", "rearrange", "select", "dropout", "getitem"})
+# This transform's own op classes, by name where no trait says the same:
+# - the ops that may stand between the LM head and a model output and still be part of computing the logits (a
+#   bias or a scale, dropout, a reshape or a pick), run in float32 with the head. Not every `view` (a slice
+#   is not one of them) and not every `matmul` (a conv head is not): the traits would widen the tail.
+TAIL_OPS = ("add", "sub", "mul", "div", "dropout", "rearrange", "select", "getitem")
+HEADS = ("linear", "einsum")
+# - what may compute in float32 outside the islands: a cast (how an island is entered) and an add (the residual
+#   stream), besides leaves (norm weights are stored in float32) and block calls (they carry the stream).
+FLOAT32_OK = ("cast", "add")
 
 
 def _output_tail(graph: Graph) -> set[str]:
     """The nodes computing each model output from its last linear or contraction (the LM head and a bias added
     to it): they run in float32 so the logits are not rounded to the low dtype."""
     tail: set[str] = set()
-    todo = [o for o in graph.outputs if graph[o].op in TAIL_OPS | {"linear", "einsum"}]
+    todo = [o for o in graph.outputs if graph[o].op in TAIL_OPS + HEADS]
     while todo:
         node = graph[todo.pop()]
         if node.name in tail or not _is_float(node.type):
             continue
         tail.add(node.name)
         if node.op in TAIL_OPS:
-            todo += [i for i in node.inputs if graph[i].op in TAIL_OPS | {"linear", "einsum"}]
+            todo += [i for i in node.inputs if graph[i].op in TAIL_OPS + HEADS]
     return tail
 
 
@@ -155,7 +162,9 @@ def to_dtype(model: Model, dtype: str | DType, *, fp32_outputs: bool = True) -> 
 def _check(graph: Graph) -> None:
     """Every float op outside the islands computes in the low dtype, never promoted to float32 by accident."""
     for node in graph:
-        if node.op in FP32_OPS | CAST_SOURCES | SKIP_CHECK:
+        op = OPS[node.op]
+        if op.has("keeps_float32") or op.has("float_source") or op.effect in (Effect.LEAF, Effect.OWNS_STATE) \
+                or node.op in FLOAT32_OK:
             continue
         if "output in float32" in node.meta.get("transform", ""):
             continue

@@ -23,9 +23,19 @@ from typing import Any
 
 import sympy
 
+from nnspec.compiler.graph_edits import copy_model
 from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
-from nnspec.compiler.transforms.rewrite import TransformError, mark, param_nodes, specialize
+from nnspec.compiler.transforms.randlora import randlora_branch, randlora_delta
+from nnspec.compiler.transforms.rewrite import (
+    TransformError,
+    dedupe_templates,
+    instances,
+    mark,
+    param_nodes,
+    specialize,
+    unmark,
+)
 
 ADAPTER_ROLE = "adapter"     # meta["lora"]["role"] of a trainable adapter parameter
 
@@ -93,8 +103,6 @@ def _append(graph: Graph, sizes: Any, op: str, inputs: list[str], attrs: dict[st
 
 def insert_adapter(graph: Graph, sizes: Any, name: str, spec: LoraSpec) -> None:
     """Rewrite linear `name` to add a LoRA (or RandLoRA) branch; new nodes go right after it."""
-    from nnspec.compiler.transforms.randlora import randlora_branch
-
     node = graph[name]
     scope = linear_scope(graph, node)
     assert scope is not None
@@ -190,8 +198,6 @@ def merge(model: Model, params: dict[str, Any]) -> tuple[Model, dict[str, Any]]:
     parameters, computing what `model` computes with `params`."""
     import torch
 
-    from nnspec.compiler.transforms.randlora import randlora_delta
-
     new = dict(params)
     for prefix, g in _instances_with_adapters(model):
         for node in g:
@@ -212,7 +218,6 @@ def merge(model: Model, params: dict[str, Any]) -> tuple[Model, dict[str, Any]]:
 
 
 def _instances_with_adapters(model: Model) -> list[tuple[str, Graph]]:
-    from nnspec.compiler.transforms.rewrite import instances
     return [(p, g) for p, g in instances(model) if any("lora" in n.meta for n in g)]
 
 
@@ -223,7 +228,6 @@ def _is_adapter_path(path: str) -> bool:
 
 def _strip(model: Model) -> Model:
     """The graph without adapters: each adapted linear's users read the linear again."""
-    from nnspec.compiler.transforms.rewrite import copy_model, dedupe_templates, unmark
     out = copy_model(model)
     for g in out.graphs():
         for node in list(g):

@@ -1,5 +1,6 @@
-"""What the transforms share: copying a model, rebuilding graphs with types inferred again, walking the
-parameter instances (`h.3.attn.`), and specialising a block template for some of its uses.
+"""What the transforms share: rebuilding graphs with types inferred again, walking the parameter instances
+(`h.3.attn.`), and specialising a block template for some of its uses (copying a model and erasing unused
+nodes, which the passes do too, are in `graph_edits`).
 
 A block template is shared by every call and every iteration of a repeat, but a transform often targets one
 use (`--drop h.5.attn`, `--lora h.3.*:8`). `specialize` walks the model's uses top-down with their parameter
@@ -15,12 +16,12 @@ import difflib
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
+from nnspec.compiler.analysis import runs_block
 from nnspec.compiler.elaborate import UsageError
+from nnspec.compiler.graph_edits import copy_model
 from nnspec.compiler.ir import Graph, Model, Node, Type, repeat_plan, repeat_weight_sets
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.sizes import Sizes
-
-STRUCTURE = ("call", "repeat", "scan")
 
 
 class TransformError(UsageError):
@@ -28,30 +29,14 @@ class TransformError(UsageError):
     does not recognise. The message names the flag, the path and the reason."""
 
 
-# ---- copying ----
-def copy_model(model: Model) -> Model:
-    """An independent copy (graphs cloned, sizes copied); node attrs and types are immutable values, shared."""
-    out = copy.copy(model)
-    out.graph = model.graph.clone()
-    out.templates = {name: g.clone() for name, g in model.templates.items()}
-    out.dims = Sizes(dict(model.dims.values), dict(model.dims.free), dict(model.dims.declared), [])
-    out.inputs, out.outputs = dict(model.inputs), dict(model.outputs)
-    out.guards = list(model.guards)
-    out.weight_maps = dict(model.weight_maps)
-    out.transforms = list(model.transforms)
-    for g in out.graphs():
-        for node in g:
-            node.meta = copy.deepcopy(node.meta)
-    return out
-
-
+# ---- templates ----
 def collect_garbage(model: Model) -> None:
     """Drop templates nothing reaches from the body; give a variant its origin's name when the origin is gone."""
     reached: set[str] = set()
 
     def visit(g: Graph) -> None:
         for node in g:
-            if node.op in STRUCTURE:
+            if runs_block(node):
                 for block in {node.attrs["block"], *dict(node.attrs.get("variants", ())).values()}:
                     if block not in reached:
                         reached.add(block)
@@ -71,7 +56,7 @@ def collect_garbage(model: Model) -> None:
         g.name = name
     for g in model.graphs():
         for node in g:
-            if node.op in STRUCTURE:
+            if runs_block(node):
                 node.attrs["block"] = renames.get(node.attrs["block"], node.attrs["block"])
                 if "variants" in node.attrs:
                     node.attrs["variants"] = tuple((i, renames.get(b, b)) for i, b in node.attrs["variants"])
@@ -92,7 +77,7 @@ def dedupe_templates(model: Model) -> None:
         changed = any(k != v for k, v in rep.items())
         for g in model.graphs():
             for node in g:
-                if node.op in STRUCTURE:
+                if runs_block(node):
                     node.attrs["block"] = rep.get(node.attrs["block"], node.attrs["block"])
                     variants = tuple((i, rep.get(b, b)) for i, b in node.attrs.get("variants", ())
                                      if rep.get(b, b) != node.attrs["block"])
@@ -116,25 +101,11 @@ def fresh_template_name(model: Model, base: str, tag: str) -> str:
 def scope_of(graph: Graph, node: Node) -> str | None:
     """The parameter scope a node is known by: a call's or repeat's `scope`, or the common prefix of the
     parameters an op reads (`c_attn` for a linear reading `c_attn.weight`)."""
-    if node.op in STRUCTURE:
+    if runs_block(node):
         return node.attrs["scope"]
     paths = [graph[i].attrs["path"] for i in node.inputs if graph[i].op == "param"]
     scopes = {p.rpartition(".")[0] for p in paths}
     return scopes.pop() if len(scopes) == 1 and "" not in scopes else None
-
-
-def remove_dead(graph: Graph) -> list[Node]:
-    """Erase nodes whose values nothing uses (never inputs or outputs); returns the erased nodes."""
-    removed: list[Node] = []
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(list(graph)):
-            if node.op != "input" and node.name not in graph.outputs and not list(graph.nx.successors(node.name)):
-                graph.erase(node.name)
-                removed.append(node)
-                changed = True
-    return removed
 
 
 class GraphBuilder:
@@ -226,7 +197,14 @@ class Rebuilder:
 
     def copy(self, b: GraphBuilder, node: Node, ins: list[str], **changes: Any) -> str:
         attrs = {**node.attrs, **changes}
-        if node.op in ("call", "repeat"):
+        if node.op == "scan":
+            old = self.old_graph
+            if any(b.type(i) != old[j].type for i, j in zip(ins, node.inputs, strict=True)):
+                raise TransformError(f"scan {node.attrs['scope']}: the transform changes the types flowing into a "
+                                     "scan, which --dtype and --slice do not support yet")
+            template = self.old.templates[node.attrs["block"]]
+            attrs["block"] = self.template(node.attrs["block"], tuple(template[i].type for i in template.inputs))
+        elif runs_block(node):   # a call or repeat: its block is derived again for the new argument types
             args = tuple(b.type(i) for i in ins)
             attrs["block"] = self.template(node.attrs["block"], args)
             result = self.model.templates[attrs["block"]].output_type()
@@ -238,13 +216,6 @@ class Rebuilder:
                 attrs["variants"] = tuple((i, self.template(v, args)) for i, v in attrs["variants"])
             attrs["params"] = args
             attrs["result"] = self.model.templates[attrs["block"]].output_type()
-        elif node.op == "scan":
-            old = self.old_graph
-            if any(b.type(i) != old[j].type for i, j in zip(ins, node.inputs, strict=True)):
-                raise TransformError(f"scan {node.attrs['scope']}: the transform changes the types flowing into a "
-                                     "scan, which --dtype and --slice do not support yet")
-            template = self.old.templates[node.attrs["block"]]
-            attrs["block"] = self.template(node.attrs["block"], tuple(template[i].type for i in template.inputs))
         return b.add(node.op, ins, attrs, hint=node.name, like=node)
 
 
@@ -254,12 +225,12 @@ def instances(model: Model) -> Iterator[tuple[str, Graph]]:
     def walk(g: Graph, prefix: str) -> Iterator[tuple[str, Graph]]:
         yield prefix, g
         for node in g:
-            if node.op in ("call", "scan"):
-                yield from walk(model.templates[node.attrs["block"]], f"{prefix}{node.attrs['scope']}.")
-            elif node.op == "repeat":
+            if node.op == "repeat":
                 for sub, block in repeat_weight_sets(node.attrs):
                     yield from walk(model.templates[block], f"{prefix}{node.attrs['scope']}." + (f"{sub}." if sub
                                                                                                else ""))
+            elif runs_block(node):   # a call or scan: one set of weights
+                yield from walk(model.templates[node.attrs["block"]], f"{prefix}{node.attrs['scope']}.")
     yield from walk(model.graph, "")
 
 
@@ -319,11 +290,7 @@ def specialize(model: Model, decide: Decide, edit: Edit, tag: str | Callable[[An
     def visit(g: Graph, prefix: str) -> Graph | None:
         changes: dict[str, dict[str, Any]] = {}
         for node in g:
-            if node.op in ("call", "scan"):
-                child = use(node.attrs["block"], f"{prefix}{node.attrs['scope']}.")
-                if child != node.attrs["block"]:
-                    changes[node.name] = {"block": child}
-            elif node.op == "repeat":
+            if node.op == "repeat":
                 plan = repeat_plan(node.attrs)
                 scope = f"{prefix}{node.attrs['scope']}."
                 done: dict[tuple[str, str], str] = {}
@@ -336,6 +303,10 @@ def specialize(model: Model, decide: Decide, edit: Edit, tag: str | Callable[[An
                     base = max(dict.fromkeys(new), key=new.count)
                     changes[node.name] = {"block": base,
                                           "variants": tuple((i, b) for i, b in enumerate(new) if b != base)}
+            elif runs_block(node):   # a call or scan: one use of its block
+                child = use(node.attrs["block"], f"{prefix}{node.attrs['scope']}.")
+                if child != node.attrs["block"]:
+                    changes[node.name] = {"block": child}
         decision = decide(g, prefix)
         if decision is None and not changes:
             return None

@@ -17,8 +17,9 @@ What this transform does, on the graph and (`slice_params`) on the weights:
 - the stream axis keeps its name and gets a new dim `{name}_sliced` = WIDTH; nothing else changes shape.
 
 One rotation serves the whole stream (the paper's per-layer rotations with a matrix on each skip connection
-are not implemented). `compute_rotation(model, params, calibration_inputs)` returns Q from the PCA of the
-stream where the norms read it. With WIDTH = D and any orthogonal Q the outputs equal the original's.
+are not implemented). `nnspec.backends.torch.calibrate.compute_rotation(model, params, calibration_inputs)`
+returns Q from the PCA of the stream where the norms read it (`stream_reads` says where).
+With WIDTH = D and any orthogonal Q the outputs equal the original's.
 
 Recognised: embeddings, norms, linears, residual adds, dropout and (tied) heads on the stream; models whose
 every use of the stream is one of those, with LayerNorm or RMSNorm but not both (GPT-2, Llama and the like).
@@ -34,10 +35,11 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType, repeat_weight_sets
+from nnspec.compiler.ops.registry import OPS, with_trait
 from nnspec.compiler.sizes import symbol
 from nnspec.compiler.transforms.rewrite import GraphBuilder, Rebuilder, TransformError
 
-NORMS = ("layernorm", "rmsnorm")
+NORMS = with_trait("row_norm")   # rotation-invariant norms: the residual stream may be rotated through them
 PASS_THROUGH = ("dropout",)
 
 Role = tuple[Any, ...] | None      # None, ("stream",) or ("normed", weight path, bias path or None)
@@ -118,7 +120,7 @@ class _Walker:
                                       "stream to start at an embedding")
                 roles[node.name] = role
                 continue
-            if node.op in ("param", "const", "buffer"):
+            if OPS[node.op].has("state") or node.op == "const":
                 roles[node.name] = None
                 continue
             on_stream = [r for r in ins if r is not None]
@@ -357,44 +359,20 @@ def head_base(graph: Graph) -> str:
     return base
 
 
-# ---- rotation ----
-def compute_rotation(model: Model, params: dict[str, Any], calibration_inputs: list[dict[str, Any]]) -> Any:
-    """Q [D, D] (float64, orthogonal): the eigenvectors of sum(x x^T) over the residual stream's activations
-    where each norm reads them, for every position of every calibration input, by decreasing eigenvalue; for
-    LayerNorm models each x is centred first (its mean is folded away). Slicing keeps the first columns: the
-    directions that carry most of the stream's energy."""
-    import torch
+# ---- what calibration measures ----
+@dataclass(frozen=True)
+class StreamReads:
+    """Where the rotation's statistics come from (see `nnspec.backends.torch.calibrate.compute_rotation`): the
+    residual stream's activations as each norm reads them (input 0 of these (graph, node) pairs, along the norm's
+    `axis`), `width` features wide; centred first in a LayerNorm model (its mean is folded away)."""
 
-    from nnspec.backends.torch.interpreter import Interpreter
-    from nnspec.backends.torch.lowering import LOWERINGS
+    norms: frozenset[tuple[str, str]]
+    width: int
+    layer_norm: bool
 
+
+def stream_reads(model: Model) -> StreamReads:
+    """The norms whose inputs a calibration run records, for the rotation `slice_params` applies."""
     p = plan(model)
-    norms = {key for key, action in p.actions.items() if action == "norm"}
-    full = int(model.dims.concrete(p.axis.size))
-    cov = torch.zeros(full, full, dtype=torch.float64)
-
-    class Recorder(Interpreter):
-        def run_graph(self, graph: Graph, module: Any, args: list[Any], sizes: Any) -> list[Any]:
-            from nnspec.backends.torch.interpreter import Frame
-            nonlocal cov
-            frame = Frame(self, graph, module, args, sizes, self.device)
-            env: dict[str, Any] = {}
-            for node in graph:
-                ins = [env[i] for i in node.inputs]
-                if (graph.name, node.name) in norms:
-                    t = graph[node.inputs[0]].tensor_type
-                    x = ins[0].detach().movedim(t.index(node.attrs["axis"]), -1).reshape(-1, full).double()
-                    if p.layer_norm:
-                        x = x - x.mean(1, keepdim=True)
-                    cov += x.T @ x
-                env[node.name] = LOWERINGS[node.op](frame, node, ins)
-            return [env[o] for o in graph.outputs]
-
-    interp = Recorder(model, seed=None).eval()
-    with torch.no_grad():
-        for name, param in interp.named_spec_parameters().items():
-            param.copy_(params[name])
-        for inputs in calibration_inputs:
-            interp(**inputs)
-    values, vectors = torch.linalg.eigh(cov)
-    return vectors[:, values.argsort(descending=True)]
+    return StreamReads(frozenset(key for key, action in p.actions.items() if action == "norm"),
+                       int(model.dims.concrete(p.axis.size)), p.layer_norm)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from nnspec.backends.torch.lowering import rotary_tables
+from nnspec.backends.torch.runtime import rotary_tables
 from nnspec.backends.triton import runtime
 from nnspec.backends.triton.kernels._common import check_float, tl, triton
 

@@ -1,0 +1,200 @@
+"""The attention ops' torch rules: each op's reference lowering beside its code emitter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch import runtime
+from nnspec.backends.torch.frame import Frame
+from nnspec.backends.torch.function import FunctionGen
+from nnspec.backends.torch.layout import align, align_tensor, dim, input_types, permute
+from nnspec.backends.torch.ops.contract import contract
+from nnspec.backends.torch.pysrc import Expr, Lit, call, method
+from nnspec.backends.torch.rules import emits, lowers
+from nnspec.compiler.ir import DType, Node, TensorType
+from nnspec.compiler.ops.attention import attention_types
+from nnspec.compiler.ops.contract import einsum_string
+
+NEG_INF = P.lit(float("-inf"))
+
+
+@lowers("attention")
+def _lower_attention(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    types = input_types(frame, node)
+    q_t, k_t, v_t = types[:3]
+    scores_t, out_t = attention_types(types, node.attrs, frame.interp.model.dims)
+    q, k, v = ins[:3]
+    s = torch.einsum(einsum_string([q_t, k_t], scores_t), q, k) * node.attrs["scale"]
+    extra = list(zip(ins[3:], types[3:], strict=True))
+    if node.attrs["has_mask"]:
+        m, m_t = extra.pop(0)
+        s = s.masked_fill(~align_tensor(m, m_t, scores_t.names), float("-inf"))
+    if node.attrs["has_bias"]:
+        bias, b_t = extra.pop(0)
+        s = s + align_tensor(bias, b_t, scores_t.names)
+    if node.attrs["causal"]:
+        qn, kn = node.attrs["query"], node.attrs["key"]
+        tq, tk = s.shape[scores_t.index(qn)], s.shape[scores_t.index(kn)]
+        allowed = torch.ones(tq, tk, dtype=torch.bool, device=s.device).tril()
+        allowed_t = TensorType((scores_t.axis(qn), scores_t.axis(kn)), DType.bool)  # type: ignore[arg-type]
+        s = s.masked_fill(~align_tensor(allowed, allowed_t, scores_t.names), float("-inf"))
+    p = torch.softmax(s, dim=scores_t.index(node.attrs["key"]))
+    if node.attrs.get("dropout", 0.0) > 0:   # on the probabilities, in training mode only
+        p = F.dropout(p, node.attrs["dropout"], training=frame.module.training)
+    return torch.einsum(einsum_string([scores_t, v_t], out_t), p, v)
+
+
+@emits("attention")
+def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """Spelled out as the reference does: scores, masks, softmax over the key axis, weighted values."""
+    a = node.attrs
+    types = [fn.in_type(node, i) for i in range(len(ins))]
+    scores_t, out_t = attention_types(types, a, fn.mg.model.dims)
+    if fn.mg.options.sdpa:
+        fused = _sdpa(fn, node, ins, types, scores_t, out_t)
+        if fused is not None:
+            return fused
+    names = scores_t.names
+    s = fn.let(P.binop("*", contract(ins[:2], types[:2], scores_t), P.lit(a["scale"])), "scores",
+               comment=_comment(scores_t))
+    extra = list(zip(ins[3:], types[3:], strict=True))
+    if a["has_mask"]:
+        m, m_t = extra.pop(0)
+        s = fn.let(method(s, "masked_fill", P.Unary("~", align(m, m_t, names)), NEG_INF), "scores", rebind=s)
+    if a["has_bias"]:
+        bias, b_t = extra.pop(0)
+        s = fn.let(P.binop("+", s, align(bias, b_t, names)), "scores", rebind=s)
+    if a["causal"]:
+        qa, ka = scores_t.axis(a["query"]), scores_t.axis(a["key"])
+        assert qa is not None and ka is not None
+        allowed = method(call("torch.ones", fn.size(qa.size), fn.size(ka.size), dtype=fn.dtype(DType.bool),
+                              **fn.device_kw()), "tril")
+        mask_t = TensorType((qa, ka), DType.bool)
+        s = fn.let(method(s, "masked_fill", P.Unary("~", align(allowed, mask_t, names)), NEG_INF), "scores",
+                   rebind=s)
+    p = call("F.softmax", s, dim=dim(scores_t, a["key"]))
+    if a.get("dropout", 0.0) > 0:
+        p = call("F.dropout", p, a["dropout"], P.dotted("self.training"))
+    return contract([p, ins[2]], [scores_t, types[2]], out_t)
+
+
+def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
+          out_t: TensorType) -> Expr | None:
+    """`F.scaled_dot_product_attention` when q, k and v share their batch axes (no broadcast, so no grouped
+    heads) and there is no boolean mask (a row with every key masked is NaN in the reference)."""
+    a = node.attrs
+    q_t, k_t, v_t = types[:3]
+    qn, kn, dn = a["query"], a["key"], a["dim"]
+    batch = [n for n in scores_t.names if n not in (qn, kn)]
+    value = [n for n in v_t.names if n not in batch and n != kn]
+    if a.get("dropout", 0.0) > 0 and scores_t.names != (*batch, qn, kn):
+        return None     # SDPA drops over [batch..., q, k]: spelled out, dropout draws as the spec's does
+    shared = [n for n in batch if n in k_t.names]
+    if shared and len(shared) < len(batch):
+        return _sdpa_grouped(fn, node, ins, types, scores_t, out_t, shared)
+    if a["has_mask"] or len(value) != 1 or sorted(q_t.names) != sorted([*batch, qn, dn]) or \
+            sorted(k_t.names) != sorted([*batch, kn, dn]) or sorted(v_t.names) != sorted([*batch, kn, *value]) or \
+            sorted(out_t.names) != sorted([*batch, qn, *value]):
+        return None
+    q = permute(ins[0], [q_t.index(n) for n in (*batch, qn, dn)])
+    k = permute(ins[1], [k_t.index(n) for n in (*batch, kn, dn)])
+    v = permute(ins[2], [v_t.index(n) for n in (*batch, kn, *value)])
+    kwargs: dict[str, Any] = {}
+    if a["has_bias"]:
+        if a["causal"]:
+            return None
+        kwargs["attn_mask"] = align(ins[3], types[3], tuple([*batch, qn, kn]))
+    elif a["causal"]:
+        kwargs["is_causal"] = True
+    if a.get("dropout", 0.0) > 0:   # SDPA drops probabilities whenever dropout_p > 0: only while training
+        kwargs["dropout_p"] = P.IfExp(P.lit(a["dropout"]), P.dotted("self.training"), P.lit(0.0))
+    y: Expr = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
+    perm = [[*batch, qn, *value].index(n) for n in out_t.names]
+    if perm != sorted(perm):   # a statement of its own, so the permute after it reads as in nanoGPT
+        y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
+    return permute(y, perm)
+
+
+def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
+                  out_t: TensorType, shared: list[str]) -> Expr | None:
+    """Grouped-query attention (q has head axes k and v lack, as `q[B, T, kv, group, d]` against
+    `k[B, S, kv, d]`) as SDPA with `enable_gqa`: q's heads are laid out kv-major, so query head h reads key/value
+    head h // group, as SDPA does. Plain causal or unmasked attention only (no mask, bias or dropout)."""
+    a = node.attrs
+    q_t, k_t, v_t = types[:3]
+    qn, kn, dn = a["query"], a["key"], a["dim"]
+    group = [n for n in scores_t.names if n not in (qn, kn) and n not in shared]
+    value = [n for n in v_t.names if n not in shared and n != kn]
+    if a["has_mask"] or a["has_bias"] or a.get("dropout", 0.0) > 0 or len(value) != 1 or \
+            sorted(q_t.names) != sorted([*shared, *group, qn, dn]) or sorted(k_t.names) != sorted([*shared, kn, dn]) \
+            or sorted(v_t.names) != sorted([*shared, kn, *value]) or \
+            sorted(out_t.names) != sorted([*shared, *group, qn, *value]):
+        return None
+
+    def size(t: TensorType, n: str) -> Expr:
+        return fn.size(t.axis(n).size)  # type: ignore[union-attr]
+
+    def heads(x: Expr, t: TensorType, order: list[str]) -> Expr:
+        y = permute(x, [t.index(n) for n in order])
+        if len(order) == 4:
+            return y
+        return method(y, "reshape", size(t, order[0]), Lit(-1), size(t, order[-2]), size(t, order[-1]))
+    q = heads(ins[0], q_t, [*shared, *group, qn, dn])
+    k = heads(ins[1], k_t, [*shared, kn, dn])
+    v = heads(ins[2], v_t, [*shared, kn, *value])
+    kwargs: dict[str, Any] = {"is_causal": True} if a["causal"] else {}
+    order = [*shared, *group, qn, *value]
+    y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"], enable_gqa=True),
+                     "y", comment="(" + ", ".join([shared[0], "heads", qn, *value]) + ")")
+    y = method(y, "reshape", *[size(out_t, n) for n in order])
+    return permute(y, [order.index(n) for n in out_t.names])
+
+
+def _comment(t: TensorType) -> str:
+    return "(" + ", ".join(t.names) + ")"
+
+
+@lowers("rotary")
+def _lower_rotary(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    x = ins[0]
+    t = input_types(frame, node)[0]
+    pos, dim = node.attrs["pos"], node.attrs["dim"]
+    n, d = x.shape[t.index(pos)], x.shape[t.index(dim)]
+    cos, sin = runtime.rotary_tables(n, d, node.attrs["base"], ins[1] if len(ins) > 1 else None, x.device, x.dtype)
+    table_t = TensorType((t.axis(pos), t.axis(dim)), t.dtype)  # type: ignore[arg-type]
+    cos, sin = align_tensor(cos, table_t, t.names), align_tensor(sin, table_t, t.names)
+    apply = runtime.apply_rotary if node.attrs["style"] == "half" else runtime.apply_rotary_interleaved
+    return apply(x, cos, sin, t.index(dim))
+
+
+@emits("rotary")
+def _emit_rotary(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    t = fn.in_type(node, 0)
+    pos, feat = t.axis(a["pos"]), t.axis(a["dim"])
+    assert pos is not None and feat is not None
+    x = ins[0]
+    positions = ins[1] if len(ins) > 1 else Lit(None)
+    cos, sin = fn.let_many(call(fn.mg.helper("rotary_tables"), fn.size(pos.size), fn.size(feat.size), a["base"],
+                                positions, P.Attr(x, "device"), P.Attr(x, "dtype")), ["cos", "sin"])
+    table = TensorType((pos, feat), t.dtype)
+    apply = "apply_rotary" if a["style"] == "half" else "apply_rotary_interleaved"
+    return call(fn.mg.helper(apply), x, align(cos, table, t.names), align(sin, table, t.names),
+                t.index(a["dim"]))
+
+
+@lowers("sinusoidal")
+def _lower_sinusoidal(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    n, d = frame.size(node.attrs["pos"].size), frame.size(node.attrs["dim"].size)
+    return runtime.sinusoidal_table(n, d, node.attrs["base"], frame.device)
+
+
+@emits("sinusoidal")
+def _emit_sinusoidal(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    return call(fn.mg.helper("sinusoidal_table"), fn.size(a["pos"].size), fn.size(a["dim"].size), a["base"],
+                **fn.device_kw())

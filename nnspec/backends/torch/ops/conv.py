@@ -1,0 +1,110 @@
+"""The conv ops' torch rules: each op's reference lowering beside its code emitter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch.frame import Frame
+from nnspec.backends.torch.function import FunctionGen
+from nnspec.backends.torch.layout import input_types, permute
+from nnspec.backends.torch.members import module_for
+from nnspec.backends.torch.pysrc import Expr, Lit, call, method
+from nnspec.backends.torch.rules import emits, lowers
+from nnspec.compiler.ir import Node, TensorType
+
+
+def _channels_first(x: torch.Tensor, t: TensorType, channel: str, spatial: tuple[str, ...]
+                    ) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Permute to [batch..., channel, spatial...] and flatten batch axes into one."""
+    batch = [n for n in t.names if n != channel and n not in spatial]
+    order = batch + [channel, *spatial]
+    y = x.permute([t.index(n) for n in order])
+    batch_shape = list(y.shape[:len(batch)])
+    return y.reshape(-1, *y.shape[len(batch):]), batch, batch_shape
+
+
+def _restore(y: torch.Tensor, batch: list[str], batch_shape: list[int], channel: str, spatial: list[str],
+             out: TensorType) -> torch.Tensor:
+    y = y.reshape(*batch_shape, *y.shape[1:])
+    names = batch + [channel, *spatial]
+    return y.permute([names.index(n) for n in out.names])
+
+
+def _to_channels_first(fn: FunctionGen, x: Expr, t: TensorType, lead: list[str], rest: list[str]
+                       ) -> tuple[Expr, list[str]]:
+    """Permute to [batch..., *rest] and flatten the batch axes (every axis not in `rest`) into one."""
+    batch = [n for n in t.names if n not in rest]
+    y = permute(x, [t.index(n) for n in (*batch, *rest)])
+    if len(batch) != 1:
+        y = method(y, "reshape", -1, *lead, *[fn.size(t.axes[t.index(n)].size) for n in rest])
+    return y, batch
+
+
+def _from_channels_first(fn: FunctionGen, y: Expr, t: TensorType, batch: list[str], names: list[str],
+                         out: TensorType, drop_lead: int = 0) -> Expr:
+    if len(batch) != 1 or drop_lead:
+        sizes = [fn.size(t.axes[t.index(n)].size) for n in batch] + [fn.size(out.axes[out.index(n)].size)
+                                                                     for n in names]
+        y = method(y, "reshape", *sizes)
+    return permute(y, [[*batch, *names].index(n) for n in out.names])
+
+
+@lowers("conv")
+def _lower_conv(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    t = input_types(frame, node)[0]
+    a = node.attrs
+    x, batch, batch_shape = _channels_first(ins[0], t, a["channel"], a["spatial"])
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(a["spatial"])]
+    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"])
+    out_channel = node.tensor_type.axes[t.index(a["channel"])].name
+    return _restore(y, batch, batch_shape, out_channel, [o.name for o in a["out_axes"]], node.tensor_type)
+
+
+@emits("conv")
+def _emit_conv(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    t, out = fn.in_type(node, 0), node.tensor_type
+    y, batch = _to_channels_first(fn, ins[0], t, [], [a["channel"], *a["spatial"]])
+    mod = module_for(fn.plan, "conv", node.inputs[1:])
+    if mod is not None:
+        y = call(fn.member(mod), y)
+    else:
+        conv = f"F.conv{len(a['spatial'])}d"
+        y = call(conv, y, ins[1], ins[2] if len(ins) > 2 else Lit(None), stride=P.TupleExpr(P.ints(a["stride"])),
+                 padding=P.TupleExpr(P.ints(a["padding"])))
+    names = [out.axes[t.index(a["channel"])].name, *(o.name for o in a["out_axes"])]
+    return _from_channels_first(fn, y, t, batch, names, out)
+
+
+@lowers("pool")
+def _lower_pool(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    t = input_types(frame, node)[0]
+    a = node.attrs
+    spatial = a["spatial"]
+    batch = [n for n in t.names if n not in spatial]
+    y = ins[0].permute([t.index(n) for n in batch + list(spatial)])
+    batch_shape = list(y.shape[:len(batch)])
+    y = y.reshape(-1, 1, *y.shape[len(batch):])
+    fn = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d, ("max", 3): F.max_pool3d,
+          ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d, ("avg", 3): F.avg_pool3d}[(a["kind"], len(spatial))]
+    y = fn(y, a["kernel"], a["stride"], a["padding"])
+    y = y.reshape(*batch_shape, *y.shape[2:])
+    names = batch + [o.name for o in a["out_axes"]]
+    return y.permute([names.index(n) for n in node.tensor_type.names])
+
+
+@emits("pool")
+def _emit_pool(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    t, out = fn.in_type(node, 0), node.tensor_type
+    spatial = list(a["spatial"])
+    batch = [n for n in t.names if n not in spatial]
+    y = permute(ins[0], [t.index(n) for n in (*batch, *spatial)])
+    y = method(y, "reshape", -1, 1, *[fn.size(t.axes[t.index(n)].size) for n in spatial])
+    y = call(f"F.{a['kind']}_pool{len(spatial)}d", y, P.TupleExpr(P.ints(a["kernel"])),
+             P.TupleExpr(P.ints(a["stride"])), P.TupleExpr(P.ints(a["padding"])))
+    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], out, drop_lead=1)

@@ -1,0 +1,41 @@
+"""The torch backend's explicit options: how it may emit code beyond the plain spelling of each op.
+
+The pipeline chooses them (`-O2` turns both on); the backend never infers them from the optimisation level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """`fused_linear`: linears (and `nn.Linear` members) through the `linear` helper / `Linear` module, which run
+    oneDNN's linear with the epilogue's activation as a post-op on CPU inference (and an LM head's product with a
+    [features, in] matrix the same way). `sdpa`: attention as `F.scaled_dot_product_attention` where its
+    semantics match the spec's."""
+
+    fused_linear: bool = False
+    sdpa: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TorchOptions:
+        """The options from a name -> value mapping (every key must be an option's name)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown torch backend option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: bool(v) for k, v in values.items()})
+
+    @classmethod
+    def for_level(cls, opt: int) -> TorchOptions:
+        """What `-O{opt}` has always meant for the emitted code: both options from -O2 on."""
+        return cls(fused_linear=opt >= 2, sdpa=opt >= 2)
+
+
+HELP = {
+    "fused_linear": "linears through the oneDNN `linear` helper with activation post-ops (CPU inference)",
+    "sdpa": "attention as F.scaled_dot_product_attention where it computes what the spec does",
+}

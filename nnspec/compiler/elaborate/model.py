@@ -1,0 +1,55 @@
+"""The whole model: check the `require:` lines, bind the declared inputs, run the body, and check its results
+against the declared outputs. `Elaborator(spec, overrides).elaborate()` is elaboration's entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnspec.compiler.elaborate.blocks import Builder
+from nnspec.compiler.elaborate.guards import add_guard, check_requirement
+from nnspec.compiler.elaborate.state import ModelState
+from nnspec.compiler.elaborate.tensor_types import declared_type, same_type, show
+from nnspec.compiler.elaborate.values import TensorValue, kind_of
+from nnspec.compiler.ir import Graph, Model
+from nnspec.errors import SpecError
+
+
+class Elaborator(ModelState):
+    """Spec -> typed `Model`, with the spec's dims and options bound (defaults, or the overrides given)."""
+
+    def elaborate(self) -> Model:
+        spec = self.spec
+        for req in spec.require:
+            guard = check_requirement(req.expr, req.span, lambda e: self.static_eval(e, allow_free=True),
+                                      self.concrete)
+            if guard is not None:
+                add_guard(self.guards, self.sizes, guard)
+        body = Builder(self, Graph(spec.name))
+        inputs: dict[str, str] = {}
+        for name, decl in spec.inputs.items():
+            t = declared_type(decl.type, self.sizes, self.options)
+            attrs: dict[str, Any] = {"name": name, "type": t}
+            if decl.default is not None:
+                if isinstance(decl.default, str):
+                    raise SpecError("E004", f"input '{name}' default must be a number or true/false", decl.span)
+                attrs["default"] = decl.default
+            node = body.emit("input", [], attrs, decl.span, hint=name)
+            body.bind(name, node, decl.key_span)
+            inputs[name] = node.node
+        body.run(spec.body)
+        outputs: dict[str, str] = {}
+        for name, decl in spec.outputs.items():
+            want = declared_type(decl.type, self.sizes, self.options)
+            value = body.vars.get(name)
+            if value is None:
+                raise SpecError("E021", f"output '{name}' is never assigned in the body", decl.key_span)
+            if not isinstance(value, TensorValue):
+                raise SpecError("E021", f"output '{name}' must be a tensor, got {kind_of(value)}", decl.key_span)
+            got = body.graph[value.node].type
+            if not same_type(got, want, self.sizes):
+                raise SpecError("E021", f"output '{name}' is declared {show(want)} but the body computes "
+                                f"{show(got)}", decl.key_span).with_note("assigned here", body.var_spans[name])
+            outputs[name] = value.node
+        body.graph.outputs = list(outputs.values())
+        return Model(spec.name, body.graph, self.templates, self.sizes, self.options, inputs, outputs,
+                     self.guards, spec.source.name)

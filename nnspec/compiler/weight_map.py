@@ -1,0 +1,65 @@
+"""Weight-map rules: a spec's `weights:` section matched against its parameters, without torch.
+
+A rule maps one of our parameter paths to another checkpoint's key; `{name}` placeholders stand for layer
+numbers (`"h.{i}.attn.c_attn.weight": "transformer.h.{i}.attn.c_attn.weight | transpose"`). Checking resolves
+the rules against the model's parameters (`resolve`: every parameter matched by exactly one rule, every rule
+used unless marked `optional`); the torch backend's checkpoint loader translates each state-dict key with the
+resolved rules (`translate`). Both read the same `rule_pattern`, so a path checking accepts is one loading finds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+from nnspec.errors import SpecError
+from nnspec.spec.load import Spec
+
+# (our rule, their rule, transforms), as a checked model holds them (`Model.weight_maps[source]`)
+ResolvedRule = tuple[str, str, tuple[str, ...]]
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@lru_cache(maxsize=1024)   # a spec's rules are matched against every parameter path: compile each once
+def rule_pattern(rule: str) -> re.Pattern[str]:
+    """The regex for one rule: each `{name}` a run of digits captured under `name`, the rest literal, anchored."""
+    return re.compile("".join(rf"(?P<{part[1:-1]}>\d+)" if part.startswith("{") else re.escape(part)
+                              for part in re.split(r"(\{\w+\})", rule)) + "$")
+
+
+def translate(path: str, rules: Iterable[ResolvedRule]) -> tuple[str, tuple[str, ...]] | None:
+    """(their key, transforms) for our parameter `path` under the first rule matching it; None if none does."""
+    for ours, theirs, transforms in rules:
+        m = rule_pattern(ours).match(path)
+        if m:
+            return _PLACEHOLDER.sub(lambda g, m=m: m.group(g.group(1)), theirs), transforms
+    return None
+
+
+def resolve(spec: Spec, paths: list[str]) -> dict[str, list[ResolvedRule]]:
+    """Each weights source's rules that match a parameter, in the spec's order, `optional` dropped.
+
+    Raises E027 for a parameter no rule (or two rules) match, and for a rule that matches nothing and is not
+    `optional`."""
+    maps: dict[str, list[ResolvedRule]] = {}
+    for source, rules in spec.weights.items():
+        compiled = [(rule_pattern(r.ours), r) for r in rules]
+        used: set[int] = set()
+        for path in paths:
+            hits = [i for i, (pat, _) in enumerate(compiled) if pat.match(path)]
+            if not hits:
+                span = spec.weights_spans.get(source)
+                raise SpecError("E027", f"parameter {path} has no mapping under weights.{source}", span)
+            if len(hits) > 1:
+                a, b = (compiled[i][1] for i in hits[:2])
+                raise SpecError("E027", f"parameter {path} matches two rules: '{a.ours}' and '{b.ours}'",
+                                b.span).with_note("the other rule", a.span)
+            used.update(hits)
+        for i, (_, r) in enumerate(compiled):
+            if i not in used and "optional" not in r.transforms:
+                raise SpecError("E027", f"weights.{source} rule '{r.ours}' matches no parameter", r.span)
+        maps[source] = [(r.ours, r.theirs, tuple(t for t in r.transforms if t != "optional"))
+                        for i, r in enumerate(rules) if i in used]
+    return maps
