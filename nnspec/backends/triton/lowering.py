@@ -39,6 +39,7 @@ TABLE: dict[str, Lowering] = {
     "conv": Lowering(None, "convolution: torch (cuDNN on a GPU)"),
     "pool": Lowering(None, "pooling: torch"),
     "batchnorm": Lowering(None, "batch statistics and running-stat updates: torch"),
+    "groupnorm": Lowering(None, "statistics over channel groups and positions: torch F.group_norm"),
     "sum": Lowering(None, "reduction: torch"),
     "mean": Lowering(None, "reduction: torch"),
     "amax": Lowering(None, "reduction: torch"),

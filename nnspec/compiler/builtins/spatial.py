@@ -108,3 +108,34 @@ def _batchnorm(b: Surface, call: ast.Call) -> Any:
               b.buffer(scope, "running_var", (axis,), ("ones",), call.span).node,
               b.buffer(scope, "num_batches_tracked", (), ("zeros",), call.span, dtype=DType.int64).node]
     return b.emit("batchnorm", inputs, {"axis": over, "eps": eps, "momentum": momentum}, call.span, hint=scope)
+
+
+@builtin("groupnorm", "groupnorm(x, groups, over=AXIS, batch=first axis, eps=1e-5, name=groupnorm)",
+         "Group normalisation: `over` (the channels) split into `groups`; statistics per index of `batch` (an axis "
+         "or a tuple of axes) over each group and every other axis.")
+def _groupnorm(b: Surface, call: ast.Call) -> Any:
+    a, _ = bind(call, "groupnorm", [("x", REQUIRED), ("groups", REQUIRED), ("over", REQUIRED), ("batch", None),
+                                    ("eps", None), ("name", None)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "groupnorm", call.span)
+    t = b.type_of(x)
+    axis = t.axis(over)
+    assert axis is not None
+    if a["batch"] is None:
+        # torch's GroupNorm takes statistics per sample: its first dim
+        batch = [t.axes[0].name] if t.rank > 1 else []
+        if over in batch:
+            raise SpecError("E019", f"groupnorm: the channel axis '{over}' is x's first axis; say which axes hold "
+                            "independent samples with batch=(...)", call.span)
+    else:
+        batch = b.axis_names(a["batch"])  # type: ignore[arg-type]
+        for name in batch:
+            if name not in t.names:
+                raise SpecError("E017", f"groupnorm: no axis '{name}' in {show(t)}", a["batch"].span)  # type: ignore[union-attr]
+    groups = b.ints(a["groups"], 1, "groups")[0]  # type: ignore[arg-type]
+    eps = 1e-5 if a["eps"] is None else b.number(a["eps"], "eps")
+    scope = b.claim_scope(b.scope_kwarg(call), "groupnorm", call.span)
+    inputs = [x.node, b.param(scope, "weight", (axis,), ("ones",), call.span).node,
+              b.param(scope, "bias", (axis,), ("zeros",), call.span).node]
+    attrs = {"axis": over, "groups": groups, "batch": tuple(batch), "eps": eps}
+    return b.emit("groupnorm", inputs, attrs, call.span, hint=scope)

@@ -109,3 +109,36 @@ def _batchnorm(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if not 0.0 <= attrs["momentum"] <= 1.0 or attrs["eps"] <= 0:
         raise SpecError("E015", "batchnorm needs 0 <= momentum <= 1 and eps > 0")
     return x
+
+
+@op("groupnorm", "normalize", doc="Group normalisation (Wu & He 2018): channel axis `axis` is split into `groups` "
+    "equal groups; each group is normalised by the mean and biased variance over its channels and every axis not "
+    "in `batch` (statistics per index of the `batch` axes), then scaled and shifted per channel by weight and bias. "
+    "Inputs: x, weight, bias.", attrs={"axis": str, "groups": int, "batch": tuple, "eps": float}, arity=3,
+    glyph="GN", flops=_norm_flops(8), flops_doc="8 per element", traits=("norm", "keeps_float32"))
+def _groupnorm(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x = tensor(ins[0], "groupnorm")
+    need_float(x, "groupnorm")
+    need_same_dtype([tensor(t, "groupnorm") for t in ins], "groupnorm (input, weight, bias)")
+    i = find_axis(x, attrs["axis"], "groupnorm")
+    channels = x.axes[i]
+    for name in attrs["batch"]:
+        find_axis(x, name, "groupnorm batch")
+        if name == channels.name:
+            raise SpecError("E017", f"groupnorm: the channel axis '{name}' cannot also be a batch axis")
+    groups = attrs["groups"]
+    if groups < 1:
+        raise SpecError("E015", f"groupnorm needs at least one group, got {groups}")
+    n = sizes.value(channels.size)
+    if n is not None and n % groups:
+        raise SpecError("E014", f"groupnorm: {n} channels on axis {channels.name} do not split into {groups} "
+                        f"groups ({n}/{groups} = {n / groups:.4g})")
+    if n is None:
+        sizes.assume(sympy.Eq(sympy.Mod(channels.size, groups), 0), f"{channels.size} % {groups} == 0")
+    for p in ins[1:]:
+        need_same_size(sizes, tensor(p, "groupnorm parameter").axes[0].size, channels.size,
+                       f"groupnorm parameter does not match axis {channels.name} "
+                       f"({sizes.describe(channels.size)} channels)")
+    if not attrs["eps"] > 0:      # NaN too: it would make every output NaN
+        raise SpecError("E015", f"groupnorm eps must be positive, got {attrs['eps']}")
+    return x

@@ -11,12 +11,12 @@ from nnspec.backends.torch import helpers, runtime
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
-from nnspec.backends.torch.layout import input_types, on_last, on_last_tensor
+from nnspec.backends.torch.layout import input_types, on_last, on_last_tensor, permute
 from nnspec.backends.torch.members import module_for
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.backends.torch.source import Stmt
-from nnspec.compiler.ir import Node
+from nnspec.compiler.ir import Node, TensorType
 
 
 def linear_activation(fn: FunctionGen, lin: Node) -> Node | None:
@@ -135,3 +135,47 @@ def _emit_batchnorm(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         y = call("F.batch_norm", x, mean, var, w, b, P.dotted("self.training"), node.attrs["momentum"],
                  node.attrs["eps"])
     return method(y, "movedim", 1, i) if t.rank > 1 and i != 1 else y
+
+
+def _samples_first(t: TensorType, attrs: dict[str, Any]) -> tuple[list[int], int]:
+    """F.group_norm takes `[N, C, *]`: the permutation putting the batch axes first and the channels next (the rest
+    keep their order), and how many batch axes there are (flattened into N; none becomes a sample of one)."""
+    batch = [t.index(name) for name in attrs["batch"]]
+    channel = t.index(attrs["axis"])
+    rest = [i for i in range(t.rank) if i not in batch and i != channel]
+    return [*batch, channel, *rest], len(batch)
+
+
+def _inverse(perm: list[int]) -> list[int]:
+    return sorted(range(len(perm)), key=perm.__getitem__)
+
+
+@lowers("groupnorm")
+def _lower_groupnorm(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    x, weight, bias = ins
+    perm, k = _samples_first(input_types(frame, node)[0], node.attrs)
+    y = x.permute(perm)
+    samples = y.shape[:k]
+    y = y.unsqueeze(0) if k == 0 else y.flatten(0, k - 1)
+    y = F.group_norm(y, node.attrs["groups"], weight, bias, node.attrs["eps"])
+    y = y.squeeze(0) if k == 0 else y.unflatten(0, samples)
+    return y.permute(_inverse(perm))
+
+
+@emits("groupnorm")
+def _emit_groupnorm(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    x, weight, bias = ins
+    t = fn.in_type(node, 0)
+    perm, k = _samples_first(t, node.attrs)
+    y = permute(x, perm)
+    if k == 0:
+        y = method(y, "unsqueeze", 0)
+    elif k > 1:
+        y = method(y, "flatten", 0, k - 1)
+    y = call("F.group_norm", y, node.attrs["groups"], weight, bias, node.attrs["eps"])
+    if k == 0:
+        y = method(y, "squeeze", 0)
+    elif k > 1:
+        samples = tuple(fn.size(t.axes[t.index(name)].size) for name in node.attrs["batch"])
+        y = method(y, "unflatten", 0, P.TupleExpr(samples))
+    return permute(y, _inverse(perm))
