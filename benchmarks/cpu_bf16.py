@@ -32,9 +32,11 @@ import torch
 
 import nnspec
 from nnspec.backends.torch.codegen import ModuleGen
-from nnspec.compiler.passes import optimize
+from nnspec.backends.torch.options import TorchOptions
+from nnspec.compiler.passes import level_label, optimize
 from nnspec.compiler.transforms import apply
 from nnspec.generated import load_source
+from nnspec.pipeline import LEVEL_OPTIONS
 
 SPEC = Path(__file__).resolve().parent.parent / "examples" / "gpt2.yaml"
 
@@ -42,7 +44,8 @@ SPEC = Path(__file__).resolve().parent.parent / "examples" / "gpt2.yaml"
 def module(model, result, tag: str) -> torch.nn.Module:
     """The -O2 module `nnspec compile -O2` would write for `model` (passes with training=True)."""
     model = optimize(model, level=2, training=True)
-    gen = ModuleGen.from_level(model, spec_text=result.spec.source.text, doc=result.spec.doc, opt=2)
+    gen = ModuleGen(model, spec_text=result.spec.source.text, doc=result.spec.doc, label=level_label(model, 2),
+                    options=TorchOptions.from_mapping(LEVEL_OPTIONS[2]))
     return getattr(load_source(gen.generate(), f"{model.name}_{tag}"), gen.model_class)().eval()
 
 

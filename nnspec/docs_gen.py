@@ -154,7 +154,7 @@ def ops_markdown() -> str:
         "     nnspec/compiler/builtins/; tests/test_docs.py fails when this file is out of date. Do not edit. -->",
         "",
         "A spec calls **functions**; checking turns each call into typed graph **ops**. Every op lowers to",
-        "PyTorch (the reference interpreter, `nnspec/backends/torch/lowering.py`); FLOPs follow the convention",
+        "PyTorch (the reference interpreter, `nnspec/backends/torch/ops/`); FLOPs follow the convention",
         "in [language.md](language.md): a multiply-add is 2 FLOPs, other ops count what their row says.",
         "",
         "## Functions",

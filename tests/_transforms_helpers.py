@@ -10,8 +10,8 @@ import torch
 
 import nnspec
 from nnspec.backends.torch.interpreter import Interpreter
+from nnspec.backends.torch.transform_params import load_params
 from nnspec.compiler.ir import Model
-from nnspec.compiler.transforms import load_params
 from nnspec.compiler.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import nnspec
+from nnspec.backends.torch.transform_params import convert_params
 from nnspec.compiler.analysis import Analysis
 from nnspec.compiler.ir import Graph, Model, Node
-from nnspec.compiler.transforms import TransformError, apply, convert_params, drop
+from nnspec.compiler.transforms import TransformError, apply, drop
 from nnspec.compiler.transforms.drop import residual_add
 from nnspec.compiler.transforms.rewrite import instances, scope_of
 from nnspec.testing import inputs_for, specs

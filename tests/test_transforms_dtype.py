@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nnspec
+from nnspec.backends.torch.transform_params import convert_params
 from nnspec.compiler.ir import DType, TensorType
 from nnspec.compiler.ops.registry import with_trait
-from nnspec.compiler.transforms import TransformError, convert_params, to_dtype
+from nnspec.compiler.transforms import TransformError, to_dtype
 from nnspec.testing import inputs_for, specs
 
 FP32_OPS = with_trait("keeps_float32")

@@ -11,17 +11,9 @@ from hypothesis import strategies as st
 
 import nnspec
 from nnspec.backends.torch.interpreter import Interpreter
+from nnspec.backends.torch.transform_params import convert_params, load_params, merge
 from nnspec.compiler.printer import print_model
-from nnspec.compiler.transforms import (
-    LoraSpec,
-    TransformError,
-    apply,
-    convert_params,
-    load_params,
-    lora,
-    merge,
-    trainable_parameters,
-)
+from nnspec.compiler.transforms import LoraSpec, TransformError, apply, lora, trainable_parameters
 from nnspec.compiler.transforms.lora import parse_lora
 from nnspec.testing import inputs_for, specs
 

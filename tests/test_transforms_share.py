@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import nnspec
 from nnspec.backends.torch.interpreter import Interpreter
+from nnspec.backends.torch.transform_params import convert_params, load_params
 from nnspec.compiler.analysis import Analysis
 from nnspec.compiler.ir import repeat_plan
-from nnspec.compiler.transforms import TransformError, apply, convert_params, load_params, share
+from nnspec.compiler.transforms import TransformError, apply, share
 from nnspec.compiler.transforms.rewrite import instances
 from nnspec.testing import inputs_for, specs
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 import nnspec
 from nnspec.backends.torch.calibrate import compute_rotation
+from nnspec.backends.torch.transform_params import convert_params
 from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.transforms import TransformError, apply, convert_params, slice_model
+from nnspec.compiler.transforms import TransformError, apply, slice_model
 from nnspec.compiler.transforms.slicegpt import plan
 from nnspec.testing import inputs_for, specs
 

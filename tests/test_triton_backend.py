@@ -24,12 +24,14 @@ from _small_models import BERT, GPT2, LLAMA, VIT  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 
 import nnspec  # noqa: E402
+from nnspec.backends.torch.options import TorchOptions  # noqa: E402
 from nnspec.backends.triton import runtime  # noqa: E402
 from nnspec.backends.triton.lowering import MATMUL, NOT_COMPUTE, TABLE  # noqa: E402
 from nnspec.compiler.ir import Model, repeat_counts  # noqa: E402
 from nnspec.compiler.ops import OPS  # noqa: E402
-from nnspec.compiler.passes import optimize  # noqa: E402
+from nnspec.compiler.passes import level_label, optimize  # noqa: E402
 from nnspec.generated import cache_dir, compile_spec, load_source  # noqa: E402
+from nnspec.pipeline import LEVEL_OPTIONS  # noqa: E402
 from nnspec.testing import inputs_for  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
@@ -55,7 +57,8 @@ def pair(case: str, opt: int = 2) -> tuple[Any, Any, Any]:
     torch.manual_seed(0)
     reference = nnspec.build(spec, opt=opt, **dims)
     model = optimize(result.model, level=opt, training=True) if opt else result.model
-    gen = TritonModuleGen.from_level(model, spec_text=result.spec.source.text, doc=None, opt=opt)
+    gen = TritonModuleGen(model, spec_text=result.spec.source.text, doc=None, label=level_label(model, opt),
+                          options=TorchOptions.from_mapping(LEVEL_OPTIONS[opt]))
     source = gen.generate()
     for op, how in gen.used.items():
         USED.setdefault(op, set()).update(how)
@@ -353,12 +356,15 @@ def test_generated_kernels_compile_for_a_gpu(case: str, tmp_path: Path) -> None:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
         import nnspec
+        from nnspec.backends.torch.options import TorchOptions
         from nnspec.backends.triton.codegen import TritonModuleGen
         from nnspec.compiler.passes import optimize
         from nnspec.generated import cache_dir, load_source
 
         result = nnspec.check({str(spec)!r}, **{dims!r})
-        gen = TritonModuleGen.from_level(optimize(result.model, level=2, training=True), spec_text="", doc=None, opt=2)
+        model = optimize(result.model, level=2, training=True)
+        gen = TritonModuleGen(model, spec_text="", doc=None, label="-O2",
+                              options=TorchOptions(fused_linear=True, sdpa=True))
         module = load_source(gen.generate(), result.model.name, cache_dir())
         kernels = [k for k in gen.kernels.values() if not isinstance(k, str)]
         assert kernels

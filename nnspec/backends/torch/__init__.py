@@ -7,7 +7,8 @@
   `forward`, `context.py` holds what they share, `source.py`/`pysrc.py` the Python it is made of, `layout.py` named
   axes as positions; `options.py` the backend's explicit options;
 - `runtime.py`: the helpers generated files define (copied verbatim, `helpers.py`) and the interpreter calls;
-- `backend.py`: the backend contract (`BACKEND`); `weights.py`: checkpoint mapping.
+- `backend.py`: the backend contract (`BACKEND`); `weights.py`: checkpoint mapping; `transform_params.py`: parameter
+  tensors through the compiler's transforms (convert, load, merge adapters, slice).
 """
 
 from nnspec.backends.torch.interpreter import Interpreter, RuntimeShapeError, interpret

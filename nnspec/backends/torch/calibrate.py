@@ -1,6 +1,6 @@
 """SliceGPT calibration: run the reference interpreter on calibration inputs and take the principal directions of
 the residual stream where the norms read it. The compiler-side transform (`compiler/transforms/slicegpt.py`)
-says where to look (`stream_reads`) and applies the rotation this returns (`slice_params`)."""
+says where to look (`stream_reads`); `transform_params.slice_params` applies the rotation this returns."""
 
 from __future__ import annotations
 

@@ -22,13 +22,9 @@ from nnspec.backends.torch.context import GLOBALS, ModuleContext
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.members import plan_members
 from nnspec.backends.torch.ops import EMITTERS
-from nnspec.backends.torch.options import TorchOptions
 from nnspec.backends.torch.pysrc import Expr
 from nnspec.backends.torch.source import Names
 from nnspec.compiler.ir import Graph, Model
-from nnspec.compiler.passes import PIPELINES, level_label
-
-OPT_LEVELS = tuple(PIPELINES)
 
 
 class ModuleGen(ModuleContext):
@@ -39,15 +35,6 @@ class ModuleGen(ModuleContext):
     needs = "Needs only PyTorch."
     function_gen: ClassVar[type[FunctionGen]] = FunctionGen
     emitters = EMITTERS
-
-    @classmethod
-    def from_level(cls, model: Model, *, spec_text: str, doc: str | None, opt: int = 0) -> ModuleGen:
-        """The generator `-O{opt}` has always meant: the header names the level (and the passes that ran, when
-        they are not the level's), and from -O2 on the code uses the fused linear and SDPA."""
-        if opt not in OPT_LEVELS:
-            raise ValueError(f"opt must be one of {', '.join(map(str, OPT_LEVELS))}, got {opt!r}")
-        return cls(model, spec_text=spec_text, doc=doc, label=level_label(model, opt),
-                   options=TorchOptions.for_level(opt))
 
     # -- the file --
     def generate(self) -> str:
@@ -184,7 +171,3 @@ def _uses_functional(classes: list[str], used: dict[str, None]) -> bool:
 def _plain(v: Any) -> Any:
     return v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
 
-
-def generate(model: Model, *, spec_text: str, doc: str | None = None, opt: int = 0) -> str:
-    """The Python source of one standalone module for `model` (see the module docstring) at `-O{opt}`."""
-    return ModuleGen.from_level(model, spec_text=spec_text, doc=doc, opt=opt).generate()

@@ -29,11 +29,6 @@ class TorchOptions:
             raise ValueError(f"unknown torch backend option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**{k: bool(v) for k, v in values.items()})
 
-    @classmethod
-    def for_level(cls, opt: int) -> TorchOptions:
-        """What `-O{opt}` has always meant for the emitted code: both options from -O2 on."""
-        return cls(fused_linear=opt >= 2, sdpa=opt >= 2)
-
 
 HELP = {
     "fused_linear": "linears through the oneDNN `linear` helper with activation post-ops (CPU inference)",

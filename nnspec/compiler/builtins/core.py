@@ -13,7 +13,7 @@ from nnspec.compiler.elaborate import BUILTINS, MAX_REPEAT, FuncRef, Surface, Te
 from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import Axis, DType
 from nnspec.compiler.ops.elementwise import UNARY
-from nnspec.compiler.static import static_call
+from nnspec.compiler.static import STATIC_FUNCS, static_call
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
@@ -141,7 +141,7 @@ def _unary(name: str) -> Any:
         a, _ = bind(call, name, [("x", REQUIRED)])
         v = b.eval(a["x"])  # type: ignore[arg-type]
         if not isinstance(v, TensorValue):
-            if name in ("sqrt", "exp", "log", "abs"):
+            if name in STATIC_FUNCS:   # also a function of check-time numbers
                 return static_call(name, [b.static(a["x"], name)], call.span,  # type: ignore[arg-type]
                                    b.sizes.concrete)
             raise SpecError("E026", f"{name} applies to a tensor, got {v!r}", call.span)
@@ -150,7 +150,7 @@ def _unary(name: str) -> Any:
 
 
 for _name in UNARY:
-    if _name not in ("neg", "logical_not"):
+    if UNARY[_name].infix is None:   # `-x` and `not x` are written as operators, not called
         builtin(_name, f"{_name}(x)", UNARY[_name].formula)(_unary(_name))
 
 

@@ -19,6 +19,7 @@ from nnspec.compiler.elaborate.values import FuncRef, TensorValue, TupleValue, k
 from nnspec.compiler.elaborate.views import view
 from nnspec.compiler.ir import Axis, DType, Graph, Guard, TensorType
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 from nnspec.compiler.sizes import MAX_SIZE
 from nnspec.errors import SpecError
 from nnspec.spec import ast
@@ -101,7 +102,7 @@ class NodeBuilder:
                 err.span = span
             raise
         self._take_guards(span)
-        if op in ("param", "buffer"):
+        if OPS[op].has("state"):
             self._known_sizes(attrs["type"], span)
         if isinstance(t, TensorType) and record:
             self._record_axes(t, span)
@@ -113,9 +114,9 @@ class NodeBuilder:
 
     def _count_param_tensors(self, op: str, attrs: dict[str, Any], span: Span | None) -> None:
         """Parameter tensors of this graph with its calls and repeats unrolled, in closed form."""
-        if op in ("param", "buffer"):
+        if OPS[op].has("state"):
             n = 1
-        elif op in ("call", "scan", "repeat"):
+        elif OPS[op].effect is Effect.OWNS_STATE:   # a block call: its parameter tensors
             n = self.el.param_tensors.get(id(self.el.templates[attrs["block"]]), 0)
             if op == "repeat" and not attrs["shared"]:
                 n *= attrs["count"]

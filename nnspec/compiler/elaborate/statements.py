@@ -9,6 +9,8 @@ from nnspec.compiler.elaborate.expressions import ExpressionBuilder
 from nnspec.compiler.elaborate.static_eval import CONSTANTS
 from nnspec.compiler.elaborate.surface import BUILTINS
 from nnspec.compiler.elaborate.values import TensorValue, TupleValue, kind_of
+from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.registry import Effect
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 from nnspec.spec.source import Span
@@ -95,7 +97,7 @@ class StatementBuilder(ExpressionBuilder):
         auto = node.name == node.op or node.name.startswith(node.op + "_")
         # `y = h` or `q, k, v = t`: h and t must keep finding their nodes
         aliased = self._held.get(value, 0) > 0
-        if auto and not aliased and node.op not in ("input", "param") and name not in self.graph.nodes \
+        if auto and not aliased and OPS[node.op].effect is not Effect.LEAF and name not in self.graph.nodes \
                 and not self.graph.users(node.name) and node.name not in self.graph.outputs:
             self.graph.rename(node.name, name)
             return TensorValue(name)

@@ -9,9 +9,10 @@ with `{scope}.lora_A` [rank, in] (normal, std 1/sqrt(in): Kaiming-normal) and `{
 (zeros); `alpha` defaults to the rank. Every other parameter gets `trainable=False`.
 
 Contract: at initialisation the outputs are unchanged (B is zero); only adapter parameters are trainable
-(`trainable_parameters`); `merge(model, params)` folds `scale * B @ A` into W, removes the adapters and
-restores the original graph, reproducing the adapted outputs. `--lora PATTERN:RANK:randlora` inserts the
-RandLoRA adapter instead (randlora.py); `merge` folds both kinds.
+(`trainable_parameters`); `merge(model, params)` (in `nnspec.backends.torch.transform_params`, from
+`plan_merge` here) folds `scale * B @ A` into W, removes the adapters and restores the original graph,
+reproducing the adapted outputs. `--lora PATTERN:RANK:randlora` inserts the RandLoRA adapter instead
+(randlora.py); `merge` folds both kinds.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sympy
 from nnspec.compiler.graph_edits import copy_model
 from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
-from nnspec.compiler.transforms.randlora import randlora_branch, randlora_delta
+from nnspec.compiler.transforms.randlora import randlora_branch
 from nnspec.compiler.transforms.rewrite import (
     TransformError,
     dedupe_templates,
@@ -193,28 +194,38 @@ def trainable_parameters(model: Model) -> list[str]:
     return [path for path, node in param_nodes(model) if node.attrs.get("trainable", True)]
 
 
-def merge(model: Model, params: dict[str, Any]) -> tuple[Model, dict[str, Any]]:
-    """Fold every adapter into its linear's weight: the model without adapters (parameters unfrozen) and its
-    parameters, computing what `model` computes with `params`."""
-    import torch
+@dataclass(frozen=True)
+class AdapterFold:
+    """One adapter to fold: `{scope}.weight` += `scale` * delta_W, with delta_W from the adapter's parameters
+    (`{scope}.lora_B @ {scope}.lora_A` for kind "lora"; the sum of randlora.py for "randlora")."""
 
-    new = dict(params)
-    for prefix, g in _instances_with_adapters(model):
-        for node in g:
-            info = node.meta.get("lora")
-            if not info or info["role"] != "sum":
-                continue
-            base = prefix + info["scope"]
-            if info["kind"] == "randlora":
-                delta = randlora_delta(params, base)
-            else:
-                delta = params[f"{base}.lora_B"].double() @ params[f"{base}.lora_A"].double()
-            w = params[f"{base}.weight"]
-            with torch.no_grad():
-                new[f"{base}.weight"] = (w.double() + info["scale"] * delta).to(w.dtype)
+    scope: str
+    kind: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What merging the adapters of a model does, as plain data (`nnspec.backends.torch.transform_params.merge`
+    applies it to tensors): the model without adapters (parameters unfrozen), the folds, and its parameter paths."""
+
+    model: Model
+    folds: tuple[AdapterFold, ...]
+    params: frozenset[str]
+
+    def keeps(self, path: str) -> bool:
+        """Whether a given parameter stays: one of the merged model's, or any other that is no adapter's."""
+        return path in self.params or not _is_adapter_path(path)
+
+
+def plan_merge(model: Model) -> MergePlan:
+    """How to fold every adapter of `model` into its linear's weight, so the merged model computes what `model`
+    computes with the adapted parameters."""
+    folds = tuple(AdapterFold(prefix + info["scope"], info["kind"], info["scale"])
+                  for prefix, g in _instances_with_adapters(model) for node in g
+                  if (info := node.meta.get("lora")) and info["role"] == "sum")
     merged = _strip(model)
-    keep = {path for path, _ in param_nodes(merged)}
-    return merged, {k: v for k, v in new.items() if k in keep or not _is_adapter_path(k)}
+    return MergePlan(merged, folds, frozenset(path for path, _ in param_nodes(merged)))
 
 
 def _instances_with_adapters(model: Model) -> list[tuple[str, Graph]]:

@@ -13,7 +13,8 @@ terms can reach full rank while training only N (rank + in) numbers. In the grap
 
 Differences from the paper (and PEFT): the bases are drawn per adapted linear rather than shared by all layers,
 and gamma scales the input side whatever the shape. Contract as LoRA's: outputs unchanged at initialisation
-(lambda is zero), only lambda and gamma trainable, `lora.merge` folds delta_W into W.
+(lambda is zero), only lambda and gamma trainable, `merge` folds delta_W into W (its torch side,
+`nnspec.backends.torch.transform_params.randlora_delta`, computes delta_W).
 """
 
 from __future__ import annotations
@@ -55,11 +56,3 @@ def randlora_branch(graph: Graph, node: Node, scope: str, spec: Any, add: Any, s
     zl = add("mul", [z, lam], {}, f"{scope}_randlora_zl", "branch")
     return add("einsum", [zl, b], {"out": node.tensor_type.names}, f"{scope}_randlora_up", "branch")
 
-
-def randlora_delta(params: dict[str, Any], base: str) -> Any:
-    """delta_W (before `scale`) of the RandLoRA adapter at `base` (e.g. `h.3.attn.c_attn`), in float64."""
-    import torch
-
-    a, b = params[f"{base}.randlora_A"].double(), params[f"{base}.randlora_B"].double()
-    lam, gamma = params[f"{base}.randlora_lambda"].double(), params[f"{base}.randlora_gamma"].double()
-    return torch.einsum("onr,nr,nri,ni->oi", b, lam, a, gamma)

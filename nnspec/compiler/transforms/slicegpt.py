@@ -5,7 +5,8 @@ an orthogonal Q (x -> x Q) changes nothing, provided every matrix writing into t
 on its output side and every matrix reading from it by Q on its input side. Keeping the first WIDTH columns
 of Q (the principal directions of the stream's activations) then deletes the least-used directions.
 
-What this transform does, on the graph and (`slice_params`) on the weights:
+What this transform does, on the graph and (`nnspec.backends.torch.transform_params.slice_params`, from `plan`)
+on the weights:
 - LayerNorm models: the mean subtraction is folded into the writers (each embedding row and each output
   projection column is centred, so the stream has zero mean), which makes every LayerNorm an RMSNorm;
 - each norm's scale (and LayerNorm's bias) is folded into the linears that read its output (`W diag(g)`,
@@ -28,7 +29,6 @@ Anything else is refused with the node and the reason.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,8 @@ Role = tuple[Any, ...] | None      # None, ("stream",) or ("normed", weight path
 
 @dataclass
 class Plan:
-    """How slicing treats the model: the stream axis, LayerNorm or not, and per graph and node the action."""
+    """How slicing treats the model: the stream axis, LayerNorm or not, and per graph and node the action; its
+    `instances` say which parameters `slice_params` rotates, folds or centres (plain paths, no tensors)."""
 
     axis: Axis
     layer_norm: bool
@@ -282,71 +283,6 @@ def slice_model(model: Model, width: int) -> Model:
     out = _Slicer(model, p, width).run()
     out.transforms.append(f"slice {p.axis.name} {full}->{width}")
     out.weight_maps = {}   # sliced weights are no longer a checkpoint's
-    return out
-
-
-# ---- weights ----
-def slice_params(model: Model, params: dict[str, Any], rotation: Any, width: int) -> dict[str, Any]:
-    """The weights of `slice_model(model, width)` from `model`'s `params` and the orthogonal `rotation` Q
-    ([D, D], columns ordered by importance, e.g. from `compute_rotation`). Computed in float64."""
-    import torch
-
-    p = plan(model)
-    full = int(model.dims.concrete(p.axis.size))
-    Q = torch.as_tensor(rotation, dtype=torch.float64)
-    if tuple(Q.shape) != (full, full):
-        raise TransformError(f"--slice: the rotation must be {full} x {full}, got {tuple(Q.shape)}")
-    if not torch.allclose(Q.T @ Q, torch.eye(full, dtype=torch.float64), atol=1e-6):
-        raise TransformError("--slice: the rotation is not orthogonal (Q^T Q != I)")
-    Qk = Q[:, :width]
-    c = math.sqrt(full / width)
-    out = dict(params)
-    f64 = {k: v.detach().double() for k, v in params.items()}
-
-    def put(path: str, value: Any, like: str) -> None:
-        out[path] = value.to(params[like].dtype)
-
-    def fold(norm: tuple[str, str | None] | None, w: Any, b: Any) -> tuple[Any, Any]:
-        if norm is None:
-            return w, b
-        if norm[1]:     # a LayerNorm's bias: b + W beta
-            b = (b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)) + w @ f64[norm[1]]
-        return w * f64[norm[0]], b
-
-    def center(w: Any, b: Any) -> tuple[Any, Any]:
-        if p.layer_norm:
-            w = w - w.mean(0, keepdim=True)
-            b = b - b.mean() if b is not None else None
-        return w, b
-
-    for action, paths, norm in p.instances:
-        if action == "embed":
-            e = f64[paths["table"]]
-            e = e - e.mean(1, keepdim=True) if p.layer_norm else e
-            put(paths["table"], e @ Qk, paths["table"])
-        elif action == "norm":
-            out[paths["weight"]] = torch.ones(width, dtype=params[paths["weight"]].dtype)
-            if paths["bias"]:
-                out.pop(paths["bias"], None)
-        elif action in ("read", "write", "read_write"):
-            wp, bp = paths["weight"], paths["bias"]
-            w, b = f64[wp], f64.get(bp) if bp else None
-            if action != "write":
-                w, b = fold(norm, w, b)
-                w = w @ Qk * c
-            if action != "read":
-                w, b = center(w, b)
-                w = Qk.T @ w
-                b = Qk.T @ b if b is not None else None
-            put(wp, w, wp)
-            if b is not None:
-                bias_path = bp or wp.rpartition(".")[0] + ".bias"
-                out[bias_path] = b.to(params[wp].dtype)
-        elif action == "head":
-            w, b = fold(norm, f64[paths["table"]], None)
-            out[f"{paths['head']}.weight"] = (w @ Qk * c).to(params[paths["table"]].dtype)
-            if b is not None:
-                out[f"{paths['head']}.bias"] = b.to(params[paths["table"]].dtype)
     return out
 
 
