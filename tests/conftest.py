@@ -17,10 +17,12 @@ if shutil.which("nvidia-smi") is None:
 # `nnspec.build`, `nnspec compile`, the cost model.
 os.environ.setdefault("NNSPEC_VERIFY", "1")
 
-# "ci": fixed examples, so a CI failure reproduces; "dev": fresh examples on every run.
+# The default run is the same on every machine, with or without CI set: fixed examples ("ci"), so the README's
+# test command passes as written and a failure reproduces. Random exploration is a separate, explicit run:
+# `python -m pytest --hypothesis-profile=explore` (fresh examples each time, more of them).
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
-settings.register_profile("dev", deadline=None, max_examples=50)
-settings.load_profile("ci" if "CI" in os.environ else "dev")
+settings.register_profile("explore", deadline=None, max_examples=200, print_blob=True)
+settings.load_profile("ci")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
