@@ -69,6 +69,9 @@ def _fmt_flops(expr: sympy.Expr) -> str:
     terms = []
     for term in sympy.Add.make_args(expr):
         coeff, rest = term.as_coeff_Mul()
+        if rest == 1:   # the constant term: a number, not `1.18e+06·1`
+            terms.append(f"{float(coeff):.4g}")
+            continue
         factors = []
         for base, exp in sorted(rest.as_powers_dict().items(), key=lambda kv: str(kv[0])):
             factors.append(f"{base}" + ("" if exp == 1 else "²" if exp == 2 else f"^{exp}"))
@@ -89,14 +92,15 @@ def _report(result: CheckResult, console: Console) -> None:
     console.print(table)
     ins = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.inputs.items())
     outs = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.outputs.items())
-    console.print(f"inputs   {ins}", highlight=False)
-    console.print(f"outputs  {outs}", highlight=False)
+    # markup=False: rich would take `[nodes, M]` (a lowercase name in brackets) for a style tag and drop it
+    console.print(f"inputs   {ins}", highlight=False, markup=False)
+    console.print(f"outputs  {outs}", highlight=False, markup=False)
     console.print(f"params   {_fmt_int(result.params)}", highlight=False)
     if result.free_dims:
         console.print(f"free     {', '.join(result.free_dims)} (FLOPs per forward pass are a formula in these)",
-                      highlight=False)
+                      highlight=False, markup=False)
     for g in model.guards:
-        console.print(f"guard    {g.text}  (checked at run time)", highlight=False)
+        console.print(f"guard    {g.text}  (checked at run time)", highlight=False, markup=False)
 
 
 def _fail(err: SpecError, as_json: bool, warnings: list[Any] | None = None) -> None:

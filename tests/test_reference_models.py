@@ -38,7 +38,7 @@ def copy_hf_weights(interp: Interpreter, hf: Any) -> None:
                     for t in transforms:
                         if t == "transpose":
                             src = src.t()
-                        elif t.startswith("unsqueeze"):
+                        elif t.startswith(("squeeze", "unsqueeze")):
                             src = src.reshape(p.shape)
                     p.copy_(src)
                     break

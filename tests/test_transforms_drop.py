@@ -123,15 +123,17 @@ def _output_projection(model: Model, path: str) -> list[str] | None:
 
 
 def _removed_nodes(graph: Graph, branch: Node) -> list[Node]:
-    """What dropping `branch` must remove, by reachability: the add, and every node that reaches no output once
-    the add's users read the stream instead (the branch, its norm, its parameters)."""
+    """What dropping `branch` must remove: the add, and every node it read that then serves nothing else, i.e.
+    is no output and serves no output nor anything outside what the add read, once the add's users read the
+    stream. Code that was unused before the drop (reaching no output) is no part of the branch and stays."""
     add, stream = residual_add(graph, branch)
+    read = nx.ancestors(graph.nx, add.name)
     g = graph.nx.copy()
     g.add_edges_from((stream, user) for user in graph.nx.successors(add.name))   # the add's users read the stream
     g.remove_node(add.name)
-    outputs = [stream if o == add.name else o for o in graph.outputs]
-    live = set().union(*(nx.ancestors(g, o) | {o} for o in outputs))
-    return [add] + [graph[n] for n in nx.ancestors(graph.nx, add.name) if n not in live and graph[n].op != "input"]
+    outputs = {stream if o == add.name else o for o in graph.outputs}
+    return [add] + [graph[n] for n in read if graph[n].op != "input" and n not in outputs
+                    and nx.descendants(g, n) <= read - outputs]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -340,7 +340,7 @@ def test_every_lowering_entry_was_exercised() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["gpt2", "llama", "bert", "pointwise"])
+@pytest.mark.parametrize("case", ["gpt2", "llama", "bert", "pointwise", "math_and_gradients"])
 def test_generated_kernels_compile_for_a_gpu(case: str, tmp_path: Path) -> None:
     """Every kernel generated for a model compiles to sm_90 machine code (no GPU needed), with its operands in
     their IR dtypes and with float operands in bf16: catches what the interpreter accepts and the GPU compiler

@@ -187,12 +187,12 @@ def test_split_pieces_must_cover_the_tensor_once(text: str) -> None:
 
 
 def test_transforms_apply_in_the_order_written() -> None:
-    """A rule's transforms are a pipe from the checkpoint's tensor to the parameter: `unsqueeze(0) | transpose`
+    """A rule's transforms are a pipe from the checkpoint's tensor to the parameter: `squeeze(0) | transpose`
     takes a [1, in, out] tensor to [in, out] and then to the parameter's [out, in]; saving runs the pipe back."""
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.weight_maps = {"hf": [("w", "their.w", ("unsqueeze(0)", "transpose"))]}
+            self.weight_maps = {"hf": [("w", "their.w", ("squeeze(0)", "transpose"))]}
             self.w = torch.nn.Parameter(torch.zeros(3, 5))
 
     theirs = torch.arange(15.0).reshape(1, 5, 3)
@@ -202,3 +202,24 @@ def test_transforms_apply_in_the_order_written() -> None:
     assert same(nnspec.save_weights(m), {"their.w": theirs})
     with pytest.raises(WeightError, match=r"their.w: \[5, 3\] in the checkpoint, \[1, 5, 3\] expected"):
         nnspec.load_weights(m, {"their.w": theirs[0]})
+
+
+def test_unsqueeze_inserts_the_axes_the_checkpoint_lacks() -> None:
+    """`unsqueeze(0, 2)` takes a checkpoint's [3, 5] to the parameter's [1, 3, 1, 5] (torch.unsqueeze(0), then
+    (2)), the inverse of `squeeze(0, 2)`; saving removes the axes again. It used to remove axes instead."""
+    class Tiny(torch.nn.Module):
+        def __init__(self, rule: str, shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.weight_maps = {"hf": [("w", "their.w", (rule,))]}
+            self.w = torch.nn.Parameter(torch.zeros(shape))
+
+    theirs = torch.arange(15.0).reshape(3, 5)
+    m = Tiny("unsqueeze(0, 2)", (1, 3, 1, 5))
+    nnspec.load_weights(m, {"their.w": theirs})
+    assert torch.equal(m.w.detach(), theirs[None, :, None, :])
+    assert same(nnspec.save_weights(m), {"their.w": theirs})
+    squeezed = Tiny("squeeze(0, 2)", (3, 5))
+    nnspec.load_weights(squeezed, {"their.w": theirs[None, :, None, :]})
+    assert torch.equal(squeezed.w.detach(), theirs)
+    with pytest.raises(WeightError, match=r"their.w: \[1, 3, 5\] in the checkpoint, \[3, 5\] expected"):
+        nnspec.load_weights(m, {"their.w": theirs[None]})

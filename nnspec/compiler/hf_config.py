@@ -1,8 +1,10 @@
 """Maps a Hugging Face `config.json` onto a spec's dims and options.
 
-Spec dims and options use HF key names, so most keys map by name. Keys nnspec knows change the
-computation are refused unless the spec consumes them or they hold their neutral value; every other
-unused key is a warning, so nothing in a config is silently dropped.
+Spec dims and options use HF key names, so most keys map by name; an option may name another key, or a path
+into a mapping or list (`rope_parameters.rope_theta`, `depths.0`), and a path that finds nothing in the config is
+an error. Keys nnspec knows change the computation are refused unless the spec consumes them or they hold their
+neutral value; every other unused key is a warning, so nothing in a config is silently dropped. A key the config
+omits takes the default the spec states Hugging Face uses (`hf_config.defaults`), with a warning saying so.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ SEMANTIC_KEYS: dict[str, tuple[Any, ...]] = {
     "sliding_window": (None,),
     "use_sliding_window": (False,),
     "qkv_bias": (False,),
-    "head_dim": (),
+    "head_dim": (None,),   # null: derived from the hidden size and the head count, as the spec does
     "rope_parameters": (),
     "rope_parameters.rope_type": ("default",),
     "rope_parameters.rope_theta": (),
@@ -56,16 +58,42 @@ GENERIC_KEYS = frozenset({
 
 
 def _flatten(config: dict[str, Any], referenced: set[str]) -> dict[str, Any]:
-    """Expand dict values one level (`rope_parameters.rope_theta`) where the spec or nnspec names a sub-key."""
+    """Expand mapping and list values (`rope_parameters.rope_theta`, `depths.0`) where the spec or nnspec names a
+    key inside them, as deep as named; every other value stays whole."""
     out: dict[str, Any] = {}
-    for key, value in config.items():
+
+    def expand(key: str, value: Any) -> None:
         prefix = key + "."
-        if isinstance(value, dict) and any(r.startswith(prefix) for r in referenced):
-            for sub, sub_value in value.items():
-                out[prefix + str(sub)] = sub_value
+        if isinstance(value, (dict, list)) and any(r.startswith(prefix) for r in referenced):
+            for sub, sub_value in (value.items() if isinstance(value, dict) else enumerate(value)):
+                expand(prefix + str(sub), sub_value)
         else:
             out[key] = value
+    for key, value in config.items():
+        expand(key, value)
     return out
+
+
+def _missing(config: dict[str, Any], path: str) -> str | None:
+    """Why `path` finds nothing in `config` though its first key is there (`depths has 4 entries`); None when
+    the config lacks the first key altogether."""
+    first, *rest = path.split(".")
+    if first not in config:
+        return None
+    value, where = config[first], first
+    for part in rest:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, list):
+            return f"{where} is a list of {len(value)} entries, indexed 0 to {len(value) - 1}"
+        elif isinstance(value, dict):
+            return f"{where} has no key '{part}' (it has: {', '.join(map(str, value)) or 'none'})"
+        else:
+            return f"{where} is {json.dumps(value)}, not a list or mapping"
+        where += "." + part
+    return f"{where} is {json.dumps(value)}"
 
 
 MAX_CONFIG_BYTES = 16 << 20  # config.json files with 20k-class id2label tables are about 1 MB
@@ -136,13 +164,32 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
     warnings: list[Warning_] = []
     hf_keys = {opt.hf_key: name for name, opt in spec.options.items() if opt.hf_key}
     key_spans = _top_level_key_spans(source)
-    referenced = {*hf_keys, *spec.hf_require, *spec.hf_ignore, *SEMANTIC_KEYS}
+    referenced = {*hf_keys, *spec.hf_require, *spec.hf_ignore, *spec.hf_defaults, *SEMANTIC_KEYS}
     if "num_labels" in spec.dims and "num_labels" not in config and isinstance(config.get("id2label"), dict):
         # PretrainedConfig stores the label count only as the size of id2label
         overrides["num_labels"] = len(config["id2label"])
-    for key, value in _flatten(config, referenced).items():
-        span = key_spans.get(key) or key_spans.get(key.partition(".")[0]) or source.span(0, 1)
+    flat = _flatten(config, referenced)
+    for name, opt in spec.options.items():
+        why = _missing(config, opt.hf_key) if opt.hf_key and opt.hf_key not in flat else None
+        if why is not None:   # `depths.7` of a 4-stage config: the spec would silently keep its default
+            raise SpecError("E022", f"option {name} reads '{opt.hf_key}', which this config does not have: {why}",
+                            key_spans.get(opt.hf_key.partition(".")[0]) or source.span(0, 1)).with_note(
+                f"option '{name}' declared here", opt.key_span)
+    defaulted: dict[str, Span] = {}
+    for key, (value, where) in spec.hf_defaults.items():
+        if key not in flat and key not in overrides:
+            flat[key], defaulted[key] = value, where
+            warnings.append(Warning_(f"the config does not set '{key}'; using {json.dumps(value)}, the default "
+                                     "this spec states Hugging Face uses", where))
+    for key, value in flat.items():
+        span = key_spans.get(key) or key_spans.get(key.partition(".")[0]) or defaulted.get(key) or source.span(0, 1)
         if key in spec.dims:
+            if value is None and not isinstance(spec.dims[key].value, int):
+                continue   # null: derive it, as the spec's own formula does
+            if value is None:
+                raise SpecError("E022", f"'{key}' is null, which asks for it to be derived, but this spec gives dim "
+                                f"{key} no formula, only the number {spec.dims[key].value}", span).with_note(
+                    "dim declared here", spec.dims[key].key_span)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpecError("E022", f"'{key}' must be an integer for dim {key}, got {value!r}", span)
             overrides[key] = value

@@ -51,6 +51,18 @@ class Axis:
     def __str__(self) -> str:
         return self.name
 
+    def size_str(self) -> str:
+        """The size as text (`n_embd`, `T^2`); a merged axis, named by its factors in the order written
+        (`n_head*head_dim` for `(n_head head_dim)`), prints as named: sympy sorts factors, and the written order
+        is the memory layout (the first factor is the outer one)."""
+        factors = self.name.split("*")
+        if len(factors) > 1:
+            symbols = {s.name: s for s in self.size.free_symbols}
+            values = [sympy.Integer(f) if f.isdigit() else symbols.get(f) for f in factors]
+            if all(v is not None for v in values) and sympy.Mul(*values) == self.size:
+                return self.name
+        return _size_str(self.size)
+
 
 @dataclass(frozen=True)
 class TensorType:
@@ -85,7 +97,7 @@ class TensorType:
         return f"{self.dtype}[{', '.join(a.name for a in self.axes)}]"
 
     def shape_str(self) -> str:
-        return " x ".join(_size_str(a.size) for a in self.axes) or "scalar"
+        return " x ".join(a.size_str() for a in self.axes) or "scalar"
 
 
 def _size_str(size: sympy.Expr) -> str:

@@ -11,7 +11,7 @@ _SHOWN_AS_TYPE = {"type", "params", "result"}
 
 def _attr(value: Any) -> str:
     if isinstance(value, Axis):
-        return value.name if value.name == str(value.size) else f"{value.name}={value.size}"
+        return value.name if value.name in (str(value.size), value.size_str()) else f"{value.name}={value.size}"
     if isinstance(value, TensorType):
         return str(value)
     if isinstance(value, DType):

@@ -98,7 +98,7 @@ def float_op(op: str, x: float, y: float) -> float:
     raise ValueError(op)
 
 
-STATIC_FUNCS = {"sqrt", "min", "max", "abs", "log", "exp"}
+STATIC_FUNCS = {"sqrt", "min", "max", "abs", "log", "exp", "int"}
 
 
 def static_call(name: str, args: list[Any], span: Span, concrete: Any = None) -> Any:
@@ -109,8 +109,23 @@ def static_call(name: str, args: list[Any], span: Span, concrete: Any = None) ->
         return (sympy.Min if name == "min" else sympy.Max)(*nums)
     if len(nums) != 1:
         raise SpecError("E019", f"{name} takes one value, got {len(nums)}", span)
+    if name == "int":
+        return to_int(nums[0], span, concrete)
     fn = {"sqrt": sympy.sqrt, "abs": sympy.Abs, "log": sympy.log, "exp": sympy.exp}[name]
     return checked(fn(nums[0]), span, concrete)  # sqrt(-1), log(0), exp(1000): refused where written
+
+
+def to_int(x: sympy.Expr, span: Span, concrete: Any = None) -> sympy.Expr:
+    """`int(x)`: a number (a float option times a size, `int(mlp_ratio * d)`) truncated toward zero, as Python's
+    `int` and Hugging Face's configs do; the only way a float becomes a size, so a fraction is never silent."""
+    value = concrete(x) if concrete is not None else x
+    if value.is_number:
+        if not value.is_finite:
+            raise SpecError("E023", f"int({value}): not a finite number", span)
+        return sympy.Integer(int(value))
+    if value.is_integer:
+        return x
+    raise SpecError("E026", f"int({x}) depends on a free dim; a fraction of a run-time size cannot be a size", span)
 
 
 def compare(op: str, a: Static, b: Static, span: Span) -> bool | sympy.Basic:

@@ -28,7 +28,13 @@ class AxisGroup(Node):
     items: list[AxisName | AxisInt]
 
 
-AxisItem = AxisName | AxisInt | AxisGroup
+@dataclass(eq=False)
+class AxisExpr(Node):
+    """`(2 * d)`: an axis given by a size expression, named by its value as a size argument's axis is."""
+    expr: Expr
+
+
+AxisItem = AxisName | AxisInt | AxisGroup | AxisExpr
 
 
 # ---- expressions ----

@@ -73,8 +73,8 @@ class WeightRule:
     span: Span
 
 
-WEIGHT_TRANSFORMS = ("transpose", "unsqueeze(D, ...)", "split(D, N, I)", "optional")
-_UNSQUEEZE = re.compile(r"unsqueeze\(\s*\d+(\s*,\s*\d+)*\s*\)$")
+WEIGHT_TRANSFORMS = ("transpose", "squeeze(D, ...)", "unsqueeze(D, ...)", "split(D, N, I)", "optional")
+_SQUEEZE = re.compile(r"(un)?squeeze\(\s*\d+(\s*,\s*\d+)*\s*\)$")
 _SPLIT = re.compile(r"split\(\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\)$")
 
 
@@ -94,6 +94,7 @@ class Spec:
     body_span: Span
     hf_ignore: list[str] = field(default_factory=list)
     hf_require: dict[str, tuple[Any, Span]] = field(default_factory=dict)
+    hf_defaults: dict[str, tuple[Any, Span]] = field(default_factory=dict)
     weights: dict[str, list[WeightRule]] = field(default_factory=dict)
     weights_spans: dict[str, Span] = field(default_factory=dict)
 
@@ -181,10 +182,13 @@ def load_source(source: Source) -> Spec:
 
     hf_ignore: list[str] = []
     hf_require: dict[str, tuple[Any, Span]] = {}
+    hf_defaults: dict[str, tuple[Any, Span]] = {}
     if doc.hf_config is not None:
         hf_ignore = list(doc.hf_config.ignore)
         for key, node in _items(top["hf_config"].value, "require"):
             hf_require[key] = (node.plain(), node.span)
+        for key, node in _items(top["hf_config"].value, "defaults"):
+            hf_defaults[key] = (node.plain(), node.span)
 
     weights: dict[str, list[WeightRule]] = {}
     weights_spans: dict[str, Span] = {}
@@ -193,7 +197,7 @@ def load_source(source: Source) -> Spec:
         for ours, value in node.value.items():
             theirs, *transforms = [part.strip() for part in value.value.split("|")]
             for t in transforms:
-                if t not in ("transpose", "optional") and not _UNSQUEEZE.match(t) and not _SPLIT.match(t):
+                if t not in ("transpose", "optional") and not _SQUEEZE.match(t) and not _SPLIT.match(t):
                     raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
                                     value.span)
             if not theirs or _placeholders(ours) != _placeholders(theirs):
@@ -204,7 +208,8 @@ def load_source(source: Source) -> Spec:
         weights_spans[source_name] = top["weights"].key_spans[source_name]
 
     return Spec(source, doc.name, top["name"].span, doc.doc, dims, options, require, inputs, outputs,
-                blocks, _expr(top["body"], "start"), top["body"].span, hf_ignore, hf_require, weights, weights_spans)
+                blocks, _expr(top["body"], "start"), top["body"].span, hf_ignore, hf_require, hf_defaults, weights,
+                weights_spans)
 
 
 def _placeholders(pattern: str) -> list[str]:

@@ -231,6 +231,9 @@ class _ToAst(lark.Transformer):
     def _axis_group(self, c: list[Any], span: Any) -> ast.AxisGroup:
         return ast.AxisGroup(list(c), span=span)
 
+    def _axis_expr(self, c: list[Any], span: Any) -> ast.AxisExpr:
+        return ast.AxisExpr(c[0], span=span)
+
     # other entry points
     def _dimexpr(self, c: list[Any], span: Any) -> ast.Expr:
         return c[0]

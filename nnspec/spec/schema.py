@@ -38,7 +38,8 @@ class InputDoc(_Strict):
 
 class HfConfigDoc(_Strict):
     ignore: list[str] = Field(default_factory=list)
-    require: dict[str, Scalar | None] = Field(default_factory=dict)
+    require: dict[str, Scalar | list[Scalar] | None] = Field(default_factory=dict)   # `mlp_only_layers: []`
+    defaults: dict[str, Scalar] = Field(default_factory=dict)   # what HF uses when config.json omits the key
 
 
 class SpecDoc(_Strict):

@@ -25,6 +25,8 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "apply_rotary": (),
     "apply_rotary_interleaved": (),
     "sinusoidal_table": (),
+    "drop_path": (),
+    "moe_swiglu": (),
 }
 
 # activations the `linear` helper applies itself (oneDNN post-ops; its LINEAR_ACTIVATIONS table says how, in oneDNN

@@ -1,8 +1,9 @@
 """The attributes of each generated class (`plan_members`).
 
 A parameter group that ops use the way a torch module does (`linear` taking `c_fc.weight` and `c_fc.bias` ->
-`nn.Linear`; likewise `nn.Embedding`, `nn.LayerNorm`, `RMSNorm`, `nn.BatchNormNd`, `nn.ConvNd`) becomes that
-module, so state-dict keys stay the spec's paths and the code reads like hand-written PyTorch; any other group
+`nn.Linear`; likewise `nn.Embedding`, `nn.LayerNorm`, `RMSNorm`, `nn.BatchNormNd`, `nn.ConvNd`,
+`nn.ConvTransposeNd`) becomes that module, so state-dict keys stay the spec's paths and the code reads like
+hand-written PyTorch; any other group
 becomes plain `nn.Parameter`s and buffers under `nn.Module()` containers. Block calls and repeats become block
 instances and `nn.ModuleList`s. Each member carries the `reset_parameters()` lines its spec init needs.
 """
@@ -271,22 +272,42 @@ def _batchnorm_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) 
 
 
 def _conv_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:
+    return _conv_like(mg, graph, leaves, "conv")
+
+
+def _conv_transpose_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]
+                           ) -> tuple[Expr, list[Expr]] | None:
+    return _conv_like(mg, graph, leaves, "conv_transpose")
+
+
+def _conv_like(mg: ModuleContext, graph: Graph, leaves: dict[str, Node], kind: str) -> tuple[Expr, list[Expr]] | None:
+    """nn.ConvNd (weight `[out, in/groups, *kernel]`) or nn.ConvTransposeNd (`[in, out/groups, *kernel]`)."""
     w, b = leaves.get("weight"), leaves.get("bias")
     if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param":
         return None
-    users = _uses(graph, list(leaves.values()), "conv", [w.name] + ([b.name] if b else []))
-    if users is None or not _same(users, "kernel", "stride", "padding"):
+    users = _uses(graph, list(leaves.values()), kind, [w.name] + ([b.name] if b else []))
+    window = ("kernel", "stride", "padding") + (("output_padding", "groups") if kind == "conv_transpose" else ())
+    if users is None or not _same(users, *window) or len({u.attrs.get("groups", 1) for u in users}) != 1:
         return None
     a = users[0].attrs
-    out, inp = w.attrs["type"].sizes[:2]
-    ctor = P.Call(P.dotted(f"nn.Conv{len(a['kernel'])}d"),
-                  (mg_size(mg, inp), mg_size(mg, out), P.TupleExpr(P.ints(a["kernel"]))),
-                  (("stride", P.TupleExpr(P.ints(a["stride"]))), ("padding", P.TupleExpr(P.ints(a["padding"]))),
-                   *((("bias", Lit(False)),) if b is None else ())))
+    groups = a.get("groups", 1)
+    first, second = w.attrs["type"].sizes[:2]
+    inp, out = (second * groups, first) if kind == "conv" else (first, second * groups)
+    kwargs: tuple[tuple[str, Expr], ...] = (("stride", P.TupleExpr(P.ints(a["stride"]))),
+                                            ("padding", P.TupleExpr(P.ints(a["padding"]))))
+    if kind == "conv_transpose":
+        kwargs += (("output_padding", P.TupleExpr(P.ints(a["output_padding"]))),)
+    if groups != 1:
+        kwargs += (("groups", Lit(groups)),)
+    if b is None:
+        kwargs += (("bias", Lit(False)),)
+    cls = f"nn.Conv{len(a['kernel'])}d" if kind == "conv" else f"nn.ConvTranspose{len(a['kernel'])}d"
+    ctor = P.Call(P.dotted(cls), (mg_size(mg, inp), mg_size(mg, out), P.TupleExpr(P.ints(a["kernel"]))), kwargs)
     inits = [_init(member(n.attrs["path"]), n.attrs["init"], n.attrs["type"]) for n in (w, b) if n]
     return ctor, inits
 
 
 MODULES: dict[str, Recogniser] = {"linear": _linear_module, "embedding": _embedding_module,
                                   "layernorm": _layernorm_module, "rmsnorm": _rmsnorm_module,
-                                  "batchnorm": _batchnorm_module, "conv": _conv_module}
+                                  "batchnorm": _batchnorm_module, "conv": _conv_module,
+                                  "conv_transpose": _conv_transpose_module}

@@ -115,10 +115,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int
 
 
 def apply_rotary_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int) -> torch.Tensor:
-    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of `dim` (GPT-J layout)."""
+    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of `dim` (GPT-J layout).
+
+    The tables broadcast against `x` from the right and may have fewer axes (the generated code leaves leading
+    size-1 axes out), so they are indexed from the end: `dim` counted from the left names another axis of them.
+    """
     d = x.shape[dim]
-    cos = cos.narrow(dim, 0, d // 2).repeat_interleave(2, dim=dim)
-    sin = sin.narrow(dim, 0, d // 2).repeat_interleave(2, dim=dim)
+    table_dim = dim - x.dim() if dim >= 0 else dim
+    cos = cos.narrow(table_dim, 0, d // 2).repeat_interleave(2, dim=table_dim)
+    sin = sin.narrow(table_dim, 0, d // 2).repeat_interleave(2, dim=table_dim)
     pairs = x.unflatten(dim, (d // 2, 2))
     rotated = torch.stack((-pairs.select(dim + 1, 1), pairs.select(dim + 1, 0)), dim=dim + 1).flatten(dim, dim + 1)
     return x * cos + rotated * sin
@@ -132,3 +137,34 @@ def sinusoidal_table(n: int, d: int, base: float, device: torch.device | None = 
     table[:, 0::2] = torch.sin(pos * div)
     table[:, 1::2] = torch.cos(pos * div)
     return table
+
+
+def drop_path(x: torch.Tensor, p: float, dim: int, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016), as timm's `drop_path`: while training, each index along `dim` (each
+    sample) keeps its whole slice with probability 1 - p, scaled by 1 / (1 - p), or is zeroed; eval: x itself."""
+    if not training or p == 0.0:
+        return x
+    keep = x.new_empty([n if i == dim else 1 for i, n in enumerate(x.shape)]).bernoulli_(1.0 - p)
+    return x * keep.div_(1.0 - p)
+
+
+def moe_swiglu(
+    x: torch.Tensor,
+    router: torch.Tensor,
+    gate_proj: torch.Tensor,
+    up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    k: int,
+    norm_topk_prob: bool,
+) -> torch.Tensor:
+    """A top-k mixture of SwiGLU experts over the last dim of x, computed densely: every expert on every token,
+    weighted by its routing weight, which is zero where the router did not pick the expert. Routing as Mixtral's:
+    softmax over the experts in fp32, the k largest kept, renormalised to sum to 1 when `norm_topk_prob`.
+    router is [E, H], gate_proj and up_proj [E, I, H], down_proj [E, H, I]."""
+    probs = F.softmax(F.linear(x, router).float(), dim=-1)
+    top, index = probs.topk(k, dim=-1)
+    if norm_topk_prob:
+        top = top / top.sum(dim=-1, keepdim=True)
+    weights = torch.zeros_like(probs).scatter(-1, index, top).to(x.dtype)
+    h = F.silu(torch.einsum("...h,eih->...ei", x, gate_proj)) * torch.einsum("...h,eih->...ei", x, up_proj)
+    return torch.einsum("...ei,ehi->...h", h * weights.unsqueeze(-1), down_proj)

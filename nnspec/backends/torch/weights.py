@@ -53,12 +53,15 @@ TRANSFORMS: dict[str, Transform] = {
     # a flag on the rule (it may match no parameter), not a change to the tensor
     "optional": Transform(lambda t: t, lambda t: t, lambda s: s),
 }
-_UNSQUEEZE = re.compile(r"unsqueeze\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)$")
+_SQUEEZE = re.compile(r"(un)?squeeze\(\s*(\d+(?:\s*,\s*\d+)*)\s*\)$")
 _SPLIT = re.compile(r"split\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)$")
 
 
 def transform(name: str) -> Transform:
-    """A transform by its name in a `weights:` rule; `unsqueeze(0, 1)`: the checkpoint has size-1 axes there;
+    """A transform by its name in a `weights:` rule, a step from the checkpoint's tensor towards ours:
+    `squeeze(0, 1)` removes size-1 axes 0 and 1 the checkpoint has and the parameter lacks (ViT's
+    `cls_token` is [1, 1, hidden]); `unsqueeze(0)` inserts a size-1 axis at 0 that the parameter has and the
+    checkpoint lacks (the positions are the parameter's, as successive `torch.unsqueeze` calls take them);
     `split(D, N, I)`: the parameter is piece I of N equal pieces along dim D (GPT-2's fused c_attn for separate
     q, k and v projections). Saving joins the pieces (`to_source`), so `save` is the identity on one piece."""
     if name in TRANSFORMS:
@@ -72,25 +75,30 @@ def transform(name: str) -> Transform:
         def grow(s: tuple[int, ...]) -> tuple[int, ...]:
             return (*s[:d], s[d] * n, *s[d + 1:]) if d < len(s) else s
         return Transform(lambda t: t.chunk(n, d)[i], lambda t: t, grow, (d, n, i))
-    m = _UNSQUEEZE.match(name)
+    m = _SQUEEZE.match(name)
     if m is None:
         raise WeightError(f"unknown weight transform {name!r}")
-    dims = [int(d) for d in m.group(1).split(",")]
+    dims = [int(d) for d in m.group(2).split(",")]
 
-    def their_shape(s: tuple[int, ...]) -> tuple[int, ...]:
+    def with_ones(s: tuple[int, ...]) -> tuple[int, ...]:
         out = list(s)
         for d in dims:
             out.insert(d, 1)
         return tuple(out)
 
-    def save(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(their_shape(tuple(t.shape)))
-
-    def load(t: torch.Tensor) -> torch.Tensor:
+    def without(s: tuple[int, ...]) -> tuple[int, ...]:
+        out = list(s)
         for d in reversed(dims):
-            t = t.squeeze(d)
-        return t
-    return Transform(load, save, their_shape)
+            if d >= len(out) or out[d] != 1:
+                raise WeightError(f"{name}: the tensor of shape {list(s)} has no size-1 axis {d} to remove")
+            del out[d]
+        return tuple(out)
+
+    if m.group(1):   # unsqueeze: the checkpoint's tensor lacks the size-1 axes
+        return Transform(lambda t: t.reshape(with_ones(tuple(t.shape))), lambda t: t.reshape(without(tuple(t.shape))),
+                         without)
+    return Transform(lambda t: t.reshape(without(tuple(t.shape))), lambda t: t.reshape(with_ones(tuple(t.shape))),
+                     with_ones)
 
 
 @dataclass

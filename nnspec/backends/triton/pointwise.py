@@ -8,7 +8,8 @@ and the group falls back to torch code.
 
 What each op computes comes from one table, `RULES`: the op table's `POINTWISE[op].triton` template where its row
 has one, and a rule of this file for the rest (ops whose code depends on dtypes or constants, such as integer
-`//` or `pow`, and ops with attributes: `where`, `cast`, `clamp`, `dropout`). An op not in `RULES` has no kernel.
+`//` or `pow`; ops computed in several steps because the interpreter has no libdevice, such as `log1p` and `round`;
+and ops with attributes: `where`, `cast`, `clamp`, `dropout`). An op not in `RULES` has no kernel.
 """
 
 from __future__ import annotations
@@ -192,6 +193,69 @@ def _pow(body: Body, node: Node, ct: str, offsets: str) -> str:
     raise Unsupported("pow with an exponent other than a small constant needs torch's pow (negative bases)")
 
 
+def _log1p_of(body: Body, x: str) -> str:
+    """ln(1 + x) to a few ulps without libdevice (which the interpreter lacks): u = 1 + x rounds, and
+    ln(u) * x / (u - 1) corrects for that rounding (Goldberg 1991, Theorem 4); x itself where u is 1 or infinite."""
+    u = body.tmp(f"1.0 + {x}")
+    return f"tl.where(({u} == 1.0) | ({u} == float(\"inf\")), {x}, tl.log({u}) * ({x} / ({u} - 1.0)))"
+
+
+def _log1p(body: Body, node: Node, ct: str, offsets: str) -> str:
+    (x,) = body.args(node, ct)
+    return _log1p_of(body, x)
+
+
+def _softplus(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """torch's softplus: x above its threshold 20, else ln(1 + e^x) (NaN stays NaN: it is not above 20)."""
+    (x,) = body.args(node, ct)
+    return f"tl.where({x} > 20.0, {x}, {_log1p_of(body, body.tmp(f'tl.exp({x})'))})"
+
+
+def _expm1(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """e^x - 1 to a few ulps (Kahan): with u = e^x, (u - 1) * x / ln(u) cancels the rounding of u; x itself where u
+    is 1, -1 where u - 1 is, and u where it is infinite."""
+    (x,) = body.args(node, ct)
+    u = body.tmp(f"tl.exp({x})")
+    um1 = body.tmp(f"{u} - 1.0")
+    exact = f"tl.where({um1} == -1.0, -1.0, {um1} * ({x} / tl.log({u})))"
+    return f"tl.where({u} == 1.0, {x}, tl.where({u} == float(\"inf\"), {u}, {exact}))"
+
+
+def _floor(body: Body, node: Node, ct: str, offsets: str) -> str:
+    (x,) = body.args(node, ct)
+    return f"tl.floor({x})" if ct == "tl.float32" else x   # an integer is its own floor
+
+
+def _round(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """Halves to even, as torch.round, from floor: f = floor(x) and d = x - f (exact, or rounding to 0.5 only where
+    x is in (-0.5, 0), whose answer f + 1 = 0 the tie rule also gives); zero keeps x's sign, as in torch."""
+    (x,) = body.args(node, ct)
+    if ct != "tl.float32":
+        return x
+    f = body.tmp(f"tl.floor({x})")
+    d = body.tmp(f"{x} - {f}")
+    even = f"({f} - 2.0 * tl.floor({f} * 0.5) == 0.0)"
+    r = body.tmp(f"tl.where({d} > 0.5, {f} + 1.0, tl.where({d} < 0.5, {f}, tl.where({even}, {f}, {f} + 1.0)))")
+    return f"tl.where({r} == 0.0, {x} * 0.0, {r})"
+
+
+def _sign(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """-1, 0 or 1 in the operand's type; 0 for NaN and both zeros, as torch.sign."""
+    (x,) = body.args(node, ct)
+    return f"({x} > 0).to({ct}) - ({x} < 0).to({ct})"
+
+
+def _straight_through(body: Body, node: Node, ct: str, offsets: str) -> str:
+    """The value torch computes, x + (y - x), the difference rounded to the result's type first as torch rounds it
+    (a kernel runs only where autograd records nothing, so the detach has no work to do)."""
+    x, y = body.args(node, ct)
+    out = node.tensor_type.dtype
+    diff = f"{y} - {x}"
+    if out in (DType.float16, DType.bfloat16):
+        diff = f"({diff}).to({TL_TYPES[out]}).to(tl.float32)"
+    return f"{x} + {body.tmp(diff)}"
+
+
 def _extremum(body: Body, node: Node, ct: str, offsets: str) -> str:
     a, b = (body.arg(i, ct) for i in node.inputs)
     return f"tl.{node.op}({a}, {b})"
@@ -237,6 +301,13 @@ def _dropout(body: Body, node: Node, ct: str, offsets: str) -> str:
 RULES: dict[str, Rule] = {
     **{name: _template(row) for name, row in POINTWISE.items() if row.triton is not None},
     "gelu_tanh": _gelu_tanh,
+    "softplus": _softplus,
+    "log1p": _log1p,
+    "expm1": _expm1,
+    "floor": _floor,
+    "round": _round,
+    "sign": _sign,
+    "straight_through": _straight_through,
     "div": _div,
     "floordiv": _floor_div_mod,
     "mod": _floor_div_mod,

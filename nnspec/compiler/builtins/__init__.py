@@ -1,3 +1,3 @@
 """The spec language's built-in functions, registered in `BUILTINS` on import (one module per family)."""
 
-from nnspec.compiler.builtins import core, indexing, positional, spatial, structure  # noqa: F401
+from nnspec.compiler.builtins import core, indexing, moe, positional, spatial, structure  # noqa: F401

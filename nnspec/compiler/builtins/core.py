@@ -154,6 +154,17 @@ for _name in UNARY:
         builtin(_name, f"{_name}(x)", UNARY[_name].formula)(_unary(_name))
 
 
+@builtin("int", "int(x)", "A number known when the spec is checked, truncated to an integer: how a float option "
+         "becomes a size (`linear(x, int(mlp_ratio * d))`). A tensor is converted with `cast`.")
+def _int(b: Surface, call: ast.Call) -> Any:
+    a, _ = bind(call, "int", [("x", REQUIRED)])
+    v = b.eval(a["x"])  # type: ignore[arg-type]
+    if isinstance(v, TensorValue):
+        raise SpecError("E026", "int(x) converts a number known when the spec is checked; convert a tensor with "
+                        "cast(x, int64)", call.span)
+    return static_call("int", [b.static(a["x"], "int")], call.span, b.sizes.concrete)  # type: ignore[arg-type]
+
+
 @builtin("where", "where(cond, a, b)", "`a` where `cond`, else `b`.")
 def _where(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "where", [("cond", REQUIRED), ("a", REQUIRED), ("b", REQUIRED)])
@@ -168,6 +179,24 @@ def _dropout(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "dropout", [("x", REQUIRED), ("p", REQUIRED)])
     x = b.tensor(a["x"])  # type: ignore[arg-type]
     return b.emit("dropout", [x.node], {"p": b.number(a["p"], "dropout p")}, call.span)  # type: ignore[arg-type]
+
+
+@builtin("drop_path", "drop_path(x, p, over=AXIS)",
+         "Stochastic depth: while training, zero each sample (index along `over`) whole with probability p.")
+def _drop_path(b: Surface, call: ast.Call) -> Any:
+    a, _ = bind(call, "drop_path", [("x", REQUIRED), ("p", REQUIRED), ("over", REQUIRED)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]
+    over = over_axis(b, a["over"], x, "drop_path", call.span)
+    return b.emit("drop_path", [x.node], {"p": b.number(a["p"], "drop_path p"), "axis": over},  # type: ignore[arg-type]
+                  call.span)
+
+
+@builtin("straight_through", "straight_through(x, y)",
+         "The value of y with the gradient of x (a straight-through estimator: `x + (y - x)` detached).")
+def _straight_through(b: Surface, call: ast.Call) -> Any:
+    a, _ = bind(call, "straight_through", [("x", REQUIRED), ("y", REQUIRED)])
+    x = b.tensor(a["x"])  # type: ignore[arg-type]  # gradients flow to x: a tensor, never a number
+    return b.elementwise("straight_through", [x, b.eval(a["y"])], call.span)  # type: ignore[arg-type]
 
 
 # ---- along an axis ----
@@ -295,7 +324,7 @@ def _repeat(b: Surface, call: ast.Call) -> Any:
             kwargs.append(kw)
     decl = b.blocks[ref.name]
     inner = ast.Call(block_expr, call.args[2:], kwargs, span=call.span)
-    tensors, template = b.block_binding(decl, inner)
+    tensors, template, to_caller = b.block_binding(decl, inner)
     scope = b.claim_scope(b.scope_kwarg(call), ref.name, call.span)
     params = tuple(b.graph[t].type for t in tensors)
     result = template.output_type()
@@ -304,8 +333,9 @@ def _repeat(b: Surface, call: ast.Call) -> Any:
         want = show(params[0]) if params else "no tensor"
         raise SpecError("E025", f"repeat feeds block '{ref.name}' its own output, but it takes {want} and "
                         f"returns {got}", call.span)
-    return b.emit("repeat", tensors, {"block": template.name, "scope": scope, "count": int(count),
-                                      "shared": shared, "params": params, "result": result}, call.span, hint=scope)
+    return b.in_caller_terms("repeat", tensors, {"block": template.name, "scope": scope, "count": int(count),
+                                                 "shared": shared, "params": params, "result": result}, call.span,
+                             to_caller, scope)
 
 
 def builtin_names() -> list[str]:

@@ -1,4 +1,4 @@
-"""Indexing along named axes: top-k, sort, gather, scatter, cumsum, concat, slice, clamp."""
+"""Indexing along named axes: top-k, sort, gather, scatter, cumsum, concat, stack, slice, clamp."""
 
 from __future__ import annotations
 
@@ -104,6 +104,25 @@ def _concat(b: Surface, call: ast.Call) -> Any:
                         for x in xs])
     into = _into(b, kw["into"].value if "into" in kw else None, total)
     return b.emit("concat", [x.node for x in xs], {"axis": over, "into": into}, call.span)
+
+
+MAX_STACK = 64
+
+
+@builtin("stack", "stack(a, b, ..., into=NAME)",
+         "Stack tensors along a new leading axis NAME of size the number of tensors.")
+def _stack(b: Surface, call: ast.Call) -> Any:
+    kw = {k.name: k for k in call.kwargs}
+    for name in kw:
+        if name != "into":
+            raise SpecError("E016", f"stack has no argument '{name}' (it takes tensors and into=)", kw[name].span)
+    if not call.args or "into" not in kw:
+        raise SpecError("E019", "stack takes tensors and into=NAME, the new axis", call.span)
+    if len(call.args) > MAX_STACK:
+        raise SpecError("E019", f"stack takes at most {MAX_STACK} tensors, got {len(call.args)}", call.span)
+    xs = [b.tensor(e) for e in call.args]
+    into = _into(b, kw["into"].value, sympy.Integer(len(xs)))
+    return b.emit("stack", [x.node for x in xs], {"into": into}, call.span)
 
 
 def _join_axes(b: Surface, xs: list[TensorValue], call: ast.Call, over: ast.Tuple) -> list[TensorValue]:

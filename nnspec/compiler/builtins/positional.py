@@ -13,11 +13,12 @@ from nnspec.spec import ast
 
 
 @builtin("attention", "attention(q, k, v, key=AXIS, dim=last, query=AXIS, causal=false, mask=none, bias=none, "
-         "scale=1/sqrt(dim))", "Scaled dot-product attention by axis names (GQA/MQA by broadcasting).")
+         "scale=1/sqrt(dim), dropout=0)", "Scaled dot-product attention by axis names (GQA/MQA by broadcasting); "
+         "`dropout=p` drops attention probabilities while training.")
 def _attention(b: Surface, call: ast.Call) -> Any:
     a, _ = bind(call, "attention", [("q", REQUIRED), ("k", REQUIRED), ("v", REQUIRED), ("key", None), ("dim", None),
                                     ("query", None), ("causal", None), ("mask", None), ("bias", None),
-                                    ("scale", None)])
+                                    ("scale", None), ("dropout", None)])
     q, k, v = b.tensor(a["q"]), b.tensor(a["k"]), b.tensor(a["v"])  # type: ignore[arg-type]
     tq, tk = b.type_of(q), b.type_of(k)
     dim = over_axis(b, a["dim"], q, "attention", call.span)
@@ -60,8 +61,15 @@ def _attention(b: Surface, call: ast.Call) -> Any:
         inputs.append(b.tensor(a["mask"]).node)  # type: ignore[arg-type]
     if has_bias:
         inputs.append(b.tensor(a["bias"]).node)  # type: ignore[arg-type]
-    return b.emit("attention", inputs, {"dim": dim, "key": key, "query": query, "causal": causal, "scale": scale,
-                                        "has_mask": has_mask, "has_bias": has_bias}, call.span)
+    attrs = {"dim": dim, "key": key, "query": query, "causal": causal, "scale": scale, "has_mask": has_mask,
+             "has_bias": has_bias}
+    if a["dropout"] is not None:
+        p = b.number(a["dropout"], "attention dropout")
+        if not 0.0 <= p < 1.0:
+            raise SpecError("E015", f"attention dropout must be in [0, 1), got {p}", a["dropout"].span)
+        if p > 0.0:   # no attribute at 0: the node is the one a spec without dropout= makes
+            attrs["dropout"] = p
+    return b.emit("attention", inputs, attrs, call.span)
 
 
 @builtin("rotary", 'rotary(x, pos=AXIS, dim=last, base=10000, style="half", positions=none)',

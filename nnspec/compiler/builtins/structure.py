@@ -8,7 +8,7 @@ from typing import Any
 from nnspec.compiler.builtins.core import INIT_STD, over_axis
 from nnspec.compiler.elaborate import FuncRef, Surface, TupleValue, builtin
 from nnspec.compiler.elaborate.tensor_types import show
-from nnspec.compiler.ir import DType, TensorType
+from nnspec.compiler.ir import Axis, DType, TensorType
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 
@@ -16,10 +16,9 @@ INITS = ("normal", "zeros", "ones")
 
 
 @builtin("param", 'param(size, size, ..., init="normal", std=0.02, name=NAME)',
-         "A learned tensor with the given axes (e.g. stacked expert weights).")
+         "A learned tensor with the given axes (e.g. stacked expert weights); `param()` is a learned scalar; a "
+         "size given twice (`param(d, d)`, square) names its second axis `d_1`.")
 def _param(b: Surface, call: ast.Call) -> Any:
-    if not call.args:
-        raise SpecError("E019", "param needs at least one size: param(E, d, name=w)", call.span)
     init, std = "normal", INIT_STD
     for kw in call.kwargs:
         if kw.name == "init":
@@ -32,16 +31,26 @@ def _param(b: Surface, call: ast.Call) -> Any:
                 raise SpecError("E015", f"param std must be a finite number >= 0, got {std}", kw.value.span)
         elif kw.name != "name":
             raise SpecError("E016", f"param has no argument '{kw.name}' (init, std, name)", kw.span)
-    axes = tuple(b.size(e, "param size") for e in call.args)
-    names = [a.name for a in axes]
-    if len(set(names)) != len(names):
-        raise SpecError("E017", f"param axes must have distinct names, got {', '.join(names)}", call.span)
+    axes = _distinct([b.size(e, "param size") for e in call.args])
     scope = b.claim_scope(b.scope_kwarg(call), "param", call.span)
     spec_init = ("normal", std) if init == "normal" else (init,)
     node = b.emit("param", [], {"path": scope, "type": TensorType(axes, DType.float32), "init": spec_init}, call.span,
                   hint=scope)
     b.params[scope] = node.node
     return node
+
+
+def _distinct(axes: list[Axis]) -> tuple[Axis, ...]:
+    """A tensor's axes have distinct names: a size named again (a square `param(d, d)`) is numbered as a repeated
+    scope name is, `d_1`, `d_2`; relabel it to taste (`param(d, d)[d, e]`)."""
+    out: list[Axis] = []
+    for a in axes:
+        name, n = a.name, 0
+        while name in (x.name for x in out):
+            n += 1
+            name = f"{a.name}_{n}"
+        out.append(Axis(name, a.size))
+    return tuple(out)
 
 
 @builtin("scan", "scan(step, init, xs..., over=AXIS, name=step) -> (final state, outputs)",
@@ -78,6 +87,10 @@ def _scan(b: Surface, call: ast.Call) -> Any:
     state_t = b.type_of(state)
     bound = [(params[0].name, state_t)] + [(p.name, t) for p, t in zip(params[1:], steps, strict=True)]
     template = b.template(decl, bound, call.span)
+    if template.meta.get("captures"):   # its inputs after the state are sequences, sliced along `over`
+        raise SpecError("E026", f"scan: block '{ref.name}' reads the model input "
+                        f"'{template.meta['captures'][0]}'; a scan's step sees only its state and the slices "
+                        "it is given", call.span)
     result = template.output_type()
     new_state, y = result if isinstance(result, tuple) and len(result) == 2 else (result, result)
     if new_state != state_t:

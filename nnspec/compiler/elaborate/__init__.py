@@ -8,11 +8,13 @@ Modules, lowest first (each imports only those above it in this list):
     limits, values            how big a model may get; what an expression evaluates to
     static_eval, dims         expressions known when the spec is checked; binding dims and options
     guards, tensor_types      run-time size guards; declared types
+    axis_rules                broadcasts no operand covers (outer) are refused; size-1 axes' birthplaces in errors
     state                     model-wide state shared by every builder
     surface                   the builtin table and the narrow `Builder` API builtins may use
     views                     named-axis views, as functions of a type and an annotation
     nodes -> expressions -> statements -> blocks
                               the graph builder, one layer per idea; `blocks.Builder` is the whole of it
+    signature                 a block call's own names, bound per call, and its results in the caller's names
     model                     `Elaborator`: the entry point
 """
 

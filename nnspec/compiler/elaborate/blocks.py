@@ -11,6 +11,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.elaborate.limits import MAX_BLOCK_DEPTH
+from nnspec.compiler.elaborate.signature import Signature, caller_axes
 from nnspec.compiler.elaborate.statements import StatementBuilder
 from nnspec.compiler.elaborate.values import FuncRef, TensorValue, TupleValue, kind_of
 from nnspec.compiler.ir import Graph, TensorType
@@ -23,9 +24,14 @@ from nnspec.spec.source import Span
 class Builder(StatementBuilder):
     """Builds one graph (a template or the body) from statements: variables, scopes, parameters, block calls."""
 
-    def block_binding(self, decl: BlockDecl, call: ast.Call) -> tuple[list[str], Graph]:
-        """Evaluate a call's arguments against the block's signature; return the tensor inputs and the
-        template for this binding (built on first use)."""
+    def block_binding(self, decl: BlockDecl, call: ast.Call) -> tuple[list[str], Graph, dict[str, str]]:
+        """Evaluate a call's arguments against the block's signature; return the tensor inputs, the template for
+        this binding (built on first use) and the signature's names in the caller's terms (`Signature.to_caller`).
+
+        The signature's axis names and parameters are local to the call: they are bound from this call's arguments
+        and never enter the caller's one-size-per-name table, so a block may be called at several sizes in one
+        scope. In a spec's own block a declared dim in an annotation is a check; in a library block every name in
+        the signature is the block's own."""
         sig = decl.signature
         params = sig.params
         if len(call.args) > len(params):
@@ -43,6 +49,7 @@ class Builder(StatementBuilder):
             if kw.name in args:
                 raise SpecError("E019", f"parameter '{kw.name}' given twice", kw.span)
             args[kw.name] = kw.value
+        local = Signature(self, library=self.is_library(decl))
         bound: list[tuple[str, Any]] = []
         tensors: list[str] = []
         for p in params:
@@ -54,31 +61,68 @@ class Builder(StatementBuilder):
                 where = p.default.span
             else:
                 raise SpecError("E019", f"block '{sig.name}' needs argument '{p.name}'", call.span)
-            if p.axes is not None:
+            if isinstance(value, TensorValue):
                 try:
-                    value = self.annotate(self.as_tensor(value, where), p.axes, where)
+                    value = local.bind_tensor(value, p.axes, where)
                 except SpecError as err:  # the argument does not fit the declared axes: show the declaration
                     raise err.with_note(f"block '{sig.name}' declares its parameter here", p.span) from None
-            if isinstance(value, TensorValue):
                 tensors.append(value.node)
                 bound.append((p.name, self.type_of(value)))
+            elif p.axes is not None:
+                raise SpecError("E026", f"block '{sig.name}' declares '{p.name}' a tensor, got {kind_of(value)}",
+                                where).with_note("declared here", p.span)
             elif isinstance(value, (FuncRef, TupleValue)):
                 raise SpecError("E026", f"block arguments are tensors or values, got {kind_of(value)}", where)
             else:
+                local.bind_value(p.name, value, args.get(p.name), where)
                 bound.append((p.name, value))
-        return tensors, self.template(decl, bound, call.span)
+        bound += local.solved.items()   # sizes the block's annotations imply: names in its body, as parameters are
+        template = self.template(decl, bound, call.span)
+        tensors += [self.model_input(name, call.span).node for name in template.meta.get("captures", ())]
+        return tensors, template, local.to_caller
+
+    def is_library(self, decl: BlockDecl) -> bool:
+        """A block from an included file: the including spec's dims do not reach into its signature."""
+        return decl.span.source is not self.el.spec.source
 
     def call_block(self, decl: BlockDecl, call: ast.Call) -> Any:
-        tensors, template = self.block_binding(decl, call)
+        tensors, template, to_caller = self.block_binding(decl, call)
         scope = self.claim_scope(self.scope_kwarg(call), decl.signature.name, call.span)
         result = template.output_type()
-        value = self.emit("call", tensors, {"block": template.name, "scope": scope,
-                                            "params": tuple(self.graph[t].type for t in tensors),
-                                            "result": result}, call.span, hint=scope)
+        attrs = {"block": template.name, "scope": scope, "params": tuple(self.graph[t].type for t in tensors),
+                 "result": result}
         if isinstance(result, tuple):
-            return TupleValue(tuple(self.emit("getitem", [value.node], {"index": i}, call.span)
-                                    for i in range(len(result))))
-        return value
+            value = self.emit("call", tensors, attrs, call.span, hint=scope)
+            return TupleValue(tuple(self.in_caller_terms("getitem", [value.node], {"index": i}, call.span,
+                                                          to_caller, None) for i in range(len(result))))
+        return self.in_caller_terms("call", tensors, attrs, call.span, to_caller, scope)
+
+    def in_caller_terms(self, op: str, inputs: list[str], attrs: dict[str, Any], span: Span,
+                        to_caller: dict[str, str], hint: str | None) -> TensorValue:
+        """Emit a block's result (a call, repeat or tuple member) under the caller's axis names: a name the
+        signature bound becomes the caller's name for it, a dim keeps its name, and a name the block made up
+        (`x[B, C]` inside it) becomes its size's name (`3*d`), as an axis sized by an expression is named. When
+        that renames anything, the block's own names never reach the caller's name table: a relabel follows."""
+        value = self.emit(op, inputs, attrs, span, hint=hint, record=False)
+        t = self.type_of(value)
+        axes = caller_axes(t, to_caller, self.sizes)
+        if axes == t.axes:
+            self._record_axes(t, span)
+            return value
+        return self.emit("rearrange", [value.node], {"perm": tuple(range(t.rank)), "axes": axes}, span,
+                         hint=self.graph[value.node].name)
+
+    def model_input(self, name: str, span: Span) -> TensorValue:
+        """A model input read inside a block: the body passes its input node; a template takes it as an extra
+        parameter of its own (after its declared ones), which each of its calls passes on."""
+        if "block" not in self.graph.meta:
+            return TensorValue(self.el.input_nodes[name])
+        captured = self.graph.meta.setdefault("captures", [])
+        if name not in captured:
+            captured.append(name)
+            node = self.emit("input", [], {"name": name, "type": self.el.input_types[name]}, span, hint=name)
+            self.captured[name] = node
+        return self.captured[name]
 
     def template(self, decl: BlockDecl, args: list[tuple[str, Any]], span: Span) -> Graph:
         """The template of `decl` for this binding of its parameters, built (in a builder of its own) on first use."""
@@ -98,6 +142,7 @@ class Builder(StatementBuilder):
         el.building.append(name)
         try:
             b = Builder(el, graph)
+            b.library = self.is_library(decl)
             for pname, value in args:  # parameters are local: they may shadow dims and options
                 if isinstance(value, TensorType):
                     value = b.emit("input", [], {"name": pname, "type": value}, decl.signature.span, hint=pname)

@@ -21,6 +21,7 @@ from nnspec.compiler.sizes import MAX_SIZE
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 from nnspec.spec.load import BlockDecl
+from nnspec.spec.source import Span
 
 
 class ExpressionBuilder(NodeBuilder, ABC):
@@ -29,6 +30,10 @@ class ExpressionBuilder(NodeBuilder, ABC):
     @abstractmethod
     def call_block(self, decl: BlockDecl, call: ast.Call) -> Any:
         """A call of one of the spec's blocks (blocks.py: it needs the statements that build a block's template)."""
+
+    @abstractmethod
+    def model_input(self, name: str, span: Span) -> TensorValue:
+        """A model input read in this graph (blocks.py: a template takes it as a parameter of its own)."""
 
     def eval(self, expr: ast.Expr) -> Any:
         method = getattr(self, "_eval_" + type(expr).__name__)
@@ -43,6 +48,11 @@ class ExpressionBuilder(NodeBuilder, ABC):
     def _eval_Name(self, e: ast.Name) -> Any:
         if e.id in self.vars:
             return self.vars[e.id]
+        if e.id in self.el.input_nodes and "block" in self.graph.meta:   # a model input, read inside a block
+            return self.model_input(e.id, e.span)
+        local = self.local_axis(e.id)
+        if local is not None:
+            return local
         if e.id in self.el.sizes.declared or e.id in self.el.options or e.id in CONSTANTS:
             return self.el.lookup_static(e.id, e.span, allow_free=False)
         if e.id in BUILTINS or e.id in self.blocks:
@@ -121,7 +131,17 @@ class ExpressionBuilder(NodeBuilder, ABC):
         return BUILTINS[func.name].fn(self, e)
 
     def _eval_Annotate(self, e: ast.Annotate) -> Any:
-        return self.annotate(self.tensor(e.value), e.axes, e.span)
+        value = self.eval(e.value)
+        if isinstance(value, TupleValue):   # `sort(x)[1]`: a member of a tuple, counted from 0
+            n = len(value.items)
+            if len(e.axes) != 1 or not isinstance(e.axes[0], ast.AxisInt):
+                raise SpecError("E019", f"a tuple of {n} is indexed by one number from 0 to {n - 1}, as in "
+                                "sort(x)[1]", e.span)
+            if e.axes[0].value >= n:
+                raise SpecError("E019", f"index {e.axes[0].value} is out of range for a tuple of {n} "
+                                f"(0 to {n - 1})", e.axes[0].span)
+            return value.items[e.axes[0].value]
+        return self.annotate(self.as_tensor(value, e.value.span), e.axes, e.span)
 
     def _eval_Tuple(self, e: ast.Tuple) -> Any:
         return TupleValue(tuple(self.eval(x) for x in e.items))
@@ -165,8 +185,19 @@ class ExpressionBuilder(NodeBuilder, ABC):
 
     def size(self, expr: ast.Expr, what: str) -> Axis:
         """A size argument: its axis is named after the dim (`n_embd`) or the expression (`3*n_embd`)."""
-        v = self.static(expr, what)
-        if isinstance(v, (bool, str, float)) or not isinstance(v, sympy.Basic):
+        try:
+            v = self.static(expr, what)
+        except SpecError as e:   # an unknown name where a size is expected: a dim to declare, first of all
+            name = next((n for n in _names(expr) if n.span == e.span), None) if e.code == "E011" else None
+            if name is None:
+                raise
+            raise undefined(name.id, name.span, [*self.el.sizes.declared, *self.el.options], size=True) from None
+        if isinstance(v, float):   # a float option times a size: the rounding is the spec's to choose
+            raise SpecError("E026", f"{what} must be a size (an integer or dims), got the number {v!r}; "
+                            "int(...) truncates it to one", expr.span)
+        if isinstance(v, int) and not isinstance(v, bool):   # an integer option (`depth0` read from `depths.0`)
+            v = sympy.Integer(v)
+        if isinstance(v, (bool, str)) or not isinstance(v, sympy.Basic):
             raise SpecError("E026", f"{what} must be a size (an integer or dims), got {v!r}", expr.span)
         c = self.sizes.concrete(v)
         # is_number: no free dims, though maybe no sympy Number either (8*sqrt(2), E)
@@ -215,3 +246,16 @@ def _dotted(e: ast.Expr) -> str | None:
         base = _dotted(e.value)
         return None if base is None else f"{base}.{e.name}"
     return None
+
+
+def _names(expr: ast.Expr) -> list[ast.Name]:
+    """The names in a size expression (arithmetic and calls of static functions)."""
+    if isinstance(expr, ast.Name):
+        return [expr]
+    if isinstance(expr, ast.BinOp):
+        return _names(expr.left) + _names(expr.right)
+    if isinstance(expr, ast.Unary):
+        return _names(expr.operand)
+    if isinstance(expr, ast.Call):
+        return [n for a in expr.args for n in _names(a)]
+    return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nnspec.compiler.elaborate.axis_rules import note_size1
 from nnspec.compiler.elaborate.blocks import Builder
 from nnspec.compiler.elaborate.guards import add_guard, check_requirement
 from nnspec.compiler.elaborate.state import ModelState
@@ -36,6 +37,8 @@ class Elaborator(ModelState):
             node = body.emit("input", [], attrs, decl.span, hint=name)
             body.bind(name, node, decl.key_span)
             inputs[name] = node.node
+            self.input_types[name] = t
+        self.input_nodes = inputs
         body.run(spec.body)
         outputs: dict[str, str] = {}
         for name, decl in spec.outputs.items():
@@ -47,8 +50,9 @@ class Elaborator(ModelState):
                 raise SpecError("E021", f"output '{name}' must be a tensor, got {kind_of(value)}", decl.key_span)
             got = body.graph[value.node].type
             if not same_type(got, want, self.sizes):
-                raise SpecError("E021", f"output '{name}' is declared {show(want)} but the body computes "
+                err = SpecError("E021", f"output '{name}' is declared {show(want)} but the body computes "
                                 f"{show(got)}", decl.key_span).with_note("assigned here", body.var_spans[name])
+                raise note_size1(err, body.graph, [value.node])
             outputs[name] = value.node
         body.graph.outputs = list(outputs.values())
         return Model(spec.name, body.graph, self.templates, self.sizes, self.options, inputs, outputs,

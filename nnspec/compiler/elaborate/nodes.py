@@ -12,13 +12,15 @@ from typing import Any
 import sympy
 
 from nnspec.compiler import static
+from nnspec.compiler.elaborate.axis_rules import note_size1, refuse_outer
 from nnspec.compiler.elaborate.guards import add_guard
 from nnspec.compiler.elaborate.limits import MAX_NODES, MAX_PARAM_TENSORS
 from nnspec.compiler.elaborate.state import ModelState
 from nnspec.compiler.elaborate.values import FuncRef, TensorValue, TupleValue, kind_of
-from nnspec.compiler.elaborate.views import view
+from nnspec.compiler.elaborate.views import size_expr, view
 from nnspec.compiler.ir import Axis, DType, Graph, Guard, TensorType
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.ops.elementwise import POINTWISE
 from nnspec.compiler.ops.registry import Effect
 from nnspec.compiler.sizes import MAX_SIZE
 from nnspec.errors import SpecError
@@ -41,6 +43,10 @@ class NodeBuilder:
         self.axis_sizes: dict[str, tuple[sympy.Expr, Span | None]] = {}
         self.scopes: dict[str, Span | None] = {}
         self.params: dict[str, str] = {}  # local parameter path -> node name
+        self.library = False   # a block from an included file: its own axis names shadow the spec's dims
+        self.captured: dict[str, TensorValue] = {}   # model inputs this template reads -> its input nodes
+        # the axes the annotated assignment being evaluated names: an outer broadcast onto them was written down
+        self.named_axes: frozenset[str] | None = None
 
     # ---- typed access ----
     def as_tensor(self, value: Any, span: Span) -> TensorValue:
@@ -62,10 +68,20 @@ class NodeBuilder:
         value = self.vars.get(name)  # a block parameter shadows a dim of the same name
         if isinstance(value, sympy.Basic):
             return value
-        sym = self.sizes.lookup(name)
-        if sym is not None:
-            return sym
+        local = self.local_axis(name)
+        if local is not None:
+            return local
+        if name in self.sizes.declared:
+            return self.sizes.declared[name]
         if name in self.axis_sizes:
+            return self.axis_sizes[name][0]
+        return self.sizes.free.get(name)
+
+    def local_axis(self, name: str) -> sympy.Expr | None:
+        """An axis seen in this block that shadows a dim: in a library block, any axis (the spec's dims are not
+        its names); elsewhere an axis named like a free dim (a block called at another resolution binds `T` to
+        its argument's length)."""
+        if name in self.axis_sizes and (self.library or name not in self.sizes.declared):
             return self.axis_sizes[name][0]
         return None
 
@@ -78,6 +94,12 @@ class NodeBuilder:
                 raise SpecError("E023", f"'{name}' is {c}, which is not a size (an integer from 1 to "
                                 f"2^{MAX_SIZE.bit_length() - 1})", span)
         return size
+
+    def atom_name(self, item: ast.AxisName | ast.AxisInt | ast.AxisExpr) -> str:
+        """The axis name an annotation item stands for: a name, an integer, or a size expression's value."""
+        if isinstance(item, ast.AxisExpr):
+            return str(size_expr(item, self.sizes, self._size_of))
+        return item.name if isinstance(item, ast.AxisName) else str(item.value)
 
     def axis(self, name: str, span: Span) -> Axis:
         """An axis named in this scope: one seen on a tensor here, or a dim."""
@@ -100,7 +122,7 @@ class NodeBuilder:
         except SpecError as err:
             if err.span is None:
                 err.span = span
-            raise
+            raise note_size1(err, self.graph, inputs) from None
         self._take_guards(span)
         if OPS[op].has("state"):
             self._known_sizes(attrs["type"], span)
@@ -187,6 +209,8 @@ class NodeBuilder:
                 raise SpecError("E026", f"cannot use {kind_of(v)} in arithmetic", span)
             else:
                 nodes.append(self.const(v, like, span).node)
+        refuse_outer(self.graph, nodes, f"'{POINTWISE[op].formula}'" if op in POINTWISE else op, self.named_axes,
+                     span)
         return self.emit(op, nodes, {}, span)
 
     def binary(self, op: str, a: Any, b: Any, span: Span) -> Any:
@@ -240,7 +264,10 @@ class NodeBuilder:
 
     def annotate(self, value: TensorValue, items: list[ast.AxisItem], span: Span) -> TensorValue:
         """`value[items]`: a named-axis view (see views.py)."""
-        rearrange = view(self.type_of(value), items, span, self.sizes, self._size_of, self._take_guards)
+        try:
+            rearrange = view(self.type_of(value), items, span, self.sizes, self._size_of, self._take_guards)
+        except SpecError as err:
+            raise note_size1(err, self.graph, [value.node]) from None
         if rearrange is None:
             return value
         perm, axes = rearrange

@@ -9,7 +9,7 @@ import sympy
 
 from nnspec.compiler.elaborate.dims import bind_dims, bind_free, bind_options
 from nnspec.compiler.elaborate.static_eval import CONSTANTS, evaluate, undefined
-from nnspec.compiler.ir import Graph, Guard
+from nnspec.compiler.ir import Graph, Guard, TensorType
 from nnspec.compiler.sizes import Sizes
 from nnspec.spec import ast
 from nnspec.spec.load import Spec
@@ -29,6 +29,8 @@ class ModelState:
         self.guards: list[Guard] = []
         self.node_count = 0
         self.param_tensors: dict[int, int] = {}  # id(graph) -> its parameter tensors, unrolled
+        self.input_nodes: dict[str, str] = {}   # model input -> its node in the body (blocks may read it)
+        self.input_types: dict[str, TensorType] = {}
         overrides = dict(overrides or {})
         self.options = bind_options(spec.options, overrides)
         bind_dims(spec.dims, overrides, self.sizes, lambda e: self.concrete(self.static_eval(e, allow_free=False)))
@@ -44,7 +46,7 @@ class ModelState:
             return CONSTANTS[name]
         if allow_free:
             return self.sizes.free_symbol(name)
-        raise undefined(name, span, [*self.sizes.declared, *self.options])
+        raise undefined(name, span, [*self.sizes.declared, *self.options], size=True)
 
     def static_eval(self, expr: ast.Expr, allow_free: bool) -> Any:
         """`expr`'s value from dims, options and constants (and free dims, where `allow_free`)."""

@@ -1,5 +1,6 @@
 """Running a block's statements: assignments bind variables (naming the nodes after them, as a reader of the IR
-would), `x op= y` updates one, `return` ends a block; `out[A, B] = x * y` contracts a product onto the named axes."""
+would), `x op= y` updates one, `return` ends a block; `out[A, B] = x * y + b` contracts each product term onto the
+named axes, then adds the terms."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from nnspec.compiler.elaborate.expressions import ExpressionBuilder
 from nnspec.compiler.elaborate.static_eval import CONSTANTS
 from nnspec.compiler.elaborate.surface import BUILTINS
+from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.elaborate.values import TensorValue, TupleValue, kind_of
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.ops.registry import Effect
@@ -105,30 +107,90 @@ class StatementBuilder(ExpressionBuilder):
         return value
 
     def contract_to(self, items: list[ast.AxisItem], expr: ast.Expr, target: ast.Annotate) -> TensorValue:
-        """`out[A, B] = x * y / c`: sum the product over every axis the target leaves out."""
-        factors = self._factors(expr)
-        tensors = [v for v, _ in factors if isinstance(v, TensorValue)]
-        atoms = [a.name if isinstance(a, ast.AxisName) else str(a.value)
-                 for item in items for a in (item.items if isinstance(item, ast.AxisGroup) else [item])]
-        available = {n for v in tensors for n in self.type_of(v).names}
-        if tensors and not available <= set(atoms):
-            for a in atoms:
-                if a not in available:
-                    raise SpecError("E017", f"result axis '{a}' is not an axis of the product "
-                                    f"(its axes are {', '.join(sorted(available))})", target.span)
-            result = self.emit("einsum", [v.node for v in tensors], {"out": tuple(atoms)}, expr.span)
-            for v, op in factors:
-                if not isinstance(v, TensorValue):
-                    result = self.binary(op, result, v, expr.span)
-        else:
-            value = factors[0][0]
-            for v, op in factors[1:]:
-                value = self.binary(op, value, v, expr.span)
-            result = self.as_tensor(value, expr.span)
-        return self.annotate(result, items, target.span)
+        """`out[A, B] = x * y / c + b`: Einstein's convention with names. Each term of a sum is a product that
+        sums the axes the target leaves out, then the terms add (`s[T, S] = q * k + b` is `q @ k.T + b`, never the
+        sum over `d` of `q * k + b`). Since the target names the result's axes, broadcasting onto them may be outer
+        (`kv[B, dk, dv] = k * v`)."""
+        atoms = [self.atom_name(a) for item in items
+                 for a in (item.items if isinstance(item, ast.AxisGroup) else [item])]
+        terms = self._terms(expr, "+", expr.span)
+        enclosing, self.named_axes = self.named_axes, frozenset(atoms)
+        try:
+            result: Any = None
+            available: set[str] = set()
+            contracted = False
+            for op, term, span in terms:
+                value, axes = self._contract_term(term, atoms, target, alone=len(terms) == 1)
+                available |= axes
+                contracted |= not axes <= set(atoms)
+                result = value if result is None else self.binary(op, result, value, span)
+        finally:
+            self.named_axes = enclosing
+        if contracted:
+            self._need_atoms(atoms, available, target)
+        return self.annotate(self.as_tensor(result, expr.span), items, target.span)
 
-    def _factors(self, expr: ast.Expr) -> list[tuple[Any, str]]:
-        """A product as (factor, '*' or '/') in source order; only static divisors stay separate."""
+    def _contract_term(self, term: ast.Expr, atoms: list[str], target: ast.Annotate,
+                       alone: bool) -> tuple[Any, set[str]]:
+        """One term: its product, summed over the axes the target leaves out; and the axes of its factors."""
+        factors = self._factors(term)
+        tensors = [(v, span) for v, _, span in factors if isinstance(v, TensorValue)]
+        available = {n for v, _ in tensors for n in self.type_of(v).names}
+        if not tensors or available <= set(atoms):
+            value = factors[0][0]
+            for v, op, _ in factors[1:]:
+                value = self.binary(op, value, v, term.span)
+            return value, available
+        if alone:
+            self._need_atoms(atoms, available, target)
+        for axis in sorted(available - set(atoms)):
+            self._refuse_lone_sum(axis, tensors, target, alone)
+        out = tuple(a for a in atoms if a in available)
+        result = self.emit("einsum", [v.node for v, _ in tensors], {"out": out}, term.span)
+        for v, op, _ in factors:
+            if not isinstance(v, TensorValue):
+                result = self.binary(op, result, v, term.span)
+        return result, available
+
+    def _need_atoms(self, atoms: list[str], available: set[str], target: ast.Annotate) -> None:
+        for a in atoms:
+            if a not in available:
+                raise SpecError("E017", f"result axis '{a}' is not an axis of the product "
+                                f"(its axes are {', '.join(sorted(available))})", target.span)
+
+    def _refuse_lone_sum(self, axis: str, tensors: list[tuple[TensorValue, Span]], target: ast.Annotate,
+                         alone: bool) -> None:
+        """A contraction sums axes its factors share; one that only one factor has is a mislabelled factor far
+        more often than a sum (`o[B, T, d] = p * v[B, T, d]`, v labelled T for S, sums S over p alone: attention
+        becomes the identity). A size-1 axis sums to itself, so dropping it is no mistake."""
+        having = [(v, span) for v, span in tensors if axis in self.type_of(v).names]
+        if len(having) > 1 or self.sizes.equal(self.type_of(having[0][0]).axis(axis).size, 1) is True:
+            return
+        v, span = having[0]
+        where = ("one factor of the product" if len(tensors) > 1 else "a single tensor, not a product" if alone
+                 else "one term of the sum alone")
+        err = SpecError("E017", f"axis '{axis}' would be summed over {where} ({show(self.type_of(v))}): a "
+                        "contraction sums only axes its factors share (each term of a sum on its own, before the "
+                        "terms add), so a factor is probably labelled wrong; if a plain sum is meant, write "
+                        f"sum(..., over={axis})", target.span)
+        raise err.with_note(f"the only factor with axis '{axis}'", span)
+
+    def _terms(self, expr: ast.Expr, op: str, span: Span) -> list[tuple[str, ast.Expr, Span]]:
+        """A sum as (operator, term, span of the `+`/`-` joining it), left to right; a subtracted sum's terms flip."""
+        if isinstance(expr, ast.Ternary):
+            cond = self.eval(expr.cond)
+            if isinstance(cond, bool):
+                return self._terms(expr.then if cond else expr.orelse, op, span)
+        if isinstance(expr, ast.BinOp) and expr.op in ("+", "-"):
+            flip = {"+": "-", "-": "+"}
+            right = self._terms(expr.right, expr.op, expr.span)
+            if op == "-":
+                right = [(flip[o], t, s) for o, t, s in right]
+            return self._terms(expr.left, op, span) + right
+        return [(op, expr, span)]
+
+    def _factors(self, expr: ast.Expr) -> list[tuple[Any, str, Span]]:
+        """A product as (factor, '*' or '/', its span) in source order; only static divisors stay separate."""
         if isinstance(expr, ast.Ternary):
             cond = self.eval(expr.cond)
             if isinstance(cond, bool):
@@ -139,12 +201,12 @@ class StatementBuilder(ExpressionBuilder):
             left = self._factors(expr.left)
             right = self.eval(expr.right)
             if not isinstance(right, TensorValue):
-                return left + [(right, "/")]
+                return left + [(right, "/", expr.right.span)]
             value = left[0][0]
-            for v, op in left[1:]:
+            for v, op, _ in left[1:]:
                 value = self.binary(op, value, v, expr.span)
-            return [(self.binary("/", value, right, expr.span), "*")]
-        return [(self.eval(expr), "*")]
+            return [(self.binary("/", value, right, expr.span), "*", expr.span)]
+        return [(self.eval(expr), "*", expr.span)]
 
 
 def _target_name(t: ast.Expr) -> str:

@@ -80,6 +80,12 @@ def _condition(value: Any, op: str, span: Span) -> Any:
     raise SpecError("E026", f"'{op}' takes true/false or comparisons, got {kind_of(value)}", span)
 
 
-def undefined(name: str, span: Span, candidates: list[str]) -> SpecError:
+def undefined(name: str, span: Span, candidates: list[str], *, size: bool = False) -> SpecError:
+    """E011 for `name`. Where a size is expected (`size`), a new name is most often a dim not declared yet, so
+    the message says how to declare it, and a similar name comes second, as a possible typo."""
     hint = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-    return SpecError("E011", f"undefined name '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else ""), span)
+    if not size:
+        return SpecError("E011", f"undefined name '{name}'" + (f"; did you mean '{hint[0]}'?" if hint else ""), span)
+    err = SpecError("E011", f"undefined dim '{name}': declare it under `dims:` (`{name}: 64`, or an expression "
+                    "over other dims)", span)
+    return err.with_note(f"if '{name}' is a typo: did you mean '{hint[0]}'?") if hint else err

@@ -23,8 +23,9 @@ def declared_type(t: ast.TypeExpr, sizes: Sizes, options: dict[str, Any]) -> Ten
                         f"; dtypes are {', '.join(DTYPE_ALIASES)}"), t.dtype_span)
     axes: list[Axis] = []
     for item in t.axes:
-        if isinstance(item, ast.AxisGroup):
-            raise SpecError("E018", "a declared type lists single axes; groups are for annotations", item.span)
+        if isinstance(item, ast.AxisGroup | ast.AxisExpr):
+            raise SpecError("E018", "a declared type lists single axes; groups and size expressions are for "
+                            "annotations", item.span)
         if isinstance(item, ast.AxisInt):
             if not 1 <= item.value <= MAX_SIZE:
                 raise SpecError("E023", f"axis size {item.value} is out of range (1 to "

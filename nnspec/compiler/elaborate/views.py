@@ -9,9 +9,11 @@ Sizes a view cannot decide (relabelling `N` as the free dim `K`, splitting a fre
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sympy
 
+from nnspec.compiler.elaborate.static_eval import evaluate
 from nnspec.compiler.elaborate.tensor_types import show
 from nnspec.compiler.ir import Axis, TensorType
 from nnspec.compiler.sizes import MAX_SIZE, Sizes
@@ -27,6 +29,7 @@ Rearrange = tuple[tuple[int, ...], tuple[Axis, ...]]   # a `rearrange` node's pe
 def view(t: TensorType, items: list[ast.AxisItem], span: Span, sizes: Sizes, size_of: SizeOf,
          settle: Settle) -> Rearrange | None:
     """The rearrange that shows a tensor of type `t` as `[items]`, or None when it already reads so."""
+    items, size_of = _sized(items, sizes, size_of)
     names = list(t.names)
     atoms = [a for item in items for a in (item.items if isinstance(item, ast.AxisGroup) else [item])]
     for a in atoms:
@@ -52,6 +55,47 @@ def view(t: TensorType, items: list[ast.AxisItem], span: Span, sizes: Sizes, siz
     return tuple(range(t.rank)), new.axes
 
 
+def _sized(items: list[ast.AxisItem], sizes: Sizes, size_of: SizeOf) -> tuple[list[ast.AxisItem], SizeOf]:
+    """Each `(2 * d)` as the axis it names: an axis named by its size's value (`2*d`, as a size argument names its
+    axis), which the view checks like a dim; the names in it must denote sizes where it is written."""
+    if not any(isinstance(i, ast.AxisExpr) for i in items):
+        return items, size_of
+    known: dict[str, sympy.Expr] = {}
+    out: list[ast.AxisItem] = []
+    for item in items:
+        if not isinstance(item, ast.AxisExpr):
+            out.append(item)
+            continue
+        value = size_expr(item, sizes, size_of)
+        known[str(value)] = value
+        out.append(ast.AxisName(str(value), span=item.span))
+
+    def with_exprs(name: str, span: Span) -> sympy.Expr | None:
+        return known[name] if name in known else size_of(name, span)
+    return out, with_exprs
+
+
+def size_expr(item: ast.AxisExpr, sizes: Sizes, size_of: SizeOf,
+              unknown: dict[str, sympy.Expr] | None = None) -> sympy.Expr:
+    """The size `(2 * d)` denotes; `unknown` gives names that have no size yet a symbol to solve for."""
+    def lookup(name: str, span: Span) -> Any:
+        if unknown is not None and name in unknown:
+            return unknown[name]
+        size = size_of(name, span)
+        if size is None:
+            raise SpecError("E017", f"unknown axis '{name}': the names in a size expression are sizes known "
+                            "where it is written (dims, size parameters, axes seen earlier)", span)
+        return size
+    value = evaluate(item.expr, lookup, sizes.concrete)
+    if not isinstance(value, sympy.Expr) or isinstance(value, sympy.Float):
+        raise SpecError("E026", f"({expr_text(item.expr)}) is not a size", item.span)
+    c = sizes.concrete(value)
+    if c.is_number and (not c.is_Integer or not 1 <= c <= MAX_SIZE):
+        raise SpecError("E014" if not c.is_Integer else "E023",
+                        f"axis ({expr_text(item.expr)}) is {c}, which is not a size", item.span)
+    return value
+
+
 def _reorder(t: TensorType, items: list[ast.AxisItem], atoms: list[str]) -> Rearrange | None:
     """Every axis named once: a permutation, with groups merged."""
     perm = tuple(t.names.index(a) for a in atoms)
@@ -61,12 +105,24 @@ def _reorder(t: TensorType, items: list[ast.AxisItem], atoms: list[str]) -> Rear
             members = [t.axes[t.names.index(a.name if isinstance(a, ast.AxisName) else str(a.value))]
                        for a in item.items]
             size = sympy.Mul(*[m.size for m in members])
-            out.append(Axis(str(size), size) if len(members) > 1 else members[0])
+            out.append(Axis(_product_name(members), size) if len(members) > 1 else members[0])
         else:
             out.append(t.axes[t.names.index(item.name if isinstance(item, ast.AxisName) else str(item.value))])
     if perm == tuple(range(t.rank)) and tuple(out) == t.axes:
         return None
     return perm, tuple(out)
+
+
+def _product_name(members: list[Axis]) -> str:
+    """A merged axis's name: its factors' sizes in the order written (`n_head*head_dim` for `(n_head head_dim)`),
+    which is the memory layout, the first factor outermost; `str` of the sympy product would sort them. Members
+    sized by expressions may cancel (`(heads d/heads)` is `d`), and numbers have no order to keep (`(14 14)` is
+    `196`), so the product names those."""
+    size = sympy.Mul(*[m.size for m in members])
+    symbols = sum(1 for m in members if m.size.is_Symbol)
+    if symbols >= 2 and all(m.size.is_Symbol or m.size.is_Integer for m in members):
+        return "*".join(str(m.size) for m in members)
+    return str(size)
 
 
 def _relabel(axis: Axis, item: ast.AxisName | ast.AxisInt, span: Span, sizes: Sizes, size_of: SizeOf,
@@ -129,5 +185,17 @@ def _items_text(items: list[ast.AxisItem]) -> str:
     def one(i: ast.AxisItem) -> str:
         if isinstance(i, ast.AxisGroup):
             return "(" + " ".join(one(x) for x in i.items) + ")"
+        if isinstance(i, ast.AxisExpr):
+            return "(" + expr_text(i.expr) + ")"
         return i.name if isinstance(i, ast.AxisName) else str(i.value)
     return ", ".join(one(i) for i in items)
+
+
+def expr_text(e: ast.Expr) -> str:
+    """A size expression as written (names, integers and operators)."""
+    if isinstance(e, ast.BinOp):
+        return f"{expr_text(e.left)} {e.op} {expr_text(e.right)}"
+    if isinstance(e, ast.Name):
+        return e.id
+    assert isinstance(e, ast.Num)   # the grammar of a size expression has names, integers and operators only
+    return str(e.value)

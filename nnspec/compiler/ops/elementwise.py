@@ -14,7 +14,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.ir import Axis, DType, TensorType, Type
-from nnspec.compiler.ops.registry import Effect, need_float, need_same_size, op, promote, tensor
+from nnspec.compiler.ops.registry import Effect, find_axis, need_float, need_same_size, op, promote, tensor
 from nnspec.compiler.sizes import Sizes
 from nnspec.errors import SpecError
 
@@ -32,6 +32,7 @@ class Pointwise:
     arity: int
     needs_float: bool = False    # refuses integer and bool operands
     returns_bool: bool = False   # a comparison or logical op
+    no_bool: bool = False        # refuses bool operands (torch has no kernel for them)
     torch: str = ""              # the torch function computing it, by name (`torch.tanh`, `F.gelu`)
     torch_kwargs: tuple[tuple[str, Any], ...] = ()
     infix: str | None = None     # the Python operator torch tensors overload for it, if any
@@ -55,6 +56,25 @@ def _logical_or(a: Any, b: Any) -> Any:
     return a or b
 
 
+def _integral(fn: Callable[[float], int]) -> Callable[[Any], Any]:
+    """floor/round on Python numbers as torch computes them: an integer is its own value; a float stays a float
+    carrying x's sign when the result is zero (torch's round(-0.25) is -0.0). Infinities and NaN raise (Python's
+    int conversion refuses them), so the folder leaves them alone."""
+    def scalar(x: Any) -> Any:
+        return x if isinstance(x, int) else math.copysign(float(fn(x)), x)
+    return scalar
+
+
+def _sign(x: Any) -> Any:
+    """torch.sign: -1, 0 or 1 in x's type; 0 for NaN and for both zeros."""
+    s = (x > 0) - (x < 0)
+    return float(s) if isinstance(x, float) else s
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
 def _extremum(pick: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     """Python's max/min, refusing (ValueError) the float cases it does not settle as torch does: a NaN operand
     (torch propagates it; Python's answer depends on the order) and two zeros (either sign may come back)."""
@@ -69,8 +89,8 @@ POINTWISE: dict[str, Pointwise] = {p.name: p for p in [
     # unary
     Pointwise("neg", "-x", "−", 1, 1, torch="torch.neg", infix="-", scalar=operator.neg, folds=_NUM,
               triton="-{x}", traits=("epilogue",)),
-    Pointwise("abs", "|x|", "|·|", 1, 1, torch="torch.abs", scalar=abs, folds=_NUM, triton="tl.abs({x})",
-              traits=("epilogue",)),
+    Pointwise("abs", "|x|", "|·|", 1, 1, no_bool=True, torch="torch.abs", scalar=abs, folds=_NUM,
+              triton="tl.abs({x})", traits=("epilogue",)),
     Pointwise("relu", "max(x, 0)", "ReLU", 1, 1, True, torch="F.relu", triton="tl.where({x} > 0, {x}, 0.0)",
               traits=("activation", "epilogue")),
     Pointwise("gelu", "x Φ(x) (exact, erf)", "GELU", 8, 1, True, torch="F.gelu",
@@ -89,6 +109,22 @@ POINTWISE: dict[str, Pointwise] = {p.name: p for p in [
     Pointwise("sqrt", "√x", "√", 1, 1, True, torch="torch.sqrt", scalar=math.sqrt, folds=frozenset({"float"}),
               triton="tl.sqrt({x})"),
     Pointwise("rsqrt", "1/√x", "1/√", 1, 1, True, torch="torch.rsqrt", triton="tl.rsqrt({x})"),
+    # torch's threshold: above 20 the result is x itself (log1p(e^x) rounds to x there in float32)
+    Pointwise("softplus", "ln(1 + e^x) (x itself above 20)", "Softplus", 4, 1, True, torch="F.softplus",
+              traits=("activation", "epilogue")),
+    Pointwise("log1p", "ln(1 + x), accurate near 0", "log1p", 1, 1, True, torch="torch.log1p"),
+    Pointwise("expm1", "e^x - 1, accurate near 0", "expm1", 1, 1, True, torch="torch.expm1"),
+    Pointwise("sin", "sin x", "sin", 1, 1, True, torch="torch.sin", triton="tl.sin({x})"),
+    Pointwise("cos", "cos x", "cos", 1, 1, True, torch="torch.cos", triton="tl.cos({x})"),
+    Pointwise("round", "x rounded to the nearest integer, halves to even", "⌊·⌉", 1, 1, no_bool=True,
+              torch="torch.round", scalar=_integral(round), folds=_NUM),
+    Pointwise("floor", "⌊x⌋", "⌊·⌋", 1, 1, no_bool=True, torch="torch.floor", scalar=_integral(math.floor),
+              folds=_NUM),
+    Pointwise("sign", "-1, 0 or 1 as x < 0, x = 0 (or NaN), x > 0", "sgn", 1, 1, no_bool=True, torch="torch.sign",
+              scalar=_sign, folds=_NUM),
+    # the value unchanged; autograd records nothing through it (its gradient is zero)
+    Pointwise("stop_gradient", "x, passing no gradient back (detach)", "∅∇", 0, 1, torch="torch.detach",
+              scalar=_identity, folds=_ALL, triton="{x}"),
     Pointwise("logical_not", "not x (bool)", "¬", 1, 1, torch="torch.logical_not", infix="~",
               scalar=operator.not_, folds=_ALL, triton="({x} == 0)"),
     # binary
@@ -158,8 +194,8 @@ def _unary_rule(name: str, needs_float: bool) -> Any:
             raise SpecError("E013", f"'not' expects a bool tensor, got {x}")
         if name == "neg" and x.dtype == DType.bool:
             raise SpecError("E013", f"cannot negate a bool tensor {x}")
-        if name == "abs" and x.dtype == DType.bool:  # torch has no abs for bool
-            raise SpecError("E013", f"abs of a bool tensor {x}; cast it first")
+        if UNARY[name].no_bool and x.dtype == DType.bool:
+            raise SpecError("E013", f"{name} of a bool tensor {x}; cast it first")
         return x
     return rule
 
@@ -215,6 +251,30 @@ def _dropout(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if not 0.0 <= attrs["p"] < 1.0:
         raise SpecError("E015", f"dropout probability must be in [0, 1), got {attrs['p']}")
     return x
+
+
+@op("drop_path", "elementwise", doc="Stochastic depth (Huang et al. 2016): while training, each index along axis "
+    "`axis` (each sample) keeps its whole slice with probability 1-p, scaled by 1/(1-p), or zeroes it; identity in "
+    "eval mode.", attrs={"p": float, "axis": str}, arity=1, glyph="DropPath", flops=_elementwise_flops(1),
+    flops_doc="1 per element", effect=Effect.RANDOM)
+def _drop_path(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x = tensor(ins[0], "drop_path")
+    need_float(x, "drop_path")
+    find_axis(x, attrs["axis"], "drop_path")
+    if not 0.0 <= attrs["p"] < 1.0:
+        raise SpecError("E015", f"drop_path probability must be in [0, 1), got {attrs['p']}")
+    return x
+
+
+# Pointwise, but not a row of POINTWISE: torch has no one function computing it (its lowering spells it out).
+@op("straight_through", "elementwise", doc="`straight_through(x, y)`: the value of `y` with the gradient of `x` "
+    "(a straight-through estimator), computed as `x + (y - x)` with the difference detached; broadcasts by name.",
+    arity=2, glyph="STE", flops=_elementwise_flops(2), flops_doc="2 per element", traits=("pointwise",))
+def _straight_through(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    x, y = (tensor(t, "straight_through") for t in ins)
+    need_float(x, "straight_through (the value gradients flow to)")
+    need_float(y, "straight_through (the value passed forward)")
+    return TensorType(broadcast([x, y], sizes, "straight_through"), promote(x.dtype, y.dtype))
 
 
 @op("clamp", "elementwise", doc="Clamp into `[min, max]` (either bound may be absent).",

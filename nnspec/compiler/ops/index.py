@@ -1,4 +1,4 @@
-"""Indexing along named axes: top-k, sort, gather, scatter, cumulative sums, concatenation and slices."""
+"""Indexing along named axes: top-k, sort, gather, scatter, cumulative sums, concatenation, stacking and slices."""
 
 from __future__ import annotations
 
@@ -118,6 +118,35 @@ def _concat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
                    f"concat: the result has {sizes.describe(total)} entries along {attrs['axis']}, but "
                    f"{attrs['into'].name} is {sizes.describe(attrs['into'].size)}")
     return _replace(ref, attrs["axis"], attrs["into"])
+
+
+def stack_reference(types: list[TensorType]) -> TensorType:
+    """The operand whose axes (and their order) follow the new axis in a stack's result: the first of highest rank,
+    as for concat. Every backend uses this."""
+    return max(types, key=lambda t: t.rank)
+
+
+@op("stack", "shape", doc="Stack tensors along a new leading axis `into`, whose size is the number of operands "
+    "(entry i is operand i). Operands align by axis name with the first of highest rank; an operand lacking one of "
+    "its axes is broadcast over it.", attrs={"into": Axis}, arity=(1, 64), glyph="stack")
+def _stack(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    ts = [tensor(t, "stack") for t in ins]
+    ref = stack_reference(ts)
+    into = attrs["into"]
+    if into.name in ref.names:
+        raise SpecError("E017", f"stack: the new axis '{into.name}' is already an axis of {ref}; name it anew")
+    for t in ts:
+        for a in t.axes:
+            if a.name not in ref.names:
+                raise SpecError("E017", f"stack: operand {t} has axis {a.name}, which {ref} lacks")
+            need_same_size(sizes, ref.axis(a.name).size, a.size,  # type: ignore[union-attr]
+                           f"stack: axis {a.name} differs between operands")
+        if t.dtype != ref.dtype:
+            raise SpecError("E013", f"stack: dtypes differ ({ref.dtype} and {t.dtype})")
+    need_same_size(sizes, into.size, sympy.Integer(len(ts)),
+                   f"stack: the result has {len(ts)} entries along {into.name}, but {into.name} is "
+                   f"{sizes.describe(into.size)}")
+    return TensorType((into, *ref.axes), ref.dtype)
 
 
 @op("slice", "shape", doc="Elements `start:stop:step` along axis `axis`, which becomes `into`.",

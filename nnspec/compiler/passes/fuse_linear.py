@@ -11,7 +11,8 @@ parameters are untouched: the `param` nodes stay as they are (the state dict is 
 once when weights are loaded (or traced) rather than on every call. Weights whose axes are named
 differently are relabelled first (a view). Refused, with the reason: weights or biases that are not
 parameters, a bias on some linears only, different dtypes, an output size that depends on a free dim, and
-weights defined after a block call (moving them up would reorder the state dict).
+weights defined after a block call that has parameters or buffers of its own (moving them up would reorder the
+state dict; a block without any is passed over).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnspec.compiler.analysis import runs_block
-from nnspec.compiler.ir import Axis, Graph, Node
+from nnspec.compiler.ir import Axis, Graph, Model, Node, repeat_counts
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.base import Context, Refusal, tensor_type
 from nnspec.spec.source import Span
@@ -76,7 +77,7 @@ class FuseLinear:
         outs = [sizes.value(t.axes[0].size) for t in w_types]
         if any(n is None for n in outs):
             raise Refusal("an output size depends on a free dim")
-        self._hoist_state(graph, group[0], weights + biases)
+        self._hoist_state(ctx.model, graph, group[0], weights + biases)
 
         anchor = group[0].name
         span = group[0].span
@@ -134,17 +135,25 @@ class FuseLinear:
         t = ctx.infer(op, [graph[i].type for i in ins], attrs)
         return graph.insert_before(anchor, op, ins, attrs, t, span, hint).name
 
-    def _hoist_state(self, graph: Graph, first: Node, needed: list[Node]) -> None:
+    def _hoist_state(self, model: Model, graph: Graph, first: Node, needed: list[Node]) -> None:
         """Move parameters and buffers defined after `first` up to just before it, keeping the order of every
-        parameter and buffer (the state dict's order) unchanged; a block call in between refuses."""
+        parameter and buffer (the state dict's order) unchanged; a block call in between that defines state of
+        its own refuses (its state would come after the moved state), one without state is passed over."""
         order = list(graph.nodes)
         lo = order.index(first.name)
         hi = max(order.index(n.name) for n in needed)
         if hi < lo:
             return
         between = order[lo:hi + 1]
-        owners = [n for n in between if runs_block(graph[n])]
+        owners = [n for n in between if runs_block(graph[n]) and _holds_state(model, graph[n])]
         if owners:
-            raise Refusal(f"their weights are defined after {owners[0]}, a block with parameters; moving them "
-                          "up would reorder the state dict")
+            raise Refusal(f"their weights are defined after {owners[0]}, a block with parameters or buffers; "
+                          "moving them up would reorder the state dict")
         graph.move_before([n for n in between if OPS[graph[n].op].has("state")], first.name)
+
+
+def _holds_state(model: Model, node: Node) -> bool:
+    """Whether a call, repeat or scan defines parameters or buffers, in its blocks or in blocks they run."""
+    blocks = repeat_counts(node.attrs, weights=True) if node.op == "repeat" else [node.attrs["block"]]
+    return any(OPS[n.op].has("state") or (runs_block(n) and _holds_state(model, n))
+               for block in blocks for n in model.templates[block])

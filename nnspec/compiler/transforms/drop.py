@@ -47,10 +47,12 @@ def drop_branches(graph: Graph, names: tuple[str, ...]) -> list[Node]:
         # the diagrams draw the removed branch as a ghost hanging off the stream it was added to
         meta = graph[stream].meta
         meta["dropped"] = (*meta.get("dropped", ()), scope_of(graph, graph[name]) or name)
+        read = nx.ancestors(graph.nx, add.name)   # what may go with the add: only what it read, directly or not
         graph.replace_uses(add.name, stream)
         graph.erase(add.name)
         removed.append(add)
-        removed += erase_unused(graph, with_state=True)   # the branch's parameters and calls go with it
+        # the branch's parameters and calls go with it; code that was unused before the drop stays
+        removed += erase_unused(graph, with_state=True, among=read)
     return removed
 
 

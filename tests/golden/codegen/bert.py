@@ -82,7 +82,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Block self_attention: (float32[B, T, hidden_size], bool[B, T]) -> float32[B, T, head_dim*num_attention_heads]."""
+    """Block self_attention: (float32[B, T, hidden_size], bool[B, T]) -> float32[B, T, num_attention_heads*head_dim]."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,11 +109,11 @@ class SelfAttention(nn.Module):
         p = F.softmax(torch.where(keep[:, None, None], s, float("-inf")), dim=-1)
         p = F.dropout(p, 0.1, self.training)
         o = (p @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, num_attention_heads, head_dim)
-        return o.reshape(B, T, HEAD_DIM * NUM_ATTENTION_HEADS)  # (B, T, head_dim*num_attention_heads)
+        return o.reshape(B, T, HEAD_DIM * NUM_ATTENTION_HEADS)  # (B, T, num_attention_heads*head_dim)
 
 
 class AddNorm(nn.Module):
-    """Block add_norm: (float32[B, T, head_dim*num_attention_heads], float32[B, T, hidden_size]) -> float32[B, T,
+    """Block add_norm: (float32[B, T, num_attention_heads*head_dim], float32[B, T, hidden_size]) -> float32[B, T,
     hidden_size].
     """
 

@@ -71,7 +71,7 @@ class Attention(nn.Module):
         causal_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         p = F.softmax(torch.where(causal_mask, s, float("-inf")), dim=-1)
         p = F.dropout(p, 0.1, self.training)
-        o = (p @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, head_dim*n_head)
+        o = (p @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, n_head*head_dim)
         return F.dropout(self.c_proj(o), 0.1, self.training)
 
 

@@ -75,7 +75,7 @@ class Retention(nn.Module):
             final, y = self.step(final, q.select(1, i), k.select(1, i), v.select(1, i))
             outs.append(y)
         o = torch.stack(outs, dim=1)
-        o_1 = o.reshape(B, T, DV * HEADS)  # (B, T, dv*heads)
+        o_1 = o.reshape(B, T, DV * HEADS)  # (B, T, heads*dv)
         return self.out(o_1)
 
     @staticmethod

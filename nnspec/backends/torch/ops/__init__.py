@@ -8,6 +8,7 @@ from nnspec.backends.torch.ops import (  # noqa: F401  (each registers its rules
     conv,
     elementwise,
     index,
+    moe,
     nn,
     reduce,
     shape,

@@ -59,7 +59,8 @@ def _lower_conv(frame: Frame, node: Node, ins: list[Any]) -> Any:
     a = node.attrs
     x, batch, batch_shape = _channels_first(ins[0], t, a["channel"], a["spatial"])
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(a["spatial"])]
-    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"])
+    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"],
+             groups=a.get("groups", 1))
     out_channel = node.tensor_type.axes[t.index(a["channel"])].name
     return _restore(y, batch, batch_shape, out_channel, [o.name for o in a["out_axes"]], node.tensor_type)
 
@@ -74,10 +75,80 @@ def _emit_conv(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         y = call(fn.member(mod), y)
     else:
         conv = f"F.conv{len(a['spatial'])}d"
+        groups = {"groups": a["groups"]} if a.get("groups", 1) != 1 else {}
         y = call(conv, y, ins[1], ins[2] if len(ins) > 2 else Lit(None), stride=P.TupleExpr(P.ints(a["stride"])),
-                 padding=P.TupleExpr(P.ints(a["padding"])))
+                 padding=P.TupleExpr(P.ints(a["padding"])), **groups)
     names = [out.axes[t.index(a["channel"])].name, *(o.name for o in a["out_axes"])]
     return _from_channels_first(fn, y, t, batch, names, out)
+
+
+@lowers("conv_transpose")
+def _lower_conv_transpose(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    t = input_types(frame, node)[0]
+    a = node.attrs
+    x, batch, batch_shape = _channels_first(ins[0], t, a["channel"], a["spatial"])
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(a["spatial"])]
+    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"],
+             output_padding=a["output_padding"], groups=a["groups"])
+    return _restore(y, batch, batch_shape, a["out_channel"], [o.name for o in a["out_axes"]], node.tensor_type)
+
+
+@emits("conv_transpose")
+def _emit_conv_transpose(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    t, out = fn.in_type(node, 0), node.tensor_type
+    y, batch = _to_channels_first(fn, ins[0], t, [], [a["channel"], *a["spatial"]])
+    mod = module_for(fn.plan, "conv_transpose", node.inputs[1:])
+    if mod is not None:
+        y = call(fn.member(mod), y)
+    else:
+        y = call(f"F.conv_transpose{len(a['spatial'])}d", y, ins[1], ins[2] if len(ins) > 2 else Lit(None),
+                 stride=P.TupleExpr(P.ints(a["stride"])), padding=P.TupleExpr(P.ints(a["padding"])),
+                 output_padding=P.TupleExpr(P.ints(a["output_padding"])), groups=a["groups"])
+    return _from_channels_first(fn, y, t, batch, [a["out_channel"], *(o.name for o in a["out_axes"])], out)
+
+
+def _interpolate_kwargs(a: dict[str, Any]) -> dict[str, Any]:
+    """F.interpolate's keywords besides the size: the mode, and align_corners only where torch takes it."""
+    kw: dict[str, Any] = {"mode": a["mode"]}
+    if a["mode"] != "nearest":
+        kw["align_corners"] = a["align_corners"]
+    return kw
+
+
+@lowers("interpolate")
+def _lower_interpolate(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    """F.interpolate on [batch, 1, *spatial]: every axis but the spatial ones is batch, as for pooling."""
+    t = input_types(frame, node)[0]
+    a = node.attrs
+    spatial = list(a["spatial"])
+    batch = [n for n in t.names if n not in spatial]
+    y = ins[0].permute([t.index(n) for n in batch + spatial])
+    batch_shape = list(y.shape[:len(batch)])
+    y = y.reshape(-1, 1, *y.shape[len(batch):])
+    if a["scale"]:
+        y = F.interpolate(y, scale_factor=a["scale"], **_interpolate_kwargs(a))
+    else:
+        y = F.interpolate(y, size=[frame.size(o.size) for o in a["out_axes"]], **_interpolate_kwargs(a))
+    y = y.reshape(*batch_shape, *y.shape[2:])
+    names = batch + [o.name for o in a["out_axes"]]
+    return y.permute([names.index(n) for n in node.tensor_type.names])
+
+
+@emits("interpolate")
+def _emit_interpolate(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    t, out = fn.in_type(node, 0), node.tensor_type
+    spatial = list(a["spatial"])
+    batch = [n for n in t.names if n not in spatial]
+    y = permute(ins[0], [t.index(n) for n in (*batch, *spatial)])
+    y = method(y, "reshape", -1, 1, *[fn.size(t.axes[t.index(n)].size) for n in spatial])
+    if a["scale"]:
+        size: dict[str, Expr] = {"scale_factor": P.TupleExpr(tuple(P.lit(s) for s in a["scale"]))}
+    else:
+        size = {"size": P.TupleExpr(tuple(fn.size(o.size) for o in a["out_axes"]))}
+    y = call("F.interpolate", y, **size, **{k: P.lit(v) for k, v in _interpolate_kwargs(a).items()})
+    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], out, drop_lead=1)
 
 
 @lowers("pool")

@@ -2,7 +2,8 @@
 
 The unary and binary ops read their meaning from the op table's `POINTWISE` rows (the torch function by name and
 its keyword arguments, the Python operator torch tensors overload for it, whether it takes a Python number);
-`where`, `cast`, `dropout` and `clamp` carry attributes and have rules of their own.
+`where`, `cast`, `dropout`, `drop_path` and `clamp` carry attributes, and `straight_through` is no one torch function,
+so these have rules of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch import runtime
 from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
@@ -117,6 +119,35 @@ def _lower_dropout(frame: Frame, node: Node, ins: list[Any]) -> Any:
 @emits("dropout")
 def _emit_dropout(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     return call("F.dropout", ins[0], node.attrs["p"], P.dotted("self.training"))
+
+
+@lowers("straight_through")
+def _lower_straight_through(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    names = node.tensor_type.names
+    x, y = (align_tensor(v, t, names) for v, t in zip(ins, input_types(frame, node), strict=True))
+    return (x + (y - x).detach()).to(TORCH_DTYPES[node.tensor_type.dtype])
+
+
+@emits("straight_through")
+def _emit_straight_through(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """`x + (y - x).detach()`: y's value (up to the rounding of x + (y - x)), x's gradient."""
+    out = node.tensor_type
+    ts = [fn.in_type(node, i) for i in range(2)]
+    x, y = (align(v, t, out.names) for v, t in zip(ins, ts, strict=True))
+    got = torch.promote_types(TORCH_DTYPES[ts[0].dtype], TORCH_DTYPES[ts[1].dtype])
+    return cast_to(fn, P.binop("+", x, method(P.binop("-", y, x), "detach")), got, out.dtype)
+
+
+@lowers("drop_path")
+def _lower_drop_path(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    dim = input_types(frame, node)[0].index(node.attrs["axis"])
+    return runtime.drop_path(ins[0], node.attrs["p"], dim, frame.module.training)
+
+
+@emits("drop_path")
+def _emit_drop_path(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    dim = fn.in_type(node, 0).index(node.attrs["axis"])
+    return call(fn.mg.helper("drop_path"), ins[0], node.attrs["p"], dim, P.dotted("self.training"))
 
 
 @lowers("clamp")

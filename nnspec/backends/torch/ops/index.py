@@ -14,7 +14,7 @@ from nnspec.backends.torch.layout import align, align_tensor, axis_dim, cast_to,
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import Node
-from nnspec.compiler.ops.index import concat_reference
+from nnspec.compiler.ops.index import concat_reference, stack_reference
 
 
 @lowers("topk")
@@ -117,6 +117,28 @@ def _emit_concat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         return call(fn.mg.helper("cat_weights"), P.Name("self"), node.name, P.ListExpr(tuple(parts)),
                     dim=dim(ref, axis))
     return call("torch.cat", P.ListExpr(tuple(parts)), dim=dim(ref, axis))
+
+
+@lowers("stack")
+def _lower_stack(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    types = input_types(frame, node)
+    ref = stack_reference(types)   # the same operand the shape rule aligned to
+    shape = [frame.size(a.size) for a in ref.axes]
+    return torch.stack([align_tensor(x, t, ref.names).expand(shape) for x, t in zip(ins, types, strict=True)])
+
+
+@emits("stack")
+def _emit_stack(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """Operands aligned by name with the first of highest rank; one lacking an axis is expanded over it."""
+    types = [fn.in_type(node, i) for i in range(len(ins))]
+    ref = stack_reference(types)   # the same operand the shape rule aligned to
+    parts = []
+    for x, t in zip(ins, types, strict=True):
+        y = align(x, t, ref.names, full=True)
+        if any(n not in t.names for n in ref.names):
+            y = method(y, "expand", *[Lit(-1) if a.name in t.names else fn.size(a.size) for a in ref.axes])
+        parts.append(y)
+    return call("torch.stack", P.ListExpr(tuple(parts)))
 
 
 @lowers("slice")
