@@ -1,10 +1,12 @@
 """Weight-map rules: a spec's `weights:` section matched against its parameters, without torch.
 
 A rule maps one of our parameter paths to another checkpoint's key; `{name}` placeholders stand for layer
-numbers (`"h.{i}.attn.c_attn.weight": "transformer.h.{i}.attn.c_attn.weight | transpose"`). Checking resolves
-the rules against the model's parameters (`resolve`: every parameter matched by exactly one rule, every rule
-used unless marked `optional`); the torch backend's checkpoint loader translates each state-dict key with the
-resolved rules (`translate`). Both read the same `rule_pattern`, so a path checking accepts is one loading finds.
+numbers (`"h.{i}.attn.c_attn.weight": "transformer.h.{i}.attn.c_attn.weight | transpose"`), and in their key a
+placeholder may be affine in ours (`blocks.{2*i+1}`: a checkpoint that numbers flat the layers a spec pairs).
+Checking resolves the rules against the model's parameters (`resolve`: every parameter matched by exactly one
+rule, every rule used unless marked `optional`); the torch backend's checkpoint loader translates each state-dict
+key with the resolved rules (`their_key`). Both read the same `rule_pattern`, so a path checking accepts is one
+loading finds.
 """
 
 from __future__ import annotations
@@ -14,12 +16,10 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 from nnspec.errors import SpecError
-from nnspec.spec.load import Spec
+from nnspec.spec.load import KEY_PLACEHOLDER, Spec
 
 # (our rule, their rule, transforms), as a checked model holds them (`Model.weight_maps[source]`)
 ResolvedRule = tuple[str, str, tuple[str, ...]]
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @lru_cache(maxsize=1024)   # a spec's rules are matched against every parameter path: compile each once
@@ -34,8 +34,16 @@ def translate(path: str, rules: Iterable[ResolvedRule]) -> tuple[str, tuple[str,
     for ours, theirs, transforms in rules:
         m = rule_pattern(ours).match(path)
         if m:
-            return _PLACEHOLDER.sub(lambda g, m=m: m.group(g.group(1)), theirs), transforms
+            return their_key(theirs, m), transforms
     return None
+
+
+def their_key(theirs: str, match: re.Match[str]) -> str:
+    """`theirs` with each placeholder filled from our path's `match`: `{i}` the index, `{2*i+1}` the affine form."""
+    def fill(g: re.Match[str]) -> str:
+        scale, name, offset = g.groups()
+        return str(int(scale or 1) * int(match.group(name)) + int(offset or 0))
+    return KEY_PLACEHOLDER.sub(fill, theirs)
 
 
 def resolve(spec: Spec, paths: list[str]) -> dict[str, list[ResolvedRule]]:

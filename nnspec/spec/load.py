@@ -76,6 +76,9 @@ class WeightRule:
 WEIGHT_TRANSFORMS = ("transpose", "squeeze(D, ...)", "unsqueeze(D, ...)", "split(D, N, I)", "optional")
 _SQUEEZE = re.compile(r"(un)?squeeze\(\s*\d+(\s*,\s*\d+)*\s*\)$")
 _SPLIT = re.compile(r"split\(\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\)$")
+# a placeholder in a checkpoint key: `{i}`, or an affine form of our index, `{2*i}`, `{2*i+1}`, `{i+3}`, for
+# checkpoints that number what the spec nests (Swin's block 2i+1 is the second block of our pair i)
+KEY_PLACEHOLDER = re.compile(r"\{(?:(\d+)\*)?([A-Za-z_]\w*)(?:\+(\d+))?\}")
 
 
 @dataclass
@@ -200,7 +203,7 @@ def load_source(source: Source) -> Spec:
                 if t not in ("transpose", "optional") and not _SQUEEZE.match(t) and not _SPLIT.match(t):
                     raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
                                     value.span)
-            if not theirs or _placeholders(ours) != _placeholders(theirs):
+            if not theirs or _placeholders(ours) != sorted(m[1] for m in KEY_PLACEHOLDER.findall(theirs)):
                 raise SpecError("E027", f"'{ours}' and '{theirs}' must use the same placeholders",
                                 value.span)
             rules.append(WeightRule(ours, theirs, transforms, node.key_spans[ours]))

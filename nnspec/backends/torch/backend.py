@@ -17,13 +17,15 @@ OPTIONS = tuple(Option(name, getattr(TorchOptions(), name), help) for name, help
 
 
 def refuse_repeat_variants(model: Model) -> str | None:
-    """The generator writes a repeat as one block class applied to every weight set in turn: a repeat whose
-    iterations differ (`--drop`, `--lora` on some iterations) or share weights in groups (`--share`) would come
-    out as the untransformed model, so it is refused rather than generated wrong."""
+    """The generator writes a repeat as a loop over its weight sets: a separately weighted repeat whose iterations
+    differ (`repeat(..., index=i)`, `--drop`, `--lora` on some iterations) is a list of instances of each
+    iteration's class; a shared one is one instance applied N times, so its iterations cannot differ, and weights
+    shared in groups (`--share`) have no loop of that shape yet: those are refused rather than generated wrong."""
     for graph in model.graphs():
         for node in graph:
-            if node.op == "repeat" and (node.attrs.get("variants") or node.attrs.get("groups")):
-                what = "iterations that differ" if node.attrs.get("variants") else "weights shared in groups"
+            variants = node.attrs.get("variants") if node.op == "repeat" and node.attrs["shared"] else None
+            if node.op == "repeat" and (variants or node.attrs.get("groups")):
+                what = "shared weights and iterations that differ" if variants else "weights shared in groups"
                 return (f"code generation does not support a repeat with {what} yet (repeat "
                         f"'{node.attrs['scope']}' after the transforms); the reference interpreter "
                         "(nnspec.backends.torch.Interpreter) runs the transformed model")

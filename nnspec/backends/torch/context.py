@@ -65,10 +65,11 @@ class ModuleContext:
 
         def visit(graph: Graph) -> None:
             for node in graph:
-                if owns_block(node) and node.attrs["block"] not in out:
-                    visit(self.model.templates[node.attrs["block"]])
-                    if node.attrs["block"] not in out:
-                        out.append(node.attrs["block"])
+                for block in blocks_run(node):
+                    if block not in out:
+                        visit(self.model.templates[block])
+                        if block not in out:
+                            out.append(block)
         visit(self.model.graph)
         return out
 
@@ -82,7 +83,7 @@ class ModuleContext:
         """Random or stateful (never reordered): as the op table says, a block by what it runs, and attention
         with dropout on its probabilities."""
         if owns_block(node):
-            return self.graph_effectful(self.model.templates[node.attrs["block"]])
+            return any(self.graph_effectful(self.model.templates[b]) for b in blocks_run(node))
         return OPS[node.op].effect in (Effect.RANDOM, Effect.STATEFUL) or \
             (node.op == "attention" and node.attrs.get("dropout", 0.0) > 0)
 
@@ -101,3 +102,10 @@ class ModuleContext:
 
 
 __all__ = ["GLOBALS", "RESERVED_ATTRS", "ModuleContext"]
+
+
+def blocks_run(node: Node) -> list[str]:
+    """The templates a node runs: a call's or scan's block, a repeat's block and its iterations' variants."""
+    if not owns_block(node):
+        return []
+    return list(dict.fromkeys([node.attrs["block"], *(b for _, b in node.attrs.get("variants", ()))]))

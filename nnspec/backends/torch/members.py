@@ -20,7 +20,7 @@ from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.context import ModuleContext
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.source import holds_state, member, owns_block, refuse, size_expr
-from nnspec.compiler.ir import DType, Graph, Node, TensorType
+from nnspec.compiler.ir import DType, Graph, Node, TensorType, repeat_plan
 from nnspec.errors import InternalError
 
 
@@ -72,7 +72,11 @@ def plan_members(mg: ModuleContext, graph: Graph, name: str) -> ClassPlan:
                 raise InternalError(f"scope {scope} used twice in {graph.name}")
             first[scope] = pos
             block = P.call(P.Name(mg.class_names[node.attrs["block"]]))
-            if node.op == "repeat" and not node.attrs["shared"]:
+            if node.op == "repeat" and not node.attrs["shared"] and node.attrs.get("variants"):
+                # iterations run different templates: one instance of its class per iteration, in order
+                block = call("nn.ModuleList", P.ListExpr(tuple(P.call(P.Name(mg.class_names[b]))
+                                                               for b, _ in repeat_plan(node.attrs))))
+            elif node.op == "repeat" and not node.attrs["shared"]:
                 block = call("nn.ModuleList", P.ListComp(block, "_", call("range", node.attrs["count"])))
             blocks.append(Member(scope, block))
         elif holds_state(node):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from nnspec.atomic import staged
-from nnspec.compiler.weight_map import rule_pattern
+from nnspec.compiler.weight_map import rule_pattern, their_key
 
 __all__ = ["LoadReport", "WeightError", "load_weights", "save_weights", "to_source"]
 
@@ -133,7 +133,7 @@ def _their_key(path: str, rules: list[tuple[str, str, tuple[str, ...]]], buffers
     for ours, theirs, transforms in rules:
         m = rule_pattern(ours).match(path)
         if m:
-            return re.sub(r"\{(\w+)\}", lambda g, m=m: m.group(g.group(1)), theirs), transforms
+            return their_key(theirs, m), transforms
     if path in buffers:
         # a module's state (batch-norm running statistics) follows its weight: P.running_mean -> Q.running_mean
         head, _, leaf = path.rpartition(".")

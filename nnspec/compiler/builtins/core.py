@@ -16,6 +16,7 @@ from nnspec.compiler.ops.elementwise import UNARY
 from nnspec.compiler.static import STATIC_FUNCS, static_call
 from nnspec.errors import SpecError
 from nnspec.spec import ast
+from nnspec.spec.load import BlockDecl
 
 REQUIRED: Any = object()
 INIT_STD = 0.02  # GPT-2/BERT/Llama's initializer_range
@@ -300,12 +301,13 @@ def _matmul(b: Surface, call: ast.Call) -> Any:
 
 
 # ---- structure ----
-@builtin("repeat", "repeat(N, block, x, ..., name=block, shared=false)",
-         "Apply a block N times, feeding its output back in.")
+@builtin("repeat", "repeat(N, block, x, ..., name=block, shared=false, index=NAME)",
+         "Apply a block N times, feeding its output back in; `(x, y, ...)` carries a tuple state; `index=i` gives "
+         "the block's parameter `i` the iteration's number.")
 def _repeat(b: Surface, call: ast.Call) -> Any:
     if len(call.args) < 3:
         raise SpecError("E019", "repeat takes a count, a block and its input: repeat(n_layer, layer, x)", call.span)
-    count_expr, block_expr = call.args[0], call.args[1]
+    count_expr, block_expr, state_expr = call.args[0], call.args[1], call.args[2]
     count = b.sizes.concrete(b.static(count_expr, "repeat count"))
     if not isinstance(count, sympy.Basic) or not count.is_Integer or not 0 <= int(count) <= MAX_REPEAT:
         raise SpecError("E023", f"repeat count must be an integer from 0 to {MAX_REPEAT}, got {count}",
@@ -315,27 +317,62 @@ def _repeat(b: Surface, call: ast.Call) -> Any:
         ref = FuncRef(ref)
     if not isinstance(ref, FuncRef) or ref.name not in b.blocks:
         raise SpecError("E016", "repeat's second argument must be a block of this spec", block_expr.span)
-    shared = False
+    decl = b.blocks[ref.name]
+    shared, index = False, None
     kwargs = []
     for kw in call.kwargs:
         if kw.name == "shared":
             shared = b.flag(kw.value, "shared")
+        elif kw.name == "index":
+            index = _index_param(b, decl, call, kw)
         else:
             kwargs.append(kw)
-    decl = b.blocks[ref.name]
-    inner = ast.Call(block_expr, call.args[2:], kwargs, span=call.span)
-    tensors, template, to_caller = b.block_binding(decl, inner)
+    if index is not None and shared:
+        raise SpecError("E015", "repeat: index= gives each iteration its own template, so its iterations need "
+                        "their own weights (shared=false)", call.span)
+    # a tuple state `(h, e)` is the block's first k arguments, and its result must be that tuple again
+    state = list(state_expr.items) if isinstance(state_expr, ast.Tuple) else [state_expr]
+    inner = ast.Call(block_expr, [*state, *call.args[3:]], kwargs, span=call.span)
+    if index is not None and (index in [p.name for p in decl.signature.params[:len(inner.args)]]
+                              or any(k.name == index for k in kwargs)):
+        raise SpecError("E019", f"repeat: '{index}' takes the iteration number; do not pass it too", call.span)
+    tensors, templates, to_caller = b.block_binding(decl, inner, index, int(count) if index else 1)
+    template = templates[0]
     scope = b.claim_scope(b.scope_kwarg(call), ref.name, call.span)
     params = tuple(b.graph[t].type for t in tensors)
-    result = template.output_type()
-    if not params or result != params[0]:
-        got = show(result)
-        want = show(params[0]) if params else "no tensor"
-        raise SpecError("E025", f"repeat feeds block '{ref.name}' its own output, but it takes {want} and "
-                        f"returns {got}", call.span)
-    return b.in_caller_terms("repeat", tensors, {"block": template.name, "scope": scope, "count": int(count),
-                                                 "shared": shared, "params": params, "result": result}, call.span,
-                             to_caller, scope)
+    carried: Any = tuple(params[:len(state)]) if isinstance(state_expr, ast.Tuple) else \
+        params[0] if params else None
+    for k, t in enumerate(templates):
+        result = t.output_type()
+        if carried is None or result != carried:
+            want = show(carried) if carried is not None else "no tensor"
+            at = f" (iteration {k})" if k else ""
+            raise SpecError("E025", f"repeat feeds block '{ref.name}' its own output, but it takes {want} and "
+                            f"returns {show(result)}{at}", call.span)
+    attrs: dict[str, Any] = {"block": template.name, "scope": scope, "count": int(count), "shared": shared,
+                             "params": params, "result": carried}
+    variants = tuple((k, t.name) for k, t in enumerate(templates) if t is not template)
+    if variants:
+        attrs["variants"] = variants
+    if isinstance(carried, tuple):
+        node = b.emit("repeat", tensors, attrs, call.span, hint=scope)
+        return TupleValue(tuple(b.in_caller_terms("getitem", [node.node], {"index": i}, call.span, to_caller,
+                                                  None) for i in range(len(carried))))
+    return b.in_caller_terms("repeat", tensors, attrs, call.span, to_caller, scope)
+
+
+def _index_param(b: Surface, decl: BlockDecl, call: ast.Call, kw: ast.Kwarg) -> str:
+    """The block parameter named by `index=i`: a value parameter the call leaves for the iteration number."""
+    name = b.axis_name(kw.value)
+    params = decl.signature.params
+    found = next((p for p in params if p.name == name), None)
+    if found is None:
+        raise SpecError("E016", f"repeat: block '{decl.signature.name}' has no parameter '{name}' to take the "
+                        f"iteration number (declare it: {decl.signature.name}(..., {name}))", kw.value.span)
+    if found.axes is not None or params.index(found) == 0:
+        raise SpecError("E026", f"repeat: index parameter '{name}' of block '{decl.signature.name}' must be a "
+                        "value parameter after the state, not a tensor", kw.value.span)
+    return name
 
 
 def builtin_names() -> list[str]:

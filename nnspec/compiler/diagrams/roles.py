@@ -159,6 +159,9 @@ def _learned(op: Op, ins: list[TensorType], outs: list[TensorType], glyph: str) 
         acted: list[set[str]] = [set()]
     elif isinstance(attrs.get("axis"), str):
         acted = [{attrs["axis"]}]
+    elif "spatial" in attrs and "channel" in attrs:
+        # a convolution acts on its channels and spatial axes even where its output reuses their names
+        acted = [{attrs["channel"], *attrs["spatial"]}]
     else:
         touched = {n for p in op.params for n in p.type.names}
         out_names = {n for t in outs for n in t.names}

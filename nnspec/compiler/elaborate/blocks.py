@@ -24,9 +24,13 @@ from nnspec.spec.source import Span
 class Builder(StatementBuilder):
     """Builds one graph (a template or the body) from statements: variables, scopes, parameters, block calls."""
 
-    def block_binding(self, decl: BlockDecl, call: ast.Call) -> tuple[list[str], Graph, dict[str, str]]:
+    def block_binding(self, decl: BlockDecl, call: ast.Call, index: str | None = None,
+                      count: int = 1) -> tuple[list[str], list[Graph], dict[str, str]]:
         """Evaluate a call's arguments against the block's signature; return the tensor inputs, the template for
         this binding (built on first use) and the signature's names in the caller's terms (`Signature.to_caller`).
+        With `index` (a parameter of the block that the call leaves out: `repeat(..., index=i)`), there is one
+        template per iteration 0..count-1, `index` bound to it, and iterations that build the same graph share
+        one template: the list holds iteration k's template at k. Without, the list holds the one template.
 
         The signature's axis names and parameters are local to the call: they are bound from this call's arguments
         and never enter the caller's one-size-per-name table, so a block may be called at several sizes in one
@@ -53,6 +57,8 @@ class Builder(StatementBuilder):
         bound: list[tuple[str, Any]] = []
         tensors: list[str] = []
         for p in params:
+            if p.name == index:
+                continue
             if p.name in args:
                 value = self.eval(args[p.name])
                 where = args[p.name].span
@@ -77,16 +83,46 @@ class Builder(StatementBuilder):
                 local.bind_value(p.name, value, args.get(p.name), where)
                 bound.append((p.name, value))
         bound += local.solved.items()   # sizes the block's annotations imply: names in its body, as parameters are
-        template = self.template(decl, bound, call.span)
-        tensors += [self.model_input(name, call.span).node for name in template.meta.get("captures", ())]
-        return tensors, template, local.to_caller
+        if index is None:
+            templates = [self.template(decl, bound, call.span)]
+        else:
+            templates = self._iteration_templates(decl, bound, index, count, call.span)
+        tensors += [self.model_input(name, call.span).node for name in templates[0].meta.get("captures", ())]
+        return tensors, templates, local.to_caller
+
+    def _iteration_templates(self, decl: BlockDecl, bound: list[tuple[str, Any]], index: str, count: int,
+                             span: Span) -> list[Graph]:
+        """Iteration k's template, `index` bound to k. A template that builds the same graph as an earlier
+        iteration's is dropped (with the templates it built) in favour of that one, so `i % 2` makes two classes,
+        not one per layer; iterations must agree on what they take and return, as one loop runs them all."""
+        el = self.el
+        distinct: list[Graph] = []
+        out: list[Graph] = []
+        for k in range(count):
+            before, keys_before = set(el.templates), set(el.template_keys)
+            t = self.template(decl, [*bound, (index, sympy.Integer(k))], span)
+            same = next((d for d in distinct if same_template(d, t, el.templates)), None)
+            if same is None:
+                if distinct and (t.meta.get("captures") != distinct[0].meta.get("captures")
+                                 or [t[i].type for i in t.inputs] != [distinct[0][i].type for i in distinct[0].inputs]):
+                    raise SpecError("E026", f"repeat: iteration {k} of block '{decl.signature.name}' reads other "
+                                    "model inputs or takes other types than iteration 0; one loop runs them all", span)
+                distinct.append(t)
+                out.append(t)
+                continue
+            for name in set(el.templates) - before:
+                del el.templates[name]
+            for key in set(el.template_keys) - keys_before:
+                del el.template_keys[key]
+            out.append(same)
+        return out
 
     def is_library(self, decl: BlockDecl) -> bool:
         """A block from an included file: the including spec's dims do not reach into its signature."""
         return decl.span.source is not self.el.spec.source
 
     def call_block(self, decl: BlockDecl, call: ast.Call) -> Any:
-        tensors, template, to_caller = self.block_binding(decl, call)
+        tensors, (template,), to_caller = self.block_binding(decl, call)
         scope = self.claim_scope(self.scope_kwarg(call), decl.signature.name, call.span)
         result = template.output_type()
         attrs = {"block": template.name, "scope": scope, "params": tuple(self.graph[t].type for t in tensors),
@@ -157,3 +193,19 @@ class Builder(StatementBuilder):
         el.templates[graph.name] = graph
         el.template_keys[key] = graph
         return graph
+
+
+def same_template(a: Graph, b: Graph, templates: dict[str, Graph]) -> bool:
+    """Do two templates build the same graph: their nodes alike in name, op, inputs, attrs and type, and the blocks
+    they run alike in turn (a template's own name aside)?"""
+    if a.inputs != b.inputs or a.outputs != b.outputs or len(a.nodes) != len(b.nodes) \
+            or a.meta.get("captures") != b.meta.get("captures"):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if (x.name, x.op, x.inputs, x.type, x.attrs.keys()) != (y.name, y.op, y.inputs, y.type, y.attrs.keys()):
+            return False
+        for key, v in x.attrs.items():
+            w = y.attrs[key]
+            if v != w and not (key == "block" and same_template(templates[v], templates[w], templates)):
+                return False
+    return True

@@ -80,6 +80,10 @@ def bind_dims(dims: dict[str, DimDecl], overrides: dict[str, Any], sizes: Sizes,
                 if ref.id in dims:
                     visit(ref.id)
             value = evaluate(decl.value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                # a dim defined as an integer option's value (`height: image_height`, the option read from a
+                # config list) evaluates to the option's Python int, not a sympy one
+                value = sympy.Integer(value)
             if not isinstance(value, sympy.Basic) or not value.is_Number:
                 raise SpecError("E026", f"dim '{name}' must be a number, got {value!r}", decl.span)
             if not value.is_Integer:

@@ -68,6 +68,9 @@ class NodeBuilder:
         value = self.vars.get(name)  # a block parameter shadows a dim of the same name
         if isinstance(value, sympy.Basic):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            # a parameter bound to an integer option (a per-stage `heads0` read from a config list) is a size
+            return sympy.Integer(value)
         local = self.local_axis(name)
         if local is not None:
             return local

@@ -49,11 +49,13 @@ def _call(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
 
 
 @op("repeat", "structure", doc="Apply block template `block` `count` times, feeding the output back as the first "
-    "argument; weights under `scope.0`, `scope.1`, ... or, when `shared`, one set under `scope`. Transforms may "
-    "add `variants` ((index, block) pairs: those iterations run another template of the same type) and `groups` "
-    "(consecutive runs of count/groups iterations share the weights under `scope.0` ... `scope.{groups-1}`).",
-    attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple, "result": TensorType,
-           "variants": tuple, "groups": int}, optional=("variants", "groups"),
+    "argument (a tuple `result`: its k members back as the first k arguments, the carried state); weights under "
+    "`scope.0`, `scope.1`, ... or, when `shared`, one set under `scope`. `variants` ((index, block) pairs: those "
+    "iterations run another template of the same type) come from `repeat(..., index=i)` or from transforms; "
+    "`groups` (consecutive runs of count/groups iterations share the weights under `scope.0` ... "
+    "`scope.{groups-1}`) from transforms.",
+    attrs={"block": str, "scope": str, "count": int, "shared": bool, "params": tuple,
+           "result": (TensorType, tuple), "variants": tuple, "groups": int}, optional=("variants", "groups"),
     glyph="×N", effect=Effect.OWNS_STATE, traits=("structure",))
 def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     _check_args(f"repeat of {attrs['block']}", ins, attrs["params"], sizes)
@@ -64,10 +66,11 @@ def _repeat(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     if any(not 0 <= i < attrs["count"] for i, _ in attrs.get("variants", ())):
         raise SpecError("E015", f"repeat {attrs['scope']}: a variant names an iteration outside "
                         f"0..{attrs['count'] - 1}")
-    if attrs["result"] != attrs["params"][0]:
-        raise SpecError("E025", f"repeated block {attrs['block']} takes {attrs['params'][0]} but returns "
-                        f"{attrs['result']}")
-    return attrs["result"]
+    result = attrs["result"]
+    carried = tuple(attrs["params"][:len(result)]) if isinstance(result, tuple) else attrs["params"][0]
+    if result != carried:
+        raise SpecError("E025", f"repeated block {attrs['block']} takes {carried} but returns {result}")
+    return result
 
 
 @op("getitem", "structure", doc="Member `index` of a tuple-valued call.", attrs={"index": int}, arity=1, glyph="",

@@ -208,8 +208,11 @@ class Rebuilder:
             args = tuple(b.type(i) for i in ins)
             attrs["block"] = self.template(node.attrs["block"], args)
             result = self.model.templates[attrs["block"]].output_type()
-            if node.op == "repeat" and result != args[0]:   # the carried value must keep one type
-                ins = [self.carry(b, ins[0], result), *ins[1:]]
+            # the carried value (each member of a carried tuple) must keep one type
+            returned = result if isinstance(result, tuple) else (result,)
+            if node.op == "repeat" and returned != args[:len(returned)]:
+                ins = [self.carry(b, i, r) if b.type(i) != r else i
+                       for i, r in zip(ins, returned, strict=False)] + ins[len(returned):]
                 args = tuple(b.type(i) for i in ins)
                 attrs["block"] = self.template(node.attrs["block"], args)
             if "variants" in attrs:

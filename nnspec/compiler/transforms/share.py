@@ -45,7 +45,8 @@ def share(model: Model, specs: list[tuple[str, int]] | tuple[tuple[str, int], ..
             blocks = [dict(a.get("variants", ())).get(i, a["block"]) for i in range(count)]
             if any(len(set(blocks[g * per:(g + 1) * per])) > 1 for g in range(groups)):
                 raise TransformError(f"--share {path}:{groups}: iterations of one group run different blocks "
-                                     "(after --drop); sharing weights between different blocks is not supported")
+                                     "(after --drop, or by repeat(..., index=i)); sharing weights between "
+                                     "different blocks is not supported")
             found.add(path)
             out.append((node.name, groups))
         return tuple(out) or None

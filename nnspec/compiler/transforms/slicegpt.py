@@ -180,6 +180,10 @@ class _Walker:
                 roles[node.name] = out[0] if len(out) == 1 else None
                 if len(out) > 1 and any(out):
                     raise self.refuse(where, node, "a block returning several values, one of them the stream")
+            elif node.op == "repeat" and isinstance(node.type, tuple):   # a carried tuple: (h, e) through layers
+                if any(ins):
+                    raise self.refuse(where, node, "a repeat carrying several values that reads the stream")
+                roles[node.name] = None
             elif node.op == "repeat":
                 scope = f"{prefix}{node.attrs['scope']}."
                 for sub, block in repeat_weight_sets(node.attrs):

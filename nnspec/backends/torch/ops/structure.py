@@ -72,28 +72,42 @@ def _emit_call(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 @lowers("repeat")
 def _lower_repeat(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    x, rest = ins[0], ins[1:]
+    result = node.attrs["result"]
+    k = len(result) if isinstance(result, tuple) else 1   # the carried state: the first k arguments
+    state, rest = list(ins[:k]), ins[k:]
     scope = frame.module.get_submodule(node.attrs["scope"])
     for block, sub in repeat_plan(node.attrs):  # the iteration's block and weight set (see ir.repeat_plan)
-        x = frame.run_block(block, scope.get_submodule(sub) if sub else scope, [x, *rest])[0]
-    return x
+        state = list(frame.run_block(block, scope.get_submodule(sub) if sub else scope, [*state, *rest]))[:k]
+    return tuple(state) if isinstance(result, tuple) else state[0]
 
 
 @emits("repeat")
-def _emit_repeat(fn: FunctionGen, node: Node, ins: list[Expr]) -> None:
-    """`for layer in self.h: x = layer(x)`; with shared weights `for _ in range(N): x = self.h(x)`."""
+def _emit_repeat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr | None:
+    """`for layer in self.h: x = layer(x)` (`h, e = layer(h, e)` for a tuple state); with shared weights
+    `for _ in range(N): x = self.h(x)`. Iterations running different templates (`variants`) are a list of
+    instances of their classes, so the loop is the same."""
     a = node.attrs
     n = node.name
-    fn.add(Stmt([(0, (Var(n), " = ", ins[0]))], n, pinned=True, inline_into=False))
+    result = a["result"]
+    if isinstance(result, tuple):
+        named = {u.attrs["index"]: u.name for u in fn.users(n) if u.op == "getitem"}
+        refs = [fn.let(ins[i], named.get(i, f"state{i}")) for i in range(len(result))]
+        carried: list[Expr] = [Var(r.node) for r in refs]
+        rest = ins[len(result):]
+    else:
+        fn.add(Stmt([(0, (Var(n), " = ", ins[0]))], n, pinned=True, inline_into=False))
+        refs, carried, rest = [], [Var(n)], ins[1:]
+    target: Expr = P.TupleExpr(tuple(carried), bare=True) if len(carried) > 1 else carried[0]
     scope = fn.member(a["scope"])
     if a["shared"]:
         head: tuple[str | Expr, ...] = ("for _ in range(", Lit(a["count"]), "):")
-        step = P.Call(scope, (Var(n), *ins[1:]))
+        step = P.Call(scope, (*carried, *rest))
     else:
         layer = P.Name(fn.fresh(fn.mg.model.templates[a["block"]].meta.get("block", "layer")))
         head = ("for ", layer, " in ", scope, ":")
-        step = P.Call(layer, (Var(n), *ins[1:]))
-    fn.add(Stmt([(0, head), (1, (Var(n), " = ", step))], inline_into=False, evaluates=[n]))
+        step = P.Call(layer, (*carried, *rest))
+    fn.add(Stmt([(0, head), (1, (target, " = ", step))], inline_into=False, evaluates=[n]))
+    return P.TupleExpr(tuple(refs)) if isinstance(result, tuple) else None
 
 
 @lowers("getitem")
