@@ -5,14 +5,13 @@ no_grad its kernel computes the value)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
 import torch
+from _backend_matrix import modules, triton_available
 
 import nnspec
-from nnspec.backends.torch import Interpreter
 
 QAT = """nnspec: 1
 name: qat
@@ -37,27 +36,6 @@ outputs:
 body: |
   {body}
 """
-
-
-def triton_available() -> bool:
-    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def modules(text: str) -> dict[str, torch.nn.Module]:
-    """The interpreter, generated torch code at -O0 and -O2, and the Triton target, all holding one set of weights."""
-    interp = Interpreter(nnspec.check(text).model)
-    out: dict[str, torch.nn.Module] = {"interpreter": interp}
-    for opt in (0, 2):
-        out[f"torch -O{opt}"] = nnspec.build(text, opt=opt)
-    if triton_available():
-        out["triton -O2"] = nnspec.build(text, target="triton", opt=2)
-    return out
 
 
 def call(how: str, module: torch.nn.Module, **inputs: torch.Tensor) -> torch.Tensor:

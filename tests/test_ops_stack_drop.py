@@ -5,36 +5,14 @@ generated torch module (-O0, -O2) and the Triton target; their mistakes are loca
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from _backend_matrix import modules
 
 import nnspec
-from nnspec.backends.torch import Interpreter
 from nnspec.compiler.ops import OPS
 from nnspec.generated import compile_spec
-
-
-def triton_available() -> bool:
-    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def modules(text: str) -> dict[str, torch.nn.Module]:
-    interp = Interpreter(nnspec.check(text).model)
-    out: dict[str, torch.nn.Module] = {"interpreter": interp}
-    for opt in (0, 2):
-        out[f"torch -O{opt}"] = nnspec.build(text, opt=opt)
-    if triton_available():
-        out["triton -O2"] = nnspec.build(text, target="triton", opt=2)
-    return out
 
 
 def run(how: str, module: torch.nn.Module, **inputs: torch.Tensor) -> torch.Tensor:

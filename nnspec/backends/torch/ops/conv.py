@@ -116,23 +116,28 @@ def _interpolate_kwargs(a: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-@lowers("interpolate")
-def _lower_interpolate(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    """F.interpolate on [batch, 1, *spatial]: every axis but the spatial ones is batch, as for pooling."""
-    t = input_types(frame, node)[0]
-    a = node.attrs
+def _on_spatial(frame: Frame, node: Node, x: Any, f: Any) -> Any:
+    """`f` applied to x viewed as [batch, 1, *spatial] (every axis but the op's spatial ones is batch), its result
+    given the op's axes: how pooling and resizing run on named axes."""
+    t, a = input_types(frame, node)[0], node.attrs
     spatial = list(a["spatial"])
     batch = [n for n in t.names if n not in spatial]
-    y = ins[0].permute([t.index(n) for n in batch + spatial])
+    y = x.permute([t.index(n) for n in batch + spatial])
     batch_shape = list(y.shape[:len(batch)])
-    y = y.reshape(-1, 1, *y.shape[len(batch):])
-    if a["scale"]:
-        y = F.interpolate(y, scale_factor=a["scale"], **_interpolate_kwargs(a))
-    else:
-        y = F.interpolate(y, size=[frame.size(o.size) for o in a["out_axes"]], **_interpolate_kwargs(a))
+    y = f(y.reshape(-1, 1, *y.shape[len(batch):]))
     y = y.reshape(*batch_shape, *y.shape[2:])
     names = batch + [o.name for o in a["out_axes"]]
     return y.permute([names.index(n) for n in node.tensor_type.names])
+
+
+@lowers("interpolate")
+def _lower_interpolate(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    a = node.attrs
+    if a["scale"]:
+        size: dict[str, Any] = {"scale_factor": a["scale"]}
+    else:
+        size = {"size": [frame.size(o.size) for o in a["out_axes"]]}
+    return _on_spatial(frame, node, ins[0], lambda y: F.interpolate(y, **size, **_interpolate_kwargs(a)))
 
 
 @emits("interpolate")
@@ -153,19 +158,11 @@ def _emit_interpolate(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
 
 @lowers("pool")
 def _lower_pool(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    t = input_types(frame, node)[0]
     a = node.attrs
-    spatial = a["spatial"]
-    batch = [n for n in t.names if n not in spatial]
-    y = ins[0].permute([t.index(n) for n in batch + list(spatial)])
-    batch_shape = list(y.shape[:len(batch)])
-    y = y.reshape(-1, 1, *y.shape[len(batch):])
-    fn = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d, ("max", 3): F.max_pool3d,
-          ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d, ("avg", 3): F.avg_pool3d}[(a["kind"], len(spatial))]
-    y = fn(y, a["kernel"], a["stride"], a["padding"])
-    y = y.reshape(*batch_shape, *y.shape[2:])
-    names = batch + [o.name for o in a["out_axes"]]
-    return y.permute([names.index(n) for n in node.tensor_type.names])
+    pool = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d, ("max", 3): F.max_pool3d,
+            ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d, ("avg", 3): F.avg_pool3d}[(a["kind"],
+                                                                                        len(a["spatial"]))]
+    return _on_spatial(frame, node, ins[0], lambda y: pool(y, a["kernel"], a["stride"], a["padding"]))
 
 
 @emits("pool")
