@@ -302,3 +302,58 @@ def test_a_float_size_without_int_is_refused() -> None:
     with pytest.raises(SpecError) as err:
         nnspec.check(spec("y = int(x)"))
     assert err.value.code == "E026" and "cast" in err.value.message
+
+
+FLOOR_BLOCK = """\
+    attend(h[B, P, Q, C]): |
+      kv = h[B, (P Q), C][B, S, C]
+      s[B, P, Q, S] = h * kv
+      o[B, P, Q, C] = softmax(s, over=S) * kv
+      return o
+    """
+
+
+def attend_ref(h: torch.Tensor) -> torch.Tensor:
+    """Every position of an image attends to all of them, the features both keys and values."""
+    kv = h.flatten(1, 2)
+    return torch.einsum("bpqs,bsc->bpqc", torch.softmax(torch.einsum("bpqc,bsc->bpqs", h, kv), dim=-1), kv)
+
+
+def test_a_block_merges_axes_sized_by_a_floor_of_free_dims() -> None:
+    """The block's axes are floor(H/2), floor(W/2) of the caller's free dims (after a stride-2 conv): H cannot be
+    recovered from them, so the generated block reads P and Q from its input's shape; the module built once runs
+    at two resolutions, odd sizes included (floor), and agrees with the interpreter and with plain PyTorch."""
+    text = spec("""\
+        y = attend(conv(x, c, kernel=2, stride=2, channel=c, over=(H, W), into=(Ho, Wo))[B, Ho, Wo, c])
+        """, blocks=FLOOR_BLOCK, dims="{c: 4}", inputs="x: float32[B, c, H, W]", outputs="y: float32[B, Ho, Wo, c]")
+    model = Interpreter(nnspec.check(text).model).eval()
+    generated = nnspec.build(text, opt=0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        generated.load_state_dict({k.removeprefix("root."): v for k, v in model.state_dict().items()})
+        w = {k.removeprefix("root."): v for k, v in model.state_dict().items()}
+        for h, wd, half in ((8, 6, (4, 3)), (7, 5, (3, 2))):
+            x = torch.randn(2, 4, h, wd)
+            want = attend_ref(F.conv2d(x, w["conv.weight"], w["conv.bias"], stride=2).permute(0, 2, 3, 1))
+            assert want.shape == (2, *half, 4)
+            torch.testing.assert_close(model(x=x)["y"], want)
+            torch.testing.assert_close(generated(x=x), want)
+
+
+def test_a_block_on_floors_of_floors_at_two_depths() -> None:
+    """The same block after one and after two stride-2 convs (sizes floor(H/2), then floor(floor(H/2)/2)):
+    both calls build and run, at two resolutions, against the interpreter and plain PyTorch."""
+    text = spec("""\
+        h = attend(conv(x, c, kernel=2, stride=2, channel=c, over=(H, W), into=(Ho, Wo))[B, Ho, Wo, c])
+        y = attend(conv(h[B, c, Ho, Wo], c, kernel=2, stride=2, channel=c, over=(Ho, Wo), into=(Hq, Wq))[B, Hq, Wq, c])
+        """, blocks=FLOOR_BLOCK, dims="{c: 4}", inputs="x: float32[B, c, H, W]", outputs="y: float32[B, Hq, Wq, c]")
+    for h, wd, quarter in ((8, 12, (2, 3)), (11, 9, (2, 2))):
+        x = torch.randn(1, 4, h, wd)
+        out, w, _ = run(text, x=x)
+        first = attend_ref(F.conv2d(x, w["conv.weight"], w["conv.bias"], stride=2).permute(0, 2, 3, 1))
+        second = F.conv2d(first.permute(0, 3, 1, 2), w["conv_1.weight"], w["conv_1.bias"], stride=2)
+        want = attend_ref(second.permute(0, 2, 3, 1))
+        assert want.shape == (1, *quarter, 4)
+        torch.testing.assert_close(out["y"], want)

@@ -56,6 +56,12 @@ class FunctionGen:
         self.node: Node | None = None
         self._device: Expr | None = None
         self._temps = 0
+        # a block's input axis whose size is an expression over free dims (floor(H/2)) -> a symbol bound
+        # from that axis of the shape, for `_in_input_terms`
+        self._shape_syms: dict[sympy.Basic, sympy.Symbol] = {} if model is not None else {
+            size: sympy.Dummy(a.name) for n in graph.inputs if isinstance(graph[n].type, TensorType)
+            for a in graph[n].tensor_type.axes
+            if not (size := sympy.sympify(a.size)).is_Symbol and not size.is_number}
 
     # -- for emitters --
     def type_of(self, name: str) -> TensorType:
@@ -68,7 +74,31 @@ class FunctionGen:
         return self.type_of(node.inputs[i])
 
     def size(self, e: sympy.Basic) -> Expr:
-        return size_expr(e, self._size_name)
+        return size_expr(self._in_input_terms(e), self._size_name)
+
+    def _in_input_terms(self, e: sympy.Basic) -> sympy.Basic:
+        """A block's size over a caller's free dim that its inputs give only through a floor (`H` where the
+        input is x[B, P, Q, C] with P = floor(H/2)): H cannot be recovered from the shape, so the size is
+        rewritten over the input axes whose sizes it contains (`floor(H/2)*floor(W/2)` -> `P * Q`), and
+        those are read from the shape. Sizes whose dims are recoverable print as before."""
+        e = sympy.sympify(e)
+        if self.model is not None or not self._shape_syms:
+            return e
+        direct = self._direct_syms()
+        known = set(self.mg.dim_names) | direct
+        lost = [s for s in e.free_symbols if s not in known
+                and self._recovery(s, list(self.graph.inputs), known) is None]
+        if not lost:
+            return e
+        # the largest sizes first, so that a merged input axis (P*Q) is used whole
+        for size, sym in sorted(self._shape_syms.items(), key=lambda kv: -sympy.count_ops(kv[0])):
+            e = e.subs(size, sym)
+        return e
+
+    def _direct_syms(self) -> set[sympy.Basic]:
+        """The free dims that are exactly an axis size of one of this function's inputs."""
+        return {size for n in self.graph.inputs for a in self.type_of(n).axes
+                if isinstance(size := sympy.sympify(a.size), sympy.Symbol)}
 
     def _size_name(self, sym: sympy.Symbol) -> Expr:
         if sym in self.mg.dim_names:
@@ -208,6 +238,7 @@ class FunctionGen:
             targets = []
             for a in self.type_of(name).axes:
                 s = sympy.sympify(a.size)
+                s = self._shape_syms.get(s, s)
                 if s in need and s not in bound:
                     targets.append(self.free_names[s])
                     bound.add(s)
@@ -223,15 +254,23 @@ class FunctionGen:
 
     def _recover(self, s: sympy.Symbol, inputs: list[str], bound: set[sympy.Symbol]) -> Expr:
         """A free dim no input axis is exactly: from an axis of size `s * (known sizes)`."""
-        known = set(self.mg.dim_names) | bound
+        found = self._recovery(s, inputs, set(self.mg.dim_names) | bound)
+        if found is None:
+            raise InternalError(f"cannot recover the size {s} from the inputs of {self.graph.name}")
+        name, i, rest = found
+        shape = P.Index(P.Attr(P.Name(self.params[name]), "shape"), (P.Lit(i),))
+        return shape if rest == 1 else P.binop("//", shape, self.size(rest))
+
+    def _recovery(self, s: sympy.Basic, inputs: list[str],
+                  known: set[sympy.Basic]) -> tuple[str, int, sympy.Basic] | None:
+        """(input, axis, k) for an input axis of size `s * k` with `k` over `known` sizes, else None."""
         for name in inputs:
             for i, a in enumerate(self.type_of(name).axes):
                 rest = sympy.simplify(sympy.sympify(a.size) / s)
                 if s not in rest.free_symbols and rest.free_symbols <= known and sympy.fraction(rest)[1] == 1 \
                         and a.size != rest:
-                    shape = P.Index(P.Attr(P.Name(self.params[name]), "shape"), (P.Lit(i),))
-                    return shape if rest == 1 else P.binop("//", shape, self.size(rest))
-        raise InternalError(f"cannot recover the size {s} from the inputs of {self.graph.name}")
+                    return name, i, rest
+        return None
 
     def _model_prologue(self) -> list[str]:
         """Check each input's rank, dtype and sizes, bind the free dims, check the guards, fill defaults."""

@@ -142,8 +142,10 @@ def _name(item: ast.AxisItem) -> str:
 def caller_axes(t: TensorType, to_caller: dict[str, str], sizes: Sizes) -> tuple[Axis, ...]:
     """`t`'s axes named as the caller names them (see `Builder.in_caller_terms`): a name the signature bound as the
     caller's name, a dim's or free dim's name when it has that size, a name already made of sizes as it is, and a
-    name the block made up as its size's name. A name that would occur twice
-    (a block `f(x[B, C], y[B, D])` called with one tensor twice) keeps the block's name for the later axis."""
+    name the block made up as its size's name. A name that would occur twice (a block `f(x[B, C], y[B, D])`
+    called with one tensor twice, or `conv(..., into=(P, Q))` on a square map, both `4`) is numbered for the
+    later axis as `param(d, d)` numbers its second axis (`4`, `4_1`), never the block's own name: that would
+    reach the caller's one-size-per-name table, and a second call at another size would clash with it."""
     out: list[Axis] = []
     for a in t.axes:
         if a.name in to_caller:
@@ -155,7 +157,9 @@ def caller_axes(t: TensorType, to_caller: dict[str, str], sizes: Sizes) -> tuple
             name = a.name if known is not None and sizes.equal(known, a.size) is True else str(a.size)
         else:
             name = str(a.size)
-        if name in (x.name for x in out):
-            name = a.name
+        base, n = name, 0
+        while name in (x.name for x in out):
+            n += 1
+            name = f"{base}_{n}"
         out.append(Axis(name, a.size))
     return tuple(out)

@@ -100,17 +100,35 @@ def _reorder(t: TensorType, items: list[ast.AxisItem], atoms: list[str]) -> Rear
     """Every axis named once: a permutation, with groups merged."""
     perm = tuple(t.names.index(a) for a in atoms)
     out: list[Axis] = []
+    merged: list[int] = []   # positions of merged axes, which are named after their sizes
     for item in items:
         if isinstance(item, ast.AxisGroup):
             members = [t.axes[t.names.index(a.name if isinstance(a, ast.AxisName) else str(a.value))]
                        for a in item.items]
             size = sympy.Mul(*[m.size for m in members])
+            if len(members) > 1:
+                merged.append(len(out))
             out.append(Axis(_product_name(members), size) if len(members) > 1 else members[0])
         else:
             out.append(t.axes[t.names.index(item.name if isinstance(item, ast.AxisName) else str(item.value))])
+    _number_repeats(out, merged)
     if perm == tuple(range(t.rank)) and tuple(out) == t.axes:
         return None
     return perm, tuple(out)
+
+
+def _number_repeats(axes: list[Axis], merged: list[int]) -> None:
+    """Merged axes of one size are named alike (`(nh wh)` and `(nw win)` both `8`): the later ones are numbered
+    as `param(d, d)` numbers its second axis (`8`, `8_1`), so one annotation may merge groups of equal size. The
+    number follows the size in the name, so the name still means one size wherever it occurs."""
+    taken = {a.name for i, a in enumerate(axes) if i not in merged}
+    for i in merged:
+        name, n = axes[i].name, 0
+        while name in taken:
+            n += 1
+            name = f"{axes[i].name}_{n}"
+        taken.add(name)
+        axes[i] = Axis(name, axes[i].size)
 
 
 def _product_name(members: list[Axis]) -> str:
