@@ -65,13 +65,23 @@ def test_unknown_key_with_brackets() -> None:
 
 def test_wrong_type_under_a_capitalised_option_points_at_the_value() -> None:
     # was reported at `options` itself, the capitalised option's name dropped from the location
-    err = error(HEAD + "options:\n  Act: [relu]\nbody: y = relu(x)\n")
-    #  10   Act: [relu]  -> the value starts at column 8
-    assert where(err) == ("E004", 10, 8)
-    assert "'options.Act'" in err.message
+    # (a list is a valid option value now; a list of lists is not)
+    err = error(HEAD + "options:\n  Act: [[relu]]\nbody: y = relu(x)\n")
+    #  10   Act: [[relu]]  -> the inner list starts at column 9
+    assert where(err) == ("E004", 10, 9)
+    assert "'options.Act.0'" in err.message
 
 
 # ---- static arithmetic that leaves the integers --------------------------------------------------------
+
+def test_a_list_option_where_a_number_is_meant_is_a_located_error() -> None:
+    # found by the fuzzer once list options existed: `eps=` given a list option raised TypeError (exit 3)
+    text = HEAD + "options:\n  Eps: [1, 2]\nbody: y = layernorm(x, eps=Eps)\n"
+    err = error(text)
+    #  11 body: y = layernorm(x, eps=Eps): the value `Eps` starts at column 28
+    assert where(err) == ("E026", 11, 28)
+    assert "eps must be a number, got [1, 2]" in err.message
+
 
 def test_complex_power_is_a_located_error() -> None:
     # (-8)**0.5 is imaginary: it became a "size" that later failed int() with TypeError (exit 3)

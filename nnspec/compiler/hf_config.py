@@ -209,6 +209,9 @@ def map_config(spec: Spec, config: dict[str, Any], source: Source) -> tuple[dict
                                                               isinstance(value, int) and not isinstance(value, bool)):
                 raise SpecError("E022", f"{key}={value!r} has the wrong type for option {name} "
                                 f"(default {opt.default!r})", span)
+            if isinstance(value, list) and not all(isinstance(v, (bool, int, float, str)) for v in value):
+                raise SpecError("E022", f"{key}={json.dumps(value)}: option {name} takes a list of numbers, "
+                                "true/false or text, not nested lists or mappings", span)
             overrides[name] = float(value) if isinstance(opt.default, float) else value
         elif key in spec.hf_require:
             want, where = spec.hf_require[key]

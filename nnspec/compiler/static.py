@@ -30,7 +30,7 @@ def to_sym(value: Static, span: Span) -> sympy.Expr:
     if isinstance(value, float):
         return sympy.Float(value) if math.isfinite(value) else (sympy.oo if value > 0 else -sympy.oo)
     if not isinstance(value, (int, sympy.Basic)):  # a function, a tuple, a tensor: never sympify()'d
-        raise SpecError("E026", "expected a number, got a function, tuple or tensor", span)
+        raise SpecError("E026", "expected a number, got a function, tuple, list or tensor", span)
     return sympy.sympify(value)
 
 
@@ -129,6 +129,8 @@ def to_int(x: sympy.Expr, span: Span, concrete: Any = None) -> sympy.Expr:
 
 
 def compare(op: str, a: Static, b: Static, span: Span) -> bool | sympy.Basic:
+    if op == "in":
+        return member(a, b, span)
     if isinstance(a, str) or isinstance(b, str):
         if op not in ("==", "!="):
             raise SpecError("E026", f"'{op}' does not compare text", span)
@@ -141,6 +143,25 @@ def compare(op: str, a: Static, b: Static, span: Span) -> bool | sympy.Basic:
     if result is sympy.false:
         return False
     return result
+
+
+def member(item: Static, values: Any, span: Span) -> bool:
+    """`item in values`: whether a list option (`i in mlp_only_layers`) holds `item`, both concrete."""
+    if not isinstance(values, list):
+        raise SpecError("E026", f"'in' needs a list option on its right, got {values!r}", span)
+    return any(compare("==", item, v, span) is True for v in values if isinstance(v, str) == isinstance(item, str))
+
+
+def list_item(values: list[Any], index: Static, span: Span) -> Any:
+    """`values[index]`: an entry of a list option (`layer_types[i]`), counted from 0."""
+    if isinstance(index, bool) or not isinstance(index, (int, sympy.Integer)):
+        raise SpecError("E026", f"a list is indexed by an integer known when the spec is checked, got {index!r}",
+                        span)
+    if not 0 <= int(index) < len(values):
+        raise SpecError("E019", f"index {index} is out of range for a list of {len(values)} "
+                        f"(0 to {len(values) - 1})" if values else f"index {index} is out of range for an empty list",
+                        span)
+    return values[int(index)]
 
 
 def python_value(value: Static) -> bool | int | float | str:

@@ -169,6 +169,9 @@ class _ToAst(lark.Transformer):
     def _compare(self, c: list[Any], span: Any) -> ast.Compare:
         return ast.Compare(str(c[1]), c[0], c[2], span=span)
 
+    def _member(self, c: list[Any], span: Any) -> ast.Compare:
+        return ast.Compare("in", c[0], c[1], span=span)   # `i in mlp_only_layers`: a list option holds i
+
     def _binop(self, c: list[Any], span: Any) -> ast.BinOp:
         return ast.BinOp(str(c[1]), c[0], c[2], span=span)
 

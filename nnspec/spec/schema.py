@@ -24,7 +24,7 @@ class HfOption(_Strict):
 
 
 class OptionDoc(_Strict):
-    default: Scalar
+    default: Scalar | list[Scalar]   # a list: one entry per layer (`layer_types`), read by `xs[i]` and `i in xs`
     choices: list[Scalar] | None = None
     doc: str | None = None
     hf: HfOption | None = None
@@ -47,7 +47,7 @@ class SpecDoc(_Strict):
     name: str
     doc: str | None = None
     dims: dict[str, int | str] = Field(default_factory=dict)
-    options: dict[str, Scalar | OptionDoc] = Field(default_factory=dict)
+    options: dict[str, Scalar | list[Scalar] | OptionDoc] = Field(default_factory=dict)
     require: list[str] = Field(default_factory=list)
     inputs: dict[str, str | InputDoc]
     outputs: dict[str, str]

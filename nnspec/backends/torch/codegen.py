@@ -52,7 +52,7 @@ class ModuleGen(ModuleContext):
                "# Sizes this file was compiled for (`nnspec compile --set NAME=VALUE` changes them)."]
         out += [f"{name} = {int(self.model.dims.values[sym])}" for sym, name in self.dim_names.items()]
         out += ["# Options it was compiled with, for reference: the code below already specialises on them."]
-        options = [f"    {P.string(k)}: {P.src(P.lit(_plain(v)))}," for k, v in self.model.options.items()]
+        options = [f"    {P.string(k)}: {P.src(_option_literal(v))}," for k, v in self.model.options.items()]
         out += ["OPTIONS = {", *options, "}"] if options else ["OPTIONS = {}"]
         out += self._weight_maps()
         for name in helpers.HELPERS:
@@ -166,6 +166,11 @@ def _uses_functional(classes: list[str], used: dict[str, None]) -> bool:
     code = [line for text in classes for line in text.split("\n") if not line.lstrip().startswith(("#", '"'))]
     code += [helpers.source(h) for h in used]
     return any(re.search(r"(?<![\w.])F\.", line) for line in code)
+
+
+def _option_literal(v: Any) -> P.Expr:
+    """An option's value as Python source; a list option (`mlp_only_layers`) stays a list."""
+    return P.ListExpr(tuple(P.lit(_plain(x)) for x in v)) if isinstance(v, list) else P.lit(_plain(v))
 
 
 def _plain(v: Any) -> Any:

@@ -35,7 +35,8 @@ def bind_options(options: dict[str, OptionDecl], overrides: dict[str, Any]) -> d
         if name in overrides:
             value = overrides.pop(name)
             if isinstance(decl.default, bool) != isinstance(value, bool) or (
-                    isinstance(decl.default, str) != isinstance(value, str)):
+                    isinstance(decl.default, str) != isinstance(value, str)) or (
+                    isinstance(decl.default, list) != isinstance(value, list)):
                 raise UsageError(f"option {name} takes a value like {decl.default!r}, got {value!r}")
             if isinstance(decl.default, float) and isinstance(value, int):
                 value = float(value)

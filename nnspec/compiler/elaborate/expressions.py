@@ -81,6 +81,9 @@ class ExpressionBuilder(NodeBuilder, ABC):
 
     def _eval_Compare(self, e: ast.Compare) -> Any:
         a, b = self.eval(e.left), self.eval(e.right)
+        if e.op == "in" and (isinstance(a, TensorValue) or not isinstance(b, list)):
+            raise SpecError("E026", f"'in' asks whether a list option holds a value known when the spec is checked "
+                            f"(i in mlp_only_layers), not {kind_of(a)} in {kind_of(b)}", e.span)
         if isinstance(a, TensorValue) or isinstance(b, TensorValue):
             op = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}[e.op]
             return self.elementwise(op, [a, b], e.span)
@@ -141,7 +144,19 @@ class ExpressionBuilder(NodeBuilder, ABC):
                 raise SpecError("E019", f"index {e.axes[0].value} is out of range for a tuple of {n} "
                                 f"(0 to {n - 1})", e.axes[0].span)
             return value.items[e.axes[0].value]
+        if isinstance(value, list):   # `layer_types[i]`: an entry of a list option
+            return static.list_item(value, self._list_index(e), e.span)
         return self.annotate(self.as_tensor(value, e.value.span), e.axes, e.span)
+
+    def _list_index(self, e: ast.Annotate) -> Any:
+        """The one index of `xs[...]` on a list option: a number, a name (`i`) or a size expression `(i + 1)`."""
+        if len(e.axes) != 1 or isinstance(e.axes[0], ast.AxisGroup):
+            raise SpecError("E019", "a list option is indexed by one value, as in layer_types[i]", e.span)
+        item = e.axes[0]
+        if isinstance(item, ast.AxisInt):
+            return item.value
+        index = self.eval(ast.Name(item.name, span=item.span) if isinstance(item, ast.AxisName) else item.expr)
+        return self._concrete(index)
 
     def _eval_Tuple(self, e: ast.Tuple) -> Any:
         return TupleValue(tuple(self.eval(x) for x in e.items))
@@ -173,7 +188,7 @@ class ExpressionBuilder(NodeBuilder, ABC):
             out = static.python_value(v)
         except ValueError:
             raise SpecError("E026", f"{what} must be a number known when the spec is checked", expr.span) from None
-        if isinstance(out, (str, bool)):
+        if isinstance(out, (str, bool, list)):   # a list option where one number is meant
             raise SpecError("E026", f"{what} must be a number, got {out!r}", expr.span)
         return float(out)
 

@@ -41,6 +41,10 @@ def evaluate(expr: ast.Expr, lookup: Lookup, concrete: Callable[[Any], Any]) -> 
         a = evaluate(expr.left, lookup, concrete)
         b = evaluate(expr.right, lookup, concrete)
         return static.compare(expr.op, _concrete(a, concrete), _concrete(b, concrete), expr.span)
+    if isinstance(expr, ast.Annotate) and len(expr.axes) == 1 and isinstance(expr.axes[0], ast.AxisInt):
+        values = evaluate(expr.value, lookup, concrete)   # `depths[0]`: an entry of a list option
+        if isinstance(values, list):
+            return static.list_item(values, expr.axes[0].value, expr.span)
     if isinstance(expr, ast.BoolOp):
         a = _condition(evaluate(expr.left, lookup, concrete), expr.op, expr.left.span)
         b = _condition(evaluate(expr.right, lookup, concrete), expr.op, expr.right.span)
