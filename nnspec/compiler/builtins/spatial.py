@@ -79,6 +79,18 @@ def _group_axis(axis: Axis, other: Axis, groups: int, suffix: str) -> Axis:
     return Axis(f"{axis.name}_{suffix}", axis.size) if axis.name == other.name else axis
 
 
+def _kernel_axes(attrs: dict[str, Any]) -> tuple[Axis, ...]:
+    """A convolution weight's kernel axes, one per spatial axis, named after it."""
+    return tuple(Axis(f"kernel_{s}", sympy.Integer(k)) for s, k in zip(attrs["spatial"], attrs["kernel"], strict=True))
+
+
+def _bias(b: Surface, call: ast.Call, a: dict[str, Any], scope: str, out: Axis) -> list[str]:
+    """The bias parameter's node, unless `bias=false`."""
+    if a["bias"] is None or b.flag(a["bias"], "bias"):
+        return [b.param(scope, "bias", (out,), ("zeros",), call.span).node]
+    return []
+
+
 @builtin("conv", "conv(x, out, kernel, stride=1, padding=0, channel=AXIS, over=(AXIS, ...), into=(NAME, ...), "
          "bias=true, groups=1, name=conv)", "Convolution over 1-3 named spatial axes; `groups` splits the "
          "channels into groups convolved separately (depthwise: groups = input channels, `out` a multiple of them).")
@@ -93,14 +105,10 @@ def _conv(b: Surface, call: ast.Call) -> Any:
     in_axis = b.type_of(x).axis(channel)
     assert in_axis is not None
     groups = _groups(b, call, a, [in_axis, out], "conv")
-    kernel_axes = tuple(Axis(f"kernel_{s}", sympy.Integer(k)) for s, k in zip(attrs["spatial"], attrs["kernel"],
-                                                                               strict=True))
     scope = b.claim_scope(b.scope_kwarg(call), "conv", call.span)
-    w = b.param(scope, "weight", (out, _group_axis(in_axis, out, groups, "in"), *kernel_axes), ("normal", INIT_STD),
-                call.span)
-    inputs = [x.node, w.node]
-    if a["bias"] is None or b.flag(a["bias"], "bias"):
-        inputs.append(b.param(scope, "bias", (out,), ("zeros",), call.span).node)
+    w = b.param(scope, "weight", (out, _group_axis(in_axis, out, groups, "in"), *_kernel_axes(attrs)),
+                ("normal", INIT_STD), call.span)
+    inputs = [x.node, w.node, *_bias(b, call, a, scope, out)]
     if groups != 1:   # only when grouped: a plain conv's node (and so its generated code) is as it always was
         attrs["groups"] = groups
     return b.emit("conv", inputs, {"channel": channel, **attrs}, call.span, hint=scope)
@@ -122,15 +130,11 @@ def _conv_transpose(b: Surface, call: ast.Call) -> Any:
     in_axis = b.type_of(x).axis(channel)
     assert in_axis is not None
     groups = _groups(b, call, a, [in_axis, out], "conv_transpose")
-    kernel_axes = tuple(Axis(f"kernel_{s}", sympy.Integer(k)) for s, k in zip(attrs["spatial"], attrs["kernel"],
-                                                                               strict=True))
     scope = b.claim_scope(b.scope_kwarg(call), "conv_transpose", call.span)
     # torch's layout [in, out/groups, *kernel]: the transpose of the convolution mapping out back to in
-    w = b.param(scope, "weight", (in_axis, _group_axis(out, in_axis, groups, "out"), *kernel_axes),
+    w = b.param(scope, "weight", (in_axis, _group_axis(out, in_axis, groups, "out"), *_kernel_axes(attrs)),
                 ("normal", INIT_STD), call.span)
-    inputs = [x.node, w.node]
-    if a["bias"] is None or b.flag(a["bias"], "bias"):
-        inputs.append(b.param(scope, "bias", (out,), ("zeros",), call.span).node)
+    inputs = [x.node, w.node, *_bias(b, call, a, scope, out)]
     return b.emit("conv_transpose", inputs, {"channel": channel, "out_channel": out.name, "groups": groups, **attrs},
                   call.span, hint=scope)
 

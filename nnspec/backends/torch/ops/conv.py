@@ -53,59 +53,62 @@ def _from_channels_first(fn: FunctionGen, y: Expr, t: TensorType, batch: list[st
     return permute(y, [[*batch, *names].index(n) for n in out.names])
 
 
-@lowers("conv")
-def _lower_conv(frame: Frame, node: Node, ins: list[Any]) -> Any:
+def _lower_convolution(frame: Frame, node: Node, ins: list[Any], functions: dict[int, Any], out_channel: str,
+                       **extra: Any) -> Any:
+    """conv and conv_transpose on named axes: channels and spatial axes moved to torch's [N, C, *spatial]."""
     t = input_types(frame, node)[0]
     a = node.attrs
     x, batch, batch_shape = _channels_first(ins[0], t, a["channel"], a["spatial"])
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(a["spatial"])]
-    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"],
-             groups=a.get("groups", 1))
-    out_channel = node.tensor_type.axes[t.index(a["channel"])].name
+    y = functions[len(a["spatial"])](x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"],
+                                     padding=a["padding"], **extra)
     return _restore(y, batch, batch_shape, out_channel, [o.name for o in a["out_axes"]], node.tensor_type)
+
+
+def _emit_convolution(fn: FunctionGen, node: Node, ins: list[Expr], out_channel: str, **extra: Expr | int) -> Expr:
+    """The planned nn.ConvNd / nn.ConvTransposeNd module, else `F.<op>Nd(...)` with `extra` keywords after padding."""
+    a = node.attrs
+    t, out = fn.in_type(node, 0), node.tensor_type
+    y, batch = _to_channels_first(fn, ins[0], t, [], [a["channel"], *a["spatial"]])
+    mod = module_for(fn.plan, node.op, node.inputs[1:])
+    if mod is not None:
+        y = call(fn.member(mod), y)
+    else:
+        y = call(f"F.{node.op}{len(a['spatial'])}d", y, ins[1], ins[2] if len(ins) > 2 else Lit(None),
+                 stride=P.TupleExpr(P.ints(a["stride"])), padding=P.TupleExpr(P.ints(a["padding"])), **extra)
+    return _from_channels_first(fn, y, t, batch, [out_channel, *(o.name for o in a["out_axes"])], out)
+
+
+def _conv_out_channel(node: Node, t: TensorType) -> str:
+    return node.tensor_type.axes[t.index(node.attrs["channel"])].name
+
+
+@lowers("conv")
+def _lower_conv(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    return _lower_convolution(frame, node, ins, {1: F.conv1d, 2: F.conv2d, 3: F.conv3d},
+                              _conv_out_channel(node, input_types(frame, node)[0]),
+                              groups=node.attrs.get("groups", 1))
 
 
 @emits("conv")
 def _emit_conv(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
-    a = node.attrs
-    t, out = fn.in_type(node, 0), node.tensor_type
-    y, batch = _to_channels_first(fn, ins[0], t, [], [a["channel"], *a["spatial"]])
-    mod = module_for(fn.plan, "conv", node.inputs[1:])
-    if mod is not None:
-        y = call(fn.member(mod), y)
-    else:
-        conv = f"F.conv{len(a['spatial'])}d"
-        groups = {"groups": a["groups"]} if a.get("groups", 1) != 1 else {}
-        y = call(conv, y, ins[1], ins[2] if len(ins) > 2 else Lit(None), stride=P.TupleExpr(P.ints(a["stride"])),
-                 padding=P.TupleExpr(P.ints(a["padding"])), **groups)
-    names = [out.axes[t.index(a["channel"])].name, *(o.name for o in a["out_axes"])]
-    return _from_channels_first(fn, y, t, batch, names, out)
+    # a plain conv's call is written without `groups=`, as it always was
+    groups = {"groups": node.attrs["groups"]} if node.attrs.get("groups", 1) != 1 else {}
+    return _emit_convolution(fn, node, ins, _conv_out_channel(node, fn.in_type(node, 0)), **groups)
 
 
 @lowers("conv_transpose")
 def _lower_conv_transpose(frame: Frame, node: Node, ins: list[Any]) -> Any:
-    t = input_types(frame, node)[0]
     a = node.attrs
-    x, batch, batch_shape = _channels_first(ins[0], t, a["channel"], a["spatial"])
-    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(a["spatial"])]
-    y = conv(x, ins[1], ins[2] if len(ins) > 2 else None, stride=a["stride"], padding=a["padding"],
-             output_padding=a["output_padding"], groups=a["groups"])
-    return _restore(y, batch, batch_shape, a["out_channel"], [o.name for o in a["out_axes"]], node.tensor_type)
+    return _lower_convolution(frame, node, ins, {1: F.conv_transpose1d, 2: F.conv_transpose2d,
+                                                 3: F.conv_transpose3d},
+                              a["out_channel"], output_padding=a["output_padding"], groups=a["groups"])
 
 
 @emits("conv_transpose")
 def _emit_conv_transpose(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     a = node.attrs
-    t, out = fn.in_type(node, 0), node.tensor_type
-    y, batch = _to_channels_first(fn, ins[0], t, [], [a["channel"], *a["spatial"]])
-    mod = module_for(fn.plan, "conv_transpose", node.inputs[1:])
-    if mod is not None:
-        y = call(fn.member(mod), y)
-    else:
-        y = call(f"F.conv_transpose{len(a['spatial'])}d", y, ins[1], ins[2] if len(ins) > 2 else Lit(None),
-                 stride=P.TupleExpr(P.ints(a["stride"])), padding=P.TupleExpr(P.ints(a["padding"])),
-                 output_padding=P.TupleExpr(P.ints(a["output_padding"])), groups=a["groups"])
-    return _from_channels_first(fn, y, t, batch, [a["out_channel"], *(o.name for o in a["out_axes"])], out)
+    return _emit_convolution(fn, node, ins, a["out_channel"],
+                             output_padding=P.TupleExpr(P.ints(a["output_padding"])), groups=a["groups"])
 
 
 def _interpolate_kwargs(a: dict[str, Any]) -> dict[str, Any]:
