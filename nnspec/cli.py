@@ -335,6 +335,20 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
     """nnspec: a declarative model-spec compiler."""
 
 
+# Commands that live in their own modules under nnspec/commands/ (each defines `register(app)`), in help order.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"nnspec.commands.{name}").register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()

@@ -27,8 +27,9 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
          "nnspec.compiler.static", "nnspec.compiler.hf_config", "nnspec.compiler.weight_map")),
     (3, ("nnspec.compiler", "nnspec.stdlib", "nnspec.diagrams")),
     (4, ("nnspec.backends",)),
-    (5, ("nnspec.pipeline", "nnspec.generated")),
-    (6, ("nnspec.cli", "nnspec.cli_transforms", "nnspec.testing", "nnspec.docs_gen", "nnspec.__main__")),
+    (5, ("nnspec.pipeline", "nnspec.generated", "nnspec.generate")),
+    (6, ("nnspec.cli", "nnspec.cli_transforms", "nnspec.testing", "nnspec.docs_gen", "nnspec.__main__",
+         "nnspec.commands", "nnspec.distributed", "nnspec.importer", "nnspec.web", "nnspec.export")),
 ]
 
 
