@@ -7,11 +7,11 @@ from nnspec.errors import InternalError, ResourceError, SpecError
 __version__ = "0.1.0"
 
 __all__ = ["CheckResult", "InternalError", "ResourceError", "SpecError", "UsageError", "__version__", "build", "check",
-           "load_weights", "save_weights"]
+           "load_weights", "save_pretrained", "save_weights"]
 
 # need torch: imported on first use, so `import nnspec` (and `nnspec check`) does not load it
 _LAZY = {"build": "nnspec.generated", "load_weights": "nnspec.backends.torch.weights",
-         "save_weights": "nnspec.backends.torch.weights"}
+         "save_weights": "nnspec.backends.torch.weights", "save_pretrained": "nnspec.export.hf"}
 
 
 def __getattr__(name: str) -> object:

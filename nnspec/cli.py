@@ -7,6 +7,8 @@ internal error in nnspec.
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +18,7 @@ import sympy
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from nnspec import __version__
 from nnspec import cli_transforms as T
@@ -24,7 +27,8 @@ from nnspec.compiler.analysis import check_memory, format_bytes, parse_size
 from nnspec.compiler.check import CheckResult
 from nnspec.compiler.elaborate import UsageError
 from nnspec.compiler.printer import print_model
-from nnspec.errors import ResourceError, SpecError, errors_to_json
+from nnspec.compiler.sizes import expand
+from nnspec.errors import ResourceError, SpecError, errors_to_json, visible
 from nnspec.pipeline import Pipeline
 
 EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
@@ -63,7 +67,7 @@ def _fmt_int(n: int) -> str:
 
 def _fmt_flops(expr: sympy.Expr) -> str:
     """`3.8e+04·B·T² + 2.48e+08·B·T`: a polynomial in the free dims with short coefficients."""
-    expr = sympy.expand(expr)
+    expr = expand(expr)      # kept factored past a bound on its terms (issue 22)
     if expr.is_Number:
         return f"{float(expr):.4g}"
     terms = []
@@ -74,21 +78,24 @@ def _fmt_flops(expr: sympy.Expr) -> str:
             continue
         factors = []
         for base, exp in sorted(rest.as_powers_dict().items(), key=lambda kv: str(kv[0])):
-            factors.append(f"{base}" + ("" if exp == 1 else "²" if exp == 2 else f"^{exp}"))
+            name = f"{base}" if base.is_Atom else f"({base})"      # a factored sum past the term bound
+            factors.append(name + ("" if exp == 1 else "²" if exp == 2 else f"^{exp}"))
         terms.append((f"{float(coeff):.4g}·" if coeff != 1 else "") + "·".join(factors))
     return " + ".join(sorted(terms, key=len, reverse=True))
 
 
 def _report(result: CheckResult, console: Console) -> None:
     model = result.model
-    table = Table(title=f"{model.name} ({result.spec.source.name})", title_justify="left")
+    # user strings (file names, spec names, axis names) are text, never rich markup: `[/x].yaml` is a file name
+    table = Table(title=Text(f"{model.name} ({result.spec.source.name})"), title_justify="left")
     for col, justify in [("name", "left"), ("block / op", "left"), ("shape", "left"), ("concrete", "left"),
                          ("params", "right"), ("FLOPs", "right")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in result.rows:
-        table.add_row(row.name, row.kind, row.shape, row.concrete, _fmt_int(row.params), _fmt_flops(row.flops))
+        table.add_row(Text(row.name), Text(row.kind), Text(row.shape), Text(row.concrete), _fmt_int(row.params),
+                      Text(_fmt_flops(row.flops)))
     table.add_section()
-    table.add_row("total", "", "", "", _fmt_int(result.params), _fmt_flops(result.flops))
+    table.add_row("total", "", "", "", _fmt_int(result.params), Text(_fmt_flops(result.flops)))
     console.print(table)
     ins = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.inputs.items())
     outs = ", ".join(f"{k}: {model.graph[v].type}" for k, v in model.outputs.items())
@@ -164,7 +171,7 @@ def check_cmd(
         _fail_resource(err, spec, as_json)
         return
     except (UsageError, FileNotFoundError) as err:
-        print(f"nnspec: error: {err}", file=sys.stderr)
+        print(f"nnspec: error: {visible(str(err))}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
     if as_json:
         payload = json.loads(errors_to_json(None, result.warnings))
@@ -180,7 +187,9 @@ def check_cmd(
             payload["ir"] = print_model(result.model)
         print(json.dumps(payload, indent=2))
         return
-    console = Console(highlight=False, width=max(120, Console().width))
+    # a terminal's own width (80 columns too: rich wraps the cells); piped output keeps 120 columns unless COLUMNS says
+    probe = Console()
+    console = Console(highlight=False, width=None if probe.is_terminal or os.environ.get("COLUMNS") else 120)
     for w in result.warnings:
         print(w.render(), file=sys.stderr)
     _report(result, console)
@@ -202,6 +211,37 @@ def _write_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, data)
 
 
+MAX_SCALE = 16.0   # PNG pixels per SVG unit; cairo refuses images wider or taller than 32,767 pixels anyway
+
+
+def _write_or_exit(path: Path, data: bytes) -> None:
+    """Write `path` atomically; a directory, a read-only place or a full disk is a usage error (exit 2), as in
+    compile."""
+    try:
+        _write_atomic(path, data)
+    except OSError as e:
+        print(f"nnspec: error: cannot write {visible(str(path))}: {e.strerror or e}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _png(svg_to_png: Any, svg: str, scale: float) -> bytes:
+    """The PNG, or ToolMissing when cairo cannot draw it (an image past its 32,767-pixel limit): the SVG is written
+    instead."""
+    from nnspec.compiler.diagrams import ToolMissing
+    try:
+        return bytes(svg_to_png(svg, scale))
+    except ToolMissing:
+        raise
+    except (MemoryError, ValueError, OSError, RuntimeError) as e:
+        raise ToolMissing(f"cannot draw this diagram as PNG at --scale {scale:g} ({type(e).__name__}: "
+                          f"{str(e)[:200]}); try a smaller --scale") from None
+    except Exception as e:   # cairo's own errors (CairoError INVALID_SIZE) have no base nnspec can name
+        if "cairo" not in type(e).__module__.lower() and "Cairo" not in type(e).__name__:
+            raise
+        raise ToolMissing(f"cannot draw this diagram as PNG at --scale {scale:g} ({type(e).__name__}: "
+                          f"{str(e)[:200]}); try a smaller --scale") from None
+
+
 @app.command("render")
 @T.transform_flags
 def render_cmd(
@@ -209,11 +249,15 @@ def render_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="the file to write")],
     style: Annotated[str, typer.Option("--style", help="'graph' (block graph) or 'circuit' (neural circuit diagram)")]
     = "graph",
-    fmt: Annotated[str | None, typer.Option("--format", help="svg, png or dot (graph only); default: from -o")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="svg, png, dot (graph only) or html (an interactive "
+                                            "page of both, no network); default: from -o")] = None,
     expand: Annotated[int, typer.Option("--expand", help="inline block calls and repeats this many levels deep")] = 0,
     block: Annotated[str | None, typer.Option("--block", help="draw this block instead of the whole model")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     scale: Annotated[float, typer.Option("--scale", help="PNG pixels per SVG unit")] = 2.0,
+    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON (docs/cli.md)")] = False,
     transforms: T.Requested = None,
     explain: T.ExplainOpt = False,
 ) -> None:
@@ -225,38 +269,55 @@ def render_cmd(
     try:
         if style not in ("graph", "circuit"):
             raise UsageError(f"--style takes 'graph' or 'circuit', got {style!r}")
-        if fmt not in ("svg", "png", "dot") or (fmt == "dot" and style != "graph"):
-            raise UsageError(f"--format takes svg or png{', or dot' if style == 'graph' else ''} for --style "
+        if fmt not in ("svg", "png", "dot", "html") or (fmt == "dot" and style != "graph"):
+            raise UsageError(f"--format takes svg, png{', dot' if style == 'graph' else ''} or html for --style "
                              f"{style}, got {fmt!r}")
         if expand < 0:
             raise UsageError(f"--expand takes a level of 0 or more, got {expand}")
+        if not (math.isfinite(scale) and 0 < scale <= MAX_SCALE):
+            raise UsageError(f"--scale takes PNG pixels per SVG unit above 0 and at most {MAX_SCALE:g}, got {scale}")
+        if output.is_dir():
+            raise UsageError(f"cannot write {output}: it is a directory")
         if not output.parent.is_dir():
             raise UsageError(f"cannot write {output}: no directory {output.parent}")
-        pipeline = Pipeline(spec, overrides=parse_sets(set_ or []), transforms=transforms)
+        pipeline = Pipeline(spec, config=config, overrides=parse_sets(set_ or []), transforms=transforms)
         result, transform_lines = pipeline.transformed, pipeline.transform_lines
-        if style == "graph":
+        if fmt == "html":   # one self-contained page: block graph, circuit diagrams, summary (nnspec.web.page)
+            from nnspec.web.page import page_html, payload
+            source = page_html(payload(result))
+            fallback, fallback_data = output, source
+        elif style == "graph":
             source = block_graph(result.model, expand=expand, block=block)
             fallback, fallback_data = output.with_suffix(".dot"), source
         else:
             source = circuit_svg(result.model, expand=expand, block=block)
             fallback, fallback_data = output.with_suffix(".svg"), source
     except SpecError as err:
-        _fail(err, False)
+        _fail(err, as_json)
         return
     except (UsageError, FileNotFoundError) as err:
-        print(f"nnspec: error: {err}", file=sys.stderr)
+        print(f"nnspec: error: {visible(str(err))}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
+    report = {"version": 1, "spec": str(spec), "model": result.model.name, "style": style, "format": fmt,
+              "transforms": transform_lines}
     try:
-        if fmt == "dot" or (fmt == "svg" and style == "circuit"):
+        if fmt in ("dot", "html") or (fmt == "svg" and style == "circuit"):
             data = source.encode()
         else:
             svg = dot_to_svg(source) if style == "graph" else source
-            data = svg.encode() if fmt == "svg" else svg_to_png(svg, scale)
+            if fmt == "png":
+                fallback, fallback_data = output.with_suffix(".svg"), svg
+            data = svg.encode() if fmt == "svg" else _png(svg_to_png, svg, scale)
     except ToolMissing as err:
-        _write_atomic(fallback, fallback_data.encode())
+        _write_or_exit(fallback, fallback_data.encode())
+        if as_json:
+            print(json.dumps({**report, "ok": False, "written": [str(fallback)], "error": str(err)}, indent=2))
         print(f"nnspec: error: {err}; wrote {fallback} instead", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
-    _write_atomic(output, data)
+    _write_or_exit(output, data)
+    if as_json:
+        print(json.dumps({**report, "ok": True, "written": [str(output)], "bytes": len(data)}, indent=2))
+        return
     if explain:
         T.print_explain(transform_lines)
     print(f"wrote {output}")
@@ -280,6 +341,8 @@ def compile_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
     = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written, the passes run, kernels and "
+                                          "fallbacks as JSON (docs/cli.md)")] = False,
     transforms: T.Requested = None,
 ) -> None:
     """Generate standalone PyTorch code: OUT/<name>.py per spec, all files or none."""
@@ -296,16 +359,22 @@ def compile_cmd(
         sets = parse_sets(set_ or [])
         compiled = [Pipeline(spec, config=config, overrides=sets, transforms=transforms).artifact(target, level, passes)
                     for spec in specs]
-        if explain:
+        if explain and not as_json:
             for spec, c in zip(specs, compiled, strict=True):
                 _print_compile_explain(spec, c, level, ran, passes is not None, bool(transforms))
         written = write_outputs(compiled, output)
     except SpecError as err:
-        _fail(err, False)
+        _fail(err, as_json)
         return
     except (UsageError, FileNotFoundError, OSError) as err:  # not ValueError: that would relabel a bug as usage
-        print(f"nnspec: error: {err}", file=sys.stderr)
+        print(f"nnspec: error: {visible(str(err))}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
+    if as_json:
+        models = [{"spec": str(spec), "path": str(path), "opt": level, "passes": ran, **c.to_json()}
+                  for spec, c, path in zip(specs, compiled, written, strict=True)]
+        print(json.dumps({"version": 1, "ok": True, "written": [str(p) for p in written], "models": models},
+                         indent=2))
+        return
     for path in written:
         print(f"wrote {path}")
 
@@ -336,7 +405,7 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 
 
 # Commands that live in their own modules under nnspec/commands/ (each defines `register(app)`), in help order.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("serve", "import_model", "generate", "export", "plan", "schema")
 
 
 def _register_commands() -> None:
@@ -347,6 +416,16 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+# optional packages -> the extra of pyproject.toml that installs them
+EXTRAS = {"torch": "torch", "numpy": "torch", "triton": "triton", "transformers": "hf", "safetensors": "hf",
+          "cairosvg": "render", "onnx": "onnx", "onnxscript": "onnx"}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The extra to install when `err` is an optional package missing (not a module of nnspec's own)."""
+    return EXTRAS.get((err.name or "").partition(".")[0])
 
 
 def main() -> None:
@@ -363,7 +442,14 @@ def main() -> None:
         print(f"nnspec: error[R001]: {err}", file=sys.stderr)
         sys.exit(EXIT_SPEC)
     except UsageError as err:
-        print(f"nnspec: error: {err}", file=sys.stderr)
+        print(f"nnspec: error: {visible(str(err))}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err)
+        if extra is None:
+            raise
+        print(f"nnspec: error: this needs {err.name}, which is not installed: pip install \"nnspec[{extra}]\"",
+              file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except Exception:  # a bug in nnspec, never the user's mistake: say so, with the trace to report
         print("nnspec: internal error (this is a bug in nnspec; please report it with the spec and this trace):",

@@ -7,6 +7,7 @@ means nnspec is wrong, never the user, and is reported differently (exit code 3,
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,7 @@ class SpecError(Exception):
                 lines.append(_headline(note.span, "note", note.message))
                 lines += _excerpt(note.span)
             else:
-                lines.append(f"note: {note.message}")
+                lines.append(visible(f"note: {note.message}"))
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -129,9 +130,26 @@ class Warning_:
                 "span": self.span.to_json() if self.span else None}
 
 
+# C0 and C1 control characters but newline and tab: echoed raw from a dim key or a config.json key, ESC and BEL
+# would change the terminal's title or clear its screen
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """`text` with each control character written as an escape (backslash x1b), so a message cannot drive a
+    terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _picture(text: str) -> str:
+    """Control characters as one visible character each (U+2400's pictures, or U+FFFD), keeping carets aligned."""
+    return _CONTROL.sub(lambda m: chr(0x2400 + ord(m.group())) if ord(m.group()) < 0x20 else
+                        "\u2421" if m.group() == "\x7f" else "\ufffd", text)
+
+
 def _headline(span: Span | None, kind: str, message: str) -> str:
     where = f"{span.source.name}:{span.line}:{span.col}: " if span else ""
-    return f"{where}{kind}: {message}"
+    return visible(f"{where}{kind}: {message}")
 
 
 def _excerpt(span: Span | None) -> list[str]:
@@ -142,7 +160,8 @@ def _excerpt(span: Span | None) -> list[str]:
         return []
     width = max(1, (span.end_col - span.col) if span.end_line == span.line else len(text) - span.col + 1)
     gutter = f"{span.line:>5} | "
-    return [gutter + text.replace("\t", " "), " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" * width]
+    line = _picture(text.replace("\t", " "))
+    return [gutter + line, " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" * width]
 
 
 def errors_to_json(error: SpecError | ResourceError | None, warnings: list[Warning_]) -> str:

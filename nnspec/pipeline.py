@@ -38,7 +38,8 @@ from nnspec.spec.source import Source
 ExplainSink = list[str] | Callable[[str], None] | None
 
 # backend options each optimisation level turns on; a backend is given those it declares
-LEVEL_OPTIONS: dict[int, dict[str, Any]] = {0: {}, 1: {}, 2: {"fused_linear": True, "sdpa": True}}
+LEVEL_OPTIONS: dict[int, dict[str, Any]] = {0: {}, 1: {}, 2: {"fused_linear": True, "sdpa": True, "parallel_scan": True,
+                                                     "regroup_contractions": True}}
 
 
 @dataclass
@@ -52,6 +53,23 @@ class Compiled:
     transforms: list[str] = field(default_factory=list)   # one line per transform applied (`--explain`)
     explain: list[str] = field(default_factory=list)      # the passes' rewrites, groups and refusals
     target: str = "torch"                                  # the backend that generated it (and loads it)
+
+    def to_json(self) -> dict[str, Any]:
+        """`nnspec compile --json`: what was generated, and the explain lines sorted by kind: the passes' rewrites
+        (and groups and refusals), the kernels generated, the ops left to torch, and the backend's other notes."""
+        kinds: dict[str, list[str]] = {"rewrites": [], "kernels": [], "fallbacks": [], "notes": []}
+        for line in self.explain:
+            text = line.strip()
+            if text.startswith(("kernel ", "template kernel")):
+                kinds["kernels"].append(text)
+            elif text.startswith("torch fallback"):
+                kinds["fallbacks"].append(text.removeprefix("torch fallback: "))
+            elif text.startswith(("torch:", "triton:")):
+                kinds["notes"].append(text)
+            else:
+                kinds["rewrites"].append(text)
+        return {"name": self.result.model.name, "file": self.filename, "class": self.class_name,
+                "target": self.target, "transforms": self.transforms, **kinds}
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,8 @@ class Pipeline:
         module = get(target).load(Generated(compiled.source, compiled.class_name), compiled.result.model.name)
         instance = getattr(module, compiled.class_name)()
         instance.spec_model = compiled.result.model  # what nnspec.testing.inputs_for reads a module's inputs from
+        instance.spec_result = compiled.result  # what nnspec.save_pretrained writes config.json from
+        instance._repr_html_ = compiled.result._repr_html_   # a notebook shows the check table and block graph
         return instance
 
 

@@ -13,6 +13,17 @@ from hypothesis import settings
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist each worker is its own process: share the cores between the workers instead of letting every
+# worker's torch start one thread per core (oversubscribed threads make a 2-core run slower than one worker).
+# Set before any test module imports torch, which reads the variable once.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _per_worker = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_per_worker))
+    # xdist hands its workers the controller's terminal size as COLUMNS/LINES; the tests see output as piped
+    # output is seen (the CLI's width rule reads COLUMNS), the same with one process or several
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 # Every optimisation in the tests re-verifies the graph after each pass (nnspec.compiler.passes), wherever it runs:
 # `nnspec.build`, `nnspec compile`, the cost model.
 os.environ.setdefault("NNSPEC_VERIFY", "1")

@@ -58,10 +58,15 @@ def test_gpt2_flops_closed_form() -> None:
     # residual d, ln_2 8d, c_fc 8d²+4d, gelu_tanh 32d, c_proj 8d²+d, dropout d, residual d
     h = 12
     layer_tokens = 24 * d * d + 61 * d
-    # per token pair: the two contractions 2d each; per head: / sqrt 1, where 1, softmax 5, dropout 1
-    layer_pairs = 4 * d + 8 * h
+    # per token pair: the two contractions 2d each; per head: / sqrt 1, the causal where 1, the padding where 1,
+    # softmax 5, dropout 1
+    layer_pairs = 4 * d + 9 * h
     head = 2 * d + 8 * d + 2 * d * v          # tok + pos and its dropout, ln_f, the tied LM head
-    assert sympy.expand(flops - (12 * layer_tokens * B * T + 12 * layer_pairs * B * T * T + head * B * T)) == 0
+    # the padding mask, built once: per token `attention_mask == 1`, `not keep`, `position_ids < 0` and its
+    # `where` (4); per token pair `keep[B, S] or not keep` (1)
+    mask = 4 * B * T + B * T * T
+    assert sympy.expand(flops - (12 * layer_tokens * B * T + 12 * layer_pairs * B * T * T + head * B * T
+                                 + mask)) == 0
 
 
 def test_repeat_is_checked_once_not_unrolled() -> None:

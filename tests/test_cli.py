@@ -118,7 +118,8 @@ def test_json_success_schema() -> None:
     assert set(model) == {"name", "params", "flops", "free_dims", "guards", "inputs", "outputs", "rows"}
     assert model["name"] == "gpt2" and model["params"] == 124_439_808
     assert model["free_dims"] == ["B", "T"] and model["guards"] == ["T <= n_positions"]
-    assert model["inputs"] == {"input_ids": "int64[B, T]"}
+    assert model["inputs"] == {"input_ids": "int64[B, T]", "attention_mask": "int64[B, T]",
+                               "position_ids": "int64[B, T]"}
     assert model["outputs"] == {"logits": "float32[B, T, vocab_size]"}
     B, T = sympy.symbols("B T", integer=True, positive=True)
     flops = sympy.sympify(model["flops"], locals={"B": B, "T": T})
@@ -254,7 +255,9 @@ def test_emit_ir_prints_the_ir() -> None:
     assert result.exit_code == 0
     ir = print_model(nnspec.check(GPT2, n_layer=1).model)
     assert ir in result.stdout
-    assert "# nnspec IR for gpt2" in result.stdout and "model gpt2(%input_ids: int64[B, T])" in result.stdout
+    assert "# nnspec IR for gpt2" in result.stdout
+    assert "model gpt2(%input_ids: int64[B, T], %attention_mask: int64[B, T], %position_ids: int64[B, T])" \
+        in result.stdout
     assert "repeat[block=\"layer\", scope=\"h\", count=1, shared=False]" in result.stdout
 
 

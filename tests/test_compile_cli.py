@@ -88,7 +88,7 @@ def test_explain_prints_rewrites_groups_and_refusals(tmp_path: Path) -> None:
     assert run.exit_code == 0, run.output
     lines = run.output.splitlines()
     assert lines[0] == f"near_miss ({spec}):"
-    assert lines[1].startswith("passes (-O2): canonicalize, fold-constants, cse, dce, fuse-linear, attention")
+    assert lines[1].startswith("passes (-O2): canonicalize, fold-constants, cse, dce, moe, fuse-linear, attention")
     refused = [x for x in lines if "refused [attention]" in x]
     assert refused and "fills masked scores with 0.0, not -inf" in refused[0], run.output
     assert refused[0].strip().startswith(f"{spec}:14:7: ")                   # at the softmax in the spec
@@ -181,7 +181,7 @@ def test_keyword_api_is_backward_compatible_and_takes_the_new_arguments() -> Non
 
 def test_o2_fuses_training_attention_and_draws_the_same_dropout_as_o0() -> None:
     source = compile_spec(GPT2, opt=2, **SMALL).source
-    assert "dropout_p=0.1 if self.training else 0.0" in source and "is_causal=True" in source
+    assert "dropout_p=0.1 if self.training else 0.0" in source and "attn_mask=allowed" in source
     torch.manual_seed(0)
     o0 = nnspec.build(GPT2, opt=0, **SMALL)
     o2 = nnspec.build(GPT2, opt=2, **SMALL)

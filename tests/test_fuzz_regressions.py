@@ -7,6 +7,8 @@ Line and column numbers are counted from the spec text in the test (1-based, col
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 import nnspec
@@ -453,13 +455,21 @@ def test_pool_padding_beyond_half_the_window_is_a_located_error() -> None:
 
 
 @pytest.mark.parametrize("positions", ["ids", "ids[B, T]"])
-def test_rotary_positions_with_more_than_the_position_axis(positions: str) -> None:
-    # the op accepted int64[B, T] positions; both backends build [T, d] tables from 1-D positions: torch.outer
-    # raised at run time
+def test_rotary_positions_per_row(positions: str) -> None:
+    # once refused (the backends built [T, d] tables from 1-D positions only, and torch.outer raised at run time);
+    # per-row positions [B, T] are what left-padded batches need, so both the generated module and the reference
+    # now rotate row b's token t by ids[b, t], checked against the formula written here
+    import torch
+
     text = SEQ_IN.replace("x: float32[B, T, d]", "x: float32[B, T, d]\n  ids: int64[B, T]")
-    err = error(spec(f"y = rotary(x, pos=T, positions={positions})", text))
-    #  11   y = rotary(x, pos=T, positions=IDS): the positions at column 34
-    assert where(err) == ("E013", 11, 34)
+    model = nnspec.build(spec(f"y = rotary(x, pos=T, positions={positions})", text), d=8)
+    x = torch.randn(2, 5, 8)
+    ids = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+    inv = 10000.0 ** (-torch.arange(0, 8, 2).double() / 8)
+    angle = ids[..., None].double() * inv                       # [B, T, d/2]
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    rotated = torch.cat([-x[..., 4:], x[..., :4]], -1)           # rotate_half, as Llama's
+    torch.testing.assert_close(model(x=x, ids=ids), (x * cos + rotated * sin).float())
 
 
 def test_rotary_positions_along_the_position_axis() -> None:
@@ -723,3 +733,19 @@ def test_non_finite_floats_are_written_as_floats_in_generated_code() -> None:
         m.load_state_dict(interp.root.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(m(x), interp(x=x)["y"], equal_nan=True)
+
+
+def test_a_required_input_declared_after_an_optional_one_is_keyword_only() -> None:
+    # issue 22's hostile.axis_sums / many_operands mutators add inputs after a seed's optional ones: the generated
+    # forward() was `def forward(self, x, mask=None, extra)`, a SyntaxError, on both targets
+    torch = pytest.importorskip("torch")
+    inputs = '  x: float32[B, d]\n  mask: {type: "int64[B]", default: 1}\n  extra: float32[B, d]'
+    text = spec("y = relu(x) + extra * 2.0", HEAD.replace("  x: float32[B, d]", inputs))
+    targets = ["torch"] + (["triton"] if importlib.util.find_spec("triton") else [])
+    x, extra = torch.randn(2, 8), torch.randn(2, 8)
+    for target in targets:
+        for opt in (0, 2):
+            m = nnspec.build(text, target=target, opt=opt)
+            want = torch.relu(x) + extra * 2.0
+            torch.testing.assert_close(m(x, extra=extra), want)
+            torch.testing.assert_close(m(x, mask=torch.ones(2, dtype=torch.long), extra=extra), want)

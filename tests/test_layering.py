@@ -21,7 +21,7 @@ MAX_LINES = 600
 
 # (layer rank, module prefixes), checked longest prefix first
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("nnspec.errors", "nnspec.atomic", "nnspec.spec")),
+    (0, ("nnspec.errors", "nnspec.atomic", "nnspec.progress", "nnspec.spec")),
     (1, ("nnspec.compiler.ir", "nnspec.compiler.sizes", "nnspec.compiler.ops", "nnspec.compiler.verify")),
     (2, ("nnspec.compiler.frontend", "nnspec.compiler.elaborate", "nnspec.compiler.builtins",
          "nnspec.compiler.static", "nnspec.compiler.hf_config", "nnspec.compiler.weight_map")),

@@ -148,7 +148,7 @@ def test_verify_finds_each_broken_invariant() -> None:
 
 def test_explanations_name_nodes_and_spec_locations() -> None:
     _, _, lines = optimized("examples/llama.yaml", num_hidden_layers=1)
-    assert any(line.startswith("examples/llama.yaml:35:9: rewrite [fuse-linear] self_attn: q_proj, k_proj, v_proj")
+    assert any(line.startswith("examples/llama.yaml:37:9: rewrite [fuse-linear] self_attn: q_proj, k_proj, v_proj")
                for line in lines), lines
     assert any(line.startswith("examples/llama.yaml:") and "group [fuse-add-norm] layer: add_norm_0" in line
                for line in lines), lines

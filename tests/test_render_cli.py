@@ -99,11 +99,11 @@ def test_a_bad_spec_is_a_located_error_and_writes_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--style", "circuit", "--format", "dot"], "--format takes svg or png for --style circuit"),
+    (["--style", "circuit", "--format", "dot"], "--format takes svg, png or html for --style circuit"),
     (["--style", "pretty"], "--style takes 'graph' or 'circuit'"),
     (["--block", "nope"], "no block named 'nope' in gpt2 (blocks: attention, layer, mlp)"),
     (["--expand", "-1"], "--expand takes a level of 0 or more"),
-    (["--format", "gif"], "--format takes svg or png, or dot"),
+    (["--format", "gif"], "--format takes svg, png, dot or html"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     result = run(GPT2, *args, "-o", tmp_path / "x.svg")

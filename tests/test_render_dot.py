@@ -98,25 +98,47 @@ def test_block_option_draws_one_template() -> None:
     assert ("in.x", "c_fc") in {(a, b) for a, b, _ in edges}
 
 
-def test_edges_carry_symbolic_shapes() -> None:
+def test_edges_carry_symbolic_shapes_once_where_the_shape_changes() -> None:
     model = _model()
-    shapes = {t.shape_str() for g in model.graphs() for n in g if isinstance(n.type, TensorType) for t in [n.type]}
+    # the spec's axis names, in its order (`n_head*head_dim`, not sympy's `head_dim*n_head`)
+    shapes = {" x ".join(a.name for a in t.axes) for g in model.graphs() for n in g if isinstance(n.type, TensorType)
+              for t in [n.type]}
     _, edges, _ = _parse(block_graph(model, expand=2))
-    drawn = [(a, b, attrs) for a, b, attrs in edges if "invis" not in attrs]
-    assert drawn
-    for a, b, attrs in drawn:
-        label = re.search(r'label=" (.*?) "', attrs)
-        assert label and label.group(1) in shapes, (a, b, attrs)
-    into_ln_f = [attrs for a, b, attrs in drawn if b == "ln_f"]
-    assert into_ln_f == ['label=" B x T x n_embd "']
+    drawn = [(a, b, attrs) for a, b, attrs in edges if "invis" not in attrs and "dashed" not in attrs]
+    labelled = [(a, b, re.search(r'label=" (.*?) "', attrs)) for a, b, attrs in drawn if "label=" in attrs]
+    assert labelled and len(labelled) < len(drawn) / 2     # a layer's run of same-shape edges is not relabelled
+    for a, b, label in labelled:
+        assert label and label.group(1) in shapes, (a, b)
+    assert len({a for a, _, _ in labelled}) == len(labelled)          # each value labelled on one edge only
+    by_src = {a: label.group(1) for a, _, label in labelled if label}
+    assert by_src["wte"] == "B x T x n_embd"                          # the embedding changes B x T
+    assert by_src["h/attn/c_attn"] == "B x T x 3*n_embd"              # the qkv projection widens
+    assert "h/ln_1" not in by_src and "h_1" not in by_src             # norms and the layer keep the shape
+    assert "logits" in by_src                                          # the head changes the last axis
 
 
-def test_nodes_show_op_and_parameter_count() -> None:
+def test_residuals_stay_inside_their_block_and_the_repeat_loops_back() -> None:
+    source = block_graph(_model(), expand=1)
+    cluster = source[source.index("subgraph cluster_h_1"):]
+    cluster = cluster[:cluster.index("\n\t}")]
+    # the layer's input is a node inside its cluster, and both residual adds read it or each other there
+    assert '"h/in.x" [label=x' in cluster
+    inner = {tuple(_unquote(e.strip()) for e in line.split(" [")[0].split(" -> "))
+             for line in cluster.splitlines() if " -> " in line}
+    assert {("h/in.x", "h/add"), ("h/attn", "h/add"), ("h/add", "h/add_1"), ("h/mlp", "h/add_1")} <= inner
+    loop = [line for line in cluster.splitlines() if "dashed" in line and "next of ×12" in line]
+    assert len(loop) == 1 and loop[0].strip().startswith('"h/add_1" -> "h/in.x"')
+
+
+def test_nodes_show_the_specs_names_op_and_parameter_count() -> None:
     nodes, _, _ = _parse(block_graph(_model(), expand=2))
-    assert nodes["wte"][1] == "wte\\nembedding\\n38,597,376 params"
-    assert nodes["h/attn/c_attn"][1] == "c_attn\\nlinear\\n1,771,776 params"
-    assert nodes["logits"][1] == "logits\\neinsum\\ntied to wte.weight"    # the tied head adds no parameters
+    assert nodes["wte"][1] == "tok (wte)\\nembedding\\n38,597,376 params"     # variable, layer, op
+    assert nodes["h/attn/c_attn"][1] == "qkv (c_attn)\\nlinear\\n1,771,776 params"
+    assert nodes["logits"][1] == "logits (wte)\\neinsum\\ntied to wte.weight"  # the tied head adds no parameters
     assert nodes["h/attn/s"][1] == "s\\ndiv 8"                              # a scalar constant is folded in
+    labels = [label for _, label, _ in nodes.values()]
+    assert not [x for x in labels if re.search(r"(^|\\n)\w+_\d+(\\n|$)", x) and not re.search(r"ln_\d", x)]
+    assert "mlp\\nmlp" not in "".join(labels)                                  # a scope named as its block: once
     collapsed, _, _ = _parse(block_graph(_model()))
     assert collapsed["h_1"][1] == "h\\nlayer\\n85,054,464 params"
 
@@ -181,3 +203,18 @@ def test_dot_golden(name: str, regen: bool) -> None:
     if regen:
         path.write_text(got)
     assert path.read_text() == got, f"{path} differs; NNSPEC_REGEN=1 rewrites it (then review the PNG)"
+
+
+def test_edges_name_axes_as_the_spec_does() -> None:
+    # MoE's top-k keeps K experts: its edges say K (the spec's axis), not the size 2; GPT-2's merged heads keep the
+    # spec's order n_head*head_dim (sympy would print head_dim*n_head)
+    moe = ROOT / "examples" / "small" / "moe.yaml"
+    model = _model(moe)
+    topk = next(n for g in model.graphs() for n in g if n.op == "topk")
+    assert [a.name for a in topk.type[0].axes][-1] == "K" and topk.type[0].axes[-1].size == 2
+    _, edges, _ = _parse(block_graph(model, expand=2))
+    labels = {re.search(r'label=" (.*?) "', attrs).group(1) for _, _, attrs in edges if "label=" in attrs}
+    assert "B x T x K" in labels and "B x T x 2" not in labels
+    _, edges, _ = _parse(block_graph(_model(), expand=2))
+    labels = {re.search(r'label=" (.*?) "', attrs).group(1) for _, _, attrs in edges if "label=" in attrs}
+    assert "B x T x n_head*head_dim" in labels and "B x T x head_dim*n_head" not in labels

@@ -117,8 +117,10 @@ def test_a_branch_dropped_from_every_layer_is_a_ghost_off_the_stream() -> None:
     (ghost,) = [n for n, o in dot.nodes.items() if "dropped" in o["label"]]
     assert dot.lines(ghost) == ["attn", "[dropped]"]
     assert "dashed" in dot.nodes[ghost]["style"] and dot.nodes[ghost]["color"] == TRANSFORM
-    # it hangs off the stream the add read: the layer's input, which is what feeds the repeat (the dropout `h`)
-    assert [(a, e["style"]) for a, b, e in dot.edges if b == ghost] == [("h", "dashed")]
+    # it hangs off the stream the add read: the layer's input, drawn inside the repeat's cluster (`h/in.x`, fed by
+    # the dropout `h`)
+    assert [(a, e["style"]) for a, b, e in dot.edges if b == ghost] == [("h/in.x", "dashed")]
+    assert ("h", "h/in.x") in {(a, b) for a, b, _ in dot.edges}
     assert "h/attn" not in dot.nodes and "h/ln_1" not in dot.nodes       # the branch and its norm went
     assert {"h/ln_2", "h/mlp"} <= set(dot.nodes)
     (label,) = [c["label"] for c in dot.clusters.values() if c["label"].startswith("h ×4")]

@@ -495,7 +495,7 @@ def test_kernels_compile_for_a_gpu() -> None:
         import triton
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
-        from nnspec.backends.triton.kernels import attention, embedding, norms, rotary, softmax
+        from nnspec.backends.triton.kernels import attention, embedding, moe, norms, rotary, softmax
 
         def build(fn, ptrs, consts, floats=("eps", "scale")):
             fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
@@ -525,6 +525,8 @@ def test_kernels_compile_for_a_gpu() -> None:
                       dict(CAUSAL=causal, HAS_MASK=not causal, HAS_BIAS=not causal, UPCAST=False,
                            PRECISION="ieee" if dt == "fp32" else "tf32", BLOCK_D=64, BLOCK_DV=64, BLOCK_M=64,
                            BLOCK_N=32))
+            build(moe._grouped_fwd, P("A", "W", "C") | P("TileExpert", "TileStart", "TileEnd", t="i32"),
+                  dict(PRECISION="ieee" if dt == "fp32" else "tf32", BLOCK_M=64, BLOCK_N=128, BLOCK_K=64))
         print("compiled")
     """)
     assert done.returncode == 0, done.stderr

@@ -22,6 +22,7 @@ import sympy
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType, repeat_counts, repeat_weight_sets
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.ops.registry import Effect
+from nnspec.compiler.sizes import expand
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class Analysis:
         self.sizes = model.dims
         self.graph_params = cache(self._graph_params)
         self.graph_flops = cache(self._graph_flops)
+        self.graph_tensors = cache(self._graph_tensors)
+
+    def _graph_tensors(self, name: str) -> int:
+        """Parameter tensors one run of the graph owns, blocks included: a repeat's body is walked once and its
+        count multiplied, so nested repeats of a parameter-free block cost their spec's size, not 10^10 visits."""
+        total = 0
+        for node in self._graph(name):
+            if node.op == "param":
+                total += 1
+            elif node.op == "repeat":
+                total += sum(n * self.graph_tensors(b) for b, n in repeat_counts(node.attrs, weights=True).items())
+            elif runs_block(node):
+                total += self.graph_tensors(node.attrs["block"])
+        return total
 
     def _graph_params(self, name: str) -> int:
         return sum(self.node_params(n) for n in self._graph(name))
@@ -54,14 +69,14 @@ class Analysis:
         return 0
 
     def _graph_flops(self, name: str) -> sympy.Expr:
-        return sympy.expand(sum((self.node_flops(n, self._graph(name)) for n in self._graph(name)),
+        return expand(sum((self.node_flops(n, self._graph(name)) for n in self._graph(name)),
                                 sympy.Integer(0)))
 
     def node_flops(self, node: Node, graph: Graph) -> sympy.Expr:
         if node.op == "call":
             return self.graph_flops(node.attrs["block"])
         if node.op == "repeat":
-            return sympy.expand(sum((n * self.graph_flops(b) for b, n in repeat_counts(node.attrs, weights=False)
+            return expand(sum((n * self.graph_flops(b) for b, n in repeat_counts(node.attrs, weights=False)
                                      .items()), sympy.Integer(0)))
         if node.op == "scan":  # the step runs once per position along the scanned axis
             return self.sizes.concrete(node.attrs["axis"].size) * self.graph_flops(node.attrs["block"])
@@ -72,7 +87,7 @@ class Analysis:
         return sum(self.node_params(n) for n in self.model.graph)
 
     def total_flops(self) -> sympy.Expr:
-        return sympy.expand(sum((self.node_flops(n, self.model.graph) for n in self.model.graph),
+        return expand(sum((self.node_flops(n, self.model.graph) for n in self.model.graph),
                                 sympy.Integer(0)))
 
     def parameters(self) -> list[ParamInfo]:
@@ -85,12 +100,21 @@ class Analysis:
         for node in graph:
             if node.op == "param":
                 out.append(ParamInfo(prefix + node.attrs["path"], node.attrs["type"]))
+            elif runs_block(node) and not any(self.graph_tensors(b) for b in _blocks_of(node)):
+                continue          # nothing to list: a parameter-free block is not walked (or unrolled)
             elif node.op == "repeat":
                 for sub, block in repeat_weight_sets(node.attrs):
                     self._collect(self._graph(block), f"{prefix}{node.attrs['scope']}.{sub}." if sub else
                                   f"{prefix}{node.attrs['scope']}.", out)
             elif runs_block(node):
                 self._collect(self._graph(node.attrs["block"]), f"{prefix}{node.attrs['scope']}.", out)
+
+
+def _blocks_of(node: Node) -> list[str]:
+    """The templates a call, repeat or scan runs (a repeat's variants included)."""
+    if node.op == "repeat":
+        return list(repeat_counts(node.attrs, weights=True))
+    return [node.attrs["block"]]
 
 
 def runs_block(node: Node) -> bool:
@@ -143,19 +167,20 @@ def estimate_parameter_bytes(model: Model) -> int:
 MEMORY_FRACTION = 0.5  # the default limit: this share of the machine's physical memory
 _UNITS = {"": 1, "b": 1, "k": 10 ** 3, "kb": 10 ** 3, "m": 10 ** 6, "mb": 10 ** 6, "g": 10 ** 9, "gb": 10 ** 9,
           "t": 10 ** 12, "tb": 10 ** 12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)")
 
 
 def parse_size(text: str) -> int:
     """`4GiB`, `512MiB`, `1e9`, `2.5GB`, `4096` -> bytes. KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of
     1024. Raises ValueError for anything else (a negative size, an unknown unit)."""
-    m = _SIZE.fullmatch(text)
+    # stripped first, one \s* left between number and unit: `\s*([A-Za-z]*)\s*` split a run of spaces n^2 ways
+    m = _SIZE.fullmatch(text.strip()) if len(text) <= 100 else None
     if m is None or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read {text!r} as a size: write a number of bytes with an optional unit, such as "
+        raise ValueError(f"cannot read {text[:40]!r} as a size: write a number of bytes with an optional unit, such as "
                          "4GiB, 512MiB, 2GB or 1e9")
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     if not math.isfinite(value) or value >= 2 ** 63:
-        raise ValueError(f"size {text!r} is out of range")
+        raise ValueError(f"size {text[:40]!r} is out of range")
     return int(value)
 
 

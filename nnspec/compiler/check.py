@@ -17,7 +17,7 @@ import sympy
 
 import nnspec.compiler.builtins  # noqa: F401  (registers the spec language's functions)
 from nnspec.compiler.analysis import Analysis
-from nnspec.compiler.elaborate import Elaborator, UsageError
+from nnspec.compiler.elaborate import BUILTINS, Elaborator, UsageError
 from nnspec.compiler.hf_config import load_config, map_config
 from nnspec.compiler.ir import Model, Node, TensorType
 from nnspec.compiler.ops import OPS
@@ -69,6 +69,15 @@ class CheckResult:
     @property
     def flops(self) -> sympy.Expr:
         return self.report.flops
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the table `nnspec check` prints and the block graph (nnspec.compiler.notebook)."""
+        from nnspec.compiler.notebook import summary_html
+        return summary_html(self)
+
+    def _repr_svg_(self) -> str:
+        from nnspec.compiler.notebook import graph_svg
+        return graph_svg(self)
 
     def with_model(self, model: Model) -> CheckResult:
         """The result for `model` (this one transformed): the same spec and warnings, a report of its own."""
@@ -125,6 +134,12 @@ def _refuse_unknown_overrides(spec: Spec, overrides: dict[str, Any]) -> None:
     """
     mentioned = _names_used(spec)
     for name in overrides:
+        what = ("an input" if name in spec.inputs else "an output" if name in spec.outputs else
+                "a block" if any(b == name for b in spec.blocks) else "a built-in function" if name in BUILTINS
+                else None)
+        if what is not None and name not in spec.dims and name not in spec.options:
+            # a name the spec uses, but not a size: setting it would be silently ignored
+            raise UsageError(f"cannot set {name!r}: it is {what}, not a dim, option or free dim of this spec")
         if name not in spec.dims and name not in spec.options and name not in mentioned:
             known = [*spec.dims, *spec.options]
             hint = difflib.get_close_matches(name, known, n=1)

@@ -46,6 +46,7 @@ import sympy
 from nnspec.compiler.analysis import DTYPE_BYTES, Analysis, runs_block
 from nnspec.compiler.ir import FusionGroup, Graph, Model, Node, Type, repeat_counts
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.sizes import MAX_EXPANDED_TERMS, expand, expanded_terms
 
 ON_CHIP = 2 ** 16
 ZERO = sympy.Integer(0)
@@ -89,7 +90,7 @@ class Cost:
 
     @property
     def body_flops(self) -> sympy.Expr:
-        return sympy.expand(self.flops - self.head_flops)
+        return expand(self.flops - self.head_flops)
 
     @property
     def kv_bytes_per_token_per_layer(self) -> sympy.Expr:
@@ -142,7 +143,7 @@ class _Estimator:
         self.counts = self._counts()
 
     def c(self, expr: sympy.Basic | int) -> sympy.Expr:
-        return sympy.expand(self.sizes.concrete(expr))
+        return expand(self.sizes.concrete(expr))
 
     def graph(self, name: str) -> Graph:
         return self.model.templates[name]
@@ -299,7 +300,7 @@ def attention_io(graph: Graph, node: Node, sizes: Any, on_chip: int = ON_CHIP) -
     width = DTYPE_BYTES[q_t.dtype]
     unfused = heads * (q * d + x * d + x * e + q * e + 4 * q * x) * width + extra
     fused = heads * (q * d + q * e + (x * d + x * e) * sympy.Max(1, q * (d + e) / on_chip)) * width + extra
-    return sympy.expand(sizes.concrete(unfused)), sympy.expand(sizes.concrete(fused))
+    return expand(sizes.concrete(unfused)), expand(sizes.concrete(fused))
 
 
 def _heads(graph: Graph) -> list[Node]:
@@ -330,11 +331,13 @@ def _describe_head(graph: Graph, node: Node) -> str:
 def _prune(cands: list[sympy.Expr], free: set[sympy.Symbol]) -> list[sympy.Expr]:
     """Drop candidates that another candidate is at least as large as for every positive value of the free
     dims (coefficient-wise, as polynomials with the difference's coefficients all non-negative)."""
-    uniq = list(dict.fromkeys(sympy.expand(x) for x in cands)) or [ZERO]
+    uniq = list(dict.fromkeys(expand(x) for x in cands)) or [ZERO]
     syms = sorted(free, key=str)
 
     def dominates(a: sympy.Expr, b: sympy.Expr) -> bool:
-        diff = sympy.expand(a - b)
+        diff = expand(a - b)
+        if expanded_terms(diff) > MAX_EXPANDED_TERMS:
+            return False            # kept factored (too many terms): no coefficient-wise proof either way
         if diff.is_Number:
             return bool(diff >= 0)
         try:
@@ -352,7 +355,7 @@ def _prune(cands: list[sympy.Expr], free: set[sympy.Symbol]) -> list[sympy.Expr]
 # ---- polynomials in the free dims as text: `nnspec check --cost` tables and transform summaries ----
 def monomial(expr: sympy.Expr) -> str:
     """`B·T²`: the free dims of one term (its coefficient divided out), each with its power, in name order."""
-    return "·".join(f"{base}" + ("" if e == 1 else "²" if e == 2 else f"^{e}")
+    return "·".join((f"{base}" if base.is_Atom else f"({base})") + ("" if e == 1 else "²" if e == 2 else f"^{e}")
                     for base, e in sorted(expr.as_powers_dict().items(), key=lambda kv: str(kv[0])) if base != 1)
 
 
@@ -360,7 +363,7 @@ def format_flops(expr: sympy.Expr) -> str:
     """`2.4e+08·B·T + 3.8e+04·B·T²`: every coefficient to 4 digits, terms in sympy's order (the one-line form
     transform summaries print; `fmt` is the tables')."""
     terms = []
-    for term in sympy.Add.make_args(sympy.expand(expr)):
+    for term in sympy.Add.make_args(expand(expr)):
         coeff, rest = term.as_coeff_Mul()
         dims = monomial(rest)
         terms.append(f"{float(coeff):.4g}" + (f"·{dims}" if dims else ""))
@@ -370,7 +373,7 @@ def format_flops(expr: sympy.Expr) -> str:
 def fmt(expr: sympy.Expr, unit: str = "") -> str:
     """A polynomial in the free dims with short coefficients (`2.476e+08·B·T + 1.879e+04·B·T²`, longest term
     first; a coefficient of 1 left out, whole ones with separators), or a number (bytes also in KiB/MiB/GiB)."""
-    expr = sympy.expand(expr)
+    expr = expand(expr)
     if expr.is_Number:
         n = float(expr)
         text = f"{int(n):,}" if n == int(n) and abs(n) < 1e15 else f"{n:.4g}"

@@ -100,6 +100,7 @@ MAX_CONFIG_BYTES = 16 << 20  # config.json files with 20k-class id2label tables 
 
 
 def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
+    from nnspec.spec import strict_json
     from nnspec.spec.load import read_bounded
 
     try:
@@ -116,14 +117,27 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], Source]:
                         source.span(len(source.text), len(source.text) + 1)) from None
     source = Source(str(path), text)
     try:
-        config = json.loads(text)
+        config = strict_json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError("E022", f"config is not valid JSON: {e.msg}", source.span(e.pos, e.pos + 1)) from None
+    except strict_json.JSONProblem as e:   # a key twice, or a 5,000-digit integer
+        at = _top_level_key_spans_or_none(source, e.key)
+        raise SpecError("E022", f"config holds {e.what}", at or source.span(0, 1)) from None
     except RecursionError:  # json nests recursively: a bracket bomb is no config
         raise SpecError("E005", "config nests too deeply", source.span(0, 1)) from None
     if not isinstance(config, dict):
         raise SpecError("E022", "config must be a JSON object", source.span(0, 1))
     return config, source
+
+
+def _top_level_key_spans_or_none(source: Source, key: str | None) -> Span | None:
+    """Where `key` is written (its last occurrence at the top level), if anywhere."""
+    if key is None:
+        return None
+    try:
+        return _top_level_key_spans(source).get(key)
+    except (ValueError, IndexError, RecursionError):
+        return None
 
 
 def _top_level_key_spans(source: Source) -> dict[str, Span]:

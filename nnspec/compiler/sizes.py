@@ -67,3 +67,47 @@ class Sizes:
         if c.is_Number and str(c) != text:
             return f"{text}={c}"
         return text
+
+
+# a polynomial in the free dims with more terms than this is kept as written (factored): the outer product of 20
+# axes each the sum of 8 free dims expands to 888,030 terms, which takes sympy minutes and no one reads
+MAX_EXPANDED_TERMS = 2_000
+
+
+def expanded_terms(expr: sympy.Basic, limit: int = MAX_EXPANDED_TERMS) -> int:
+    """An upper bound on the terms `sympy.expand(expr)` has (at most `limit + 1`: counting stops past the limit)."""
+    if isinstance(expr, sympy.Add):
+        total = 0
+        for arg in expr.args:
+            total += expanded_terms(arg, limit)
+            if total > limit:
+                return limit + 1
+        return total
+    if isinstance(expr, sympy.Mul):
+        total = 1
+        for arg in expr.args:
+            total *= expanded_terms(arg, limit)
+            if total > limit:
+                return limit + 1
+        return total
+    if isinstance(expr, sympy.Pow) and expr.exp.is_Integer and int(expr.exp) > 0:
+        k, n = expanded_terms(expr.base, limit), int(expr.exp)
+        if k == 1:
+            return 1
+        if n > limit:
+            return limit + 1
+        total = 1                       # monomials of degree n in k terms: C(k + n - 1, n), computed stepwise
+        for i in range(1, n + 1):
+            total = total * (k + i - 1) // i
+            if total > limit:
+                return limit + 1
+        return total
+    return 1
+
+
+def expand(expr: sympy.Basic, limit: int = MAX_EXPANDED_TERMS) -> sympy.Basic:
+    """`sympy.expand(expr)`, unless that would have more than `limit` terms: then `expr` as it is (equal, and
+    cheap to evaluate at given sizes, only not a sum of monomials)."""
+    if expanded_terms(expr, limit) > limit:
+        return expr
+    return sympy.expand(expr)

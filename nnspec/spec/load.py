@@ -8,6 +8,7 @@ from __future__ import annotations
 import keyword
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -203,6 +204,9 @@ def load_source(source: Source) -> Spec:
                 if t not in ("transpose", "optional") and not _SQUEEZE.match(t) and not _SPLIT.match(t):
                     raise SpecError("E027", f"unknown weight transform '{t}' (known: {', '.join(WEIGHT_TRANSFORMS)})",
                                     value.span)
+            problem = rule_key_problem(ours)
+            if problem is not None:
+                raise SpecError("E027", f"weights.{source_name} rule '{ours}': {problem}", node.key_spans[ours])
             if not theirs or _placeholders(ours) != sorted(m[1] for m in KEY_PLACEHOLDER.findall(theirs)):
                 raise SpecError("E027", f"'{ours}' and '{theirs}' must use the same placeholders",
                                 value.span)
@@ -217,6 +221,28 @@ def load_source(source: Source) -> Spec:
 
 def _placeholders(pattern: str) -> list[str]:
     return sorted(re.findall(r"\{(\w+)\}", pattern))
+
+
+def rule_key_problem(rule: str) -> str | None:
+    """Why a rule's parameter path cannot be matched (None if it can): placeholders are `{identifier}`, each once,
+    and two are separated by text holding a non-digit. `{i}{j}` (or `{i}0{j}`) could split a run of digits many
+    ways: matching 14 of them against 28 digits backtracks for seconds, and the split would be a guess anyway."""
+    parts = re.split(r"(\{[^{}]*\})", rule)
+    names: set[str] = set()
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            if "{" in part or "}" in part:
+                return "a '{' or '}' that is not part of a {name} placeholder"
+            if 0 < i < len(parts) - 1 and (part == "" or part.isdigit()):
+                return "two placeholders must be separated by text that is not only digits ('{i}.{j}')"
+            continue
+        name = part[1:-1]
+        if not re.fullmatch(r"[A-Za-z_]\w*", name, re.ASCII):
+            return f"placeholder {part} is not {{name}} with a name made of letters, digits and _"
+        if name in names:
+            return f"placeholder {part} appears twice"
+        names.add(name)
+    return None
 
 
 def _add_blocks(source: Source, top: dict[str, YNode], blocks: dict[str, BlockDecl]) -> None:
@@ -241,6 +267,10 @@ def _add_blocks(source: Source, top: dict[str, YNode], blocks: dict[str, BlockDe
 
 STDLIB = Path(__file__).resolve().parent.parent / "stdlib"
 MAX_INCLUDES = 64
+# together, included files are no bigger than one spec may be (64 includes of 1 MiB each took minutes and a GiB),
+# and loading them stops after a time budget (a file can be small and still slow: deep YAML, long expressions)
+MAX_INCLUDE_BYTES = MAX_BYTES
+MAX_INCLUDE_SECONDS = 30.0
 
 
 class _Includes:
@@ -250,6 +280,8 @@ class _Includes:
         self.root = Path(top.origin).resolve().parent if top.origin is not None else None
         self.loaded: set[Path] = set()
         self.chain: list[Path] = []
+        self.bytes = 0
+        self.started = time.monotonic()
 
     def load(self, doc: dict[str, YNode], blocks: dict[str, BlockDecl], base: Path | None = None,
              root: Path | None = None) -> None:
@@ -271,6 +303,13 @@ class _Includes:
                 raise SpecError(err.code, f"include '{item.value}': {err.message}", item.span) from None
             except OSError as e:
                 raise SpecError("E028", f"include '{item.value}' cannot be read: {e.strerror}", item.span) from None
+            self.bytes += len(data)
+            if self.bytes > MAX_INCLUDE_BYTES:
+                raise SpecError("E005", f"include '{item.value}': the included files hold more than "
+                                f"{MAX_INCLUDE_BYTES:,} bytes together", item.span)
+            if time.monotonic() - self.started > MAX_INCLUDE_SECONDS:
+                raise SpecError("E005", f"include '{item.value}': loading the included files took more than "
+                                f"{MAX_INCLUDE_SECONDS:g} s", item.span)
             source = decode(data, self.display(path), path)
             node = load_yaml(source)
             version = node.value.get("nnspec") if isinstance(node.value, dict) else None

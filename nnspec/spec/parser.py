@@ -14,6 +14,7 @@ from nnspec.spec import ast
 from nnspec.spec.source import TextMap
 
 MAX_EXPR_CHARS = 100_000
+MAX_NUMBER_CHARS = 100  # a literal longer than this is no size or constant (Python refuses ints past 4,300 digits)
 MAX_EXPR_DEPTH = 200  # nesting beyond this is no hand-written model; refuse before recursing
 
 _TOKEN_NAMES = {
@@ -206,6 +207,7 @@ class _ToAst(lark.Transformer):
 
     def _number(self, c: list[Any], span: Any) -> ast.Num:
         text = str(c[0])
+        _digits(text, span)
         value: int | float = int(text) if text.isdigit() else float(text)
         return ast.Num(value, span=span)
 
@@ -229,6 +231,7 @@ class _ToAst(lark.Transformer):
         return ast.AxisName(name, span=span)
 
     def _axis_int(self, c: list[Any], span: Any) -> ast.AxisInt:
+        _digits(str(c[0]), span)
         return ast.AxisInt(int(str(c[0])), span=span)
 
     def _axis_group(self, c: list[Any], span: Any) -> ast.AxisGroup:
@@ -252,3 +255,9 @@ class _ToAst(lark.Transformer):
 
     def _param(self, c: list[Any], span: Any) -> ast.Param:
         return ast.Param(str(c[0]), c[1], c[2], span=span)
+
+
+def _digits(text: str, span: Any) -> None:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise SpecError("E023", f"this number has {len(text):,} characters; no size or constant needs more than "
+                        f"{MAX_NUMBER_CHARS}", span)

@@ -19,43 +19,70 @@ class _Strict(BaseModel):
 
 
 class HfOption(_Strict):
-    key: str | None = None
-    values: dict[str, Scalar] | None = None
+    """How an option reads a Hugging Face config.json."""
+
+    key: str | None = Field(None, description="the config key it reads, when not the option's own name; a dotted "
+                            "path reads inside a mapping or list (rope_parameters.rope_theta, depths.0)")
+    values: dict[str, Scalar] | None = Field(None, description="config value -> option value, for keys whose "
+                                             "values are spelled differently (gelu_new: gelu_tanh)")
 
 
 class OptionDoc(_Strict):
-    default: Scalar | list[Scalar]   # a list: one entry per layer (`layer_types`), read by `xs[i]` and `i in xs`
-    choices: list[Scalar] | None = None
-    doc: str | None = None
-    hf: HfOption | None = None
+    """An option written out: its default and what it may be."""
+
+    default: Scalar | list[Scalar] = Field(description="the value; a list has one entry per layer (layer_types), "
+                                           "read by xs[i] and i in xs")
+    choices: list[Scalar] | None = Field(None, description="the only values allowed")
+    doc: str | None = Field(None, description="what the option means")
+    hf: HfOption | None = Field(None, description="how it is read from a Hugging Face config.json")
 
 
 class InputDoc(_Strict):
-    type: str
-    default: Scalar | None = None
-    doc: str | None = None
+    """A model input written out: its type and, for an optional input, the value it takes when left out."""
+
+    type: str = Field(description="the input's type: dtype[axes], e.g. int64[B, T]")
+    default: Scalar | None = Field(None, description="makes the input optional: the value it is filled with")
+    doc: str | None = Field(None, description="what the input holds")
 
 
 class HfConfigDoc(_Strict):
-    ignore: list[str] = Field(default_factory=list)
-    require: dict[str, Scalar | list[Scalar] | None] = Field(default_factory=dict)   # `mlp_only_layers: []`
-    defaults: dict[str, Scalar] = Field(default_factory=dict)   # what HF uses when config.json omits the key
+    """How the spec reads (and `nnspec export --hf` writes) a Hugging Face config.json."""
+
+    ignore: list[str] = Field(default_factory=list, description="config keys that do not change the computation")
+    require: dict[str, Scalar | list[Scalar] | None] = Field(  # `mlp_only_layers: []`
+        default_factory=dict, description="config keys the spec implements at one value only: key -> that value")
+    defaults: dict[str, Scalar] = Field(default_factory=dict, description="what Hugging Face uses when config.json "
+                                        "omits a key: key -> value")
+    export: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict, description="keys `nnspec export --hf` writes into config.json as they are "
+        "(model_type, architectures: they choose the Hugging Face class)")
 
 
 class SpecDoc(_Strict):
-    nnspec: int
-    name: str
-    doc: str | None = None
-    dims: dict[str, int | str] = Field(default_factory=dict)
-    options: dict[str, Scalar | list[Scalar] | OptionDoc] = Field(default_factory=dict)
-    require: list[str] = Field(default_factory=list)
-    inputs: dict[str, str | InputDoc]
-    outputs: dict[str, str]
-    blocks: dict[str, str] = Field(default_factory=dict)
-    include: list[str] = Field(default_factory=list)
-    body: str
-    hf_config: HfConfigDoc | None = None
-    weights: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """An nnspec model spec (docs/language.md)."""
+
+    nnspec: int = Field(description="the spec format's version: 1")
+    name: str = Field(description="the model's name (an identifier): the generated class and file are named after it")
+    doc: str | None = Field(None, description="what the model is; the generated class's docstring")
+    dims: dict[str, int | str] = Field(default_factory=dict, description="named sizes: a number, or a formula over "
+                                       "other dims (hidden_size / num_attention_heads)")
+    options: dict[str, Scalar | list[Scalar] | OptionDoc] = Field(
+        default_factory=dict, description="named settings (activation, eps, flags): a value, or {default, choices, "
+        "doc, hf}")
+    require: list[str] = Field(default_factory=list, description="conditions on dims, checked when the spec is "
+                               "checked or, over free dims, at run time (T <= max_position_embeddings)")
+    inputs: dict[str, str | InputDoc] = Field(description="the model's inputs: name -> type (int64[B, T]) or "
+                                              "{type, default, doc}")
+    outputs: dict[str, str] = Field(description="the model's outputs: name -> type")
+    blocks: dict[str, str] = Field(default_factory=dict, description="reusable blocks: 'name(args)' -> body "
+                                   "statements")
+    include: list[str] = Field(default_factory=list, description="files of blocks to include (paths relative to "
+                               "this spec, or stdlib names)")
+    body: str = Field(description="the model's statements, computing every output from the inputs")
+    hf_config: HfConfigDoc | None = Field(None, description="how a Hugging Face config.json maps onto the spec")
+    weights: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="checkpoint key mappings by source (hf): parameter path -> key, with "
+        "`| transform` and `| optional`")
 
 
 def validate(root: YNode) -> SpecDoc:

@@ -7,6 +7,7 @@ Only YAML's safe scalar types are ever constructed: no tags, no Python objects.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from nnspec.spec.source import Source, Span, TextMap
 
 MAX_BYTES = 1 << 20          # a spec is text written by a person: 1 MiB is generous
 MAX_DEPTH = 64
+MAX_INT_BITS = 256              # integers in a spec are sizes, counts and options: 2^256 is no one's
 MAX_NODES = 100_000          # counted through aliases, so a billion-laughs file stops here
 
 
@@ -47,6 +49,9 @@ class YNode:
             else:
                 return node.span, False
         return node.span, True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def decode(data: bytes, name: str, origin: Any = None) -> Source:
@@ -152,6 +157,17 @@ class _Converter:
             value = self.loader.construct_object(node, deep=False)
         except yaml.YAMLError as e:
             raise SpecError("E004", f"cannot read this value: {getattr(e, 'problem', e)}", self.span(node)) from None
+        except ValueError:   # an int of more than 4,300 digits (Python's int/str limit), in any base
+            raise SpecError("E023", f"this number has {len(node.value):,} characters; no size, count or option "
+                            "needs more than a few dozen digits", self.span(node)) from None
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+            # 0x with 5,000 digits reads, but cannot even be printed in decimal in an error message
+            raise SpecError("E023", f"this integer has {value.bit_length():,} bits; no size, count or option needs "
+                            f"more than {MAX_INT_BITS}", self.span(node))
+        if isinstance(value, str) and _SURROGATE.search(value):
+            # `"\ud800"` in a double-quoted scalar: no file, docstring or terminal can hold it as UTF-8
+            raise SpecError("E004", "this string holds a lone surrogate escape (\\ud800-\\udfff), which is no "
+                            "character", self.span(node))
         if isinstance(value, bytes) or not isinstance(value, (str, int, float, bool, type(None))):
             raise SpecError("E004", f"values of YAML type {node.tag} are not allowed in specs", self.span(node))
         text = self._text_map(node, value) if isinstance(value, str) else None

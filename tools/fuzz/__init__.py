@@ -23,7 +23,7 @@ Stages, in order (`STAGES`); a mutant either is refused at one (with a located `
 - `load`: bytes -> text -> YAML nodes (`decode`, `load_yaml`): size, encoding, tabs, syntax, limits;
 - `schema`: the spec layer (`load_source`): keys and value kinds, identifiers, expression syntax, includes;
 - `check`: `nnspec.check` (elaboration): names, shapes, dtypes, sizes, constraints, weight maps;
-- `codegen`: the generated PyTorch module (the pipeline's `artifact`), as written (-O0) and optimised
+- `codegen`: the generated module of each target (`TARGETS`: torch and triton), as written (-O0) and optimised
   (-O2, `nnspec.compiler.passes`), each compiled by Python;
 - `run`: the reference interpreter on small random inputs (integer inputs all 0, a valid index anywhere), its
   outputs compared with their declared shapes and dtypes and its parameter count with check's; then both generated
@@ -44,7 +44,14 @@ code run new sizes). Expression mutators pick their place mostly inside the expr
 `FuzzRun.summary()` reports, per stage, how many mutants it refused (located `SpecError`s, by code) and how many
 went past it, and per kind of mutation where the mutants that had it stopped.
 
-Only a timeout (`TIMEOUT_S`, SIGALRM) guards against hangs; there is no other time check.
+Issue 22's classes have mutators of their own (`tools/fuzz/hostile.py`, `hostile.*`): nested repeats of a
+parameter-free block, adjacent weight-map placeholders, outer products of many-term sizes, huge integers, ops given
+too many operands, and spec names that shadow the Triton target's generated names. The Triton module runs its torch
+fallbacks in the run stage (kernels in Triton's CPU interpreter would take seconds a mutant).
+
+A timeout (`TIMEOUT_S`, SIGALRM, repeated until it lands) bounds each mutant: a mutant past it is a hang. Long runs:
+`python -m tools.fuzz.campaign --examples 250 --seed N --out chunk.json` records every failure and goes on;
+`--merge chunk*.json` prints the stage table.
 """
 
 from tools.fuzz.execute import free_sizes, make_inputs, shrink_dims

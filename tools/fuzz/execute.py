@@ -13,11 +13,27 @@ RTOL, ATOL = 1e-4, 1e-5       # the same math in another order (einsum vs matmul
 
 
 def run_generated(text: str, class_name: str, interp: Any, inputs: dict[str, Any], want: dict[str, Any],
-                  torch: Any, label: str) -> None:
-    """The generated module, given the interpreter's weights, computes the interpreter's outputs (eval mode)."""
-    namespace: dict[str, Any] = {"__name__": "nnspec_fuzz_generated"}
-    exec(compile(text, f"<generated {label}>", "exec"), namespace)  # nnspec's own output, not spec text
-    module = namespace[class_name]()
+                  torch: Any, label: str, directory: Any = None) -> None:
+    """The generated module, given the interpreter's weights, computes the interpreter's outputs (eval mode).
+
+    The Triton target's file is loaded from `directory` (`@triton.jit` reads its source from a file) and runs its
+    torch fallbacks (no GPU, no interpreter: kernels would take seconds a mutant in Triton's interpreter)."""
+    if directory is not None:
+        from nnspec.backends.loading import load_source
+        from nnspec.backends.triton import runtime
+        namespace = vars(load_source(text, "fuzz", directory))
+        interpreting, runtime.interpreting = runtime.interpreting, lambda: False
+    else:
+        namespace = {"__name__": "nnspec_fuzz_generated"}
+        exec(compile(text, f"<generated {label}>", "exec"), namespace)  # nnspec's own output, not spec text
+    try:
+        _compare(namespace[class_name](), interp, inputs, want, torch, label)
+    finally:
+        if directory is not None:
+            runtime.interpreting = interpreting
+
+
+def _compare(module: Any, interp: Any, inputs: dict[str, Any], want: dict[str, Any], torch: Any, label: str) -> None:
     module.load_state_dict(interp.root.state_dict())
     with torch.no_grad():
         got = module.eval()(**inputs)

@@ -39,19 +39,27 @@ class FuzzTimeout(BaseException):
 STAGES = ("load", "schema", "check", "codegen", "run")
 TIMEOUT_S = 30                  # one mutant, all stages; a hang is a failure
 GENERATED_OPT_LEVELS = (0, 2)  # the generated module as written and optimised: each is run against the interpreter
+TARGETS = ("torch", "triton")  # every target's file is generated, compiled by Python and run (Triton's fallbacks)
 
 
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
+    """The per-mutant time bound. The alarm repeats every 2 s after the first (an exception raised inside a gc
+    callback or a C extension is ignored), and a mutant whose alarm fired is a timeout even if none reached us."""
+    fired: list[int] = []
+
     def fire(signum: int, frame: Any) -> None:
+        fired.append(signum)
         raise FuzzTimeout(f"no result after {seconds}s")
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 2.0)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+    if fired:
+        raise FuzzTimeout(f"ran past {seconds}s (the alarm fired {len(fired)} times, caught on the way)")
 
 
 def span_problem(err: SpecError, sources: dict[str, str]) -> str | None:
@@ -184,13 +192,15 @@ class FuzzRun:
         if self.stage == "run":
             self.stage = "ok"
 
-    def _generate(self, pipeline: Pipeline) -> list[tuple[int, str, str]]:
-        """(opt level, source, model class) of the generated module at -O0 and -O2, each compiled by Python."""
+    def _generate(self, pipeline: Pipeline) -> list[tuple[str, str, str]]:
+        """(label, source, model class) of each target's module at -O0 and -O2, each compiled by Python."""
         out = []
-        for opt in GENERATED_OPT_LEVELS:
-            compiled = pipeline.artifact("torch", opt)
-            compile(compiled.source, f"<generated -O{opt}>", "exec")
-            out.append((opt, compiled.source, compiled.class_name))
+        for target in TARGETS:
+            for opt in GENERATED_OPT_LEVELS:
+                compiled = pipeline.artifact(target, opt)
+                label = f"{target} -O{opt}"
+                compile(compiled.source, f"<generated {label}>", "exec")
+                out.append((label, compiled.source, compiled.class_name))
         return out
 
     # -- the run stage --
@@ -200,7 +210,7 @@ class FuzzRun:
             seed.small_done = True
         return seed.small
 
-    def _run(self, result: Any, generated: list[tuple[int, str, str]]) -> bool:
+    def _run(self, result: Any, generated: list[tuple[str, str, str]]) -> bool:
         try:
             import torch
         except ImportError:
@@ -214,7 +224,7 @@ class FuzzRun:
         finally:
             torch.set_num_threads(threads)
 
-    def _run_models(self, result: Any, generated: list[tuple[int, str, str]], torch: Any) -> bool:
+    def _run_models(self, result: Any, generated: list[tuple[str, str, str]], torch: Any) -> bool:
         from nnspec.backends.torch.interpreter import Interpreter, RuntimeShapeError
         from nnspec.compiler.analysis import estimate_parameter_bytes
 
@@ -251,8 +261,9 @@ class FuzzRun:
             if allocated != result.params:
                 raise AssertionError(f"check counts {result.params:,} parameters, the interpreter allocates "
                                      f"{allocated:,}")
-            for opt, text, class_name in generated:
-                run_generated(text, class_name, interp, inputs, outputs, torch, f"-O{opt}")
+            for label, text, class_name in generated:
+                directory = self.workdir / "generated" if label.startswith("triton") else None
+                run_generated(text, class_name, interp, inputs, outputs, torch, label, directory)
             return True
         self.skips["run: no small binding of the free dims"] += 1
         return False

@@ -9,6 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tools.fuzz.hostile import HOSTILE
 from tools.fuzz.seeds import Mutant, Seed
 from tools.fuzz.text import (
     KEYS,
@@ -249,6 +250,7 @@ MUTATORS: dict[str, Callable[[Draw, bytes], tuple[bytes, str]]] = {
     "expr.number": m_number, "expr.divisor": m_divisor, "expr.negate": m_negate, "axes": m_axes,
     "blocks.signature": m_signature, "blocks.whole": m_block, "ops.swap": m_swap_builtin, "ops.unary": m_swap_unary,
     "types.dtype": m_dtype, "types.option": m_option, "dims.value": m_dim_value, "dims.small": m_small_dim,
+    **HOSTILE,
 }
 
 

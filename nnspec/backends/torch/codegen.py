@@ -45,7 +45,9 @@ class ModuleGen(ModuleContext):
                f"# Spec sha256: {self.spec_hash}",
                f"# Do not edit: change the spec and run `nnspec compile` again. {self.needs}",
                "import torch",
-               *(["import torch.nn.functional as F"] if _uses_functional(classes, self.helpers) else []),
+               # the preamble (the Triton target's torch fallbacks) may be the only code that calls F
+               *(["import torch.nn.functional as F"] if _uses_functional([*classes, *self.preamble()], self.helpers)
+                 else []),
                "from torch import nn",
                *self.file_header(),
                "",

@@ -206,6 +206,7 @@ class FunctionGen:
             optional = model is not None and "default" in self.graph[name].attrs
             params.append(f"{pname}: torch.Tensor" + (" | None = None" if optional else ""))
         params += self.extra_params
+        params = _keyword_only_after_defaults(params)
         if model is not None:
             returns = "torch.Tensor" if len(model.outputs) == 1 else "dict[str, torch.Tensor]"
         else:
@@ -500,3 +501,11 @@ class FunctionGen:
 def _indent(lines: list[str], level: int) -> list[str]:
     return [("    " * level + line) if line else "" for line in lines]
 
+
+def _keyword_only_after_defaults(params: list[str]) -> list[str]:
+    """`x, mask=None, *, y` where a required input is declared after an optional one: Python refuses a required
+    positional parameter after a defaulted one, so from the first default on they are keyword-only."""
+    first = next((i for i, p in enumerate(params) if "=" in p), None)
+    if first is None or all("=" in p for p in params[first:]):
+        return params
+    return [*params[:first], "*", *params[first:]]

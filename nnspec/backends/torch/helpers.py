@@ -19,6 +19,9 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "linear": ("LINEAR_ACTIVATIONS", "runs_onednn"),
     "Linear": ("linear",),
     "cat_weights": (),
+    "plain_linears": ("Linear",),
+    "linear_act": ("plain_linears",),
+    "linear_group": ("plain_linears", "cat_weights"),
     "rms_norm": (),
     "RMSNorm": ("rms_norm",),
     "rotary_tables": (),
@@ -27,6 +30,8 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "sinusoidal_table": (),
     "drop_path": (),
     "moe_swiglu": (),
+    "linear_scan": (),
+    "affine_scan": ("linear_scan",),
 }
 
 # activations the `linear` helper applies itself (oneDNN post-ops; its LINEAR_ACTIVATIONS table says how, in oneDNN

@@ -194,7 +194,7 @@ def _linear_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> 
     if w is None or set(leaves) - {"weight", "bias"} or not _float32(*leaves.values()) or w.op != "param" or \
             (b is not None and b.op != "param"):
         return None
-    if _uses(graph, list(leaves.values()), "linear", [w.name] + ([b.name] if b else [])) is None:
+    if not _serves_linears(graph, w, b):
         return None
     out, inp = w.attrs["type"].sizes
     kwargs = {} if b else {"bias": False}
@@ -204,6 +204,62 @@ def _linear_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> 
     # fused_linear calls it through the `linear` helper (oneDNN with the epilogue's activation); same parameters
     cls = mg.helper("Linear") if mg.options.fused_linear else "nn.Linear"
     return call(cls, mg_size(mg, inp), mg_size(mg, out), **kwargs), inits
+
+
+def _fused_part(graph: Graph, p: Node, user: Node) -> tuple[Node, Node, int] | None:
+    """(the linear, the concatenation, the part index) where `user` of parameter `p` is a part of fuse-linear's
+    concatenated weight or bias (through the view that relabels its axes, if any)."""
+    if user.op == "rearrange" and user.attrs["perm"] == tuple(range(len(user.attrs["perm"]))):
+        users = graph.users(user.name)
+        if len(users) != 1:
+            return None
+        p, user = user, users[0]
+    if user.op != "concat" or not user.meta.get("weights_only") or user.inputs.count(p.name) != 1:
+        return None
+    linears = graph.users(user.name)
+    if len(linears) != 1 or linears[0].op != "linear":
+        return None
+    return linears[0], user, user.inputs.index(p.name)
+
+
+def _serves_linears(graph: Graph, w: Node, b: Node | None) -> bool:
+    """Whether some linear takes the weight `w` (and bias `b`), and every linear that reads them takes exactly them,
+    directly or as part i of a fused linear's concatenated weight (and bias): then they can be an `nn.Linear` at
+    every -O level."""
+    slots = [w.name] + ([b.name] if b else [])
+    uses: dict[str, set[tuple[str, int]]] = {w.name: set(), **({b.name: set()} if b else {})}
+    for slot, p in enumerate((w, b), start=1):
+        if p is None:
+            continue
+        for u in graph.users(p.name):
+            if u.op == "linear":
+                if u.inputs[1:] != slots:
+                    return False
+                uses[p.name].add((u.name, -1))
+                continue
+            part = _fused_part(graph, p, u)
+            if part is None:
+                continue   # another op reading the parameter (a tied LM head) reads the module's attribute
+            if len(part[0].inputs) != len(slots) + 1 or part[0].inputs[slot] != part[1].name:
+                return False
+            uses[p.name].add((part[0].name, part[2]))
+    return bool(uses[w.name]) and (b is None or uses[b.name] == uses[w.name])
+
+
+def linear_group(plan: ClassPlan, graph: Graph, lin: Node) -> list[str] | None:
+    """The `nn.Linear` attributes whose weights (and biases) a fused linear `lin` concatenates, in order, when
+    every part is one: its code then calls `linear_group` on those modules."""
+    concats = [graph[i] for i in lin.inputs[1:]]
+    if not all(c.op == "concat" and c.meta.get("weights_only") for c in concats):
+        return None
+
+    def param(name: str) -> str:
+        node = graph[name]
+        return node.inputs[0] if node.op == "rearrange" else name
+
+    parts = list(zip(*[[param(i) for i in c.inputs] for c in concats], strict=True))
+    attrs = [module_for(plan, "linear", list(ps)) for ps in parts]
+    return None if any(a is None for a in attrs) else attrs  # type: ignore[return-value]
 
 
 def _embedding_module(mg: ModuleContext, graph: Graph, leaves: dict[str, Node]) -> tuple[Expr, list[Expr]] | None:

@@ -15,10 +15,16 @@ class TorchOptions:
     """`fused_linear`: linears (and `nn.Linear` members) through the `linear` helper / `Linear` module, which run
     oneDNN's linear with the epilogue's activation as a post-op on CPU inference (and an LM head's product with a
     [features, in] matrix the same way). `sdpa`: attention as `F.scaled_dot_product_attention` where its
-    semantics match the spec's."""
+    semantics match the spec's. `parallel_scan`: a scan whose step is a linear recurrence in its state
+    (`nnspec.compiler.affine_scan`) as the `affine_scan` helper (all steps at once, chunked) instead of a loop.
+    `regroup_contractions`: a contraction that no view makes one GEMM runs in another grouping (three operands as
+    an elementwise product then a GEMM; a weight [k1, out, k2] as a GEMM batched over k1, then summed) rather
+    than copying the weight as torch.einsum does; it sums in another order, so rounding differs."""
 
     fused_linear: bool = False
     sdpa: bool = False
+    parallel_scan: bool = False
+    regroup_contractions: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TorchOptions:
@@ -33,4 +39,6 @@ class TorchOptions:
 HELP = {
     "fused_linear": "linears through the oneDNN `linear` helper with activation post-ops (CPU inference)",
     "sdpa": "attention as F.scaled_dot_product_attention where it computes what the spec does",
+    "parallel_scan": "a scan whose state update is a * state + b as a chunked parallel scan, not a step loop",
+    "regroup_contractions": "contractions regrouped so no weight is copied per call (rounding differs)",
 }

@@ -62,6 +62,25 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias, activation)
 
 
+def plain_linears(layers: list[nn.Module]) -> bool:
+    """Whether calling these layers runs exactly `Linear.forward` on their own parameters: each a plain
+    nn.Linear or `Linear`, not replaced or wrapped (a PEFT LoRA layer, a quantised linear) and without hooks."""
+    hooked = nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+    return not hooked and all(
+        type(m) in (nn.Linear, Linear) and not (m._forward_hooks or m._forward_pre_hooks) for m in layers
+    )
+
+
+def linear_act(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """`activation(layer(x))` for an nn.Linear `layer`: one oneDNN call (`Linear`) where it is a plain one; a
+    layer replaced or wrapped (PEFT's LoRA adds its update to the linear's output) is called, then activated."""
+    if plain_linears([layer]):
+        return linear(x, layer.weight, layer.bias, activation)
+    y = layer(x)
+    torch_fn = LINEAR_ACTIVATIONS[activation][2]
+    return y if torch_fn is None else torch_fn(y)
+
+
 def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     """`torch.cat(parts, dim)` of parameters (a fused linear's weights), made once and kept on `owner` until one
     of them is replaced or modified in place; made afresh when autograd records or torch traces the call."""
@@ -76,6 +95,22 @@ def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int)
         # holding the parts keeps their memory from being reused by other tensors while the stamp names it
         cache[key] = (stamp, [p.detach() for p in parts], torch.cat(parts, dim=dim))
     return cache[key][2]
+
+
+def linear_group(
+    owner: nn.Module, key: str, layers: list[nn.Module], x: torch.Tensor, activation: str = "none"
+) -> torch.Tensor:
+    """The outputs of the `nn.Linear` modules `layers` on `x`, concatenated along the last dim: one `linear` over
+    their weights concatenated (kept by `cat_weights`) while each is a plain `nn.Linear`; else each layer is
+    called (a PEFT LoRA layer, a quantised linear, a hook: what replaced or wraps a layer runs) and the outputs
+    concatenated, the same numbers by another route."""
+    if plain_linears(layers):
+        weight = cat_weights(owner, key + ".weight", [m.weight for m in layers], 0)
+        bias = None if layers[0].bias is None else cat_weights(owner, key + ".bias", [m.bias for m in layers], 0)
+        return linear(x, weight, bias, activation)
+    y = torch.cat([m(x) for m in layers], dim=-1)
+    torch_fn = LINEAR_ACTIVATIONS[activation][2]
+    return y if torch_fn is None else torch_fn(y)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -100,10 +135,11 @@ class RMSNorm(nn.Module):
 def rotary_tables(
     n: int, d: int, base: float, positions: torch.Tensor | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape [n, d] in the half layout (GPT-NeoX, Llama): each frequency twice."""
+    """cos and sin of shape [n, d] in the half layout (GPT-NeoX, Llama): each frequency twice; [..., n, d] for
+    positions with more axes (one row of positions per sequence of a left-padded batch)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
     pos = torch.arange(n, device=device).float() if positions is None else positions.float()
-    freqs = torch.outer(pos, inv_freq)
+    freqs = pos[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -157,14 +193,99 @@ def moe_swiglu(
     k: int,
     norm_topk_prob: bool,
 ) -> torch.Tensor:
-    """A top-k mixture of SwiGLU experts over the last dim of x, computed densely: every expert on every token,
-    weighted by its routing weight, which is zero where the router did not pick the expert. Routing as Mixtral's:
-    softmax over the experts in fp32, the k largest kept, renormalised to sum to 1 when `norm_topk_prob`.
-    router is [E, H], gate_proj and up_proj [E, I, H], down_proj [E, H, I]."""
+    """A top-k mixture of SwiGLU experts over the last dim of x, dispatched sparsely: each expert runs only on the
+    tokens routed to it. Routing as Mixtral's: softmax over the experts in fp32, the k largest kept, renormalised
+    to sum to 1 when `norm_topk_prob`. router is [E, H], gate_proj and up_proj [E, I, H], down_proj [E, H, I].
+
+    The N·k (token, choice) pairs are sorted by expert (a stable sort, so each expert's rows keep token order), the
+    tokens gathered once in that order, and each expert's contiguous run goes through its three projections as
+    plain matrix products on views of the stacked weights (no weight is copied); the outputs, scaled by their
+    routing weights, are added back to their tokens with one index_add_. The same sum as the dense form, whose
+    unchosen terms are exactly zero, in k/E of its FLOPs."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
     probs = F.softmax(F.linear(x, router).float(), dim=-1)
     top, index = probs.topk(k, dim=-1)
     if norm_topk_prob:
         top = top / top.sum(dim=-1, keepdim=True)
-    weights = torch.zeros_like(probs).scatter(-1, index, top).to(x.dtype)
-    h = F.silu(torch.einsum("...h,eih->...ei", x, gate_proj)) * torch.einsum("...h,eih->...ei", x, up_proj)
-    return torch.einsum("...ei,ehi->...h", h * weights.unsqueeze(-1), down_proj)
+    flat = index.reshape(-1)
+    order = flat.argsort(stable=True)
+    token = order // k                        # pair p = token·k + choice
+    counts = torch.bincount(flat, minlength=router.shape[0]).tolist()   # one host sync: the run lengths
+    routed = x[token]
+    outs, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            h = routed[start:start + n]
+            outs.append(F.linear(F.silu(F.linear(h, gate_proj[e])) * F.linear(h, up_proj[e]), down_proj[e]))
+            start += n
+    out = torch.zeros_like(x)
+    if outs:
+        out = out.index_add(0, token, torch.cat(outs) * top.reshape(-1)[order].to(x.dtype).unsqueeze(-1))
+    return out.reshape(shape)
+
+
+def linear_scan(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int = 16, sequential_from: int = 1 << 16
+) -> torch.Tensor:
+    """Every h_t = a_t * h_(t-1) + b_t along dim 0 (h_(-1) = h0). A step of `sequential_from` elements or more is
+    memory-bound: one fused multiply-add per step reads each input once, which no parallel form beats on a CPU.
+    Smaller steps are dominated by per-op overhead: within chunks of `chunk` steps the (a, b) pairs are composed
+    by doubling (log2(chunk) elementwise passes over all chunks at once), then one step per chunk carries the
+    state across chunks. Only products and sums: no division or logarithm, so a_t near 0 is as exact as in the
+    step loop."""
+    n = a.shape[0]
+    a, b = torch.broadcast_tensors(a, b)
+    if a[0].numel() >= sequential_from or n <= 2:
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
+            h, steps = h0, []
+            for t in range(n):
+                h = torch.addcmul(b[t], a[t], h)
+                steps.append(h)
+            return torch.stack(steps)
+        out = torch.empty_like(b)
+        h = h0
+        for t in range(n):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        return out
+    size = min(chunk, n)
+    count = -(-n // size)
+    if count * size != n:  # pad with the identity step (a = 1, b = 0)
+        a = torch.cat([a, a.new_ones((count * size - n, *a.shape[1:]))])
+        b = torch.cat([b, b.new_zeros((count * size - n, *b.shape[1:]))])
+    a, b = a.reshape(count, size, *a.shape[1:]), b.reshape(count, size, *b.shape[1:])
+    step = 1
+    while step < size:  # Hillis-Steele: position t takes in the pair `step` before it
+        b = torch.cat([b[:, :step], a[:, step:] * b[:, :-step] + b[:, step:]], dim=1)
+        a = torch.cat([a[:, :step], a[:, step:] * a[:, :-step]], dim=1)
+        step *= 2
+    h, outs = h0, []
+    for c in range(count):
+        hc = a[c] * h + b[c]
+        outs.append(hc)
+        h = hc[-1]
+    return torch.cat(outs)[:n]
+
+
+def affine_scan(
+    step: nn.Module, h0: torch.Tensor, xs: tuple[torch.Tensor, ...], dims: tuple[int, ...], position: int, pair: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`for t: h, y_t = step(h, *[x.select(d, t)])` for a step whose new state is a_t * h + b_t with a_t, b_t not
+    depending on h (the compiler checked the step's graph): b_t is the new state from h = 0 and a_t its derivative
+    in h (exact: d(a h + b)/dh = a), both for every t at once (`torch.func.vmap`); the states come from
+    `linear_scan`, and the outputs y_t from one more batched call on the states before each step."""
+
+    def new_state(h: torch.Tensor, *x: torch.Tensor) -> torch.Tensor:
+        out = step(h, *x)
+        return out[0] if pair else out
+
+    def coefficients(*x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.func.jvp(lambda h: new_state(h, *x), (torch.zeros_like(h0),), (torch.ones_like(h0),))
+
+    b, a = torch.func.vmap(coefficients, in_dims=dims)(*xs)
+    states = linear_scan(a, b, h0)
+    if not pair:
+        return states[-1], states.movedim(0, position)
+    before = torch.cat([h0[None], states[:-1]])
+    ys = torch.func.vmap(lambda h, *x: step(h, *x)[1], in_dims=(0, *dims), out_dims=position)(before, *xs)
+    return states[-1], ys

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,13 @@ from torch import nn
 
 from nnspec.atomic import staged
 from nnspec.compiler.weight_map import rule_pattern, their_key
+from nnspec.progress import progress
+from nnspec.spec import strict_json
 
 __all__ = ["LoadReport", "WeightError", "load_weights", "save_weights", "to_source"]
 
 MAX_LISTED = 10
+MAX_INDEX_BYTES = 64 << 20   # a sharded checkpoint's index: a few MB for the largest models
 
 
 class WeightError(ValueError):
@@ -109,6 +113,16 @@ class LoadReport:
     loaded: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """A summary (a 2-layer ViT has dozens of keys): counts, a few examples; the dicts hold the rest."""
+        renamed = sum(ours != theirs for ours, theirs in self.loaded.items())
+        shown = ", ".join(f"{ours} <- {theirs}" for ours, theirs in list(self.loaded.items())[:2])
+        more = ", ..." if len(self.loaded) > 2 else ""
+        tied = f", {len(self.tied)} tied ({', '.join(list(self.tied)[:2])}{', ...' if len(self.tied) > 2 else ''})" \
+            if self.tied else ""
+        examples = f": {shown}{more}" if shown else ""
+        return f"LoadReport({len(self.loaded)} loaded, {renamed} renamed{examples}{tied})"
+
 
 # ---- the mapping ----
 def _target(module: nn.Module, source: str) -> tuple[nn.Module, list[tuple[str, str, tuple[str, ...]]]]:
@@ -125,7 +139,13 @@ def _target(module: nn.Module, source: str) -> tuple[nn.Module, list[tuple[str, 
     if source not in maps:
         known = ", ".join(sorted(maps)) or "none"
         raise WeightError(f"the spec has no `weights: {source}:` mapping (it has: {known})")
-    return target, [(ours, theirs, tuple(tr)) for ours, theirs, tr in maps[source]]
+    rules = [(ours, theirs, tuple(tr)) for ours, theirs, tr in maps[source]]
+    for ours, _, _ in rules:
+        try:
+            rule_pattern(ours)      # a hand-edited WEIGHT_MAPS is checked as the spec's rules are
+        except (ValueError, TypeError) as e:
+            raise WeightError(str(e)) from None
+    return target, rules
 
 
 def _their_key(path: str, rules: list[tuple[str, str, tuple[str, ...]]], buffers: set[str]
@@ -197,9 +217,10 @@ def _their_shape(shape: tuple[int, ...], transforms: tuple[str, ...]) -> tuple[i
 class _Checkpoint:
     """Keys, shapes and tensors of a checkpoint without loading more than asked for."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None, origin: str = "the state dict") -> None:
         self.tensors = tensors
         self.files: dict[str, Any] = {}      # key -> open safetensors file
+        self.origin = origin                 # what errors name: the file given
 
     def names(self) -> list[str]:
         return list(self.tensors) if self.tensors is not None else list(self.files)
@@ -207,10 +228,14 @@ class _Checkpoint:
     def shape(self, key: str) -> tuple[int, ...]:
         if self.tensors is not None:
             return tuple(self.tensors[key].shape)
-        return tuple(self.files[key].get_slice(key).get_shape())
+        with _reading(Path(self.origin), key):
+            return tuple(self.files[key].get_slice(key).get_shape())
 
     def get(self, key: str) -> torch.Tensor:
-        return self.tensors[key] if self.tensors is not None else self.files[key].get_tensor(key)
+        if self.tensors is not None:
+            return self.tensors[key]
+        with _reading(Path(self.origin), key):
+            return self.files[key].get_tensor(key)
 
     def same(self, a: str, b: str) -> bool:
         """Is `a` a copy of `b` (the same storage in memory, or equal values in a file)?"""
@@ -227,6 +252,9 @@ class _Checkpoint:
 @contextlib.contextmanager
 def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Iterator[_Checkpoint]:
     if isinstance(weights, Mapping):
+        bad = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise WeightError(f"state dict entry {str(bad[0])[:100]!r} is not a tensor under a string key")
         yield _Checkpoint(weights)
         return
     path = Path(weights)
@@ -236,7 +264,7 @@ def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Itera
                 path = path / name
                 break
         else:
-            raise FileNotFoundError(f"{weights}: no model.safetensors(.index.json) or pytorch_model.bin inside")
+            raise WeightError(f"{weights}: no model.safetensors(.index.json) or pytorch_model.bin inside")
     if path.name.endswith(".safetensors") or path.name.endswith(".json"):
         from safetensors import safe_open
         shards = _shards(path) if path.name.endswith(".json") else None
@@ -244,23 +272,78 @@ def _open(weights: Mapping[str, torch.Tensor] | str | os.PathLike[str]) -> Itera
             ckpt = _Checkpoint()
             handles: dict[Path, Any] = {}
             for file in ([path] if shards is None else list(dict.fromkeys(shards.values()))):
-                handles[file] = stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+                _regular(file)
+                with _reading(file):
+                    handles[file] = stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
             if shards is None:
-                ckpt.files = {key: handles[path] for key in handles[path].keys()}  # noqa: SIM118
+                with _reading(path):
+                    ckpt.files = {key: handles[path] for key in handles[path].keys()}  # noqa: SIM118
             else:
+                for key, file in shards.items():
+                    with _reading(file):
+                        if key not in handles[file].keys():  # noqa: SIM118
+                            raise WeightError(f"{file}: the index names {key[:100]!r} in this shard, which lacks it")
                 ckpt.files = {key: handles[file] for key, file in shards.items()}
+            ckpt.origin = str(path)
             yield ckpt
         return
-    yield _Checkpoint(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    yield _Checkpoint(_torch_load(path), str(path))
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """A `torch.save`d state dict, memory-mapped when it is a zip archive; a legacy (pre-1.6, non-zip) file is read
+    without mmap. Only tensors by string keys are accepted (weights_only: no code is unpickled)."""
+    import zipfile
+    _regular(path)
+    with _reading(path):
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    if not isinstance(data, Mapping):
+        raise WeightError(f"{path}: holds a {type(data).__name__}, not a state dict (a mapping of names to tensors)")
+    bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        k = bad[0]
+        raise WeightError(f"{path}: entry {str(k)[:100]!r} is a {type(k).__name__} key holding a "
+                          f"{type(data[k]).__name__}; a state dict maps names to tensors")
+    return dict(data)
+
+
+def _regular(path: Path) -> None:
+    """A checkpoint file must be a regular file: a FIFO would block forever, a directory or device cannot be one."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise WeightError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise WeightError(f"{path}: not a regular file")
+
+
+@contextlib.contextmanager
+def _reading(path: Path, key: str | None = None) -> Iterator[None]:
+    """Errors reading a checkpoint (truncated, not a checkpoint at all, unreadable) as WeightError naming it."""
+    try:
+        yield
+    except WeightError:
+        raise
+    except Exception as e:   # safetensors, pickle, zip and OS errors have no common base
+        what = f"{path}" + (f", key {key[:100]!r}" if key is not None else "")
+        raise WeightError(f"{what}: cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _shards(index_path: Path) -> dict[str, Path]:
     """Checkpoint key -> shard file, from a sharded checkpoint's index. The index is untrusted like the spec: a
     shard must be a plain file name beside it (no directory, `..` or absolute path), so it opens nothing else."""
+    _regular(index_path)     # a symlink to /dev/zero or a FIFO is no index
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise WeightError(f"{index_path}: not a JSON checkpoint index ({type(e).__name__})") from None
+        with open(index_path, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as e:
+        raise WeightError(f"{index_path}: cannot be read ({e.strerror})") from None
+    if len(data) > MAX_INDEX_BYTES:
+        raise WeightError(f"{index_path}: a checkpoint index larger than {MAX_INDEX_BYTES:,} bytes")
+    try:
+        index = strict_json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, strict_json.JSONProblem) as e:
+        raise WeightError(f"{index_path}: not a JSON checkpoint index ({type(e).__name__}: {str(e)[:200]})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise WeightError(f"{index_path}: no \"weight_map\" mapping of checkpoint keys to shard files")
@@ -310,12 +393,13 @@ def load_weights(module: nn.Module, weights: Mapping[str, torch.Tensor] | str | 
         if problems:
             raise WeightError(f"checkpoint does not fit {type(module).__name__} ({source} names): "
                               + "; ".join(problems))
-        with torch.no_grad():
+        with torch.no_grad(), progress(f"loading {len(mapping)} tensors", len(mapping)) as advance:
             for key, (theirs, transforms) in mapping.items():
                 tensor = ckpt.get(theirs)
                 for name in transforms:
                     tensor = transform(name).load(tensor)
                 state[key].copy_(tensor)
+                advance(1)
                 report.loaded[key] = theirs
     return report
 

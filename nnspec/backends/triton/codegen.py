@@ -13,6 +13,7 @@ calls autograd must record, where a generated kernel has no backward) it runs th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from nnspec.backends.torch import pysrc as P
@@ -39,6 +40,11 @@ class TritonModuleGen(ModuleGen):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # a parallel scan evaluates its step under torch.func transforms (vmap, jvp), which Triton kernels do not
+        # support: the step loop stays, its kernels launched once per step
+        self.options = dataclasses.replace(self.options, parallel_scan=False)
+        # launchers are named while functions are written: module-level and local names check each other
+        self.globals.taken = _Taken(self.globals.taken)
         self.kernels: dict[tuple[str, str], Kernel | str] = {}   # (graph, group) -> kernel, or why not
         self.sources: list[str] = []         # kernel + launcher sources, in the order first used
         self.fallback_sources: list[str] = []
@@ -66,7 +72,8 @@ class TritonModuleGen(ModuleGen):
         """The kernel computing `members` (made once per graph and key), or the reason there is none."""
         if (graph.name, key) in self.kernels:
             return self.kernels[(graph.name, key)]
-        name = self.globals.fresh(f"{graph.name}_{key}")
+        # no leading `__`: a module-level name read inside a class body would be name-mangled (a model named `_`)
+        name = self.globals.fresh(f"{graph.name}_{key}".lstrip("_") or "kernel")
         fallback = self.globals.fresh(f"{name}_torch")
         try:
             kernel: Kernel | str = make(graph, members, inputs, outputs, name, fallback)
@@ -98,16 +105,39 @@ class TritonModuleGen(ModuleGen):
         return "\n".join(gen.generate(name, method=False))
 
 
+class _Taken(set[str]):
+    """A namespace's names that also counts other namespaces' as taken: the file's module-level names and every
+    function's locals, so a launcher named after a spec variable (`m_h`) and a local named after a launcher
+    never shadow each other, whichever is named first."""
+
+    def __init__(self, own: set[str], *others: set[str]) -> None:
+        super().__init__(own)
+        self.others = list(others)
+
+    def __contains__(self, name: object) -> bool:
+        return set.__contains__(self, name) or any(set.__contains__(o, name) for o in self.others)
+
+
+def _share_names(fn: FunctionGen, mg: ModuleContext) -> None:
+    """Couple a function's locals with the module's names (see `_Taken`)."""
+    fn.names.taken = _Taken(fn.names.taken, mg.globals.taken)
+    if isinstance(mg.globals.taken, _Taken):
+        mg.globals.taken.others.append(fn.names.taken)
+
+
 class _TorchGroupGen(FunctionGen):
     """The torch code of a kernel's ops, as a function; dropout reads a `training` argument, not `self`."""
 
     def __init__(self, mg: ModuleContext, graph: Graph, plan: ClassPlan, model: Any, *, training: bool) -> None:
         super().__init__(mg, graph, plan, model)
+        _share_names(self, mg)
         self.extra_params = ["training: bool"] if training else []
 
     def emitter_for(self, node: Node) -> Any:
         if node.op == "dropout":
-            return lambda fn, n, ins: call("F.dropout", ins[0], n.attrs["p"], P.Name("training"))
+            # a kernel that does not train (p = 0) takes no `training` argument: its fallback drops nothing either
+            training = P.Name("training") if self.extra_params else Lit(False)
+            return lambda fn, n, ins: call("F.dropout", ins[0], n.attrs["p"], training)
         return super().emitter_for(node)
 
 
@@ -115,6 +145,10 @@ class TritonFunctionGen(FunctionGen):
     """One `forward`: kernel calls where the lowering table has a kernel, the torch backend's code elsewhere."""
 
     mg: TritonModuleGen
+
+    def __init__(self, mg: ModuleContext, graph: Graph, plan: ClassPlan, model: Any) -> None:
+        super().__init__(mg, graph, plan, model)
+        _share_names(self, mg)
 
     def emitter_for(self, node: Node) -> Any:
         mg = self.mg
@@ -233,9 +267,10 @@ def _embedding(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
 def _rotary(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     t = fn.in_type(node, 0)
     a = node.attrs
-    if len(ins) > 1 and fn.in_type(node, 1).rank != 1:
-        raise Unsupported("rotary positions with more than one axis")
     rest = [n for n in t.names if n != a["dim"]]
+    if len(ins) > 1 and fn.in_type(node, 1).rank != 1 and \
+            fn.in_type(node, 1).names != tuple(rest[:rest.index(a["pos"]) + 1]):
+        raise Unsupported("rotary positions over axes other than x's leading ones up to the position axis")
     kwargs: dict[str, Expr] = {"positions": ins[1]} if len(ins) > 1 else {}
     if a["style"] == "interleaved":
         kwargs["interleaved"] = Lit(True)
@@ -310,8 +345,14 @@ def _scores_view(fn: TritonFunctionGen, x: Expr, t: TensorType, full: list[str],
     return y
 
 
+def _moe(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    a = node.attrs
+    return on_last(ins[0], fn.in_type(node, 0), a["axis"], lambda x: call(
+        f"{K}.moe", x, *ins[1:], k=Lit(a["k"]), norm_topk_prob=Lit(a["norm_topk_prob"])))
+
+
 TEMPLATES = {"layernorm": _norm, "rmsnorm": _norm, "softmax": _softmax, "embedding": _embedding, "rotary": _rotary,
-             "attention": _attention}
+             "attention": _attention, "moe": _moe}
 
 TritonModuleGen.function_gen = TritonFunctionGen
 

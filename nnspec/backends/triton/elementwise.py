@@ -21,7 +21,18 @@ from nnspec.backends.torch.source import Names
 from nnspec.backends.triton.pointwise import Body, Unsupported, Value, loaded
 from nnspec.compiler.ir import DType, Graph, TensorType
 
-KERNEL_WORDS = frozenset({"tl", "triton", "offs", "mask", "rest", "n", "seed", "BLOCK", "TRAINING", "pid"})
+KERNEL_WORDS = frozenset({"tl", "triton", "offs", "mask", "rest", "n", "seed", "BLOCK", "TRAINING", "pid",
+                          # the launcher's own locals and the module-level names it reads: a spec value named
+                          # `shape`, `block`, `K` or `torch` becomes `shape_1`, never shadowing them
+                          "shape", "block", "K", "torch", "F", "nn", "math", "training", "rows", "grid", "meta",
+                          "M", "N", "Kd"})
+
+
+def kernel_names(words: frozenset[str], name: str, fallback: str, rank: int = 0) -> Names:
+    """The one namespace of a kernel and its launcher: their fixed words, the index and size names of `rank` axes,
+    and the module-level functions the launcher calls (itself, its kernel, its torch fallback)."""
+    return Names(words | {f"i{j}" for j in range(rank)} | {f"size{j}" for j in range(rank)}
+                 | {name, f"{name}_kernel", fallback})
 
 
 @dataclass
@@ -54,7 +65,7 @@ def pointwise_kernel(graph: Graph, members: list[str], inputs: list[str], output
     domain = domain_of(graph, members)
     axes = domain.names
     rank = len(axes)
-    names = Names(KERNEL_WORDS | {f"i{j}" for j in range(rank)} | {f"size{j}" for j in range(rank)})
+    names = kernel_names(KERNEL_WORDS, name, fallback, rank)
     var = {n: names.fresh(n) for n in [*inputs, *members]}
     body = Body(graph, lambda n: var[n])
     tensors = tensor_operands(graph, inputs, axes, body, var)

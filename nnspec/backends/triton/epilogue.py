@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.layout import align
-from nnspec.backends.torch.source import Names
 from nnspec.backends.triton.elementwise import (
     KERNEL_WORDS,
     Kernel,
+    kernel_names,
     launcher_head,
     tensor_operands,
     torch_dtype,
@@ -41,7 +41,7 @@ def epilogue_kernel(graph: Graph, members: list[str], inputs: list[str], outputs
         t = graph[m].type
         if not isinstance(t, TensorType) or t.names != out_t.names:
             raise Unsupported(f"{m} is not laid out as the linear's output [{', '.join(out_t.names)}]")
-    names = Names(WORDS)
+    names = kernel_names(WORDS, name, fallback)
     var = {n: names.fresh(n) for n in [*inputs, *members]}
     body = Body(graph, lambda n: var[n])
     x, w = lin.inputs[0], lin.inputs[1]

@@ -12,6 +12,7 @@ import torch
 
 from nnspec.backends.triton.kernels.attention import attention
 from nnspec.backends.triton.kernels.embedding import embedding
+from nnspec.backends.triton.kernels.moe import moe
 from nnspec.backends.triton.kernels.norms import layernorm, rmsnorm
 from nnspec.backends.triton.kernels.rotary import rotary
 from nnspec.backends.triton.kernels.softmax import softmax
@@ -28,7 +29,7 @@ from nnspec.backends.triton.runtime import (
 )
 
 __all__ = ["FALLBACKS", "LAUNCHES", "OPS", "attention", "embedding", "fell_back", "grad_needed", "interpreting",
-           "launched", "layernorm", "matmul_configs", "next_power_of_2", "pointwise_block", "reset", "rmsnorm",
+           "launched", "layernorm", "matmul_configs", "moe", "next_power_of_2", "pointwise_block", "reset", "rmsnorm",
            "rotary", "rows", "runs_kernel", "softmax", "strides", "use_triton"]
 
 

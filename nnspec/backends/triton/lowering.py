@@ -27,7 +27,7 @@ TABLE: dict[str, Lowering] = {
     # the pointwise ops the kernel generator has a rule for (a pointwise op it lacks has no entry: a test names it)
     **{op: Lowering(GENERATED, "when a member cannot be expressed (pow with a tensor exponent)")
        for op in sorted(RULES)},
-    "rotary": Lowering("template rotary", "positions with more than one axis"),
+    "rotary": Lowering("template rotary", "positions over axes other than x's leading ones"),
     "layernorm": Lowering("template layernorm (+ residual add in add_norm groups; forward and backward)", None),
     "rmsnorm": Lowering("template rmsnorm (+ residual add in add_norm groups; forward and backward)", None),
     "softmax": Lowering("template softmax", None),
@@ -39,8 +39,8 @@ TABLE: dict[str, Lowering] = {
     "conv": Lowering(None, "convolution: torch (cuDNN on a GPU)"),
     "conv_transpose": Lowering(None, "transposed convolution: torch (cuDNN on a GPU)"),
     "interpolate": Lowering(None, "resampling: torch F.interpolate"),
-    "moe": Lowering(None, "mixture of experts: torch, the dense gated sum (a sparse grouped-GEMM kernel is the "
-                          "performance work's)"),
+    "moe": Lowering("template moe (a grouped-GEMM kernel per projection over the tokens sorted by expert; routing, "
+                    "gather and index_add_ back in torch)", None),
     "pool": Lowering(None, "pooling: torch"),
     "batchnorm": Lowering(None, "batch statistics and running-stat updates: torch"),
     "groupnorm": Lowering(None, "statistics over channel groups and positions: torch F.group_norm"),

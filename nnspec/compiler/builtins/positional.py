@@ -85,9 +85,12 @@ def _rotary(b: Surface, call: ast.Call) -> Any:
     inputs = [x.node]
     if a["positions"] is not None:
         positions = b.tensor(a["positions"])
-        if b.type_of(positions).names != (pos,):  # the cos/sin tables are [pos, dim]: one position per index
-            raise SpecError("E013", f"rotary positions must have exactly the axis {pos}, got "
-                            f"{show(b.type_of(positions))}", a["positions"].span)
+        # the cos/sin tables are [pos, dim], or [B, pos, dim] for per-row positions (left-padded batches): one
+        # position per index along `pos`, every other axis one of x's
+        p_names = b.type_of(positions).names
+        if pos not in p_names or any(n not in b.type_of(x).names for n in p_names):
+            raise SpecError("E013", f"rotary positions must have the axis {pos} and only axes of the input "
+                            f"{show(b.type_of(x))}, got {show(b.type_of(positions))}", a["positions"].span)
         inputs.append(positions.node)
     return b.emit("rotary", inputs, {"pos": pos, "dim": dim, "base": base, "style": style}, call.span)
 

@@ -32,6 +32,7 @@ from nnspec.compiler.diagrams.layout import (
     Layout,
     layout,
 )
+from nnspec.compiler.diagrams.legend import legend, marks_used
 from nnspec.compiler.diagrams.metrics import text_width
 from nnspec.compiler.diagrams.route import Routes, route
 from nnspec.compiler.diagrams.svg import El, document, num
@@ -41,16 +42,17 @@ from nnspec.compiler.ir import Model
 LABEL_RISE = 3.5      # an axis label's baseline sits this far above its wire
 
 
-def circuit_svg(model: Model, *, expand: int = 0, block: str | None = None) -> str:
+def circuit_svg(model: Model, *, expand: int = 0, block: str | None = None, legend: bool = True) -> str:
+    """The SVG text; with `legend`, a key to the marks it uses (cups, dots, triangles, ...) under it."""
     graph = select_graph(model, block)
     flat = flatten(model, graph, expand)
     lay = layout(flat)
     routes = route(lay)
     title = model.name if block is None else f"{model.name}: {graph.meta.get('block', graph.name)}"
-    return document(_draw(title, lay, routes, model.transforms))
+    return document(_draw(title, lay, routes, model.transforms, legend))
 
 
-def _draw(title: str, lay: Layout, routes: Routes, transforms: list[str] | None = None) -> El:
+def _draw(title: str, lay: Layout, routes: Routes, transforms: list[str] | None = None, key: bool = False) -> El:
     flat = lay.flat
     body: list[El] = []
     under = El("g", {"data-role": "under"})
@@ -121,6 +123,12 @@ def _draw(title: str, lay: Layout, routes: Routes, transforms: list[str] | None 
         body.append(note(MARGIN, bottom, line, "transforms"))
         widest = max(widest, MARGIN + text_width(line, SMALL_SIZE))
     right = max(right, widest)
+    marks = marks_used(El("g", {}, list(body))) if key else []
+    if marks:
+        group, tall, end = legend(marks, MARGIN, bottom + BUNDLE_GAP + 8, right - MARGIN)
+        body.append(group)
+        bottom += BUNDLE_GAP + tall
+        right = max(right, end)
     width, height = right + MARGIN, bottom + BUNDLE_GAP
     root = El("svg", {"xmlns": "http://www.w3.org/2000/svg", "width": num(width), "height": num(height),
                       "viewBox": f"0 0 {num(width)} {num(height)}", "data-diagram": "circuit"})

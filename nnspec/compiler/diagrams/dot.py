@@ -28,9 +28,11 @@ from nnspec.compiler.diagrams.view import (
     Const,
     Param,
     drawn_in_place,
+    named_shape,
     param_of,
     repeat_notes,
     select_graph,
+    shown_name,
     transform_notes,
 )
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType
@@ -42,10 +44,12 @@ LOW_PRECISION = (DType.bfloat16, DType.float16)    # edges carrying these name t
 
 @dataclass(frozen=True)
 class _Src:
-    """A tensor in the drawing: the DOT node that produces it and its type."""
+    """A tensor in the drawing: the DOT node that produces it, its type, and whether its producer changed the shape
+    or dtype (only then do its edges carry a label, so a layer's run of same-shape edges is labelled once)."""
 
     node: str
     type: TensorType
+    changed: bool = True
 
 
 def block_graph(model: Model, *, expand: int = 0, block: str | None = None) -> str:
@@ -66,7 +70,7 @@ def block_graph(model: Model, *, expand: int = 0, block: str | None = None) -> s
         node = graph[name]
         shown = node.attrs.get("name", name)
         writer.node(dot, f"in.{name}", f"{shown}\\n{node.tensor_type}", "io", shape="ellipse")
-        env[name] = _Src(f"in.{name}", node.tensor_type)
+        env[name] = _Src(f"in.{name}", node.tensor_type, changed=False)   # its node already says its type
     writer.body(dot, graph, env, "", 0)
     several = len(graph.outputs) > 1
     outs = model.outputs.items() if graph is model.graph else \
@@ -92,6 +96,8 @@ class _Writer:
         self.outputs: list[str] = []
         self.counted: set[str] = set()   # parameter nodes already counted (a second use is a tie)
         self.transformed = False         # something drawn carries a transform's mark (the legend says so)
+        self.labelled: set[str] = set()  # values whose shape label is drawn (once each)
+        self.home: dict[str, graphviz.Digraph] = {}   # node id -> the cluster it was drawn in (None: the root)
 
     def node(self, g: graphviz.Digraph, nid: str, label: str, family: str, notes: list[str] | None = None,
              show_notes: bool = True, **attrs: str) -> None:
@@ -106,11 +112,21 @@ class _Writer:
                 label += "".join(f"\\n[{_escape(n)}]" for n in notes)
             border, attrs = TRANSFORM, {**attrs, "penwidth": "2.6", "fontcolor": TRANSFORM}
         g.node(nid, label, fillcolor=fill, color=border, **attrs)
+        self.home[nid] = g if g is not self.root else None  # type: ignore[assignment]
 
     def edge(self, src: _Src, dst: str) -> None:
+        """An edge, labelled with its shape only on the first edge out of a value whose producer changed the
+        shape; written into the cluster holding both ends (a residual stays inside its block), else at the root
+        (an edge written inside a cluster would pull an outside end into it)."""
         t = src.type
         dtype = f" {t.dtype}" if t.dtype in LOW_PRECISION else ""
-        self.root.edge(src.node, dst, label=f" {t.shape_str()}{dtype} ")
+        attrs = {}
+        if dtype or (src.changed and src.node not in self.labelled):   # a low-precision edge always says so
+            self.labelled.add(src.node)
+            attrs["label"] = f" {named_shape(t)}{dtype} "
+        home = self.home.get(src.node)
+        g = home if home is not None and home is self.home.get(dst) else self.root
+        g.edge(src.node, dst, **attrs)
 
     def ghosts(self, g: graphviz.Digraph, node: Node, src: Any, prefix: str) -> None:
         """A dashed node for each residual branch --drop removed after `node`, hanging off its value."""
@@ -131,6 +147,11 @@ class _Writer:
             if OPS[node.op].has("state"):
                 env[node.name] = param_of(node)
                 env[node.name + "#full"] = prefix.replace("/", ".") + node.attrs["path"]
+            elif OPS[node.op].has("view") and node.inputs and isinstance(env[node.inputs[0]], Param):
+                # a weight reshaped before use is still that weight: its count belongs to the op that uses it
+                p = env[node.inputs[0]]
+                env[node.name] = Param(p.path, node.tensor_type, p.buffer, p.trainable)
+                env[node.name + "#full"] = env[node.inputs[0] + "#full"]
             elif node.op == "const":
                 env[node.name] = Const(node.attrs["value"])
             elif node.op == "getitem":
@@ -163,23 +184,43 @@ class _Writer:
                 env[node.name] = self.op(sub, node, env, prefix, notes=False)
 
     def inline(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, depth: int) -> Any:
+        """The block's body inside cluster `g`. Each tensor input the block takes is a small node in the cluster
+        named as the block's signature names it, so a residual branch starts and ends inside the block; a repeat
+        draws its loop-back, from the iteration's result to that input."""
         template = self.model.templates[node.attrs["block"]]
         sub = {t: env[i] for t, i in zip(template.inputs, node.inputs, strict=True)}
+        entries = []
+        for t in template.inputs:
+            if isinstance(sub[t], _Src):
+                nid = f"{prefix}in.{t}"
+                self.node(g, nid, str(template[t].attrs.get("name", t)), "io", shape="ellipse", fontsize="9",
+                          margin="0.04,0.02", height="0.3")
+                self.edge(sub[t], nid)
+                sub[t] = _Src(nid, sub[t].type, changed=False)
+                entries.append(nid)
         self.body(g, template, sub, prefix, depth)
         results = [sub[o] for o in template.outputs]
+        if node.op == "repeat" and entries and isinstance(results[0], _Src):
+            g.edge(results[0].node, entries[0], label=f" next of ×{node.attrs['count']} ", style="dashed",
+                           color="#6a4c9c", fontcolor="#6a4c9c", constraint="false", dir="forward",
+                           tailport="e", headport="e")     # up the block's right side, inside its cluster
         return results if isinstance(node.type, tuple) else results[0]
 
     def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, notes: bool = True) -> Any:
         nid = prefix + node.name
         family = OPS[node.op].family if node.op in OPS else "unknown"
-        if drawn_in_place(node):
-            lines = [node.attrs["scope"], self._block(node)]
+        if drawn_in_place(node):   # `mlp` once when the scope is named after its block, not `mlp / mlp`
+            lines = list(dict.fromkeys([node.attrs["scope"], self._block(node)]))
         else:
             consts = [str(env[i]) for i in node.inputs if isinstance(env[i], Const)]
             if node.op == "cast":
                 consts.insert(0, f"to {node.attrs['dtype']}")
             what = node.op + (" " + ", ".join(consts) if consts else "")
-            lines = [what] if node.name == node.op else [node.name, what]
+            scope = next((env[i].short for i in node.inputs if isinstance(env[i], Param) and not env[i].buffer), "")
+            name = shown_name(node, scope)
+            if scope and name not in (scope, node.op) and "." not in scope:   # `tok` of layer `wte`: both, once
+                name = f"{name} ({scope})"
+            lines = [what] if name == node.op else [name, what]
         params = self._params(node) if drawn_in_place(node) else self._own_params(node, env)
         if params:
             lines.append(params)
@@ -187,9 +228,10 @@ class _Writer:
         for i in node.inputs:
             if isinstance(env[i], _Src):
                 self.edge(env[i], nid)
+        seen = {(named_shape(env[i].type), env[i].type.dtype) for i in node.inputs if isinstance(env[i], _Src)}
         if isinstance(node.type, tuple):
-            return [_Src(nid, t) for t in node.type]
-        return _Src(nid, node.tensor_type)
+            return [_Src(nid, t, (named_shape(t), t.dtype) not in seen) for t in node.type]
+        return _Src(nid, node.tensor_type, (named_shape(node.tensor_type), node.tensor_type.dtype) not in seen)
 
     def _own_params(self, node: Node, env: dict[str, Any]) -> str:
         total, tied, frozen, dtypes = 0, [], True, []

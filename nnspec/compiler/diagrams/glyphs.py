@@ -103,7 +103,7 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
                           "fill": fill, "stroke": border, "stroke-width": 1.2, "data-role": "softmax",
                           "data-axis": lane.in_names[d.mark[0]][d.mark[1]]}))
     elif d.kind == "contract":
-        g.add(text((a + b) / 2, lane.bottom + 9.0 + 9.0, d.note, SMALL_SIZE, "einsum"))
+        g.add(text((a + b) / 2, lane.bottom + 9.0 + 9.0, d.note, SMALL_SIZE, "einsum", einsum=d.einsum))
     return g
 
 

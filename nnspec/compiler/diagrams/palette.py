@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-# family -> (fill, border, legend text)
+# family -> (fill, border, legend text). Fills differ pairwise by CIE76 colour difference >= 12 (a glance tells
+# any two legend swatches apart; 2.3 is the just-noticeable difference) and keep black text at contrast >= 7:1;
+# tests/test_render_palette.py checks both.
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "io": ("#ffffff", "#555555", "input / output"),
-    "source": ("#eeeeee", "#777777", "index source"),
-    "nn": ("#cfe2f3", "#3d6fa8", "learned map"),
-    "normalize": ("#d9ead3", "#4d8a3d", "normalisation"),
-    "elementwise": ("#fff2cc", "#b8912a", "elementwise"),
-    "reduce": ("#fce5cd", "#c0712b", "reduction / softmax"),
-    "contract": ("#ead1dc", "#9a4d72", "contraction (einsum)"),
-    "shape": ("#f3f3f3", "#888888", "reshape / select"),
-    "structure": ("#e1d5f0", "#6a4c9c", "block"),
+    "source": ("#bfe8df", "#3f8f80", "index source"),
+    "nn": ("#c2d8f5", "#3d6fa8", "learned map"),
+    "normalize": ("#d4f0c0", "#4d8a3d", "normalisation"),
+    "elementwise": ("#fff0a8", "#b8912a", "elementwise"),
+    "reduce": ("#fbcfa6", "#c0712b", "reduction / softmax"),
+    "contract": ("#f5c2da", "#9a4d72", "contraction (einsum)"),
+    "shape": ("#d9d9d9", "#777777", "reshape / select"),
+    "structure": ("#dccaf5", "#6a4c9c", "block"),
 }
 UNKNOWN = ("#f4cccc", "#a33", "other")
 # what a transform made or changed (`node.meta["transform"]`): a border and notes in this colour, in both diagrams

@@ -45,7 +45,8 @@ class Drawing:
     cups: list[list[Wire]] = field(default_factory=list)
     joins: list[list[Wire]] = field(default_factory=list)
     mark: Wire | None = None       # the wire a softmax triangle sits on
-    note: str = ""                 # an einsum string written beside the column
+    note: str = ""                 # a contraction's summed axes by name (`Σ head_dim`), written under the column
+    einsum: str = ""               # and its einsum string, kept as a data attribute for tools
     count: int = 0                 # a collapsed repeat's xN
     shape: str = "rect"            # rect | trapezoid (a convolution, narrowing as x -> x/s)
     stride: str = ""               # a convolution's stride, written as a subscript: `÷2`
@@ -204,13 +205,21 @@ def _prefix(a: list[str], b: list[str]) -> int:
     return n
 
 
+def contraction_note(ins: list[TensorType], out: TensorType) -> str:
+    """A contraction named by its axes, as a reader says it: `Σ head_dim` (summed over), `Σ S`, or `outer` when
+    nothing is summed; not `abcd,aecd->acbe`, whose letters the reader would have to map back."""
+    summed = list(dict.fromkeys(n for t in ins for n in t.names if n not in out.names))
+    return "Σ " + ", ".join(summed) if summed else "outer"
+
+
 def _contract(ins: list[TensorType], out: TensorType) -> Drawing:
     fates = [["pass"] * len(axes(t)) for t in ins]
     where: dict[str, list[Wire]] = {}
     for i, t in enumerate(ins):
         for j, n in enumerate(axes(t)):
             where.setdefault(n, []).append((i, j))
-    d = Drawing("contract", "", list(range(len(ins))), fates, [], note=einsum_string(ins, out))
+    d = Drawing("contract", "", list(range(len(ins))), fates, [], note=contraction_note(ins, out),
+                einsum=einsum_string(ins, out))
     for n, members in where.items():
         if n in out.names and len(members) > 1:
             d.joins.append(members)

@@ -9,6 +9,7 @@ and calls/repeats nested less than `expand` deep are inlined (a repeat's body on
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,26 @@ def drawn_in_place(node: Node) -> bool:
     """A call or repeat: its block runs on the operands whole, so a diagram may draw the block's body in place of
     the node (a repeat's once, bracketed); a scan's step sees one position at a time and is drawn as one box."""
     return runs_block(node) and node.op != "scan"
+
+
+_SSA = re.compile(r"_\d+$")    # the frontend's renaming of a second value bound to one name (`x_1`, `c_attn_1`)
+
+
+def shown_name(node: Node, scope: str = "") -> str:
+    """The name a reader knows an op's value by: the spec variable its statement bound (`qkv`), else a node name
+    the spec wrote (`q` of `q, k, v = split(...)`, `logits`), else the layer's parameter scope, else the op
+    itself; never an SSA name like `c_attn_1` or `einsum_1_1` that no spec contains."""
+    if node.meta.get("var"):
+        return str(node.meta["var"])
+    if node.name != node.op and not _SSA.search(node.name):
+        return node.name
+    return scope or node.op
+
+
+def named_shape(t: TensorType) -> str:
+    """A shape as the spec names its axes (`B x T x K`, `B x T x n_head*head_dim`, `B x H x W x C`), not as sizes
+    (`B x T x 2`, `B x T x head_dim*n_head`, `B x height/ph x ...`): what the reader wrote, in the order written."""
+    return " x ".join(a.name for a in t.axes) or "scalar"
 
 
 def param_of(node: Node) -> Param:

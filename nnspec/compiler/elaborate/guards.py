@@ -10,7 +10,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.ir import Guard
-from nnspec.compiler.sizes import Sizes
+from nnspec.compiler.sizes import Sizes, expand
 from nnspec.errors import SpecError
 from nnspec.spec import ast
 from nnspec.spec.source import Span
@@ -46,8 +46,21 @@ def add_guard(guards: list[Guard], sizes: Sizes, guard: Guard) -> None:
     if fact is sympy.false:
         raise SpecError("E012", f"sizes can never agree: {guard.text}", guard.span)
     key = _canonical(fact)
-    if all(_canonical(sizes.concrete(g.expr)) != key for g in guards):
+    if isinstance(guards, GuardList):
+        if key not in guards.keys:
+            guards.keys.add(key)
+            guards.append(guard)
+    elif all(_canonical(sizes.concrete(g.expr)) != key for g in guards):
         guards.append(guard)
+
+
+class GuardList(list[Guard]):
+    """The guards kept so far with the canonical form of each (`keys`): adding one is a set lookup, not a pass over
+    every kept guard (a 1 MiB spec can hold 60k guards; comparing each with all took minutes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: set[sympy.Basic] = set()
 
 
 def _explain(expr: ast.Expr, evaluate: Callable[[ast.Expr], Any], concrete: Callable[[Any], Any]) -> str:
@@ -79,6 +92,6 @@ def _guard_form(fact: sympy.Basic, span: Span) -> sympy.Basic:
 
 def _canonical(fact: sympy.Basic) -> sympy.Basic:
     if isinstance(fact, sympy.Eq):
-        diff = sympy.expand(fact.lhs - fact.rhs)
+        diff = expand(fact.lhs - fact.rhs)
         return -diff if diff.could_extract_minus_sign() else diff
     return fact

@@ -8,10 +8,11 @@ from typing import Any
 from nnspec.compiler.elaborate.axis_rules import note_size1
 from nnspec.compiler.elaborate.blocks import Builder
 from nnspec.compiler.elaborate.guards import add_guard, check_requirement
+from nnspec.compiler.elaborate.limits import MAX_REQUIREMENTS
 from nnspec.compiler.elaborate.state import ModelState
 from nnspec.compiler.elaborate.tensor_types import declared_type, same_type, show
 from nnspec.compiler.elaborate.values import TensorValue, kind_of
-from nnspec.compiler.ir import Graph, Model
+from nnspec.compiler.ir import DType, Graph, Model
 from nnspec.errors import SpecError
 
 
@@ -20,6 +21,10 @@ class Elaborator(ModelState):
 
     def elaborate(self) -> Model:
         spec = self.spec
+        if len(spec.require) > MAX_REQUIREMENTS:
+            raise SpecError("E005", f"the spec has {len(spec.require):,} requirements, more than the "
+                            f"{MAX_REQUIREMENTS:,} checking takes (each is a symbolic proof)",
+                            spec.require[MAX_REQUIREMENTS].span)
         for req in spec.require:
             guard = check_requirement(req.expr, req.span, lambda e: self.static_eval(e, allow_free=True),
                                       self.concrete)
@@ -33,6 +38,7 @@ class Elaborator(ModelState):
             if decl.default is not None:
                 if isinstance(decl.default, str):
                     raise SpecError("E004", f"input '{name}' default must be a number or true/false", decl.span)
+                _check_default(name, decl.default, t, decl.span)
                 attrs["default"] = decl.default
             node = body.emit("input", [], attrs, decl.span, hint=name)
             body.bind(name, node, decl.key_span)
@@ -57,3 +63,26 @@ class Elaborator(ModelState):
         body.graph.outputs = list(outputs.values())
         return Model(spec.name, body.graph, self.templates, self.sizes, self.options, inputs, outputs,
                      self.guards, spec.source.name)
+
+
+_INT_RANGE = {DType.int64: 63, DType.int32: 31}
+
+
+def _check_default(name: str, value: Any, t: Any, span: Any) -> None:
+    """An optional input's default must be a value of the input's dtype: NaN, an infinity, 1e20 or 1.5 on an int64
+    input would fail (or be truncated) only when the model runs."""
+    dtype = t.dtype
+    if dtype == DType.bool:
+        if not isinstance(value, bool):
+            raise SpecError("E004", f"input '{name}' is bool: its default must be true or false, got {value!r}", span)
+        return
+    if dtype in _INT_RANGE:
+        bits = _INT_RANGE[dtype]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not -(1 << bits) <= value < (1 << bits):
+            raise SpecError("E004", f"input '{name}' is {dtype.value}: its default must be an integer from "
+                            f"-2^{bits} to 2^{bits}-1, got {value!r}", span)
+        return
+    if isinstance(value, bool):
+        raise SpecError("E004", f"input '{name}' is {dtype.value}: its default must be a number, got {value!r}", span)

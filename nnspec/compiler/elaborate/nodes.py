@@ -14,7 +14,7 @@ import sympy
 from nnspec.compiler import static
 from nnspec.compiler.elaborate.axis_rules import note_size1, refuse_outer
 from nnspec.compiler.elaborate.guards import add_guard
-from nnspec.compiler.elaborate.limits import MAX_NODES, MAX_PARAM_TENSORS
+from nnspec.compiler.elaborate.limits import MAX_BLOCK_MODULES, MAX_NODES, MAX_PARAM_TENSORS
 from nnspec.compiler.elaborate.state import ModelState
 from nnspec.compiler.elaborate.values import FuncRef, TensorValue, TupleValue, kind_of
 from nnspec.compiler.elaborate.views import size_expr, view
@@ -120,6 +120,9 @@ class NodeBuilder:
         """Add a node with its inferred type. `record=False` leaves its axis names out of the block's
         one-size-per-name table: for an operand relabelled only to line up with another inside one op."""
         opdef = OPS[op]
+        if isinstance(opdef.arity, tuple) and len(inputs) > opdef.arity[1]:
+            # the op's own bound (concat of 65 tensors, a contraction of 9 factors), said where it is written
+            raise SpecError("E019", f"{op} takes at most {opdef.arity[1]} operands, got {len(inputs)}", span)
         try:
             t = opdef.infer([self.graph[i].type for i in inputs], attrs, self.sizes)
         except SpecError as err:
@@ -152,6 +155,21 @@ class NodeBuilder:
         if total > MAX_PARAM_TENSORS:
             raise SpecError("E005", f"the model has more than {MAX_PARAM_TENSORS:,} parameter tensors once its "
                             f"repeats are unrolled ({total:,} here)", span)
+        if OPS[op].effect is Effect.OWNS_STATE:
+            self._count_block_modules(op, attrs, span)
+
+    def _count_block_modules(self, op: str, attrs: dict[str, Any], span: Span | None) -> None:
+        """Block instances of this graph with its calls and repeats unrolled (each iteration of a repeat that does
+        not share its weights is a module of its own), in closed form."""
+        n = 1 + self.el.block_modules.get(id(self.el.templates[attrs["block"]]), 0)
+        if op == "repeat" and not attrs["shared"]:
+            n *= attrs["count"]
+        total = self.el.block_modules.get(id(self.graph), 0) + n
+        self.el.block_modules[id(self.graph)] = total
+        if total > MAX_BLOCK_MODULES:
+            raise SpecError("E005", f"the model has more than {MAX_BLOCK_MODULES:,} block instances once its "
+                            f"repeats are unrolled ({total:,} here); building it would create a module for each",
+                            span)
 
     def _known_sizes(self, t: TensorType, span: Span | None) -> None:
         """Parameters are allocated when the model is built: their sizes cannot wait for the inputs."""

@@ -8,6 +8,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.elaborate.dims import bind_dims, bind_free, bind_options
+from nnspec.compiler.elaborate.guards import GuardList
 from nnspec.compiler.elaborate.static_eval import CONSTANTS, evaluate, undefined
 from nnspec.compiler.ir import Graph, Guard, TensorType
 from nnspec.compiler.sizes import Sizes
@@ -26,9 +27,10 @@ class ModelState:
         self.template_keys: dict[tuple[Any, ...], Graph] = {}   # a block and its binding -> its template
         self._template_numbers: dict[str, int] = {}
         self.building: list[str] = []   # the blocks whose templates are being built, outermost first
-        self.guards: list[Guard] = []
+        self.guards: list[Guard] = GuardList()
         self.node_count = 0
         self.param_tensors: dict[int, int] = {}  # id(graph) -> its parameter tensors, unrolled
+        self.block_modules: dict[int, int] = {}  # id(graph) -> the block modules building it creates, unrolled
         self.input_nodes: dict[str, str] = {}   # model input -> its node in the body (blocks may read it)
         self.input_types: dict[str, TensorType] = {}
         overrides = dict(overrides or {})

@@ -6,6 +6,7 @@ the values over K, and nothing else:
     scores = einsum(q, k)                # sums exactly one axis D of both; only k has K
     scores = scores * c | scores / c     # positive constants, any number, also on q or k before the product
     scores = scores + bias               # float tensors with axes among the scores' (additive masks)
+    scores = scores + 0.0                # a zero constant (Swin's unshifted windows: `s + mask`, mask 0.0)
     scores = where(m, scores, -inf)      # bool masks, true = attend (`where(m, -inf, scores)`: true = masked)
     p = dropout(softmax(scores, over=K)) # dropout optional; the softmax may be computed in float32
                                          # between casts (cast(softmax(cast(s, float32)), bf16))
@@ -18,7 +19,8 @@ special: the attention op broadcasts by axis name as the einsums did.
 
 Sound because the attention op computes exactly this: softmax over K of (q·k · scale), masked to -inf where
 the mask is false, plus the bias, contracted with v over K. Positive scaling commutes with -inf masking, and
-a constant scale moved from q or k onto q·k is the same product. The rewrite changes rounding only.
+a constant scale moved from q or k onto q·k is the same product; adding 0.0 changes no score (only -0.0's
+sign, which softmax ignores). The rewrite changes rounding only.
 
 Dropout on the probabilities: with `training=True` (what `nnspec compile` and `nnspec.build` run) it moves
 into the attention op (`dropout=p`: the same dropout of the probabilities in training mode, the identity in
@@ -177,6 +179,12 @@ class RecognizeAttention:
             m.dead.append(name)
             return self._walk_scores(graph, m, chain, node, seen_scale)
         if node.op == "add":
+            zero = [i for i in node.inputs if graph[i].op == "const" and const_value(graph, i) == 0]
+            if len(zero) == 1:    # `s + 0.0`: the scores unchanged
+                chain = next(i for i in node.inputs if i != zero[0])
+                if tensor_type(graph, chain) == out_t:
+                    m.dead.append(name)
+                    return self._walk_scores(graph, m, chain, node, seen_scale)
             errors: list[Refusal] = []
             orders = sorted([node.inputs, node.inputs[::-1]], key=lambda o: not _has_product(graph, o[0]))
             for chain, bias in orders:

@@ -27,6 +27,7 @@ import sympy
 from nnspec.compiler.graph_edits import copy_model
 from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
+from nnspec.compiler.sizes import MAX_SIZE
 from nnspec.compiler.transforms.randlora import randlora_branch
 from nnspec.compiler.transforms.rewrite import (
     TransformError,
@@ -65,8 +66,10 @@ def parse_lora(text: str | LoraSpec) -> LoraSpec:
     if isinstance(text, LoraSpec):
         return text
     pattern, *rest = text.split(":")
-    if not pattern or not rest or not rest[0].isdigit() or int(rest[0]) < 1:
-        raise TransformError(f"--lora takes PATTERN:RANK[:alpha=A][:randlora] (e.g. '*.c_attn:8'), got {text!r}")
+    if not pattern or not rest or not rest[0].isdigit() or len(rest[0]) > 20 or int(rest[0]) < 1:
+        raise TransformError(f"--lora takes PATTERN:RANK[:alpha=A][:randlora] (e.g. '*.c_attn:8'), got {text[:200]!r}")
+    if int(rest[0]) > MAX_SIZE:    # an axis size: the same bound as every size in a spec
+        raise TransformError(f"--lora {text[:200]}: rank {rest[0]} is above the size limit {MAX_SIZE:,}")
     alpha, kind = None, "lora"
     for opt in rest[1:]:
         if opt in ("randlora", "lora"):
@@ -76,6 +79,8 @@ def parse_lora(text: str | LoraSpec) -> LoraSpec:
                 alpha = float(opt[len("alpha="):])
             except ValueError:
                 raise TransformError(f"--lora {text}: alpha must be a number") from None
+            if not math.isfinite(alpha):   # nan or inf would scale every adapter's output to nan
+                raise TransformError(f"--lora {text}: alpha must be a finite number, got {alpha}")
         else:
             raise TransformError(f"--lora {text}: unknown option {opt!r} (alpha=A or randlora)")
     return LoraSpec(pattern, int(rest[0]), alpha, kind)

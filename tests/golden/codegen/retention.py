@@ -29,7 +29,7 @@ class Step(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         kv = k[:, :, :, None] * v[:, :, None]
         s = 0.9 * s + kv
-        o = torch.einsum("abc,abcd->abd", q, s)  # (B, heads, dv)
+        o = (q.unsqueeze(2) @ s).squeeze(2)  # (B, heads, dv)
         return s, o
 
 

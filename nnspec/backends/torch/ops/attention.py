@@ -59,8 +59,8 @@ def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         if fused is not None:
             return fused
     names = scores_t.names
-    s = fn.let(P.binop("*", contract(ins[:2], types[:2], scores_t), P.lit(a["scale"])), "scores",
-               comment=_comment(scores_t))
+    qk = contract(ins[:2], types[:2], scores_t, size=fn.size, bind=lambda e, c: fn.let(e, "qk", comment=c))
+    s = fn.let(P.binop("*", qk, P.lit(a["scale"])), "scores", comment=_comment(scores_t))
     extra = list(zip(ins[3:], types[3:], strict=True))
     if a["has_mask"]:
         m, m_t = extra.pop(0)
@@ -79,13 +79,14 @@ def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     p = call("F.softmax", s, dim=dim(scores_t, a["key"]))
     if a.get("dropout", 0.0) > 0:
         p = call("F.dropout", p, a["dropout"], P.dotted("self.training"))
-    return contract([p, ins[2]], [scores_t, types[2]], out_t)
+    return contract([p, ins[2]], [scores_t, types[2]], out_t, size=fn.size,
+                    bind=lambda e, c: fn.let(e, "pv", comment=c))
 
 
 def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
           out_t: TensorType) -> Expr | None:
     """`F.scaled_dot_product_attention` when q, k and v share their batch axes (no broadcast, so no grouped
-    heads) and there is no boolean mask (a row with every key masked is NaN in the reference)."""
+    heads). A boolean mask (and causality with it) becomes SDPA's `attn_mask`; see `_masked`."""
     a = node.attrs
     q_t, k_t, v_t = types[:3]
     qn, kn, dn = a["query"], a["key"], a["dim"]
@@ -94,17 +95,25 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     if a.get("dropout", 0.0) > 0 and scores_t.names != (*batch, qn, kn):
         return None     # SDPA drops over [batch..., q, k]: spelled out, dropout draws as the spec's does
     shared = [n for n in batch if n in k_t.names]
-    if shared and len(shared) < len(batch):
+    if qn is None or (shared and len(shared) < len(batch)):
+        folded = _sdpa_folded(fn, node, ins, types, scores_t, out_t)
+        if folded is not None or qn is None:
+            return folded
         return _sdpa_grouped(fn, node, ins, types, scores_t, out_t, shared)
-    if a["has_mask"] or len(value) != 1 or sorted(q_t.names) != sorted([*batch, qn, dn]) or \
+    if len(value) != 1 or sorted(q_t.names) != sorted([*batch, qn, dn]) or \
             sorted(k_t.names) != sorted([*batch, kn, dn]) or sorted(v_t.names) != sorted([*batch, kn, *value]) or \
             sorted(out_t.names) != sorted([*batch, qn, *value]):
+        return None
+    masked = _masked(fn, node, ins, types, scores_t, tuple([*batch, qn, kn])) if a["has_mask"] else None
+    if a["has_mask"] and masked is None:
         return None
     q = permute(ins[0], [q_t.index(n) for n in (*batch, qn, dn)])
     k = permute(ins[1], [k_t.index(n) for n in (*batch, kn, dn)])
     v = permute(ins[2], [v_t.index(n) for n in (*batch, kn, *value)])
     kwargs: dict[str, Any] = {}
-    if a["has_bias"]:
+    if masked is not None:
+        kwargs["attn_mask"] = masked
+    elif a["has_bias"]:
         if a["causal"]:
             return None
         kwargs["attn_mask"] = align(ins[3], types[3], tuple([*batch, qn, kn]))
@@ -113,10 +122,45 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     if a.get("dropout", 0.0) > 0:   # SDPA drops probabilities whenever dropout_p > 0: only while training
         kwargs["dropout_p"] = P.IfExp(P.lit(a["dropout"]), P.dotted("self.training"), P.lit(0.0))
     y: Expr = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
+    if masked is not None:   # two statements: the call, then its empty rows
+        y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
+        y = fn.let(_empty_rows_nan(fn, y, masked), "y", rebind=y)
     perm = [[*batch, qn, *value].index(n) for n in out_t.names]
     if perm != sorted(perm):   # a statement of its own, so the permute after it reads as in nanoGPT
         y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
     return permute(y, perm)
+
+
+def _sdpa_folded(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
+                 out_t: TensorType) -> Expr | None:
+    """Attention whose queries have axes that k and v lack besides the query axis (PVT's `q[B, H, W, heads, d]`
+    against `k[B, S, heads, d]`, Swin-like windows, grouped heads `q[B, T, kv, group, d]`): those axes are
+    query rows like the query axis's, so they are flattened into one query axis of SDPA (a view of q where its
+    layout allows) and split back after. Unmasked, unbiased, non-causal attention without dropout only (a
+    causal mask over one of the folded axes would mean something else)."""
+    a = node.attrs
+    q_t, k_t, v_t = types[:3]
+    kn, dn = a["key"], a["dim"]
+    shared = [n for n in scores_t.names if n in k_t.names and n != kn]
+    rows = [n for n in scores_t.names if n not in shared and n != kn]
+    value = [n for n in v_t.names if n not in shared and n != kn]
+    if a["has_mask"] or a["has_bias"] or a["causal"] or a.get("dropout", 0.0) > 0 or not shared or \
+            len(value) != 1 or sorted(q_t.names) != sorted([*shared, *rows, dn]) or \
+            sorted(k_t.names) != sorted([*shared, kn, dn]) or sorted(v_t.names) != sorted([*shared, kn, *value]) \
+            or sorted(out_t.names) != sorted([*shared, *rows, *value]):
+        return None
+    q = permute(ins[0], [q_t.index(n) for n in (*shared, *rows, dn)])
+    if len(rows) > 1:
+        q = method(q, "flatten", len(shared), len(shared) + len(rows) - 1)
+    k = permute(ins[1], [k_t.index(n) for n in (*shared, kn, dn)])
+    v = permute(ins[2], [v_t.index(n) for n in (*shared, kn, *value)])
+    y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, scale=a["scale"]), "y",
+                     comment="(" + ", ".join([*shared, " ".join(rows), *value]) + ")")
+    if len(rows) > 1:
+        y = method(y, "unflatten", len(shared), P.TupleExpr(tuple(fn.size(q_t.axis(n).size)  # type: ignore[union-attr]
+                                                                  for n in rows)))
+    order = [*shared, *rows, *value]
+    return permute(y, [order.index(n) for n in out_t.names])
 
 
 def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
@@ -129,10 +173,14 @@ def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[Tens
     qn, kn, dn = a["query"], a["key"], a["dim"]
     group = [n for n in scores_t.names if n not in (qn, kn) and n not in shared]
     value = [n for n in v_t.names if n not in shared and n != kn]
-    if a["has_mask"] or a["has_bias"] or a.get("dropout", 0.0) > 0 or len(value) != 1 or \
+    if a["has_bias"] or a.get("dropout", 0.0) > 0 or len(value) != 1 or \
             sorted(q_t.names) != sorted([*shared, *group, qn, dn]) or sorted(k_t.names) != sorted([*shared, kn, dn]) \
             or sorted(v_t.names) != sorted([*shared, kn, *value]) or \
             sorted(out_t.names) != sorted([*shared, *group, qn, *value]):
+        return None
+    # the mask may carry the batch axis and the query/key axes, not the head axes flattened below
+    masked = _masked(fn, node, ins, types, scores_t, (shared[0], "\0heads", qn, kn)) if a["has_mask"] else None
+    if a["has_mask"] and (masked is None or set(types[3].names) - {shared[0], qn, kn}):
         return None
 
     def size(t: TensorType, n: str) -> Expr:
@@ -146,12 +194,40 @@ def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[Tens
     q = heads(ins[0], q_t, [*shared, *group, qn, dn])
     k = heads(ins[1], k_t, [*shared, kn, dn])
     v = heads(ins[2], v_t, [*shared, kn, *value])
-    kwargs: dict[str, Any] = {"is_causal": True} if a["causal"] else {}
+    kwargs: dict[str, Any] = {"attn_mask": masked} if masked is not None else \
+        {"is_causal": True} if a["causal"] else {}
     order = [*shared, *group, qn, *value]
     y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"], enable_gqa=True),
                      "y", comment="(" + ", ".join([shared[0], "heads", qn, *value]) + ")")
+    if masked is not None:
+        y = fn.let(_empty_rows_nan(fn, y, masked), "y", rebind=y)
     y = method(y, "reshape", *[size(out_t, n) for n in order])
     return permute(y, [order.index(n) for n in out_t.names])
+
+
+def _masked(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
+            names: tuple[str, ...]) -> Expr | None:
+    """The boolean mask as SDPA's `attn_mask` laid out as `names` (its last two the query and key axes), with
+    causality folded in (SDPA takes a mask or `is_causal`, not both); bound to a name, since the empty-row
+    fix-up reads it again. None with a bias as well (one `attn_mask` cannot carry both)."""
+    a = node.attrs
+    if a["has_bias"] or not set(types[3].names) <= set(names):
+        return None
+    m = align(ins[3], types[3], names)
+    if a["causal"]:
+        qa, ka = scores_t.axis(a["query"]), scores_t.axis(a["key"])
+        assert qa is not None and ka is not None
+        allowed = method(call("torch.ones", fn.size(qa.size), fn.size(ka.size), dtype=fn.dtype(DType.bool),
+                              **fn.device_kw()), "tril")
+        m = P.binop("&", m, allowed)
+    return fn.let(m, "allowed", comment="(" + ", ".join(n for n in names if n != "\0heads") + "): keys each query sees")
+
+
+def _empty_rows_nan(fn: FunctionGen, y: Expr, allowed: Expr) -> Expr:
+    """SDPA gives 0 for a query that sees no key; the spec's softmax over all -inf gives NaN. Kept NaN, so the
+    fused form computes what the spec says (a cheap reduction over the mask, not over the scores)."""
+    empty = P.Unary("~", method(allowed, "any", Lit(-1), keepdim=P.lit(True)))
+    return method(y, "masked_fill", empty, P.lit(float("nan")))
 
 
 def _comment(t: TensorType) -> str:
@@ -165,7 +241,7 @@ def _lower_rotary(frame: Frame, node: Node, ins: list[Any]) -> Any:
     pos, dim = node.attrs["pos"], node.attrs["dim"]
     n, d = x.shape[t.index(pos)], x.shape[t.index(dim)]
     cos, sin = runtime.rotary_tables(n, d, node.attrs["base"], ins[1] if len(ins) > 1 else None, x.device, x.dtype)
-    table_t = TensorType((t.axis(pos), t.axis(dim)), t.dtype)  # type: ignore[arg-type]
+    table_t = _rotary_table_type(node, t, input_types(frame, node))
     cos, sin = align_tensor(cos, table_t, t.names), align_tensor(sin, table_t, t.names)
     apply = runtime.apply_rotary if node.attrs["style"] == "half" else runtime.apply_rotary_interleaved
     return apply(x, cos, sin, t.index(dim))
@@ -181,10 +257,16 @@ def _emit_rotary(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     positions = ins[1] if len(ins) > 1 else Lit(None)
     cos, sin = fn.let_many(call(fn.mg.helper("rotary_tables"), fn.size(pos.size), fn.size(feat.size), a["base"],
                                 positions, P.Attr(x, "device"), P.Attr(x, "dtype")), ["cos", "sin"])
-    table = TensorType((pos, feat), t.dtype)
+    table = _rotary_table_type(node, t, [fn.in_type(node, i) for i in range(len(ins))])
     apply = "apply_rotary" if a["style"] == "half" else "apply_rotary_interleaved"
     return call(fn.mg.helper(apply), x, align(cos, table, t.names), align(sin, table, t.names),
                 t.index(a["dim"]))
+
+
+def _rotary_table_type(node: Node, t: TensorType, types: list[TensorType]) -> TensorType:
+    """The cos/sin tables' axes: [pos, dim], or the positions' axes then dim (per-row positions, [B, pos, dim])."""
+    lead = types[1].axes if len(types) > 1 else (t.axis(node.attrs["pos"]),)
+    return TensorType((*lead, t.axis(node.attrs["dim"])), t.dtype)  # type: ignore[arg-type]
 
 
 @lowers("sinusoidal")

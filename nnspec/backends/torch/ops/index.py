@@ -11,6 +11,7 @@ from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import align, align_tensor, axis_dim, cast_to, dim, input_types
+from nnspec.backends.torch.members import linear_group
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import Node
@@ -111,6 +112,12 @@ def _emit_concat(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
             y = method(y, "expand", *[Lit(-1) if a.name in t.names else Lit(1) if a.name == axis else fn.size(a.size)
                                       for a in ref.axes])
         parts.append(y)
+    users = fn.users(node.name)
+    if node.meta.get("weights_only") and len(users) == 1 and linear_group(fn.plan, fn.graph, users[0]):
+        # the linear reads its nn.Linear modules (`linear_group`), which concatenates their weights itself
+        fn.mg.note(f"torch: {fn.graph.name}.{node.name}: concatenated once and kept until a part changes "
+                   "(while its layers are plain nn.Linear: a wrapped layer, e.g. by PEFT, is called instead)")
+        return None
     if node.meta.get("weights_only"):
         # parameters alone (fuse-linear's weights): concatenated once, not on every call
         fn.mg.note(f"torch: {fn.graph.name}.{node.name}: concatenated once and kept until a part changes")

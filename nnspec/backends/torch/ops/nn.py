@@ -12,7 +12,7 @@ from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import input_types, on_last, on_last_tensor, permute
-from nnspec.backends.torch.members import module_for
+from nnspec.backends.torch.members import linear_group, module_for
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.backends.torch.source import Stmt
@@ -53,8 +53,15 @@ def _emit_linear(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     if act is not None:
         fn.mg.note(f"torch: {fn.graph.name}.{node.name}: {act.op} applied by the linear (a oneDNN post-op on CPU "
                    "inference)")
+    if mod is not None and act is not None:   # through a helper that still activates a layer PEFT wrapped
+        return on_last(ins[0], t, axis, lambda x: call(fn.mg.helper("linear_act"), fn.member(mod), x, **kw))
     if mod is not None:
-        return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x, **kw))
+        return on_last(ins[0], t, axis, lambda x: call(fn.member(mod), x))
+    layers = linear_group(fn.plan, fn.graph, node)
+    if layers is not None:   # fuse-linear's group of nn.Linear modules, which stay modules (PEFT can wrap them)
+        mods = P.ListExpr(tuple(fn.member(a) for a in layers))
+        return on_last(ins[0], t, axis, lambda x: call(fn.mg.helper("linear_group"), P.Name("self"), node.name,
+                                                       mods, x, **kw))
     func = fn.mg.helper("linear") if fn.mg.options.fused_linear else "F.linear"
     return on_last(ins[0], t, axis, lambda x: call(func, x, *ins[1:], **kw))
 

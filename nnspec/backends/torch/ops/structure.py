@@ -15,6 +15,7 @@ from nnspec.backends.torch.ops.elementwise import takes_number
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.backends.torch.source import Stmt, Var
+from nnspec.compiler.affine_scan import affine_state
 from nnspec.compiler.ir import DType, Node, repeat_plan
 
 
@@ -139,11 +140,18 @@ def _lower_scan(frame: Frame, node: Node, ins: list[Any]) -> Any:
 
 @emits("scan")
 def _emit_scan(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
-    """A recurrence over axis `axis`: a Python loop over its positions, as the reference runs it."""
+    """A recurrence over axis `axis`: a Python loop over its positions, as the reference runs it; with
+    `parallel_scan`, a step that is a linear recurrence in its state runs all positions at once (`affine_scan`)."""
     a = node.attrs
     types = [fn.in_type(node, i) for i in range(len(ins))]
     dims = [t.index(a["axis"].name) for t in types[1:]]
     named = {u.attrs["index"]: u.name for u in fn.users(node.name) if u.op == "getitem"}
+    step = fn.mg.model.templates[a["block"]]
+    if fn.mg.options.parallel_scan and affine_state(step):   # a linear recurrence: every step at once
+        refs = fn.let_many(call(fn.mg.helper("affine_scan"), fn.member(a["scope"]), ins[0], P.TupleExpr(tuple(
+            ins[1:])), P.TupleExpr(P.ints(dims)), a["position"], len(step.outputs) == 2),
+            [named.get(0, "_state"), named.get(1, "_stacked")])   # `_`: unused (a dummy name to linters)
+        return P.TupleExpr(tuple(refs))
     state = fn.let(ins[0], named.get(0, "state"))
     outs = fn.let(P.ListExpr(()), "outs")
     i, y = P.Name(fn.fresh("i")), P.Name(fn.fresh("y"))

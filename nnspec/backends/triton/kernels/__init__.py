@@ -1,5 +1,6 @@
 """Hand-written Triton kernels that generated modules call, one module each: `norms` (layernorm, rmsnorm, with
-a fused residual add), `softmax`, `rotary`, `attention` (flash attention forward) and `embedding`.
+a fused residual add), `softmax`, `rotary`, `attention` (flash attention forward), `embedding` and `moe`
+(grouped GEMMs over the tokens routed to each expert).
 
 Each module holds its @triton.jit kernels, a launcher (checks its inputs, allocates outputs, launches,
 records `runtime.launched`) and the torch reference the launcher runs instead when `runtime.use_triton` says

@@ -6,7 +6,8 @@ The cos/sin tables come from the torch lowering's `rotary_tables` (in x's dtype,
 so both backends turn by the same numbers; the kernel does the rotation in fp32 and rounds once.
 
 x is viewed as [outer, n_pos, inner, d] (a copy only when its strides do not allow that view); program
-(p, j) rotates BLOCK_R of the outer x inner rows at position p, loading that position's table row once.
+(p, j) rotates BLOCK_R of the outer x inner rows at position p, loading that position's table row once (with
+per-row positions `[outer..., n_pos]`, as a left-padded batch has, each outer row reads its own table row).
 The backward is the same kernel turning by -angle.
 """
 
@@ -20,8 +21,9 @@ from nnspec.backends.triton.kernels._common import check_float, tl, triton
 
 
 @triton.jit
-def _rotary(X, Y, COS, SIN, inner, rows, sxo, sxp, sxi, sxd, syo, syp, syi, half,
-            INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+def _rotary(X, Y, COS, SIN, inner, rows, n_pos, sxo, sxp, sxi, sxd, syo, syp, syi, half,
+            INTERLEAVED: tl.constexpr, INVERSE: tl.constexpr, PER_ROW: tl.constexpr, BLOCK_R: tl.constexpr,
+            BLOCK_H: tl.constexpr):
     p = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     k = tl.arange(0, BLOCK_H)
@@ -31,8 +33,13 @@ def _rotary(X, Y, COS, SIN, inner, rows, sxo, sxp, sxi, sxd, syo, syp, syi, half
         a, b = 2 * k, 2 * k + 1
     else:
         a, b = k, k + half
-    cos = tl.load(COS + p * 2 * half + k, mask=k < half, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(SIN + p * 2 * half + k, mask=k < half, other=0.0).to(tl.float32)[None, :]
+    if PER_ROW:   # each outer row (a sequence of the batch) has its own positions: its own table rows
+        t = (o * n_pos + p)[:, None] * 2 * half + k[None, :]
+        cos = tl.load(COS + t, mask=mask, other=0.0).to(tl.float32)
+        sin = tl.load(SIN + t, mask=mask, other=0.0).to(tl.float32)
+    else:
+        cos = tl.load(COS + p * 2 * half + k, mask=k < half, other=0.0).to(tl.float32)[None, :]
+        sin = tl.load(SIN + p * 2 * half + k, mask=k < half, other=0.0).to(tl.float32)[None, :]
     if INVERSE:
         sin = -sin
     x_row = X + (o * sxo + p * sxp + i * sxi)[:, None]
@@ -58,7 +65,9 @@ def rotary_reference(x: torch.Tensor, pos_axis: int, base: float, positions: tor
         rotated = torch.cat((-x2, x1), dim=-1)
     shape = [1] * x.dim()
     shape[p], shape[-1] = n, d
-    return x * cos.view(shape) + rotated * sin.view(shape)
+    if cos.dim() > 2:   # per-row positions: tables [..., n, d] over x's axes up to the position axis
+        shape[:p] = x.shape[:p]
+    return x * cos.reshape(shape) + rotated * sin.reshape(shape)
 
 
 def _view4(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -79,8 +88,8 @@ def _launch(x: torch.Tensor, p: int, cos: torch.Tensor, sin: torch.Tensor, inter
     rows = outer * inner
     block_r = min(runtime.next_power_of_2(rows), max(1, 2048 // block_h))
     _rotary[(n, triton.cdiv(rows, block_r))](
-        x4, y4, cos, sin, inner, rows, *x4.stride(), *y4.stride()[:3], d // 2,
-        INTERLEAVED=interleaved, INVERSE=inverse, BLOCK_R=block_r, BLOCK_H=block_h)
+        x4, y4, cos, sin, inner, rows, n, *x4.stride(), *y4.stride()[:3], d // 2,
+        INTERLEAVED=interleaved, INVERSE=inverse, PER_ROW=cos.dim() > 2, BLOCK_R=block_r, BLOCK_H=block_h)
     return y4.view(x.shape)
 
 
@@ -115,9 +124,11 @@ def rotary(x: torch.Tensor, pos_axis: int, base: float, positions: torch.Tensor 
     if d % 2:
         raise ValueError(f"rotary: the feature axis must have an even size, got {d}")
     if positions is not None:
-        if positions.shape != (x.shape[p],) or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        if positions.shape not in ((x.shape[p],), x.shape[:p + 1]) or positions.dtype.is_floating_point or \
+                positions.dtype == torch.bool:
             raise ValueError(f"rotary: positions must be an integer tensor of shape ({x.shape[p]},) (the length "
-                             f"of axis {pos_axis}), got {tuple(positions.shape)} {positions.dtype}")
+                             f"of axis {pos_axis}) or {tuple(x.shape[:p + 1])} (one row per sequence), got "
+                             f"{tuple(positions.shape)} {positions.dtype}")
         if positions.device != x.device:
             raise ValueError(f"rotary: positions are on {positions.device} but x is on {x.device}")
     if not runtime.use_triton(x, positions) or x.numel() == 0:

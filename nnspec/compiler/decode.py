@@ -1,0 +1,295 @@
+"""Incremental decoding, derived from the spec: which ops run on the new tokens only, where keys and values are
+cached, where positions enter, and what cannot be decoded one step at a time.
+
+The sequence axis is the query axis of the model's causal attention; every axis of the same size (a symbol, the
+free dim `T`) is a view of it: the query side keeps its name, the key side is relabelled (`k[B, S, ...]`).
+Over the graph the attention pass has run on (spelled-out attention becomes one `attention` node), each node
+is one of:
+
+- a **cache site**: `attention` causal over the sequence (query axis `T`, key axis `S`). Its keys and values,
+  computed from the new tokens (after rotary), are written into a static cache at their absolute positions, and
+  the queries attend over the whole cache. Sound because causal attention at position t reads keys and values at
+  positions <= t only, each a function of that position's input alone (everything before it is position-wise).
+  Its bool mask must come from the model's `attention_mask` input (the padding mask, which the step keeps for
+  the whole cache); an additive bias over the keys (ALiBi) is refused.
+- a **position source**: `arange` over the sequence (absolute positions: learned tables index them), `rotary`
+  over it (rotated at the absolute positions unless the spec passes its own `positions`), `sinusoidal` over it.
+  In a step they take the new tokens' absolute positions instead of 0, 1, ...
+- **position-wise**: everything else that leaves the sequence alone - pointwise ops, relabels, linears, norms
+  over features, attention over another axis: run on the new tokens only, exactly as in the full forward.
+- a **recurrent state**: a `scan` over the sequence (retention, an SSM) runs over the new tokens from the state
+  the previous step left (the spec's initial state at position 0) and leaves its final state in the cache. Sound
+  because a scan's output at t depends on positions before t only through its state.
+- **refused**, with the op's place: an op that reduces, reorders, shifts or mixes positions (a softmax, sum,
+  cumsum, pooling, convolution, slice, split or `take` over the sequence), non-causal attention over it, a causal
+  mask outside a recognised attention.
+
+`derive(model)` returns the `DecodePlan` (the site executions in run order, with each cache's type, so the
+cache is allocated once, statically, in the model's dtype) or raises a located `SpecError` E015.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+
+from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType, repeat_plan
+from nnspec.compiler.ops import OPS
+from nnspec.errors import SpecError
+
+# `repeat`/`call` run a block per layer; the cache holds one entry per execution of a site
+_STRUCTURE = "structure"
+# attributes that hold names other than axes (an input's, a parameter's path, a block's) or types
+_NOT_AXES = frozenset({"type", "params", "result", "name", "path", "block", "scope", "init"})
+
+
+@dataclass(frozen=True)
+class Site:
+    """One execution of a causal attention node: its graph (block template), node, and the types of the keys and
+    values it reads (the cache's types: the key axis `key` becomes the cache length)."""
+
+    graph: str
+    node: str
+    key: str
+    k_type: TensorType
+    v_type: TensorType
+
+
+@dataclass(frozen=True)
+class State:
+    """One execution of a scan over the sequence: its graph, node and the type of the state it carries."""
+
+    graph: str
+    node: str
+    type: TensorType
+
+
+@dataclass
+class DecodePlan:
+    """What a decoding step runs: see the module's docstring."""
+
+    seq: sympy.Symbol                      # the sequence dim (T)
+    batch: sympy.Symbol | None             # the batch dim of the inputs, if any (B)
+    sites: list[Site]                      # one per execution, in run order (layers unrolled)
+    states: list[State]                    # one per execution of a scan over the sequence, in run order
+    positions: dict[tuple[str, str], str]  # (graph, node) -> "positions" | "rotary" | "table"
+    sequence_axes: dict[str, frozenset[str]]  # graph -> names of its axes sized by the sequence
+    mask_input: str | None                 # the model input holding the padding mask (HF `attention_mask`)
+    position_input: str | None             # the model input holding per-row positions (HF `position_ids`)
+    values: dict[sympy.Symbol, int] = field(default_factory=dict)  # the bound dims (sizes of the cache's axes)
+
+    def cache_bytes(self, batch: int, length: int, itemsize: int | None = None) -> int:
+        """Bytes of the static cache for `batch` rows and `length` positions (each site's keys and values)."""
+        total = 0
+        for s in self.sites:
+            for t in (s.k_type, s.v_type):
+                total += cache_numel(self, t, s.key, batch, length, self.values) * (itemsize or _itemsize(t))
+        return total
+
+
+def _itemsize(t: TensorType) -> int:
+    return {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}[t.dtype.value]
+
+
+def cache_shape(plan: DecodePlan, t: TensorType, key: str, values: dict[sympy.Symbol, int], batch: int,
+                length: int) -> list[int]:
+    """The cache's shape for a key/value type: the key axis holds `length` positions, the batch axis `batch`."""
+    subs: dict[Any, int] = dict(values)
+    subs[plan.seq] = length
+    if plan.batch is not None:
+        subs[plan.batch] = batch
+    out = []
+    for a in t.axes:
+        size = length if a.name == key else sympy.sympify(a.size).xreplace(subs)
+        out.append(int(size))
+    return out
+
+
+def cache_numel(plan: DecodePlan, t: TensorType, key: str, batch: int, length: int,
+                values: dict[sympy.Symbol, int] | None = None) -> int:
+    n = 1
+    for s in cache_shape(plan, t, key, values or {}, batch, length):
+        n *= s
+    return n
+
+
+def _refuse(node: Node, why: str) -> SpecError:
+    return SpecError("E015", f"cannot decode incrementally: {why}", node.span)
+
+
+def _seq_symbol(model: Model) -> sympy.Symbol:
+    """The size of the query axis of the first causal attention (or the axis of the first scan); refused when
+    there is none."""
+    for g in model.graphs():
+        for node in g:
+            if node.op == "scan":
+                size = sympy.sympify(node.attrs["axis"].size)
+                if isinstance(size, sympy.Symbol) and size.name in model.dims.free:
+                    return size
+            if node.op == "attention" and node.attrs["causal"]:
+                q = g[node.inputs[0]].tensor_type.axis(node.attrs["query"])
+                assert q is not None
+                size = sympy.sympify(q.size)
+                if isinstance(size, sympy.Symbol) and size.name in model.dims.free:
+                    return size
+                raise _refuse(node, f"the causal attention's query axis {q.name} has the fixed size {size}; "
+                              "decoding needs a free sequence dim")
+    # located at the first attention (non-causal, then), else at the first input
+    where = next((n for g in model.graphs() for n in g if n.op == "attention" and n.span is not None), None) or \
+        model.graph[next(iter(model.inputs.values()))]
+    raise SpecError("E015", f"cannot decode incrementally: {model.name} has no causal attention over a sequence "
+                    "axis (spelled out, `where(causal_mask(T, S), s, -inf)`, or `attention(..., causal=true)`) and "
+                    "no scan over one", where.span)
+
+
+def _axes_of(graph: Graph, seq: sympy.Symbol) -> frozenset[str]:
+    names: set[str] = set()
+    for node in graph:
+        types = node.type if isinstance(node.type, tuple) else (node.type,)
+        for t in types:
+            names.update(a.name for a in t.axes if sympy.sympify(a.size) == seq)
+    return frozenset(names)
+
+
+def _mentions(value: Any, axes: frozenset[str]) -> bool:
+    """Whether an attribute names one of `axes` (a name, an Axis, or inside a tuple)."""
+    if isinstance(value, str):
+        return value in axes
+    if isinstance(value, Axis):
+        return value.name in axes
+    if isinstance(value, (tuple, list)):
+        return any(_mentions(v, axes) for v in value)
+    return False
+
+
+def _types(node: Node) -> tuple[TensorType, ...]:
+    return node.type if isinstance(node.type, tuple) else (node.type,)
+
+
+class _Deriver:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.seq = _seq_symbol(model)
+        self.axes = {g.name: _axes_of(g, self.seq) for g in model.graphs()}
+        self.positions: dict[tuple[str, str], str] = {}
+        self.checked: set[str] = set()
+        self.mask_input = model.inputs.get("attention_mask")
+        self.position_input = model.inputs.get("position_ids")
+
+    def classify(self, graph: Graph) -> None:
+        """Classify every node of one graph (once per template), refusing what cannot run on new tokens."""
+        if graph.name in self.checked:
+            return
+        self.checked.add(graph.name)
+        seq = self.axes[graph.name]
+        for node in graph:
+            self._node(graph, node, seq)
+
+    def _node(self, graph: Graph, node: Node, seq: frozenset[str]) -> None:
+        op = OPS[node.op]
+        a = node.attrs
+        if node.op == "attention":
+            if a["key"] not in seq:
+                return                       # attention over another axis (heads, patches): position-wise
+            if not a["causal"] or a["query"] not in seq:
+                raise _refuse(node, f"attention over the sequence axis {a['key']} is not causal: each position "
+                              "would read later ones")
+            if a["has_bias"]:
+                raise _refuse(node, "an additive attention bias over the keys (ALiBi-style) is not derived yet")
+            if a["has_mask"]:
+                self._check_mask(graph, graph[node.inputs[3]], node)
+            return
+        if node.op == "arange" and _mentions(a.get("axis"), seq):
+            self.positions[(graph.name, node.name)] = "positions"
+            return
+        if node.op == "rotary" and a["pos"] in seq:
+            self.positions[(graph.name, node.name)] = "rotary"
+            return
+        if node.op == "sinusoidal" and _mentions(a.get("pos"), seq):
+            self.positions[(graph.name, node.name)] = "table"
+            return
+        if node.op == "causal_mask":
+            raise _refuse(node, "a causal mask outside a recognised attention (softmax(q·k masked)·v): the "
+                          "derivation caches keys and values of attention nodes only")
+        if op.has(_STRUCTURE):
+            for block in self._blocks(node):
+                self.classify(self.model.templates[block])
+            return
+        if op.has("pointwise"):
+            return                           # elementwise: each position alone
+        ins = [graph[i] for i in node.inputs]
+        if node.op == "rearrange":           # a relabel (T seen as S) or a permute keeps a sequence axis
+            if sum(n in seq for n in _types(node)[0].names) < sum(n in seq for n in _types(ins[0])[0].names):
+                raise _refuse(node, "a rearrange that splits or merges the sequence axis moves positions")
+            return
+        had = {n for i in ins for t in _types(i) for n in t.names if n in seq}
+        kept = {n for t in _types(node) for n in t.names if n in seq}
+        if had - kept:
+            raise _refuse(node, f"{node.op} mixes positions: it reduces or contracts the sequence axis "
+                          f"{', '.join(sorted(had - kept))}")
+        # a contraction keeping every sequence axis is a batched product over it (position-wise); any other
+        # op naming the sequence axis does something along it
+        if not op.has("matmul") and any(_mentions(v, seq) for k, v in a.items() if k not in _NOT_AXES):
+            raise _refuse(node, f"{node.op} over the sequence axis mixes or moves positions")
+
+    def _blocks(self, node: Node) -> list[str]:
+        if node.op == "repeat":
+            return sorted({b for b, _ in repeat_plan(node.attrs)})
+        block = node.attrs.get("block")
+        return [block] if block else []
+
+    def _check_mask(self, graph: Graph, mask: Node, site: Node) -> None:
+        """The site's mask must be the padding mask: made from block inputs by pointwise ops and relabels only,
+        and the model must take `attention_mask` (the step replaces it by the padding mask over the cache)."""
+        if self.mask_input is None:
+            raise _refuse(site, "the attention's mask is not the padding mask: the model has no `attention_mask` "
+                          "input (1 = token, 0 = padding) for the step to keep over the cache")
+        seen: set[str] = set()
+        todo = [mask.name]
+        while todo:
+            n = graph[todo.pop()]
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            if n.op == "input" or n.op == "const":
+                continue
+            if not (OPS[n.op].has("pointwise") or n.op == "rearrange"):
+                raise _refuse(site, f"the attention's mask depends on {n.op} ({n.name}); only a padding mask "
+                              "made from the `attention_mask` input is derived")
+            todo.extend(n.inputs)
+
+    def sites(self, graph: Graph, out: list[Site], states: list[State]) -> None:
+        """Cache sites and scan states in run order, each block call or layer once per execution."""
+        for node in graph:
+            if node.op == "attention" and node.attrs["causal"] and node.attrs["key"] in self.axes[graph.name]:
+                k, v = graph[node.inputs[1]].tensor_type, graph[node.inputs[2]].tensor_type
+                out.append(Site(graph.name, node.name, node.attrs["key"], k, v))
+            elif node.op == "scan" and _mentions(node.attrs["axis"], self.axes[graph.name]):
+                states.append(State(graph.name, node.name, graph[node.inputs[0]].tensor_type))
+            elif node.op == "repeat":
+                for block, _ in repeat_plan(node.attrs):
+                    self.sites(self.model.templates[block], out, states)
+            elif OPS[node.op].has(_STRUCTURE) and node.attrs.get("block"):
+                self.sites(self.model.templates[node.attrs["block"]], out, states)
+
+    def batch(self) -> sympy.Symbol | None:
+        ids = self.model.graph[next(iter(self.model.inputs.values()))].tensor_type
+        for a in ids.axes:
+            size = sympy.sympify(a.size)
+            if isinstance(size, sympy.Symbol) and size != self.seq and size.name in self.model.dims.free:
+                return size
+        return None
+
+
+def derive(model: Model) -> DecodePlan:
+    """The decoding plan of a model whose attention has been recognised (run the `attention` pass first on a
+    spelled-out spec); a located E015 for what cannot run one step at a time."""
+    d = _Deriver(model)
+    d.classify(model.graph)
+    sites: list[Site] = []
+    states: list[State] = []
+    d.sites(model.graph, sites, states)
+    values = {s: int(v) for s, v in model.dims.values.items() if sympy.sympify(v).is_Integer}
+    return DecodePlan(d.seq, d.batch(), sites, states, d.positions, d.axes, d.mask_input, d.position_input, values)

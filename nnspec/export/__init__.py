@@ -1,0 +1,1 @@
+"""Writing generated models out for other tools: Hugging Face directories (`save_pretrained`) and ONNX."""

@@ -1,0 +1,191 @@
+"""Putting the spec together: dims from the config, inputs and outputs, the rendered blocks and body, and the
+`hf_config` and `weights: hf:` sections that make `--config config.json` and `nnspec.load_weights` work."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from nnspec.importer.capture import Captured
+from nnspec.importer.errors import ImportFailure
+from nnspec.importer.graph import L
+from nnspec.importer.lift import Lifter
+from nnspec.importer.naming import Dims
+from nnspec.importer.render import Renderer
+from nnspec.importer.rules import RULES
+
+_DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.bfloat16: "bfloat16",
+           torch.int32: "int32", torch.bool: "bool"}
+_BOOKKEEPING = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "id2label",
+                "label2id", "_name_or_path", "return_dict", "output_attentions", "output_hidden_states"}
+
+
+def _free_map(cap: Captured) -> dict[int, str]:
+    free: dict[int, str] = {}
+    for name, t in cap.inputs.items():
+        if name == "input_ids" and t.dim() == 2:
+            free[t.shape[0]] = "B"
+            free[t.shape[1]] = "T"
+        elif t.dim() >= 1:
+            free.setdefault(t.shape[0], "B")
+    return free
+
+
+def _flatten(model: nn.Module) -> set[str]:
+    """The root and its base model (the child holding most parameters) are the body, not blocks."""
+    flat = {""}
+    total = sum(p.numel() for p in model.parameters()) or 1
+    for name, child in model.named_children():
+        if not isinstance(child, nn.ModuleList) and any(True for _ in child.children()) \
+                and sum(p.numel() for p in child.parameters()) > total / 2:
+            flat.add(name)
+    return flat
+
+
+def _layer_counts(model: nn.Module, dims: Dims, flat: set[str]) -> dict[str, str]:
+    counts = {}
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 1:
+            n = len(mod)
+            key = next((k for k in dims.values if "layer" in k and dims.values[k] == n), None)
+            if key:
+                dims.used.add(key)
+            counts[path] = key or str(n)
+    return counts
+
+
+def assemble(cap: Captured, *, name: str) -> str:
+    free = _free_map(cap)
+    dims = Dims.from_config(cap.config, free)
+    lifter = Lifter(cap, dims, RULES)
+    lifter.flattened = _flatten(cap.model)
+    lifter.rope_theta = None
+    outputs = []
+    for oname, out_node in _output_nodes(cap):
+        out = lifter.lift(out_node)
+        if not isinstance(out, L):
+            raise ImportFailure(f"the model's output {oname} is not a tensor computed from its inputs")
+        if any(len(g) != 1 for g in out.axes):
+            from nnspec.importer.ops import merge_groups
+
+            out = merge_groups(lifter, out, list(range(len(out.axes))), out_node)
+        axes = ", ".join(g[0] for g in out.axes)
+        if out.scope or out.annot is None:        # bind the output by name in the body, checked against its axes
+            out = L("{0}", [out], out.axes, out.order, "", out.idx + 0.001, hint=oname, bind=True)
+            out.annot = axes
+        out.hint, out.bind, out.fixed = oname, True, oname
+        outputs.append((oname, out, axes, _DTYPES[lifter.value(out_node).dtype]))
+    modules = {p for p, m in cap.model.named_modules() if p not in lifter.flattened and any(True for _ in m.children())
+               and not isinstance(m, nn.ModuleList)}
+    renderer = Renderer([o for _, o, _, _ in outputs], _layer_counts(cap.model, dims, lifter.flattened), modules)
+    body = renderer.body()
+    lines = [
+        "nnspec: 1",
+        f"name: {name}",
+        f"doc: Imported from {type(cap.model).__name__} by `nnspec import` (torch.export at example inputs).",
+        "",
+        "dims:                           # the config's key names",
+    ]
+    lines += [f"  {k}: {v}" for k, v in dims.section().items()] or ["  {}"]
+    options = _options(lifter)
+    if options:
+        lines += ["", "options:"] + [f"  {ln}" for ln in options]
+    lines += ["", "inputs:"]
+    for k, t in cap.inputs.items():
+        axes = [lifter.input_axis(k, i, s) for i, s in enumerate(t.shape)]
+        lines.append(f"  {k}: {_DTYPES[t.dtype]}[{', '.join(axes)}]")
+    lines += ["outputs:"] + [f"  {o}: {dt}[{ax}]" for o, _, ax, dt in outputs] + [""]
+    if renderer.blocks:
+        lines.append("blocks:")
+        for bname, text in renderer.blocks.items():
+            lines.append(f"  {bname}{text}")
+            lines.append("")
+    lines.append("body: |")
+    lines += [f"  {ln}" for stmt in body for ln in stmt.splitlines()]
+    lines += ["", "hf_config:"] + [f"  {ln}" for ln in _hf_config(cap, dims, lifter)]
+    lines += ["", "weights:", "  hf:"] + [f"    {ln}" for ln in _weights(cap.model, lifter, renderer)]
+    return "\n".join(lines) + "\n"
+
+
+def _output_nodes(cap: Captured) -> list[tuple[str, Any]]:
+    """The model's tensor outputs, named as its output object names them (`logits`, `last_hidden_state`)."""
+    out = next(n for n in cap.program.graph.nodes if n.op == "output")
+    nodes = list(out.args[0]) if isinstance(out.args[0], (list, tuple)) else [out.args[0]]
+    with torch.no_grad():
+        got = cap.model(**cap.inputs)
+    keys = list(got.keys()) if hasattr(got, "keys") else [f"output{i}" for i in range(len(nodes))]
+    return [(k, n) for k, n in zip(keys, nodes, strict=False) if n is not None]
+
+
+def _options(lifter: Lifter) -> list[str]:
+    out = []
+    if getattr(lifter, "rope_theta", None) is not None:
+        rp = lifter.cap.config.get("rope_parameters")
+        key = "rope_parameters.rope_theta" if isinstance(rp, dict) and "rope_theta" in rp else "rope_theta"
+        out.append(f"rope_theta: {{default: {lifter.rope_theta!r}, hf: {{key: {key}}}}}")
+    return out
+
+
+def _hf_config(cap: Captured, dims: Dims, lifter: Lifter) -> list[str]:
+    """Every key that is not a dim is ignored: the import fixed what it computes (eps, activation, rope theta are
+    written as the values the model used), so a config that changes them needs a new import."""
+    consumed = set(dims.values)
+    if getattr(lifter, "rope_theta", None) is not None:
+        consumed.add("rope_parameters" if isinstance(cap.config.get("rope_parameters"), dict) else "rope_theta")
+    keys = sorted(k for k in cap.config if k not in consumed and k not in _BOOKKEEPING)
+    out = []
+    line = "ignore: ["
+    for k in keys:
+        piece = k + ", "
+        if len(line) + len(piece) > 100:
+            out.append(line.rstrip())
+            line = "         "
+        line += piece
+    out.append(line.rstrip().rstrip(",") + "]")
+    return out
+
+
+def _moe_rules(key: str) -> list[tuple[str, str]]:
+    if key.endswith("gate.weight"):
+        return [("router", ".gate.weight")]
+    if key.endswith("gate_up_proj"):
+        return [("gate_proj", ".experts.gate_up_proj | split(1, 2, 0)"),
+                ("up_proj", ".experts.gate_up_proj | split(1, 2, 1)")]
+    if key.endswith("down_proj"):
+        return [("down_proj", ".experts.down_proj")]
+    return []
+
+
+def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
+    """Spec path -> checkpoint key: the spec's scopes are the module names, less the flattened base model, with
+    a module list's index written `{i}`."""
+    prefixes = sorted((p + "." for p in lifter.flattened if p), key=len, reverse=True)
+    lists = sorted(renderer.layer_counts, key=len, reverse=True)
+
+    def pattern(key: str) -> str:
+        for lst in lists:
+            key = re.sub(rf"^{re.escape(lst)}\.\d+\.", f"{lst}.{{i}}.", key)
+        return key
+
+    def spec_of(pat: str) -> str:
+        return next((pat[len(p):] for p in prefixes if pat.startswith(p)), pat)
+
+    rules: dict[str, str] = {}
+    for key, _ in model.named_parameters():
+        moe = next((m for m in lifter.moe if key.startswith(m + ".")), None)
+        if moe is not None:
+            # `moe`'s parameters: router, gate_proj and up_proj (halves of the fused gate_up_proj), down_proj
+            mpat = pattern(moe + ".")[:-1]
+            for mine, theirs in _moe_rules(key):
+                rules.setdefault(f"{spec_of(mpat)}.{mine}", mpat + theirs)
+            continue
+        pat = pattern(key)
+        module = key.rsplit(".", 1)[0]
+        suffix = " | transpose" if module in lifter.transposed and key.endswith(".weight") else ""
+        if key in lifter.squeezed:
+            suffix = f" | squeeze({', '.join(map(str, lifter.squeezed[key]))})"
+        rules.setdefault(spec_of(pat), pat + suffix)
+    return [f"{k}: {v}" for k, v in rules.items()]

@@ -1,0 +1,189 @@
+"""Lifting the captured aten graph into `L` values, demand-driven from the model's output.
+
+Only what the output needs is lifted (mask and position bookkeeping nobody reads never appears). Three kinds of
+node are handled apart from the generic op table (`ops.py`):
+- nodes inside a **leaf module** (one without submodules: Linear, Conv1D, Embedding, LayerNorm, an RMSNorm,
+  an activation, Dropout) become one call of the language's function, recognised from the module and checked
+  against the captured values (`leaves.py`);
+- **static** nodes (computed from sizes and buffers only: position ids, causal masks, rotary tables) are
+  recognised by their value (`patterns.py`), or refused;
+- patterns spanning several ops (rotary, grouped-query attention) are recognised where their last op is reached.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch import fx
+
+from nnspec.importer.capture import Captured
+from nnspec.importer.errors import ImportFailure
+from nnspec.importer.graph import L
+from nnspec.importer.naming import Dims
+
+# Ops that pass their input through unchanged at inference (same dtype casts, copies, eval-mode dropout).
+_ALIASES = {"aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default",
+            "aten.lift_fresh_copy.default", "aten.dropout.default", "aten._to_copy.default", "aten.to.dtype",
+            "aten.to.dtype_layout", "aten.to.device", "aten.type_as.default"}
+
+
+def op_name(n: fx.Node) -> str:
+    return str(n.target) if n.op == "call_function" else n.op
+
+
+class Lifter:
+    def __init__(self, cap: Captured, dims: Dims, rules: Any) -> None:
+        self.rules = rules                    # `rules.RULES`: the op table and recognisers (they import this module)
+        self.cap = cap
+        self.dims = dims
+        self.graph = cap.program.graph
+        self.index = {n: i for i, n in enumerate(self.graph.nodes)}
+        sig = cap.program.graph_signature
+        self.params: dict[str, str] = dict(sig.inputs_to_parameters)
+        self.buffers: dict[str, str] = dict(sig.inputs_to_buffers)
+        self.user_inputs = set(sig.user_inputs)
+        self.modules = dict(cap.model.named_modules())
+        self.cache: dict[fx.Node, Any] = {}
+        self.static = self._static_nodes()
+        self.blocks: set[str] = set()         # module paths that are blocks (non-leaf, not flattened)
+        self.flattened: set[str] = {""}
+        self.leaf_calls: list[tuple[str, str]] = []   # (module path, leaf kind) for the weights mapping
+        self.transposed: set[str] = set()     # module paths whose weight the checkpoint stores transposed
+        self.squeezed: dict[str, list[int]] = {}
+        self.moe: set[str] = set()                 # module paths lifted as `moe` (their weights map specially)
+
+    # --- structure ---------------------------------------------------------------------------------------------
+    def stack(self, n: fx.Node) -> list[str]:
+        st = n.meta.get("nn_module_stack") or {}
+        paths = []
+        for path, _cls in st.values():
+            paths.append(_clean(path))
+        return paths
+
+    def is_leaf(self, path: str) -> bool:
+        """A module lifted as one function call: one without submodules, or a sparse MoE block (its routing is
+        data-dependent code the language has as one function, `moe`)."""
+        mod = self.modules.get(path)
+        if mod is None or path == "":
+            return False
+        return not any(True for _ in mod.children()) or type(mod).__name__.endswith("SparseMoeBlock")
+
+    def leaf_of(self, n: fx.Node) -> str | None:
+        for path in self.stack(n):
+            if self.is_leaf(path):
+                return path
+        return None
+
+    def scope_of(self, n: fx.Node) -> str:
+        """The innermost block module computing `n` ("" for the body)."""
+        best = ""
+        for path in self.stack(n):
+            if path in self.modules and not self.is_leaf(path) and path not in self.flattened:
+                best = path
+                self.blocks.add(path)
+        return best
+
+    def _static_nodes(self) -> set[fx.Node]:
+        """Nodes that depend on neither a user input's values nor a parameter: functions of sizes and buffers."""
+        dynamic: set[fx.Node] = set()
+        for n in self.graph.nodes:
+            if n.op == "placeholder":
+                if n.name in self.user_inputs or n.name in self.params:
+                    dynamic.add(n)
+            elif any(a in dynamic for a in n.all_input_nodes):
+                dynamic.add(n)
+        return {n for n in self.graph.nodes if n not in dynamic and n.op == "call_function"}
+
+    # --- lifting -----------------------------------------------------------------------------------------------
+    def resolve(self, n: Any) -> Any:
+        """Look through ops that do not change the value (casts to the same dtype, copies, eval dropout)."""
+        while isinstance(n, fx.Node) and op_name(n) in _ALIASES and n.args and isinstance(n.args[0], fx.Node):
+            src = n.args[0]
+            a, b = self.cap.values.get(n.name), self.cap.values.get(src.name)
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype != b.dtype:
+                break
+            n = src
+        return n
+
+    def lift(self, n: Any) -> Any:
+        n = self.resolve(n)
+        if not isinstance(n, fx.Node):
+            return n
+        if n in self.cache:
+            return self.cache[n]
+        rules = self.rules
+        if n.op == "placeholder":
+            out = self._placeholder(n)
+        elif n in self.static:
+            out = rules.static_value(self, n)
+        elif n.target is operator.getitem:
+            out = rules.getitem(self, n)
+        elif (leaf := self.leaf_of(n)) is not None:
+            out = rules.lift_leaf(self, leaf, n)
+        else:
+            out = rules.match(self, n)
+            if out is None:
+                out = rules.lift_op(self, n)
+        self.cache[n] = out
+        return out
+
+    def _placeholder(self, n: fx.Node) -> L:
+        if n.name in self.user_inputs:
+            val = self.cap.values[n.name]
+            axes = [(self.input_axis(n.name, i, s),) for i, s in enumerate(val.shape)]
+            return L(n.name, [], axes, [a[0] for a in axes], "", -1, hint=n.name)
+        if n.name in self.params:
+            return self._param(n)
+        raise ImportFailure("a buffer used outside a recognised module", op="buffer",
+                            module=self.buffers.get(n.name, n.name))
+
+    def _param(self, n: fx.Node) -> L:
+        """A raw learned tensor (ViT's class token): `param(sizes, name=attr)`, its size-1 dims squeezed away by
+        the weights mapping."""
+        key = self.params[n.name]
+        val = self.cap.values[n.name]
+        ones = [i for i, s in enumerate(val.shape) if s == 1]
+        axes = [() if s == 1 else (self.dims.name(s),) for s in val.shape]
+        if ones:
+            self.squeezed[key] = ones
+        names = [a[0] for a in axes if a]
+        first_use = min(self.index[u] for u in n.users)
+        scope = self.scope_of(next(iter(n.users)))
+        attr = key.rsplit(".", 1)[-1]
+        return L(f"param({', '.join(names)}, name={attr})", [], axes, names, scope, first_use - 0.5, hint=attr,
+                 bind=True)
+
+    def input_axis(self, name: str, i: int, size: int) -> str:
+        shape = self.cap.values[name].shape
+        if len(shape) == 4 and i >= 2 and shape[2] == shape[3] and "height" in self.dims.values:
+            return ("height", "width")[i - 2]
+        if size in self.dims.free:
+            return self.dims.free[size]
+        return self.dims.name(size)
+
+    def value(self, n: Any) -> Any:
+        n = self.resolve(n)
+        return self.cap.values.get(n.name) if isinstance(n, fx.Node) else n
+
+    def fail(self, n: fx.Node, why: str) -> ImportFailure:
+        stack = self.stack(n)
+        return ImportFailure(why, op=op_name(n), module=stack[-1] if stack else "")
+
+    def param_path(self, n: fx.Node) -> str | None:
+        n = self.resolve(n)
+        if isinstance(n, fx.Node) and n.op == "placeholder":
+            return self.params.get(n.name)
+        return None
+
+
+def _clean(path: str) -> str:
+    """nn_module_stack paths look like `L['self'].model.layers[0]` in some versions and `model.layers.0` in
+    others; both become `model.layers.0`."""
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    out = []
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        if part:
+            out.append(part.strip("'\""))
+    return ".".join(out)

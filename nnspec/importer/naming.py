@@ -1,0 +1,129 @@
+"""Naming sizes: the config's integer keys become the spec's dims, and every axis size is written with them.
+
+`Dims` holds the dims section (config key -> value, plus derived dims such as `head_dim = hidden_size /
+num_attention_heads`) and answers "what is this size called": a dim whose value it is, else a product of a small
+integer and dims (`3 * n_embd`, `num_key_value_heads * head_dim`), else the integer itself. Free sizes (the
+example batch and sequence length) are named `B` and `T`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Config keys that are sizes a spec's axes use; others (ids, flags, counts of labels) stay out of dims.
+_SIZE_WORDS = ("size", "dim", "heads", "embd", "head", "position", "type_vocab", "vocab", "layer", "channels",
+               "experts",
+               "inner", "ctx", "patch", "intermediate", "labels", "seq", "width", "hidden", "num_")
+_NOT_SIZES = ("token_id", "_id", "initializer", "eps", "epsilon", "dropout", "pdrop", "theta", "factor")
+
+# The order in which dims are preferred when several have one value (the more specific name first).
+_PREFER = ("head_dim", "num_key_value_heads", "num_attention_heads", "n_head", "hidden_size", "n_embd",
+           "intermediate_size", "moe_intermediate_size", "vocab_size")
+
+
+@dataclass
+class Dims:
+    values: dict[str, int] = field(default_factory=dict)      # declared dims in order
+    derived: dict[str, str] = field(default_factory=dict)     # name -> expression over dims
+    free: dict[int, str] = field(default_factory=dict)        # example size -> free dim name
+    used: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], free: dict[int, str]) -> Dims:
+        dims = cls(free=dict(free))
+        for key, value in config.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                continue
+            if any(w in key for w in _NOT_SIZES) or not any(w in key for w in _SIZE_WORDS):
+                continue
+            dims.values[key] = value
+        hidden = next((k for k in ("hidden_size", "n_embd", "d_model") if k in dims.values), None)
+        heads = next((k for k in ("num_attention_heads", "n_head") if k in dims.values), None)
+        if hidden and heads and dims.values[hidden] % dims.values[heads] == 0:
+            hd = dims.values[hidden] // dims.values[heads]
+            if config.get("head_dim") in (None, hd):
+                dims.values.pop("head_dim", None)
+                dims.derived["head_dim"] = f"{hidden} / {heads}"
+                dims.values["head_dim"] = hd
+        if config.get("id2label") and "num_labels" not in dims.values:
+            dims.values["num_labels"] = len(config["id2label"])
+        image, patch = dims.values.get("image_size"), dims.values.get("patch_size")
+        if image and patch and image % patch == 0:
+            # square images: the spatial axes need two names; a ViT's sequence is the patch grid plus a class token
+            dims.derived.update(height="image_size", width="image_size", grid="image_size / patch_size",
+                                seq="grid * grid + 1")
+            dims.values.update(height=image, width=image, grid=image // patch, seq=(image // patch) ** 2 + 1)
+        kv = dims.values.get("num_key_value_heads")
+        if heads and kv and kv != dims.values[heads] and dims.values[heads] % kv == 0:
+            dims.derived["groups"] = f"{heads} / num_key_value_heads"
+            dims.values["groups"] = dims.values[heads] // kv
+        return dims
+
+    def ordered(self) -> list[str]:
+        pref = [n for n in _PREFER if n in self.values]
+        rest = [n for n in self.values if n not in pref]
+        # layer counts are repeat counts, rarely an axis: name a size after them last
+        return pref + [n for n in rest if "layer" not in n] + [n for n in rest if "layer" in n]
+
+    def name(self, size: int) -> str:
+        """The best name for an axis of this size: a free dim, a dim, a small multiple or product of dims."""
+        if size in self.free:
+            return self.free[size]
+        for n in self.ordered():
+            if self.values[n] == size:
+                self.used.add(n)
+                return n
+        return str(size)
+
+    def expr(self, size: int) -> str:
+        """A size as a spec expression (`3 * n_embd`, `num_key_value_heads * head_dim`, or the number)."""
+        named = self.name(size)
+        if not named.isdigit():
+            return named
+        names = self.ordered()
+        for a in names:
+            if "head" not in a or a == "head_dim":
+                continue
+            if "head_dim" in self.values and self.values[a] * self.values["head_dim"] == size:
+                self.used.update((a, "head_dim"))
+                return f"{a} * head_dim"
+        for k in range(2, 9):
+            for n in names:
+                if self.values[n] * k == size and "head" not in n and n != "groups":
+                    self.used.add(n)
+                    return f"{k} * {n}"
+        return str(size)
+
+    def axis(self, size: int) -> str:
+        """The axis name the language gives an axis made by `expr(size)` (`3*n_embd`)."""
+        return self.expr(size).replace(" ", "")
+
+    def split(self, name: str, size: int, parts: list[int]) -> list[str]:
+        """Names for the pieces of an axis `name` (of `size`) split into `parts` sizes (product == size)."""
+        for _expr, _value in self.derived.items():
+            pass
+        # a derived dim d = a / b factors a into (b, d): hidden_size -> (num_attention_heads, head_dim)
+        if len(parts) == 2:
+            for d, formula in self.derived.items():
+                a, _, b = formula.partition(" / ")
+                if a == name and [self.values[b], self.values[d]] == parts:
+                    self.used.update((b, d))
+                    return [b, d]
+        pieces = [p.strip() for p in name.split("*")]
+        if len(pieces) == len(parts) and all(p in self.values or p.isdigit() for p in pieces) and [
+                self.values[p] if p in self.values else int(p) for p in pieces] == parts:
+            return pieces
+        out: list[str] = []
+        for p in parts:
+            # a piece of a configured axis is never the batch or sequence: skip the free names
+            cand = next((n for n in self.ordered() if self.values[n] == p), str(p))
+            if cand in out:
+                cand = next((n for n in self.ordered() if self.values[n] == p and n not in out), str(p))
+            out.append(cand)
+        if len(set(out)) != len(out):
+            raise ValueError(f"cannot name the pieces {parts} of axis {name}")
+        return out
+
+    def section(self) -> dict[str, Any]:
+        return {k: (self.derived.get(k, v)) for k, v in self.values.items()}

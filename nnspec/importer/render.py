@@ -1,0 +1,276 @@
+"""Writing lifted values as blocks and a body: one block per module (named after it), a `repeat` where a module
+list's layers render to the same block, single-use values inlined, the rest bound to variables."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+
+from nnspec.importer.graph import L, annotation
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _reserved() -> set[str]:
+    from nnspec.compiler import builtins  # noqa: F401 - registers the built-in functions
+    from nnspec.compiler.elaborate import BUILTINS, CONSTANTS
+
+    return set(BUILTINS) | set(CONSTANTS)
+
+
+def _parent(scope: str, scopes: set[str]) -> str:
+    parts = scope.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        p = ".".join(parts[:k])
+        if p in scopes:
+            return p
+    return ""
+
+
+class Renderer:
+    def __init__(self, outputs: list[L], layer_counts: dict[str, str], modules: set[str]) -> None:
+        self.outputs = outputs
+        self.layer_counts = layer_counts             # module-list path -> dim naming its length
+        self.nodes: list[L] = []
+        self.refcount: Counter[int] = Counter()
+        seen: set[int] = set()
+        stack = list(outputs)
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            self.nodes.append(n)
+            deps = list(n.refs) + ([n.member[0]] if n.member else [])
+            for r in deps:
+                self.refcount[id(r)] += 1
+                stack.append(r)
+        for out in outputs:
+            self.refcount[id(out)] += 1
+        self.scopes = {n.scope for n in self.nodes if n.scope}
+        for s in list(self.scopes):
+            # a module computing nothing itself (BertLayer, BertAttention) is still a block around its children
+            parts = s.split(".")
+            self.scopes.update(".".join(parts[:k]) for k in range(1, len(parts)) if ".".join(parts[:k]) in modules)
+        self.parent = {s: _parent(s, self.scopes) for s in self.scopes}
+        self.blocks: dict[str, str] = {}             # block name -> text (signature: body)
+        self.block_of: dict[str, str] = {}          # scope -> block name
+        self.weight_scopes: dict[str, str] = {}
+
+    # --- scope structure --------------------------------------------------------------------------------------
+    def children(self, s: str) -> list[str]:
+        return sorted((c for c in self.scopes if self.parent[c] == s), key=self.first_idx)
+
+    def within(self, n: L, s: str) -> bool:
+        return s == "" or n.scope == s or (n.scope.startswith(s + ".") and self._chain(n.scope, s))
+
+    def _chain(self, inner: str, outer: str) -> bool:
+        while inner and inner != outer:
+            inner = self.parent.get(inner, "")
+        return inner == outer
+
+    def first_idx(self, s: str) -> float:
+        return min(n.idx for n in self.nodes if self.within(n, s))
+
+    def ins(self, s: str) -> list[L]:
+        got: dict[int, L] = {}
+        for n in self.nodes:
+            if not self.within(n, s):
+                continue
+            for r in list(n.refs) + ([n.member[0]] if n.member else []):
+                if not self.within(r, s):
+                    got[id(r)] = r
+        return sorted(got.values(), key=lambda r: r.idx)
+
+    def outs(self, s: str) -> list[L]:
+        got: dict[int, L] = {}
+        for n in self.nodes:
+            if self.within(n, s):
+                continue
+            for r in n.refs:
+                if self.within(r, s):
+                    got[id(r)] = r
+        for out in self.outputs:
+            if self.within(out, s):
+                got[id(out)] = out
+        return sorted(got.values(), key=lambda r: r.idx)
+
+    # --- rendering ----------------------------------------------------------------------------------------------
+    def render(self, s: str) -> tuple[list[str], dict[int, str], list[L]]:
+        """Statements of scope `s`, the names of its parameters (by value), and its parameters in order."""
+        names: dict[int, str] = {}
+        used: set[str] = set()
+
+        def fresh(hint: str) -> str:
+            base = hint if _IDENT.match(hint) and hint not in ("S", "T", "B") else "h"
+            cand, k = base, 1
+            while cand in used:
+                k += 1
+                cand = f"{base}{k}"
+            used.add(cand)
+            return cand
+
+        params = self.ins(s) if s else []
+        preset: set[int] = set()
+        if not s:
+            for n in self.nodes:     # the model's inputs are named already
+                if not n.refs and n.idx < 0 and _IDENT.match(n.fmt):
+                    names[id(n)] = n.fmt
+                    preset.add(id(n))
+                    used.add(n.fmt)
+        for p in params:
+            names[id(p)] = fresh("x")
+        for n in self.nodes:
+            if n.scope == s and n.member is None and n.names:
+                n_names = [fresh(h) for h in n.names]
+                names[id(n)] = ", ".join(n_names)
+                n.names = n_names
+        stmts: list[tuple[float, str]] = []
+        child_vars: dict[int, str] = {}
+        children = self.children(s)
+        for c in children:
+            for r in self.ins(c):
+                if r.scope == s and r.member is None:
+                    r.bind = True
+        returned = {id(o) for o in self.outs(s)} if s else set()
+        bound = [n for n in self.nodes if n.scope == s and n.member is None and (
+            n.bind or n.annot or self.refcount[id(n)] > 1 or n.names or id(n) in returned) and id(n) not in preset]
+        bound.sort(key=lambda n: n.idx)
+        for n in bound:
+            if n.fixed:
+                used.add(n.fixed)
+                names[id(n)] = n.fixed
+            elif not n.names:
+                names[id(n)] = fresh(n.hint)
+        for group in self._groups(children):
+            stmt, pos = self._call(group, s, names, fresh, child_vars)
+            stmts.append((pos, stmt))
+
+        def ref(r: L) -> str:
+            if id(r) in child_vars:
+                return child_vars[id(r)]
+            if r.member is not None:
+                tup, j = r.member
+                return tup.names[j]
+            if id(r) in names:
+                return names[id(r)]
+            return text(r)
+
+        def text(n: L) -> str:
+            args = []
+            for r in n.refs:
+                t = ref(r)
+                if not is_atom(r):
+                    t = f"({t})"
+                args.append(t)
+            return n.fmt.format(*args)
+
+        def is_atom(r: L) -> bool:
+            if id(r) in names or id(r) in child_vars or r.member is not None:
+                return True
+            if r.fmt == "{0}" and len(r.refs) == 1:
+                return is_atom(r.refs[0])
+            return r.atom
+
+        self._ref = ref
+        for n in bound:
+            if n.names:
+                stmts.append((n.idx, f"{names[id(n)]} = {text(n)}"))
+                continue
+            var = names[id(n)]
+            target = f"{var}[{n.annot}]" if n.annot else var
+            stmts.append((n.idx, f"{target} = {text(n)}"))
+        lines = [st for _, st in sorted(stmts, key=lambda t: t[0])]
+        self._names = names
+        return lines, names, params
+
+    def _groups(self, children: list[str]) -> list[list[str]]:
+        """Consecutive children `P.0, P.1, ...` form one group (a repeat candidate); others stand alone."""
+        groups: list[list[str]] = []
+        for c in children:
+            head, _, last = c.rpartition(".")
+            if last.isdigit() and groups and groups[-1][-1].rpartition(".")[0] == head and \
+                    int(groups[-1][-1].rpartition(".")[2]) == int(last) - 1:
+                groups[-1].append(c)
+            else:
+                groups.append([c])
+        return groups
+
+    def _call(self, group: list[str], s: str, names: dict[int, str], fresh, child_vars: dict[int, str]) \
+            -> tuple[str, float]:
+        texts = [self.block(c) for c in group]
+        first = group[0]
+        attr = first.rpartition(".")[2]
+        ins = self.ins(first)
+        outs = self.outs(group[-1])
+        pos = max([self.first_idx(first)] + [r.idx + 0.01 for r in ins if not self.within(r, s) or True])
+        same = len(set(texts)) == 1 and len(group) > 1 and self._chains(group)
+        args = [self._arg(r, s, names, child_vars) for r in ins]
+        if same:
+            head = first.rpartition(".")[0]
+            count = self.layer_counts.get(head, str(len(group)))
+            var = fresh(outs[0].hint if outs else "h")
+            for c in group:
+                for o in self.outs(c):
+                    child_vars[id(o)] = var
+            name = self.block_of[first]
+            list_name = head.rpartition(".")[2]
+            return f"{var} = repeat({count}, {name}, {', '.join(args)}, name={list_name})", pos
+        if len(group) > 1:
+            # layers differ: call each in turn
+            stmts, last = [], 0.0
+            for c in group:
+                st, p = self._call([c], s, names, fresh, child_vars)
+                stmts.append(st)
+                last = p
+            return "\n".join(stmts), last
+        name = self.block_of[first]
+        vars_ = [fresh(o.hint) for o in outs]
+        for o, v in zip(outs, vars_, strict=False):
+            child_vars[id(o)] = v
+        return f"{', '.join(vars_)} = {name}({', '.join(args)}, name={attr})", pos
+
+    def _arg(self, r: L, s: str, names: dict[int, str], child_vars: dict[int, str]) -> str:
+        if id(r) in child_vars:
+            return child_vars[id(r)]
+        if id(r) in names:
+            return names[id(r)]
+        r.bind = True
+        return r.hint
+
+    def _chains(self, group: list[str]) -> bool:
+        for a, b in itertools.pairwise(group):
+            outs, ins = self.outs(a), self.ins(b)
+            if len(outs) != 1 or not ins or ins[0] is not outs[0]:
+                return False
+        return True
+
+    def block(self, s: str) -> str:
+        """Render scope `s` as a block, register it under a name, and return its text."""
+        if s in self.block_of:
+            return self.blocks[self.block_of[s]]
+        lines, names, params = self.render(s)
+        outs = self.outs(s)
+        ret = ", ".join(self._ref(o) for o in outs)
+        sig_params = ", ".join(names[id(p)] for p in params)
+        attr = s.rpartition(".")[2]
+        base = "layer" if attr.isdigit() else attr
+        if base in _reserved():
+            base = f"{base}_block"              # a block may not take a built-in function's name
+        body = "\n".join(lines + [f"return {ret}"])
+        text = f"({sig_params}): |\n" + "\n".join("    " + ln for ln in body.splitlines())
+        name, k = base, 1
+        while name in self.blocks and self.blocks[name] != text:
+            k += 1
+            name = f"{base}{k}"
+        self.blocks[name] = text
+        self.block_of[s] = name
+        return text
+
+    def body(self) -> list[str]:
+        lines, _, _ = self.render("")
+        return lines
+
+
+del annotation
