@@ -24,7 +24,8 @@ __all__ = ["Compiled", "build", "cache_dir", "compile_spec", "load_source", "wri
 def compile_spec(path_or_text: str | os.PathLike[str], *, target: str = "torch", opt: int | None = None,
                  config: str | os.PathLike[str] | None = None, passes: str | Sequence[str] | None = None,
                  explain: list[str] | Callable[[str], None] | None = None,
-                 transforms: Mapping[str, Any] | None = None, **dims: Any) -> Compiled:
+                 transforms: Mapping[str, Any] | None = None, backend_options: Mapping[str, bool] | None = None,
+                 **dims: Any) -> Compiled:
     """Check a spec and generate its standalone source for `target`.
 
     `opt`: the optimisation level (`nnspec.compiler.passes`): 0 generates the spec's graph as written, 1 and 2
@@ -35,18 +36,20 @@ def compile_spec(path_or_text: str | os.PathLike[str], *, target: str = "torch",
     state dict is the same at every level.
     `transforms`: keyword arguments of `nnspec.compiler.transforms.apply` (`{"dtype": "bf16", "drop":
     ["h.5.attn"]}`), applied to the checked model before any pass.
+    `backend_options`: the target's options by name over the level's choice (`{"parallel_scan": True}`; the
+    options are listed by `nnspec.backends.base.get(target).options`).
     `explain`: a list to append to, or a callable taking, each line: the transforms applied (`transform: ...`),
     then every rewrite, fusion group formed and fusion refused. `Compiled.transforms` and `Compiled.explain`
     hold the same lines.
     """
-    pipeline = _pipeline(path_or_text, target, opt, passes, config, explain, transforms, dims)
+    pipeline = _pipeline(path_or_text, target, opt, passes, config, explain, transforms, dims, backend_options)
     return pipeline.artifact(target, opt, passes)
 
 
 def build(path_or_text: str | os.PathLike[str], *, target: str = "torch", opt: int | None = None,
           config: str | os.PathLike[str] | None = None, passes: str | Sequence[str] | None = None,
           explain: list[str] | Callable[[str], None] | None = None, transforms: Mapping[str, Any] | None = None,
-          max_memory: int | None = None, **dims: Any) -> Any:
+          max_memory: int | None = None, backend_options: Mapping[str, bool] | None = None, **dims: Any) -> Any:
     """The `nn.Module` a spec describes, from the code `nnspec compile` writes (see `compile_spec` for the
     arguments).
 
@@ -57,19 +60,20 @@ def build(path_or_text: str | os.PathLike[str], *, target: str = "torch", opt: i
     Parameters are initialised as the spec says, from torch's global random state (`torch.manual_seed`).
     The module's class lives in a fresh module object whose source `inspect` and tracebacks can show.
     """
-    pipeline = _pipeline(path_or_text, target, opt, passes, config, explain, transforms, dims)
+    pipeline = _pipeline(path_or_text, target, opt, passes, config, explain, transforms, dims, backend_options)
     return pipeline.build(target, opt, passes, max_memory=max_memory)
 
 
 def _pipeline(path_or_text: str | os.PathLike[str], target: str, opt: int | None,
               passes: str | Sequence[str] | None, config: str | os.PathLike[str] | None,
               explain: list[str] | Callable[[str], None] | None, transforms: Mapping[str, Any] | None,
-              dims: dict[str, Any]) -> Pipeline:
+              dims: dict[str, Any], backend_options: Mapping[str, bool] | None = None) -> Pipeline:
     """The pipeline for one request, its target and level refused (ValueError) before the spec is read."""
     if target not in names():
         raise ValueError(f"unknown target {target!r}; known: {', '.join(names())}")
     level_of(opt, passes)
-    return Pipeline(path_or_text, config=config, overrides=dims, transforms=transforms, explain=explain)
+    return Pipeline(path_or_text, config=config, overrides=dims, transforms=transforms, explain=explain,
+                    backend_options=backend_options)
 
 
 def write_outputs(outputs: list[Compiled], out_dir: str | os.PathLike[str]) -> list[Path]:

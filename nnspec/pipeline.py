@@ -38,7 +38,9 @@ from nnspec.spec.source import Source
 ExplainSink = list[str] | Callable[[str], None] | None
 
 # backend options each optimisation level turns on; a backend is given those it declares
-LEVEL_OPTIONS: dict[int, dict[str, Any]] = {0: {}, 1: {}, 2: {"fused_linear": True, "sdpa": True, "parallel_scan": True,
+# `parallel_scan` is not among -O2's: on CPU it was slower than the step loop on Mamba (0.40x against 1.13x HF, see
+# benchmarks/RESULTS.md); it is asked for by name (`backend_options={"parallel_scan": True}`)
+LEVEL_OPTIONS: dict[int, dict[str, Any]] = {0: {}, 1: {}, 2: {"fused_linear": True, "sdpa": True,
                                                      "regroup_contractions": True}}
 
 
@@ -94,8 +96,10 @@ class Pipeline:
 
     def __init__(self, spec: str | os.PathLike[str] | Spec, *, config: str | os.PathLike[str] | None = None,
                  overrides: Mapping[str, Any] | None = None, transforms: Mapping[str, Any] | None = None,
-                 explain: ExplainSink = None) -> None:
+                 explain: ExplainSink = None, backend_options: Mapping[str, bool] | None = None) -> None:
         self._given = spec
+        # options the caller turns on or off over the level's choice (`LEVEL_OPTIONS`), by name
+        self.backend_options = dict(backend_options or {})
         self.config = config
         self.overrides = dict(overrides or {})
         self.transforms = dict(transforms or {})
@@ -172,7 +176,11 @@ class Pipeline:
                 raise UsageError(reason)
             optimized = self.optimized(level, passes)
             declared = {o.name for o in backend.options}
-            options = resolve_options(backend, {k: v for k, v in LEVEL_OPTIONS[level].items() if k in declared})
+            chosen = {k: v for k, v in LEVEL_OPTIONS[level].items() if k in declared}
+            try:
+                options = resolve_options(backend, {**chosen, **self.backend_options})
+            except ValueError as err:
+                raise UsageError(str(err)) from None
             generated = backend.generate(optimized.model, spec_text=result.spec.source.text, doc=result.spec.doc,
                                          label=level_label(optimized.model, level), options=options)
             for line in generated.explain:

@@ -22,8 +22,11 @@ SPEC = Path(__file__).parent.parent / "examples" / "mamba.yaml"
 CONFIG = dict(vocab_size=97, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
               time_step_rank=3, use_associative_scan=False)
 
+PARALLEL = {"parallel_scan": True}   # a backend option asked for by name (not one -O2 turns on)
 
-def pair(tmp_path: Path, opt: int, **changes: Any) -> tuple[Any, Any, torch.Tensor]:
+
+def pair(tmp_path: Path, opt: int, options: dict[str, bool] | None = None,
+         **changes: Any) -> tuple[Any, Any, torch.Tensor]:
     config = transformers.MambaConfig(**{**CONFIG, **changes})
     path = tmp_path / "config.json"
     config.to_json_file(path)
@@ -34,7 +37,7 @@ def pair(tmp_path: Path, opt: int, **changes: Any) -> tuple[Any, Any, torch.Tens
             layer.mixer.A_log.add_(0.3 * torch.randn_like(layer.mixer.A_log))
             layer.mixer.D.add_(0.3 * torch.randn_like(layer.mixer.D))
             layer.norm.weight.add_(0.1 * torch.randn_like(layer.norm.weight))
-    ours = nnspec.build(SPEC, config=path, opt=opt).eval()
+    ours = nnspec.build(SPEC, config=path, opt=opt, backend_options=options).eval()
     nnspec.load_weights(ours, hf.state_dict())
     ids = torch.randint(0, config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(1))
     return hf, ours, ids
@@ -48,10 +51,10 @@ def test_logits_match_hf(opt: int, tmp_path: Path) -> None:
 
 
 def test_o2_runs_the_scan_at_once_and_its_gradients_equal_the_loops(tmp_path: Path) -> None:
-    assert "affine_scan(" in compile_spec(SPEC, opt=2, **{k: v for k, v in CONFIG.items()
-                                                          if k not in ("use_associative_scan",)}).source
+    dims = {k: v for k, v in CONFIG.items() if k not in ("use_associative_scan",)}
+    assert "affine_scan(" in compile_spec(SPEC, opt=2, backend_options=PARALLEL, **dims).source
     _, looped, ids = pair(tmp_path, 0)
-    _, parallel, _ = pair(tmp_path, 2)
+    _, parallel, _ = pair(tmp_path, 2, PARALLEL)
     looped.train()
     parallel.train()
     probe = torch.randn(2, 13, CONFIG["vocab_size"], generator=torch.Generator().manual_seed(2))
