@@ -29,7 +29,8 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "apply_rotary_interleaved": (),
     "sinusoidal_table": (),
     "drop_path": (),
-    "moe_swiglu": (),
+    "moe_route": (),
+    "moe_swiglu": ("moe_route",),
     "linear_scan": (),
     "affine_scan": ("linear_scan",),
 }

@@ -184,6 +184,24 @@ def drop_path(x: torch.Tensor, p: float, dim: int, training: bool) -> torch.Tens
     return x * keep.div_(1.0 - p)
 
 
+def moe_route(
+    x: torch.Tensor, router: torch.Tensor, k: int, norm_topk_prob: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Mixtral's routing of the rows of x [N, H] (router [E, H]): softmax over the experts in fp32, the k largest
+    kept, renormalised to sum to 1 when `norm_topk_prob`. The N·k (token, choice) pairs are sorted by expert (a
+    stable sort, so each expert's rows keep token order). Returns, in that order, each pair's token and routing
+    weight (in x's dtype), and each expert's number of pairs (one host sync: the run lengths)."""
+    probs = F.softmax(F.linear(x, router).float(), dim=-1)
+    top, index = probs.topk(k, dim=-1)
+    if norm_topk_prob:
+        top = top / top.sum(dim=-1, keepdim=True)
+    flat = index.reshape(-1)
+    order = flat.argsort(stable=True)
+    token = order // k  # pair p = token·k + choice
+    counts = torch.bincount(flat, minlength=router.shape[0]).tolist()
+    return token, top.reshape(-1)[order].to(x.dtype), counts
+
+
 def moe_swiglu(
     x: torch.Tensor,
     router: torch.Tensor,
@@ -194,24 +212,15 @@ def moe_swiglu(
     norm_topk_prob: bool,
 ) -> torch.Tensor:
     """A top-k mixture of SwiGLU experts over the last dim of x, dispatched sparsely: each expert runs only on the
-    tokens routed to it. Routing as Mixtral's: softmax over the experts in fp32, the k largest kept, renormalised
-    to sum to 1 when `norm_topk_prob`. router is [E, H], gate_proj and up_proj [E, I, H], down_proj [E, H, I].
+    tokens routed to it (`moe_route`). router is [E, H], gate_proj and up_proj [E, I, H], down_proj [E, H, I].
 
-    The N·k (token, choice) pairs are sorted by expert (a stable sort, so each expert's rows keep token order), the
-    tokens gathered once in that order, and each expert's contiguous run goes through its three projections as
-    plain matrix products on views of the stacked weights (no weight is copied); the outputs, scaled by their
-    routing weights, are added back to their tokens with one index_add_. The same sum as the dense form, whose
-    unchosen terms are exactly zero, in k/E of its FLOPs."""
+    The tokens are gathered once in expert order, and each expert's contiguous run goes through its three
+    projections as plain matrix products on views of the stacked weights (no weight is copied); the outputs,
+    scaled by their routing weights, are added back to their tokens with one index_add_. The same sum as the
+    dense form, whose unchosen terms are exactly zero, in k/E of its FLOPs."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
-    probs = F.softmax(F.linear(x, router).float(), dim=-1)
-    top, index = probs.topk(k, dim=-1)
-    if norm_topk_prob:
-        top = top / top.sum(dim=-1, keepdim=True)
-    flat = index.reshape(-1)
-    order = flat.argsort(stable=True)
-    token = order // k                        # pair p = token·k + choice
-    counts = torch.bincount(flat, minlength=router.shape[0]).tolist()   # one host sync: the run lengths
+    token, weight, counts = moe_route(x, router, k, norm_topk_prob)
     routed = x[token]
     outs, start = [], 0
     for e, n in enumerate(counts):
@@ -221,7 +230,7 @@ def moe_swiglu(
             start += n
     out = torch.zeros_like(x)
     if outs:
-        out = out.index_add(0, token, torch.cat(outs) * top.reshape(-1)[order].to(x.dtype).unsqueeze(-1))
+        out = out.index_add(0, token, torch.cat(outs) * weight.unsqueeze(-1))
     return out.reshape(shape)
 
 

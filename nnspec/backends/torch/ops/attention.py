@@ -69,11 +69,7 @@ def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
         bias, b_t = extra.pop(0)
         s = fn.let(P.binop("+", s, align(bias, b_t, names)), "scores", rebind=s)
     if a["causal"]:
-        qa, ka = scores_t.axis(a["query"]), scores_t.axis(a["key"])
-        assert qa is not None and ka is not None
-        allowed = method(call("torch.ones", fn.size(qa.size), fn.size(ka.size), dtype=fn.dtype(DType.bool),
-                              **fn.device_kw()), "tril")
-        mask_t = TensorType((qa, ka), DType.bool)
+        allowed, mask_t = _causal(fn, a, scores_t)
         s = fn.let(method(s, "masked_fill", P.Unary("~", align(allowed, mask_t, names)), NEG_INF), "scores",
                    rebind=s)
     p = call("F.softmax", s, dim=dim(scores_t, a["key"]))
@@ -205,6 +201,15 @@ def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[Tens
     return permute(y, [order.index(n) for n in out_t.names])
 
 
+def _causal(fn: FunctionGen, a: dict[str, Any], scores_t: TensorType) -> tuple[Expr, TensorType]:
+    """The causal triangle: bool [query, key], True where the query may see the key (the key not after it)."""
+    qa, ka = scores_t.axis(a["query"]), scores_t.axis(a["key"])
+    assert qa is not None and ka is not None
+    allowed = method(call("torch.ones", fn.size(qa.size), fn.size(ka.size), dtype=fn.dtype(DType.bool),
+                          **fn.device_kw()), "tril")
+    return allowed, TensorType((qa, ka), DType.bool)
+
+
 def _masked(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
             names: tuple[str, ...]) -> Expr | None:
     """The boolean mask as SDPA's `attn_mask` laid out as `names` (its last two the query and key axes), with
@@ -214,12 +219,8 @@ def _masked(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType
     if a["has_bias"] or not set(types[3].names) <= set(names):
         return None
     m = align(ins[3], types[3], names)
-    if a["causal"]:
-        qa, ka = scores_t.axis(a["query"]), scores_t.axis(a["key"])
-        assert qa is not None and ka is not None
-        allowed = method(call("torch.ones", fn.size(qa.size), fn.size(ka.size), dtype=fn.dtype(DType.bool),
-                              **fn.device_kw()), "tril")
-        m = P.binop("&", m, allowed)
+    if a["causal"]:   # the query and key axes are the last two of `names`: the [q, k] triangle broadcasts
+        m = P.binop("&", m, _causal(fn, a, scores_t)[0])
     return fn.let(m, "allowed", comment="(" + ", ".join(n for n in names if n != "\0heads") + "): keys each query sees")
 
 

@@ -143,20 +143,26 @@ def _lower_interpolate(frame: Frame, node: Node, ins: list[Any]) -> Any:
     return _on_spatial(frame, node, ins[0], lambda y: F.interpolate(y, **size, **_interpolate_kwargs(a)))
 
 
+def _emit_spatial_view(fn: FunctionGen, node: Node, x: Expr) -> tuple[Expr, TensorType, list[str]]:
+    """x viewed as [batch, 1, *spatial] (every axis but the op's spatial ones is batch), with x's type and its
+    batch axes: the emitted twin of `_on_spatial`, for pooling and resizing."""
+    t = fn.in_type(node, 0)
+    spatial = list(node.attrs["spatial"])
+    batch = [n for n in t.names if n not in spatial]
+    y = permute(x, [t.index(n) for n in (*batch, *spatial)])
+    return method(y, "reshape", -1, 1, *[fn.size(t.axes[t.index(n)].size) for n in spatial]), t, batch
+
+
 @emits("interpolate")
 def _emit_interpolate(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     a = node.attrs
-    t, out = fn.in_type(node, 0), node.tensor_type
-    spatial = list(a["spatial"])
-    batch = [n for n in t.names if n not in spatial]
-    y = permute(ins[0], [t.index(n) for n in (*batch, *spatial)])
-    y = method(y, "reshape", -1, 1, *[fn.size(t.axes[t.index(n)].size) for n in spatial])
+    y, t, batch = _emit_spatial_view(fn, node, ins[0])
     if a["scale"]:
         size: dict[str, Expr] = {"scale_factor": P.TupleExpr(tuple(P.lit(s) for s in a["scale"]))}
     else:
         size = {"size": P.TupleExpr(tuple(fn.size(o.size) for o in a["out_axes"]))}
     y = call("F.interpolate", y, **size, **{k: P.lit(v) for k, v in _interpolate_kwargs(a).items()})
-    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], out, drop_lead=1)
+    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], node.tensor_type, drop_lead=1)
 
 
 @lowers("pool")
@@ -171,11 +177,7 @@ def _lower_pool(frame: Frame, node: Node, ins: list[Any]) -> Any:
 @emits("pool")
 def _emit_pool(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     a = node.attrs
-    t, out = fn.in_type(node, 0), node.tensor_type
-    spatial = list(a["spatial"])
-    batch = [n for n in t.names if n not in spatial]
-    y = permute(ins[0], [t.index(n) for n in (*batch, *spatial)])
-    y = method(y, "reshape", -1, 1, *[fn.size(t.axes[t.index(n)].size) for n in spatial])
-    y = call(f"F.{a['kind']}_pool{len(spatial)}d", y, P.TupleExpr(P.ints(a["kernel"])),
+    y, t, batch = _emit_spatial_view(fn, node, ins[0])
+    y = call(f"F.{a['kind']}_pool{len(a['spatial'])}d", y, P.TupleExpr(P.ints(a["kernel"])),
              P.TupleExpr(P.ints(a["stride"])), P.TupleExpr(P.ints(a["padding"])))
-    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], out, drop_lead=1)
+    return _from_channels_first(fn, y, t, batch, [o.name for o in a["out_axes"]], node.tensor_type, drop_lead=1)

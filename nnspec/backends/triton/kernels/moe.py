@@ -12,6 +12,7 @@ IEEE products, not TF32, so results match torch's). The schedule of tiles is mad
 import torch
 import torch.nn.functional as F
 
+from nnspec.backends.torch.runtime import moe_route
 from nnspec.backends.torch.runtime import moe_swiglu as moe_reference
 from nnspec.backends.triton import runtime
 from nnspec.backends.triton.kernels._common import check_float, tl, triton
@@ -98,16 +99,9 @@ def moe(x: torch.Tensor, router: torch.Tensor, gate_proj: torch.Tensor, up_proj:
         return moe_reference(x, router, gate_proj, up_proj, down_proj, k, norm_topk_prob)
     shape = x.shape
     x = x.reshape(-1, shape[-1])
-    probs = F.softmax(F.linear(x, router).float(), dim=-1)
-    top, index = probs.topk(k, dim=-1)
-    if norm_topk_prob:
-        top = top / top.sum(dim=-1, keepdim=True)
-    flat = index.reshape(-1)
-    order = flat.argsort(stable=True)
-    token = order // k
-    counts = torch.bincount(flat, minlength=router.shape[0]).tolist()
+    token, weight, counts = moe_route(x, router, k, norm_topk_prob)
     routed = x[token].contiguous()
     h = F.silu(_GroupedLinear.apply(routed, gate_proj, counts)) * _GroupedLinear.apply(routed, up_proj, counts)
     y = _GroupedLinear.apply(h.contiguous(), down_proj, counts)
-    out = torch.zeros_like(x).index_add(0, token, y * top.reshape(-1)[order].to(x.dtype).unsqueeze(-1))
+    out = torch.zeros_like(x).index_add(0, token, y * weight.unsqueeze(-1))
     return out.reshape(shape)
