@@ -71,3 +71,27 @@ def test_fuzz_ci(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_fuzz_10k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fuzz(tmp_path, capsys, SLOW_EXAMPLES, "fuzz_10k.json")
+
+
+def test_run_stage_counts_op_executions_in_closed_form() -> None:
+    """The run stage skips models that run too many ops once repeats are unrolled (the work the spec asks for, not
+    a hang); the count walks each body once and multiplies."""
+    from tools.fuzz.execute import executions
+    text = """nnspec: 1
+name: nested
+dims: {d: 4}
+inputs:
+  x: float32[B, d]
+outputs:
+  y: float32[B, d]
+blocks:
+  f(x): |
+    return relu(x)
+  g(x): |
+    return repeat(COUNT, f, x, shared=true)
+body: |
+  y = repeat(COUNT, g, x, shared=true)
+"""
+    # f runs its input and relu (2); g its input, its repeat node and COUNT x f; the body the same over g
+    assert executions(nnspec.check(text.replace("COUNT", "3")).model) == 2 + 3 * (2 + 3 * 2)
+    assert executions(nnspec.check(text.replace("COUNT", "1000")).model) == 2 + 1000 * (2 + 1000 * 2)

@@ -16,9 +16,11 @@ from nnspec.errors import SpecError
 from nnspec.pipeline import Pipeline
 from nnspec.spec.yaml_loader import load_yaml
 from tools.fuzz.execute import (
+    SKIP_EXECUTIONS,
     SKIP_NUMEL,
     SKIP_PARAM_BYTES,
     check_outputs,
+    executions,
     free_sizes,
     largest_numel,
     make_inputs,
@@ -231,6 +233,9 @@ class FuzzRun:
         model = result.model
         if estimate_parameter_bytes(model) > SKIP_PARAM_BYTES:
             self.skips["run: parameters too large"] += 1
+            return False
+        if executions(model) > SKIP_EXECUTIONS:
+            self.skips["run: too many op executions once repeats are unrolled"] += 1
             return False
         interp = Interpreter(model).eval()
         for value in (4, 2, 8, 1, 16, 6, 3, 32):
