@@ -61,17 +61,17 @@ body: |
 
 
 def test_nested_repeats_without_parameters_are_refused_by_counting_block_instances(tmp_path: Path) -> None:
-    err = refused(NESTED.replace("COUNT", "100000"), "E005", line=13)   # the inner repeat alone is past the bound
-    assert "block instances" in err.message and "(100,000 here)" in err.message
+    err = refused(NESTED.replace("COUNT", "100000"), "E005", line=15)
+    assert "block instances" in err.message and "10,000,100,000" in err.message
     path = tmp_path / "nested.yaml"
     path.write_text(NESTED.replace("COUNT", "100000"))
     result = cli("check", path)           # compile, build and render check first: the same error
     assert result.exit_code == 1, result.output
     assert "E005" in result.output
-    # 400 x 400 iterations (160,400 instances) took 26-90 s to build: refused; 100 x 100 is inside the bound
-    assert "160,400" in refused(NESTED.replace("COUNT", "400"), "E005", line=15).message
-    assert MAX_BLOCK_MODULES >= 100 * 101
-    nnspec.check(NESTED.replace("COUNT", "100"))
+    # just inside the bound: 400 x 400 iterations is 160,400 instances. Checking stays proportional to the spec;
+    # building makes the 160,400 modules asked for (tens of seconds), which the fuzzer's run stage skips by count
+    assert MAX_BLOCK_MODULES >= 400 * 401
+    nnspec.check(NESTED.replace("COUNT", "400"))
 
 
 def test_shared_nested_repeats_walk_each_body_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,9 +7,8 @@ MAX_REPEAT = 100_000
 # 15 lines of spec): building the model, and mapping weights, visit each one
 MAX_PARAM_TENSORS = 200_000
 # block instances (one nn.Module each when built) once calls and repeats are unrolled: nested repeats of a block
-# without parameters pass the tensor limit, yet would build 10^10 modules. Building one costs ~0.1-0.2 ms, so 400 x
-# 400 iterations took 26-90 s (the fuzzer's hang); a 1,000-layer model of ten blocks a layer stays well inside
-MAX_BLOCK_MODULES = 20_000
+# without parameters pass the tensor limit, yet would build 10^10 modules
+MAX_BLOCK_MODULES = 200_000
 # `require:` lines: real models have a handful; each is a sympy proof of tens of milliseconds
 MAX_REQUIREMENTS = 1_000
 MAX_DIM_DEPTH = 100   # a dim defined by a dim defined by a dim ...
