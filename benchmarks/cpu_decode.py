@@ -2,11 +2,13 @@
 
     python benchmarks/cpu_decode.py [--quick] [--models gpt2,llama1b] [--dtypes fp32,bf16] [--batches 1,8]
                                     [--prompt 128] [--new 128] [--reps 3] [--threads N] [--compile]
+                                    [--reference]
 
 For each model (GPT-2 small; a ~1B Llama-shaped spec with TinyLlama-1.1B's dims), dtype and batch, with random
 weights (the HF model's, loaded into the module `nnspec.build` makes at -O2), greedy decoding of `--new` tokens
 after a `--prompt`-token prompt, timed end to end (prefill included), interleaved in one run:
-- `nnspec`: `nnspec.generate.Decoder.generate` (the step run eagerly);
+- `nnspec`: `nnspec.generate.Decoder.generate` (the step the generated file holds, `<Model>Decoder`, run
+  eagerly); `nnspec reference` (with `--reference`): the node-by-node `DecodeStep` it replaced;
 - `nnspec+compile` (with `--compile`): the same with the one-token step `torch.export`ed and `torch.compile`d;
 - `hf dynamic`: `generate` with its default dynamic cache; `hf static`: `cache_implementation="static"`;
 - `hf static+compile` (with `--compile`): `generate` with a static cache and a `torch.compile`d forward.
@@ -91,6 +93,9 @@ def one(args: argparse.Namespace, name: str, dname: str, dtype: torch.dtype, hf:
                                          do_sample=False, pad_token_id=0, eos_token_id=None,
                                          cache_implementation="static"),
     }
+    if args.reference:
+        ref = decoder.reference_step(batch, length)
+        contenders["nnspec reference"] = lambda: decoder.generate(ids, mask, max_new_tokens=args.new, step=ref)
     if args.compile:
         step_c = decoder.step(batch, length)
         run_c = decoder.compiled(step_c)
@@ -152,6 +157,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--reference", action="store_true", help="also time the node-by-node reference step")
     args = p.parse_args()
     if args.quick:
         args.models, args.dtypes, args.prompt, args.new, args.reps = "gpt2,llama_small", "fp32", 32, 16, 2

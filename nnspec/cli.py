@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import traceback
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,10 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from nnspec import __version__
 from nnspec import cli_transforms as T
 from nnspec.backends.base import names as backend_names
+from nnspec.commands.backend_options import Flag as BackendOptionFlag
+from nnspec.commands.backend_options import parse as parse_backend_options
 from nnspec.compiler.analysis import check_memory, format_bytes, parse_size
 from nnspec.compiler.check import CheckResult
 from nnspec.compiler.elaborate import UsageError
@@ -33,7 +37,66 @@ from nnspec.pipeline import Pipeline
 
 EXIT_SPEC, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# What an option's value is called in help when its declaration names no metavar (click's own words)
+_TYPE_METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+class _HelpArgument(TyperArgument):
+    """An argument as click writes it in help: `SPEC` (`[SPEC]` when optional, `SPECS...` for several), no type
+    tag. Typer 0.29 writes `{spec}` in the usage line and `<path>` beside it."""
+
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar or (self.name or "").upper()
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+class _HelpOption(TyperOption):
+    """An option as click writes it in help: a flag has no value to name; a value option shows its declared
+    metavar (`--set NAME=VALUE`, `--dtype [bf16|fp16]`) or its type's word (`TEXT`), never `<list[str]>`."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        if self.metavar:
+            return self.metavar
+        kind = self.type_descriptor.annotation
+        kind = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+        return _TYPE_METAVARS.get(kind, "PATH" if self.type_descriptor.is_path else "VALUE")
+
+
+class _HelpGroup(TyperGroup):
+    """The one place help is styled: every command's parameters (those of nnspec/commands/ too) and the group's
+    own are re-classed as the `_Help*` kinds above once typer has built them. Only help methods differ, so the
+    swap is safe: parsing and values are the parent class's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in [self, *self.commands.values()]:
+            _restyle(command)
+
+    def add_command(self, cmd: Any, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        _restyle(cmd)
+
+
+def _restyle(command: Any) -> None:
+    # `--help` is made on first use and cached: make it now, from the command's own context settings, to restyle it
+    help_option = command.get_help_option(typer.Context(command, **(command.context_settings or {})))
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if type(param) is TyperArgument:
+            param.__class__ = _HelpArgument
+        elif type(param) is TyperOption:
+            param.__class__ = _HelpOption
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_HelpGroup,
                   help="nnspec: check, compile and render model specs.")
 
 
@@ -143,17 +206,20 @@ def _fail_resource(err: ResourceError, spec: Path, as_json: bool) -> None:
 def check_cmd(
     spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
     set_: Annotated[list[str] | None,
-                    typer.Option("--set", help="override a dim/option or bind a free dim: name=value")] = None,
+                    typer.Option("--set", metavar="NAME=VALUE",
+                                 help="override a dim/option or bind a free dim: name=value")] = None,
     config: Annotated[Path | None,
-                      typer.Option("--config", help="a Hugging Face config.json to map onto the spec")] = None,
+                      typer.Option("--config", metavar="FILE",
+                                   help="a Hugging Face config.json to map onto the spec")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output (schema in docs/cli.md)")] = False,
-    emit: Annotated[str | None, typer.Option("--emit", help="also print an artefact: 'ir'")] = None,
+    emit: Annotated[str | None, typer.Option("--emit", metavar="[ir]", help="also print an artefact: the IR")] = None,
     cost: Annotated[bool, typer.Option("--cost", help="also print the cost model: FLOPs (head apart), activation "
                                        "memory, KV cache, fused vs unfused memory traffic")] = False,
     transforms: T.Requested = None,
     explain: T.ExplainOpt = False,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="fail (exit 1) when the parameters and "
-                                                   "buffers would need more than this: 4GiB, 512MiB, 2GB, 1e9")]
+    max_memory: Annotated[str | None, typer.Option("--max-memory", metavar="SIZE", help="fail (exit 1) when the "
+                                                   "parameters and buffers would need more than this: 4GiB, 512MiB, "
+                                                   "2GB, 1e9")]
     = None,
 ) -> None:
     """Check a spec: shapes, dtypes and constraints; print blocks, shapes, parameters and FLOPs."""
@@ -246,18 +312,24 @@ def _png(svg_to_png: Any, svg: str, scale: float) -> bytes:
 @T.transform_flags
 def render_cmd(
     spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="the file to write")],
-    style: Annotated[str, typer.Option("--style", help="'graph' (block graph) or 'circuit' (neural circuit diagram)")]
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="the file to write")],
+    style: Annotated[str, typer.Option("--style", metavar="[graph|circuit]",
+                                       help="'graph' (block graph) or 'circuit' (neural circuit diagram)")]
     = "graph",
-    fmt: Annotated[str | None, typer.Option("--format", help="svg, png, dot (graph only) or html (an interactive "
-                                            "page of both, no network); default: from -o")] = None,
-    expand: Annotated[int, typer.Option("--expand", help="inline block calls and repeats this many levels deep")] = 0,
-    block: Annotated[str | None, typer.Option("--block", help="draw this block instead of the whole model")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", metavar="[svg|png|dot|html]",
+                                            help="svg, png, dot (graph only) or html (an interactive page of both, "
+                                            "no network); default: from -o")] = None,
+    expand: Annotated[int, typer.Option("--expand", metavar="LEVELS",
+                                        help="inline block calls and repeats this many levels deep")] = 0,
+    block: Annotated[str | None, typer.Option("--block", metavar="NAME",
+                                              help="draw this block instead of the whole model")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="override a dim/option")] = None,
     scale: Annotated[float, typer.Option("--scale", help="PNG pixels per SVG unit")] = 2.0,
-    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
-    = None,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE",
+                                                help="a Hugging Face config.json to map onto the spec")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON (docs/cli.md)")] = False,
+    wrap: Annotated[bool, typer.Option("--wrap/--no-wrap", help="circuit: cut the strip into rows that read at "
+                                       "900 px wide (docs/diagrams.md); --no-wrap draws one strip")] = True,
     transforms: T.Requested = None,
     explain: T.ExplainOpt = False,
 ) -> None:
@@ -290,7 +362,7 @@ def render_cmd(
             source = block_graph(result.model, expand=expand, block=block)
             fallback, fallback_data = output.with_suffix(".dot"), source
         else:
-            source = circuit_svg(result.model, expand=expand, block=block)
+            source = circuit_svg(result.model, expand=expand, block=block, wrap=wrap)
             fallback, fallback_data = output.with_suffix(".svg"), source
     except SpecError as err:
         _fail(err, as_json)
@@ -327,22 +399,26 @@ def render_cmd(
 @T.transform_flags
 def compile_cmd(
     specs: Annotated[list[Path], typer.Argument(help="spec files (YAML); one Python file is written per spec")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="the directory to write into (made if missing)")],
-    target: Annotated[str, typer.Option("--target", help=f"code to generate: {', '.join(backend_names())}")]
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                        help="the directory to write into (made if missing)")],
+    target: Annotated[str, typer.Option("--target", metavar=f"[{'|'.join(backend_names())}]",
+                                        help=f"code to generate: {', '.join(backend_names())}")]
     = "torch",
-    opt: Annotated[int | None, typer.Option("-O", "--opt", help="optimisation level 0, 1 or 2 (the passes of "
-                                                                "nnspec.compiler.passes; the state dict is the same)")]
+    opt: Annotated[int | None, typer.Option("-O", "--opt", metavar="[0|1|2]",
+                                            help="optimisation level 0, 1 or 2 (the passes of nnspec.compiler.passes; "
+                                            "the state dict is the same)")]
     = None,
-    passes: Annotated[str | None, typer.Option("--passes", help="run exactly these passes, comma-separated (e.g. "
-                                               "attention,dce), instead of the level's; fused ops are emitted as "
-                                               "at -O2 unless -O says otherwise")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", metavar="PASS,...", help="run exactly these passes, "
+                                               "comma-separated (e.g. attention,dce), instead of the level's; fused "
+                                               "ops are emitted as at -O2 unless -O says otherwise")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="print each transform, each rewrite, each fusion group "
                                           "formed and each fusion refused, with its reason")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto the spec")]
-    = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE", help="override a dim/option")] = None,
+    config: Annotated[Path | None, typer.Option("--config", metavar="FILE",
+                                                help="a Hugging Face config.json to map onto the spec")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written, the passes run, kernels and "
                                           "fallbacks as JSON (docs/cli.md)")] = False,
+    backend_option: BackendOptionFlag = None,
     transforms: T.Requested = None,
 ) -> None:
     """Generate standalone PyTorch code: OUT/<name>.py per spec, all files or none."""
@@ -357,7 +433,9 @@ def compile_cmd(
         level = opt if opt is not None else 2 if passes is not None else 0
         ran = [p.name for p in pipeline(level, passes)]     # an unknown pass is a usage error before any work
         sets = parse_sets(set_ or [])
-        compiled = [Pipeline(spec, config=config, overrides=sets, transforms=transforms).artifact(target, level, passes)
+        chosen = parse_backend_options(backend_option, target)
+        compiled = [Pipeline(spec, config=config, overrides=sets, transforms=transforms,
+                             backend_options=chosen).artifact(target, level, passes)
                     for spec in specs]
         if explain and not as_json:
             for spec, c in zip(specs, compiled, strict=True):
@@ -400,7 +478,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False) -> None:
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                      help="print the version and exit")] = False) -> None:
     """nnspec: a declarative model-spec compiler."""
 
 
@@ -420,7 +499,7 @@ _register_commands()
 
 # optional packages -> the extra of pyproject.toml that installs them
 EXTRAS = {"torch": "torch", "numpy": "torch", "triton": "triton", "transformers": "hf", "safetensors": "hf",
-          "cairosvg": "render", "onnx": "onnx", "onnxscript": "onnx"}
+          "cairosvg": "render", "onnx": "onnx", "onnxscript": "onnx", "starlette": "web", "uvicorn": "web"}
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:

@@ -46,18 +46,21 @@ class Transform:
     type: Any                     # what typer parses the flag into (`list[str]` for a repeatable flag)
     keyword: str                  # the `apply` keyword the parsed value fills
     parse: Callable[[Any], Any] = lambda value: value
+    metavar: str | None = None    # what help calls the value (`--dtype [bf16|fp16]`); by default its type's word
 
 
 TRANSFORMS: tuple[Transform, ...] = (
     Transform("dtype", "--dtype", "store and compute in bf16 or fp16 (float32 for norms, softmax, reductions and "
-              "the logits)", str, "dtype"),
+              "the logits)", str, "dtype", metavar="[bf16|fp16]"),
     Transform("drop", "--drop", "remove a residual sub-layer by parameter path, e.g. h.5.attn (repeat or "
-              "comma-separate)", list[str], "drop", _items),
-    Transform("slice_", "--slice", "SliceGPT: reduce the residual stream to this width", int, "slice_width"),
-    Transform("lora", "--lora", "adapters on matching linears: PATTERN:RANK[:alpha=A][:randlora], e.g. "
-              "'*.c_attn:8'", list[str], "lora", _items),
+              "comma-separate)", list[str], "drop", _items, "PATH"),
+    Transform("slice_", "--slice", "SliceGPT: reduce the residual stream to this width", int, "slice_width",
+              metavar="WIDTH"),
+    # the syntax in words, not `PATTERN:RANK[:alpha=A][:randlora]`: one token that long cannot wrap at 80 columns
+    Transform("lora", "--lora", "adapters on matching linears: PATTERN:RANK, then :alpha=A and :randlora if wanted, "
+              "e.g. '*.c_attn:8'", list[str], "lora", _items, "PATTERN:RANK"),
     Transform("share", "--share", "tie a repeat's weights in groups of consecutive iterations: REPEAT:GROUPS, "
-              "e.g. h:4", list[str], "share", _items),
+              "e.g. h:4", list[str], "share", _items, "REPEAT:GROUPS"),
 )
 
 # the `apply` keywords of the flags given (an empty repeatable flag counts as not given)
@@ -81,7 +84,8 @@ def transform_flags(command: Callable[..., None]) -> Callable[..., None]:
     """`command` with its `transforms` parameter replaced by one option per row of `TRANSFORMS`."""
     signature = inspect.signature(command, eval_str=True)
     flags = [inspect.Parameter(t.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                               annotation=Annotated[t.type | None, typer.Option(t.flag, help=t.help)])
+                               annotation=Annotated[t.type | None,
+                                                    typer.Option(t.flag, help=t.help, metavar=t.metavar)])
              for t in TRANSFORMS]
     params = []
     for p in signature.parameters.values():

@@ -5,12 +5,13 @@
     ids = nnspec.generate.generate(module, input_ids, attention_mask=mask, max_new_tokens=32)
 
 The step the compiler derives (`nnspec.compiler.decode`: keys and values cached per causal attention, positions
-absolute, everything else on the new tokens) runs over a static cache (`backends.torch.decode.DecodeStep`) sized
-for the prompt plus `max_new_tokens`. As `GenerationMixin.generate`: left-padded prompts (`attention_mask` 0 at
-padding) take positions `cumsum(mask) - 1` (1 at padding); greedy unless `do_sample`; sampling applies
-`temperature`, then `top_k`, then `top_p` to float32 logits and draws with `generator`; a sequence that emitted
-`eos_token_id` continues with `pad_token_id`, and generation stops early once every sequence has; the result is
-`[B, T + new]` (new <= max_new_tokens).
+absolute, everything else on the new tokens) runs over a static cache sized for the prompt plus `max_new_tokens`:
+the generated file's `<Model>Decoder` (the step written as code, `backends.torch.decode_codegen`) when the module is
+a generated one that has it, else the node-by-node reference `backends.torch.decode.DecodeStep`. As
+`GenerationMixin.generate`: left-padded prompts (`attention_mask` 0 at padding) take positions `cumsum(mask) - 1` (1
+at padding); greedy unless `do_sample`; sampling applies `temperature`, then `top_k`, then `top_p` to float32 logits
+and draws with `generator`; a sequence that emitted `eos_token_id` continues with `pad_token_id`, and generation
+stops early once every sequence has; the result is `[B, T + new]` (new <= max_new_tokens).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nnspec.backends.torch.decode import DecodeStep
+from nnspec.backends.torch.decode import DecodeStep, check_length
+from nnspec.backends.torch.decode_codegen import METHOD
 from nnspec.compiler.decode import DecodePlan, derive
 from nnspec.compiler.ir import Model
 from nnspec.compiler.passes import optimize
@@ -47,11 +49,20 @@ class Decoder:
         self.module = module
         self.model, self.plan = decode_model(model)
 
-    def step(self, batch: int, length: int) -> DecodeStep:
-        """A decoding step with a fresh static cache of `length` positions for `batch` sequences."""
+    def step(self, batch: int, length: int) -> nn.Module:
+        """A decoding step with a fresh static cache of `length` positions for `batch` sequences: the generated
+        file's `<Model>Decoder` when there is one, else the reference step."""
+        emitted = emitted_decoder(self.module)
+        if emitted is None:
+            return self.reference_step(batch, length)
+        check_length(self.model, self.plan, length)
+        return emitted(self.module, batch, length)
+
+    def reference_step(self, batch: int, length: int) -> DecodeStep:
+        """The node-by-node step (`DecodeStep`), which runs any module holding the spec's parameters."""
         return DecodeStep(self.module, self.model, self.plan, batch=batch, length=length)
 
-    def compiled(self, step: DecodeStep, backend: str = "inductor", **options: Any) -> Any:
+    def compiled(self, step: nn.Module, backend: str = "inductor", **options: Any) -> Any:
         """A callable running `step` with the one-token steps `torch.export`ed (the interpreter's Python and
         sympy traced away, the cache as mutated buffers shared with `step`) and `torch.compile`d once: every
         decoding step reuses that graph, the cache position being a tensor input. The prefill runs eagerly."""
@@ -64,8 +75,8 @@ class Decoder:
             if "fn" not in compiled:
                 program = torch.export.export(step, (input_ids, cache_position, key_mask), inputs)
                 module = program.module()
-                for name in [*step._cache_set(), *step.state_names]:  # the exported module holds the same cache
-                    assert module.get_buffer(name).data_ptr() == getattr(step, name).data_ptr()
+                for name, buffer in step.named_buffers():  # the exported module holds the same cache
+                    assert module.get_buffer(name).data_ptr() == buffer.data_ptr()
                 compiled["fn"] = torch.compile(module, backend=backend, dynamic=False, **options)
             return compiled["fn"](input_ids, cache_position, key_mask, **inputs)
         return run
@@ -75,7 +86,7 @@ class Decoder:
                  max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
                  pad_token_id: int | None = None, generator: torch.Generator | None = None,
-                 step: DecodeStep | None = None, step_fn: Any = None,
+                 step: nn.Module | None = None, step_fn: Any = None,
                  output_logits: list[torch.Tensor] | None = None) -> torch.Tensor:
         """See the module's docstring. `step`/`step_fn`: a prepared step (and a callable running it, e.g. its
         `torch.compile`d forward), to reuse one cache and one compiled graph across calls. `output_logits`: a
@@ -106,7 +117,8 @@ class Decoder:
         keys[:, :prompt] = mask
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         extra = {"position_ids": positions} if self.plan.position_input is not None else {}
-        logits = run(input_ids, torch.arange(prompt, device=device), keys, **extra)[:, -1, :]
+        # the prefill's logits at the last position only (the step skips the others where it can)
+        logits = run(input_ids, torch.arange(prompt, device=device), keys, last_only=True, **extra)[:, -1, :]
         out = input_ids
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
         for i in range(max_new_tokens):
@@ -126,6 +138,13 @@ class Decoder:
                 extra = {"position_ids": (keys[:, :cur + 1].sum(-1, keepdim=True) - 1)}
             logits = run(token[:, None], torch.arange(cur, cur + 1, device=device), keys, **extra)[:, -1, :]
         return out
+
+
+def emitted_decoder(module: nn.Module) -> type[nn.Module] | None:
+    """The `<Model>Decoder` class of a generated module's file (defined beside its `decode_step`), else None."""
+    step = getattr(type(module), METHOD, None)
+    found = getattr(step, "__globals__", {}).get(type(module).__name__ + "Decoder")
+    return found if isinstance(found, type) and issubclass(found, nn.Module) else None
 
 
 def _eos_list(eos: int | Sequence[int] | None) -> list[int]:

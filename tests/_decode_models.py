@@ -28,28 +28,6 @@ CONFIGS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def mixtral_text() -> str:
-    """examples/mixtral.yaml, with the padding mask and position inputs llama.yaml has (the same attention block)
-    when the example does not take them yet."""
-    text = (EXAMPLES / "mixtral.yaml").read_text(encoding="utf-8")
-    if "position_ids" in text:
-        return text
-    llama = (EXAMPLES / "llama.yaml").read_text(encoding="utf-8")
-    inputs = llama[llama.index("inputs:"):llama.index("outputs:")]
-    attn = llama[llama.index("  self_attn(x"):llama.index("  mlp(x)")]
-    text = text[:text.index("inputs:")] + inputs + text[text.index("outputs:"):]
-    text = text[:text.index("  self_attn(x")] + attn + text[text.index("  layer(x)"):]
-    body = llama[llama.index("  positions[B, T] ="):llama.index("  h = repeat(")]
-    swaps = [("  layer(x): |", "  layer(x, visible, positions): |"),
-             ("name=input_layernorm), name=self_attn)", "name=input_layernorm), visible, positions, name=self_attn)"),
-             ("  h = repeat(num_hidden_layers, layer, h, name=layers)",
-              body + "  h = repeat(num_hidden_layers, layer, h, visible, positions, name=layers)")]
-    for old, new in swaps:
-        assert old in text, f"mixtral.yaml changed: {old!r} not found"
-        text = text.replace(old, new)
-    return text
-
-
 def pair(name: str, tmp: Path, opt: int = 0, target: str = "torch", dtype: str | None = None,
          seed: int = 0) -> tuple[Any, Any]:
     """(HF model, nnspec module with the HF weights loaded), both in eval mode."""
@@ -58,9 +36,7 @@ def pair(name: str, tmp: Path, opt: int = 0, target: str = "torch", dtype: str |
     config = getattr(transformers, config_cls)(**kwargs, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     hf = getattr(transformers, cls)(config).eval()
     config.save_pretrained(tmp)
-    spec: Any = EXAMPLES / f"{name}.yaml"
-    if name == "mixtral":
-        spec = mixtral_text()
+    spec = EXAMPLES / f"{name}.yaml"
     transforms = {"dtype": dtype} if dtype else None
     ours = nnspec.build(spec, opt=opt, target=target, config=tmp / "config.json", transforms=transforms).eval()
     nnspec.load_weights(ours, hf.state_dict())

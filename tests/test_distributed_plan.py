@@ -160,3 +160,96 @@ def test_a_split_opened_in_one_block_and_closed_in_another_is_refused() -> None:
     assert vit == {"layers.*.attention.q_proj": "colwise", "layers.*.attention.k_proj": "colwise",
                    "layers.*.attention.v_proj": "colwise", "layers.*.attention.o_proj": "rowwise",
                    "layers.*.mlp.fc1": "colwise", "layers.*.mlp.fc2": "rowwise"}
+
+
+def _hf_to_spec_paths(model: Any) -> dict[str, str]:
+    """Hugging Face module path pattern -> the spec's, from the spec's own `weights: hf:` map (`{i}` is `*`)."""
+    out = {}
+    for ours, theirs, _ in model.weight_maps["hf"]:
+        out[theirs.removesuffix(".weight").replace("{i}", "*")] = ours.removesuffix(".weight").replace("{i}", "*")
+    return out
+
+
+def test_llama_model_plan_equals_the_hugging_face_model_tp_plan() -> None:
+    """Embedding row-wise and head column-wise (logits gathered) on the vocabulary, as a LlamaForCausalLM built from a
+    small config (random weights, nothing downloaded) declares in its `_tp_plan`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = check(LLAMA, **SMALL_LLAMA).model
+    plan = derive_tp_plan(model, 2)
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2))
+    paths = _hf_to_spec_paths(model)
+    assert plan.hf_model() == {paths[k]: v for k, v in hf._tp_plan.items()}
+    assert plan.hf() == LlamaConfig.base_model_tp_plan        # the config's dict stays the repeated blocks only
+    assert plan.local_dims == {"num_key_value_heads": 1, "intermediate_size": 32}   # the vocabulary is gathered
+
+
+def test_a_tied_or_indivisible_vocabulary_stays_replicated_with_a_note() -> None:
+    tied = derive_tp_plan(check(GPT2).model, 2)
+    assert "wte" not in tied.hf_model() and any("wte stays replicated" in n and "tied" in n for n in tied.notes)
+    odd = derive_tp_plan(check(GPT2, tie_word_embeddings=False).model, 2)      # 50257 tokens
+    assert not {"wte", "lm_head"} & set(odd.hf_model())
+    assert any("lm_head stays replicated: vocab_size = 50257 is not divisible by 2" in n for n in odd.notes)
+    even = derive_tp_plan(check(GPT2, tie_word_embeddings=False, vocab_size=50258).model, 2)
+    assert even.hf_model()["wte"] == "embedding_rowwise" and even.hf_model()["lm_head"] == "colwise_gather_output"
+    assert "wpe" not in even.hf_model()                        # positions are not the vocabulary axis
+
+
+def test_sequence_parallel_llama_plan_is_torchtitans() -> None:
+    """torchtitan's Llama plan (parallelize_llama): norms SequenceParallel, attention and feed-forward gather their
+    input, wo / w2 reduce-scatter onto the sequence, tok_embeddings scatter onto it, output gathers it."""
+    plan = derive_tp_plan(check(LLAMA, **SMALL_LLAMA).model, 2, sequence_parallel=True)
+    rules = {r.path: r for r in plan.styles()}
+    hand = {   # path: (style, input arrives sequence-sharded, output leaves sequence-sharded)
+        "embed_tokens": ("embedding_rowwise", False, True),
+        "layers.*.input_layernorm": ("sequence_parallel", False, False),
+        "layers.*.self_attn": ("gather_input", False, False),
+        "layers.*.self_attn.q_proj": ("colwise", False, False),
+        "layers.*.self_attn.k_proj": ("colwise", False, False),
+        "layers.*.self_attn.v_proj": ("colwise", False, False),
+        "layers.*.self_attn.o_proj": ("rowwise", False, True),
+        "layers.*.post_attention_layernorm": ("sequence_parallel", False, False),
+        "layers.*.mlp": ("gather_input", False, False),
+        "layers.*.mlp.gate_proj": ("colwise", False, False),
+        "layers.*.mlp.up_proj": ("colwise", False, False),
+        "layers.*.mlp.down_proj": ("rowwise", False, True),
+        "norm": ("sequence_parallel", False, False),
+        "lm_head": ("colwise_gather_output", True, False),
+    }
+    assert {p: (r.style, r.seq_in, r.seq_out) for p, r in rules.items()} == hand
+    assert (rules["layers.*.self_attn"].args, rules["layers.*.self_attn"].arity) == ((0,), 3)   # x, not mask/positions
+    assert plan.sequence_dim == 1
+    assert "sequence_parallel" not in derive_tp_plan(check(LLAMA, **SMALL_LLAMA).model, 2).hf_model().values()
+
+
+def test_sequence_parallel_is_refused_where_the_residual_stream_is_not_the_embedding() -> None:
+    """GPT-2 adds position embeddings (and dropout) before the blocks: splitting from the token embedding alone would
+    add a sequence shard to whole positions; refused at the op the repeat reads."""
+    model = check(GPT2, tie_word_embeddings=False, vocab_size=50258).model
+    with pytest.raises(PlanError, match=r"repeat h reads h \(dropout\)") as info:
+        derive_tp_plan(model, 2, sequence_parallel=True)
+    assert info.value.span is not None
+
+
+def test_moe_experts_stay_replicated_with_the_reason() -> None:
+    model = check(ROOT / "examples" / "mixtral.yaml").model
+    plan = derive_tp_plan(model, 2)
+    assert not any(".mlp." in r.path for r in plan.rules)
+    with pytest.raises(PlanError, match="moe reads the output of norm post_attention_layernorm") as info:
+        derive_tp_plan(model, 2, sequence_parallel=True)     # the fused op cannot gather a sequence-sharded input
+    assert info.value.span is not None
+    assert any(n.startswith("layers.*.mlp stays replicated: the experts are one fused moe op") for n in plan.notes)
+    assert any("note: layers.*.mlp stays replicated" in line for line in plan.explain())
+
+
+def test_plan_command_with_sequence_parallel_lists_the_model_plan() -> None:
+    out = _cli("plan", LLAMA, "--tp", 2, "--sequence-parallel", "--json")
+    assert out.exit_code == 0, out.output
+    tp = json.loads(out.stdout)["tp"]
+    assert tp["tp_plan"]["norm"] == "sequence_parallel" and tp["tp_plan"]["lm_head"] == "colwise_gather_output"
+    assert tp["base_model_tp_plan"]["layers.*.input_layernorm"] == "sequence_parallel"
+    out = _cli("plan", GPT2, "--tp", 2, "--sequence-parallel", "--set", "tie_word_embeddings=false")
+    assert out.exit_code == 1 and "gpt2.yaml:" in out.stderr and "Traceback" not in out.output

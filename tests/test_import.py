@@ -44,6 +44,14 @@ def _mixtral(layers: int = 2):
                                       architectures=["MixtralForCausalLM"])
 
 
+def _qwen2_moe(layers: int = 2):
+    return transformers.Qwen2MoeConfig(vocab_size=101, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+                                       shared_expert_intermediate_size=40, num_hidden_layers=layers,
+                                       num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                                       num_experts_per_tok=2, max_position_embeddings=64,
+                                       architectures=["Qwen2MoeForCausalLM"])
+
+
 def _vit(layers: int = 2):
     return transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32,
                                   num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
@@ -54,7 +62,7 @@ def _vit(layers: int = 2):
 def _imported(kind: str, layers: int = 2):
     """Export is the slow part: import each (model, depth) once per test session."""
     config = {"gpt2": _gpt2, "llama": _llama, "bert": _bert, "vit": _vit,
-              "mixtral": _mixtral}[kind](layers)
+              "mixtral": _mixtral, "qwen2_moe": _qwen2_moe}[kind](layers)
     model, inputs, cfg = from_hf_config(config)
     return import_module(model, inputs, cfg)
 
@@ -140,6 +148,21 @@ def test_mixtral_moe_imports_as_moe_and_matches_hf() -> None:
     assert "moe(rmsnorm(" in text and "num_local_experts, intermediate_size, num_experts_per_tok" in text
     assert "layers.{i}.mlp.gate_proj: model.layers.{i}.mlp.experts.gate_up_proj | split(1, 2, 0)" in text
     assert "repeat(num_hidden_layers, layer, " in text
+
+
+def test_qwen2_moe_shared_expert_imports_and_matches_hf() -> None:
+    """Qwen2-MoE's sparse block is more than routed experts: only its `experts` child is the `moe` call (router read
+    from the sibling `gate`, top-k weights not renormalised), the shared expert a block of its own and its gate a
+    one-output linear summed to broadcast by name, as examples/qwen2_moe.yaml writes them."""
+    imp = _imported("qwen2_moe")
+    _matches_hf(imp)
+    text = imp.text
+    assert "moe(x, num_experts, moe_intermediate_size, num_experts_per_tok, norm_topk_prob=false, name=experts)" \
+        in text
+    assert "sigmoid(sum(linear(x, 1, bias=false, name=shared_expert_gate), over=1))" in text
+    assert "shared_expert(x, name=shared_expert)" in text and "repeat(num_hidden_layers, layer, " in text
+    assert "layers.{i}.mlp.experts.router: model.layers.{i}.mlp.gate.weight" in text
+    assert "layers.{i}.mlp.experts.up_proj: model.layers.{i}.mlp.experts.gate_up_proj | split(1, 2, 1)" in text
 
 
 def test_round_trip_of_the_gpt2_example() -> None:

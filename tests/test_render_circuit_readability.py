@@ -16,7 +16,7 @@ from nnspec.compiler.diagrams import circuit_svg
 ROOT = Path(__file__).resolve().parent.parent
 NS = "{http://www.w3.org/2000/svg}"
 CASES = [("gpt2.yaml", "attention", 0), ("gpt2.yaml", "layer", 1), ("small/moe.yaml", None, 1),
-         ("llama.yaml", "self_attn", 0), ("small/window_attention.yaml", None, 1)]
+         ("llama.yaml", "self_attn", 0), ("small/window_attention.yaml", None, 1), ("mixtral.yaml", "layer", 0)]
 WITH_EINSUMS = CASES[:2]    # the others' contractions are attention ops or read a weight (learned maps)
 
 
@@ -75,7 +75,8 @@ def test_every_dashed_separator_lies_between_two_drawn_members(spec: str, block:
             assert any(a <= x <= b and wy > y for a, b, wy in runs), (spec, block, x, y, "nothing below")
 
 
-MARK_ROLES = {"lift", "softmax", "cup", "join", "copy", "bar", "separator", "bracket"}
+MARK_ROLES = {"lift", "softmax", "cup", "join", "copy", "bar", "split", "mask", "router", "experts", "weighted-sum",
+              "separator", "bracket"}
 
 
 @pytest.mark.parametrize(("spec", "block", "expand"), CASES)

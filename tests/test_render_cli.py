@@ -70,7 +70,7 @@ def test_circuit_svg_of_a_block(tmp_path: Path) -> None:
     out = tmp_path / "attn.svg"
     result = run(GPT2, "--style", "circuit", "--block", "attention", "-o", out)
     assert result.exit_code == 0, result.output
-    assert out.read_text() == circuit_svg(nnspec.check(GPT2).model, block="attention")
+    assert out.read_text() == circuit_svg(nnspec.check(GPT2).model, block="attention", wrap=True)   # rows by default
 
 
 @needs_raster

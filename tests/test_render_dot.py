@@ -127,7 +127,31 @@ def test_residuals_stay_inside_their_block_and_the_repeat_loops_back() -> None:
              for line in cluster.splitlines() if " -> " in line}
     assert {("h/in.x", "h/add"), ("h/attn", "h/add"), ("h/add", "h/add_1"), ("h/mlp", "h/add_1")} <= inner
     loop = [line for line in cluster.splitlines() if "dashed" in line and "next of ×12" in line]
-    assert len(loop) == 1 and loop[0].strip().startswith('"h/add_1" -> "h/in.x"')
+    # from the iteration's result back to its input: written input -> result, its arrow drawn back at the input
+    assert len(loop) == 1 and loop[0].strip().startswith('"h/in.x" -> "h/add_1"') and "dir=back" in loop[0]
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
+@pytest.mark.parametrize("spec", ["gpt2.yaml", "llama.yaml"])
+def test_the_loop_back_is_routed_inside_its_repeat_cluster(spec: str) -> None:
+    """Graphviz's own layout (`dot -Tjson`): every point of the loop-back's spline (ends and control points, so the
+    whole curve) lies inside the bounding box of the repeat's cluster."""
+    import json
+    import subprocess
+    source = block_graph(_model(ROOT / "examples" / spec), expand=1)
+    laid = json.loads(subprocess.run(["dot", "-Tjson"], input=source, capture_output=True, text=True,
+                                     check=True).stdout)
+    (edge,) = [e for e in laid["edges"] if e.get("label", "").strip().startswith("next of ×")]
+    (cluster,) = [o for o in laid["objects"] if o["name"].startswith("cluster_") and "×" in o.get("label", "")
+                  and edge["tail"] in o.get("nodes", ()) and edge["head"] in o.get("nodes", ())]
+    x0, y0, x1, y1 = map(float, cluster["bb"].split(","))
+    points = [pt for d in edge["_draw_"] if d["op"] in ("b", "B") for pt in d["points"]]
+    points += [pt for d in edge.get("_tdraw_", []) + edge.get("_hdraw_", []) if "points" in d for pt in d["points"]]
+    assert len(points) >= 4
+    for x, y in points:
+        assert x0 <= x <= x1 and y0 <= y <= y1, (spec, (x, y), cluster["bb"])
+    lx, ly = map(float, edge["lp"].split(","))                 # and its label
+    assert x0 <= lx <= x1 and y0 <= ly <= y1
 
 
 def test_nodes_show_the_specs_names_op_and_parameter_count() -> None:

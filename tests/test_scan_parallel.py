@@ -135,3 +135,68 @@ def test_retention_example_parallel_equals_its_loop() -> None:
     assert "affine_scan(" not in compile_spec(path, opt=2).source   # not -O2's own choice: slower on CPU (Mamba)
     x = torch.randn(2, 19, 16)
     torch.testing.assert_close(parallel(x), looped(x), rtol=1e-5, atol=1e-5)
+
+
+def direct_spec(a_axes: str) -> str:
+    """A step whose coefficients are its own inputs: `a` scanned as float32[B, T, {a_axes}]."""
+    return f"""\
+nnspec: 1
+name: direct
+dims: {{d: 5}}
+inputs:
+  a: float32[B, T{a_axes}]
+  b: float32[B, T, d]
+  c: float32[B, T, d]
+outputs:
+  y: float32[B, T, d]
+blocks:
+  step(h, a, b, c): |
+    h = a * h + b
+    return h, h * c
+body: |
+  final, y = scan(step, zeros(B, d), a, b, c, over=T)
+"""
+
+
+def test_direct_coefficients_only_where_a_and_b_are_inputs_of_the_state_type() -> None:
+    from nnspec.compiler.affine_scan import direct_coefficients
+
+    assert direct_coefficients(nnspec.check(direct_spec(", d")).model.templates["step"]) == (1, 2)
+    assert direct_coefficients(nnspec.check("examples/mamba.yaml").model.templates["ssm_step"]) == (1, 2)
+    # near misses: `a` broadcast over d (not the state's type); `a` computed inside the step; not affine at all
+    assert direct_coefficients(nnspec.check(direct_spec("")).model.templates["step"]) is None
+    assert direct_coefficients(step_graph(AFFINE["a * h + b"])) is None
+    assert direct_coefficients(step_graph(NOT_AFFINE["squashed"])) is None
+
+
+@pytest.mark.parametrize("a_axes,direct", [(", d", True), ("", False)], ids=["direct", "broadcast a"])
+def test_direct_coefficients_equal_the_loop_with_gradients(a_axes: str, direct: bool) -> None:
+    """Read straight from the scanned tensors (no torch.func evaluation of the step) or found through the step:
+    both equal a plain step loop, values and gradients."""
+    text = direct_spec(a_axes)
+    assert ("direct=(1, 2)" in compile_spec(text, opt=2, backend_options=PARALLEL).source) is direct
+    model = nnspec.build(text, opt=2, backend_options=PARALLEL)
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 23, *([5] if direct else []), generator=g).requires_grad_()
+    b, c = (torch.randn(2, 23, 5, generator=g).requires_grad_() for _ in range(2))
+    h, ys = torch.zeros(2, 5), []
+    for t in range(a.shape[1]):
+        h = (a[:, t] if direct else a[:, t, None]) * h + b[:, t]
+        ys.append(h * c[:, t])
+    want = torch.stack(ys, dim=1)
+    got = model(a=a, b=b, c=c)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    seed = torch.randn_like(want)
+    for x, y in zip(torch.autograd.grad((got * seed).sum(), [a, b, c]),
+                    torch.autograd.grad((want * seed).sum(), [a, b, c]), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():   # the preallocated no-grad path
+        torch.testing.assert_close(model(a=a, b=b, c=c), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sequential_from", [1 << 16, 0], ids=["doubling", "sequential"])
+def test_linear_scan_with_the_initial_state_first(sequential_from: int) -> None:
+    g = torch.Generator().manual_seed(7)
+    a, b, h0 = torch.rand(9, 3, generator=g), torch.randn(9, 3, generator=g), torch.randn(3, generator=g)
+    got = linear_scan(a, b, h0, chunk=4, sequential_from=sequential_from, initial=True)
+    torch.testing.assert_close(got, torch.cat([h0[None], loop(a, b, h0)]), rtol=1e-5, atol=1e-6)

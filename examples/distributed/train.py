@@ -34,7 +34,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="global batch, split over the data-parallel ranks")
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mixed", choices=("bf16", "fp16"), default=None, help="FSDP compute dtype")
+    p.add_argument("--mixed", choices=("bf16", "fp16"), default=None,
+                   help="FSDP compute dtype (gradients reduced in fp32)")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="tp / fsdp_tp: keep the residual stream split on the sequence between blocks")
     p.add_argument("--set", dest="sets", action="append", default=[], help="override a dim/option: name=value")
     p.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl)")
     args = p.parse_args()
@@ -45,7 +48,7 @@ def main() -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     cfg = RunConfig(spec=args.spec, mode=args.mode, dims=parse_sets(args.sets), steps=args.steps, batch=args.batch,
                     seq=args.seq, lr=args.lr, tp=args.tp, pp=args.pp, schedule=args.schedule,
-                    microbatches=args.microbatches, mixed=args.mixed)
+                    microbatches=args.microbatches, mixed=args.mixed, sequence_parallel=args.sequence_parallel)
     try:
         losses, state = train_distributed(cfg, device=args.device)
         if dist.get_rank() == 0:

@@ -16,6 +16,9 @@ from typing import Annotated, Any
 
 import typer
 
+from nnspec.commands.backend_options import Flag as BackendOptionFlag
+from nnspec.commands.backend_options import parse as parse_backend_options
+
 EXIT_SPEC, EXIT_USAGE = 1, 2
 
 
@@ -28,20 +31,26 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
-        hf: Annotated[Path | None, typer.Option("--hf", help="write a Hugging Face model directory here")] = None,
-        onnx: Annotated[Path | None, typer.Option("--onnx", help="write an ONNX file here")] = None,
+        hf: Annotated[Path | None, typer.Option("--hf", metavar="DIR",
+                                                help="write a Hugging Face model directory here")] = None,
+        onnx: Annotated[Path | None, typer.Option("--onnx", metavar="FILE", help="write an ONNX file here")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="a checkpoint (safetensors file or "
                                                      "directory, Hugging Face names); random weights if left out")]
         = None,
-        config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json to map onto "
-                                                    "the spec")] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
-        opt: Annotated[int, typer.Option("-O", "--opt", help="optimisation level of the exported module "
-                                         "(the weights are the same at every level)")] = 0,
+        config: Annotated[Path | None, typer.Option("--config", metavar="FILE",
+                                                    help="a Hugging Face config.json to map onto "
+                                                         "the spec")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                       help="override a dim/option: name=value")] = None,
+        opt: Annotated[int, typer.Option("-O", "--opt", metavar="[0|1|2]",
+                                         help="optimisation level of the exported module "
+                                              "(the weights are the same at every level)")] = 0,
         seed: Annotated[int, typer.Option("--seed", help="torch seed of the random initialisation")] = 0,
-        max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="--hf: largest safetensors file "
-                                                    "(5GB, 200MiB, bytes)")] = "5GB",
+        max_shard_size: Annotated[str, typer.Option("--max-shard-size", metavar="SIZE",
+                                                    help="--hf: largest safetensors file "
+                                                         "(5GB, 200MiB, bytes)")] = "5GB",
         as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
+        backend_option: BackendOptionFlag = None,
     ) -> None:
         """Export a spec's model: a Hugging Face directory (--hf) and/or an ONNX file (--onnx)."""
         from nnspec.cli import parse_sets
@@ -61,7 +70,8 @@ def register(app: typer.Typer) -> None:
 
             overrides = parse_sets(set_ or [])
             torch.manual_seed(seed)
-            model = build(spec, opt=opt, config=config, **overrides)
+            model = build(spec, opt=opt, config=config,
+                          backend_options=parse_backend_options(backend_option, "torch"), **overrides)
             if weights is not None:
                 loaded = nnspec.load_weights(model, weights)
                 report["weights"] = {"from": str(weights), "loaded": len(loaded.loaded)}

@@ -14,6 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from nnspec.commands.backend_options import Flag as BackendOptionFlag
+from nnspec.commands.backend_options import parse as parse_backend_options
+
 EXIT_SPEC, EXIT_USAGE = 1, 2
 
 
@@ -51,11 +54,13 @@ def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
         spec: Annotated[Path, typer.Argument(help="the decoder's spec file (YAML)")],
-        config: Annotated[Path | None, typer.Option("--config", help="a Hugging Face config.json")] = None,
+        config: Annotated[Path | None, typer.Option("--config", metavar="FILE",
+                                                    help="a Hugging Face config.json")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="a checkpoint: safetensors file or directory "
                                                      "(Hugging Face names); random weights when left out")] = None,
-        prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", help="token ids, comma-separated; several "
-                                                       "prompts separated by ';' (left-padded)")] = None,
+        prompt_ids: Annotated[str | None, typer.Option("--prompt-ids", metavar="IDS",
+                                                       help="token ids, comma-separated; several "
+                                                            "prompts separated by ';' (left-padded)")] = None,
         prompt: Annotated[str | None, typer.Option("--prompt", help="text, tokenized with DIR/tokenizer.json "
                                                    "(needs the tokenizers package)")] = None,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="tokens to generate")] = 20,
@@ -67,9 +72,12 @@ def register(app: typer.Typer) -> None:
         eos: Annotated[int | None, typer.Option("--eos-token-id")] = None,
         pad: Annotated[int | None, typer.Option("--pad-token-id", help="the id left padding uses (default 0)")]
         = None,
-        opt: Annotated[int, typer.Option("-O", "--opt", help="optimisation level of the module")] = 0,
-        dtype: Annotated[str | None, typer.Option("--dtype", help="bf16 or fp16")] = None,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
+        opt: Annotated[int, typer.Option("-O", "--opt", metavar="[0|1|2]",
+                                         help="optimisation level of the module")] = 0,
+        dtype: Annotated[str | None, typer.Option("--dtype", metavar="[bf16|fp16]", help="bf16 or fp16")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                       help="override a dim/option: name=value")] = None,
+        backend_option: BackendOptionFlag = None,
     ) -> None:
         """Generate token ids with a decoder spec (KV cache derived by the compiler); prints one line per prompt."""
         import torch
@@ -95,6 +103,7 @@ def register(app: typer.Typer) -> None:
             mask[i, width - len(row):] = 1
         try:
             module = nnspec.build(spec, opt=opt, config=config, transforms={"dtype": dtype} if dtype else None,
+                                  backend_options=parse_backend_options(backend_option, "torch"),
                                   **parse_sets(set_ or []))
             module.eval()
             if weights is not None:

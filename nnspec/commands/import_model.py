@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
     def import_cmd(
         model: Annotated[str, typer.Argument(help="a Hugging Face config.json, or module:callable returning "
                                                   "(nn.Module, example inputs dict[, config dict])")],
-        out: Annotated[Path, typer.Option("-o", "--output", help="where to write the spec")],
-        name: Annotated[str | None, typer.Option("--name", help="the spec's name (default: model_type)")] = None,
+        out: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="where to write the spec")],
+        name: Annotated[str | None, typer.Option("--name", metavar="NAME",
+                                                 help="the spec's name (default: model_type)")] = None,
     ) -> None:
         """Import a PyTorch / Hugging Face model as a readable spec (torch.export, lifted to named axes)."""
         from nnspec.errors import SpecError

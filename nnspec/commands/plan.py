@@ -1,7 +1,8 @@
 """`nnspec plan SPEC --tp N --pp N`: the distributed plans derived from a spec, without torch.
 
-`--tp N` lists each linear's tensor-parallel style and why (its axes), the head counts made local, and the plan as a
-Hugging Face `base_model_tp_plan` dict (`--json`); `--pp N` lists the pipeline stages balanced by the cost model.
+`--tp N` lists each linear's tensor-parallel style and why (its axes), the head counts made local, what stays
+replicated and why, and the plan as Hugging Face `base_model_tp_plan` / model `_tp_plan` dicts (`--json`);
+`--sequence-parallel` plans sequence parallelism too; `--pp N` lists the pipeline stages balanced by the cost model.
 A spec that cannot be sharded or split as asked exits 1 with the reason at its place in the spec.
 """
 
@@ -23,11 +24,13 @@ def register(app: typer.Typer) -> None:
         spec: Annotated[Path, typer.Argument(help="the spec file (YAML)")],
         tp: Annotated[int, typer.Option("--tp", help="tensor-parallel size (0: no tensor-parallel plan)")] = 0,
         pp: Annotated[int, typer.Option("--pp", help="pipeline stages (0: no pipeline plan)")] = 0,
-        by: Annotated[str, typer.Option("--by", help="balance stages by 'flops' or 'params'")] = "flops",
+        by: Annotated[str, typer.Option("--by", metavar="[flops|params]",
+                                        help="balance stages by 'flops' or 'params'")] = "flops",
         seq: Annotated[int, typer.Option("--seq", help="sequence length the stage FLOPs are counted at")] = 1,
-        sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="list the norms that sequence "
-                                                        "parallelism would split")] = False,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="override a dim/option: name=value")] = None,
+        sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel", help="plan sequence parallelism too "
+                                                        "(norms split by position, blocks gather input)")] = False,
+        set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                       help="override a dim/option: name=value")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="print the plans as JSON")] = False,
     ) -> None:
         """Derive tensor-parallel and pipeline plans from a spec's named axes and cost model."""
@@ -46,13 +49,13 @@ def register(app: typer.Typer) -> None:
         try:
             model = Pipeline(spec, overrides=parse_sets(set_ or [])).checked.model
             if tp:
-                plan = derive_tp_plan(model, tp)
-                rules = plan.styles(sequence_parallel=sequence_parallel)
-                report["tp"] = {"size": tp, "base_model_tp_plan": plan.hf(sequence_parallel=sequence_parallel),
-                                "local_dims": plan.local_dims,
+                plan = derive_tp_plan(model, tp, sequence_parallel=sequence_parallel)
+                report["tp"] = {"size": tp, "sequence_parallel": sequence_parallel,
+                                "base_model_tp_plan": plan.hf(), "tp_plan": plan.hf_model(),
+                                "local_dims": plan.local_dims, "notes": plan.notes,
                                 "rules": [{"path": r.path, "style": r.hf_style, "axis": r.axis, "why": r.why}
-                                          for r in rules]}
-                lines += [ln for ln in plan.explain() if sequence_parallel or "sequence_parallel" not in ln]
+                                          for r in plan.styles()]}
+                lines += plan.explain()
             if pp:
                 stages = split_stages(model, pp, by=by, seq=seq)
                 report["pp"] = {"stages": [{"first": s.first, "stop": s.stop, by: s.cost} for s in stages.stages],

@@ -29,8 +29,9 @@ def json_schema() -> dict[str, Any]:
 def register(app: typer.Typer) -> None:
     @app.command("schema")
     def schema_cmd(
-        output: Annotated[Path | None, typer.Option("--output", "-o", help="write it to this file (atomically) "
-                                                    "instead of printing it")] = None,
+        output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
+                                                    help="write it to this file (atomically) "
+                                                         "instead of printing it")] = None,
     ) -> None:
         """Print the JSON Schema of the spec format (for editors: yaml-language-server, VS Code)."""
         text = json.dumps(json_schema(), indent=2) + "\n"

@@ -43,11 +43,13 @@ def register(app: typer.Typer) -> None:
     def serve_cmd(
         spec: Annotated[Path | None, typer.Argument(help="the spec to start from (YAML); a small MLP if left out")]
         = None,
-        host: Annotated[str, typer.Option("--host", help="the address to listen on; anything but loopback lets "
-                                          "other machines reach the playground")] = "127.0.0.1",
+        host: Annotated[str, typer.Option("--host", metavar="HOST",
+                                          help="the address to listen on; anything but loopback lets "
+                                               "other machines reach the playground")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="the port (0: any free one)")] = 8000,
-        set_: Annotated[list[str] | None, typer.Option("--set", help="a dim override the page starts with: "
-                                                       "name=value")] = None,
+        set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                       help="a dim override the page starts with: "
+                                                            "name=value")] = None,
         time_limit: Annotated[float, typer.Option("--time-limit", help="seconds one check may take before it "
                                                   "is stopped")] = 10.0,
     ) -> None:

@@ -37,3 +37,21 @@ def affine_state(step: Graph) -> bool:
     coefficient = next(i for i in mul.inputs if i != state)
     # what else the step computes from the state (its output y) is evaluated with the state before each step
     return coefficient not in from_state
+
+
+def direct_coefficients(step: Graph) -> tuple[int, int] | None:
+    """For a step that `affine_state` accepts: the positions among the step's inputs of `a` and `b` when both are
+    inputs of the step themselves (slices of scanned tensors, as Mamba's `h = decay * h + drive`) with the state's
+    exact type (same axes in the same order, same dtype), else None. A backend may then read every a_t and b_t
+    straight from the scanned tensors instead of evaluating the step to find them."""
+    if not affine_state(step):
+        return None
+    state = step.inputs[0]
+    new = step.nodes[step.outputs[0]]
+    mul = next(step.nodes[i] for i in new.inputs if step.nodes[i].op == "mul" and state in step.nodes[i].inputs)
+    a = next(i for i in mul.inputs if i != state)
+    b = next((i for i in new.inputs if i != mul.name), mul.name)
+    want = step.nodes[state].type
+    if any(i not in step.inputs[1:] or step.nodes[i].type != want for i in (a, b)):
+        return None
+    return step.inputs.index(a), step.inputs.index(b)

@@ -45,11 +45,19 @@ class Rule:
     """One module's parallel style: `path` is a module path pattern (`layers.*.self_attn.q_proj`)."""
 
     path: str
-    style: str             # colwise | rowwise | sequence_parallel
-    axis: str = ""         # the sharded factor (`num_key_value_heads`, `intermediate_size`)
+    # colwise | rowwise | sequence_parallel | embedding_rowwise (a vocab-sharded embedding) | colwise_gather_output
+    # (a vocab-sharded head, logits gathered) | gather_input (a block called with sequence-sharded arguments, which
+    # it needs whole: `args` of its `arity` arguments are gathered; sequence parallelism only)
+    style: str
+    axis: str = ""         # the sharded factor (`num_key_value_heads`, `intermediate_size`, `vocab_size`)
     stride: int = 1        # colwise over (k, axis, ...): each of k leading chunks is sharded separately
     why: str = ""
     span: Span | None = None
+    top: bool = False      # outside the repeat (embedding, head, final norm): the model's plan, not the base model's
+    seq_in: bool = False   # with sequence parallelism: its input arrives sharded on the sequence
+    seq_out: bool = False  # with sequence parallelism: its output leaves sharded on the sequence
+    args: tuple[int, ...] = ()
+    arity: int = 0
 
     @property
     def hf_style(self) -> str:
@@ -59,27 +67,49 @@ class Rule:
         return self.style
 
 
+SEQUENCE_ONLY = ("sequence_parallel", "gather_input")   # styles that exist only with sequence parallelism
+
+
 @dataclass
 class TPPlan:
     size: int
     rules: list[Rule] = field(default_factory=list)
     local_dims: dict[str, int] = field(default_factory=dict)   # dim -> its value per rank
     global_dims: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)             # what stays replicated, and why
+    sequence_parallel: bool = False   # derived for it: the residual stream sharded on the sequence between blocks
+    sequence_dim: int = 1             # the residual stream's sequence (token) dim
 
-    def styles(self, *, sequence_parallel: bool = False) -> list[Rule]:
-        return [r for r in self.rules if sequence_parallel or r.style != "sequence_parallel"]
+    def styles(self, *, sequence_parallel: bool | None = None) -> list[Rule]:
+        sp = self.sequence_parallel if sequence_parallel is None else sequence_parallel
+        return [r for r in self.rules if sp or r.style not in SEQUENCE_ONLY]
 
-    def hf(self, *, sequence_parallel: bool = False) -> dict[str, str]:
-        """The plan as a Hugging Face `base_model_tp_plan` dict (module pattern -> style)."""
-        return {r.path: r.hf_style for r in self.styles(sequence_parallel=sequence_parallel)}
+    def hf(self, *, sequence_parallel: bool | None = None) -> dict[str, str]:
+        """The repeated blocks' plan as a Hugging Face `base_model_tp_plan` dict (module pattern -> style), as a
+        config class declares it (transformers adds the embedding itself when it builds the model)."""
+        return {r.path: r.hf_style for r in self.styles(sequence_parallel=sequence_parallel)
+                if not r.top and r.style != "gather_input"}
+
+    def hf_model(self, *, sequence_parallel: bool | None = None) -> dict[str, str]:
+        """The whole model's plan as a Hugging Face model's `_tp_plan` (embedding, blocks, head), spec paths."""
+        rules = [r for r in self.styles(sequence_parallel=sequence_parallel) if r.style != "gather_input"]
+        ordered = [r for r in rules if r.style == "embedding_rowwise"] + [r for r in rules if not r.top] + \
+            [r for r in rules if r.top and r.style != "embedding_rowwise"]
+        return {r.path: r.hf_style for r in ordered}
 
     def explain(self) -> list[str]:
-        lines = [f"tensor parallel over {self.size} ranks:"]
-        width = max((len(r.path) for r in self.rules), default=0)
-        for r in self.rules:
-            lines.append(f"  {r.path:<{width}}  {r.hf_style:<17} {r.why}")
+        lines = [f"tensor parallel over {self.size} ranks" + " with sequence parallelism" * self.sequence_parallel
+                 + ":"]
+        rules = self.styles()
+        width = max((len(r.path) for r in rules), default=0)
+        for r in rules:
+            lines.append(f"  {r.path:<{width}}  {r.hf_style:<21} {r.why}")
+        candidates = [r.path for r in self.rules if r.style == "sequence_parallel" and r not in rules]
+        if candidates:
+            lines.append(f"  sequence parallelism (--sequence-parallel) would split the norms {', '.join(candidates)}")
         for dim, local in self.local_dims.items():
             lines.append(f"  local {dim} = {self.global_dims[dim]} / {self.size} = {local} per rank")
+        lines += [f"  note: {n}" for n in self.notes]
         return lines
 
 
@@ -89,13 +119,18 @@ class _Shard:
     rule: Rule | None  # the colwise rule that made it, still open to resolving its factor from the next view
 
 
-def derive_tp_plan(model: Model, size: int) -> TPPlan:
-    """The plan for a mesh of `size` ranks, or PlanError naming the axis or op that prevents it."""
+def derive_tp_plan(model: Model, size: int, *, sequence_parallel: bool = False) -> TPPlan:
+    """The plan for a mesh of `size` ranks, or PlanError naming the axis or op that prevents it. With
+    `sequence_parallel`, the residual stream stays sharded on the sequence between the blocks (Megatron-LM's sequence
+    parallelism, torchtitan's Llama plan): the norms split by position, the blocks gather their input, the row-wise
+    linears reduce-scatter onto the sequence, the embedding scatters and the head gathers."""
     if size < 1:
         raise PlanError(f"a tensor-parallel size is at least 1, got {size}")
-    plan = TPPlan(size)
-    for node, prefix in _repeats(model, model.graph, ""):
+    plan = TPPlan(size, sequence_parallel=sequence_parallel)
+    repeats = _repeats(model, model.graph, "")
+    for node, prefix in repeats:
         _Deriver(model, plan, node).block(model.templates[node.attrs["block"]], f"{prefix}{node.attrs['scope']}.*.")
+    _ends(model, plan, repeats)
     if not any(r.style == "colwise" for r in plan.rules):
         raise PlanError("no linear in a repeated block widens the residual stream into heads or a feed-forward "
                         "width: nothing to shard column-wise")
@@ -103,6 +138,73 @@ def derive_tp_plan(model: Model, size: int) -> TPPlan:
         if rule.style == "colwise" and rule.axis not in plan.global_dims:
             _divides(model, plan, rule)
     return plan
+
+
+def _ends(model: Model, plan: TPPlan, repeats: list[tuple[Node, str]]) -> None:
+    """The token embedding and the LM head, sharded on the vocabulary axis (the model output's last axis) as
+    transformers and torchtitan do: the embedding row-wise (each rank looks up its rows of the table, the partial
+    lookups are all-reduced), the head column-wise with its logits gathered. A table tied to the head, or a vocabulary
+    the mesh does not divide, stays replicated (noted). With sequence parallelism the final norm splits by position
+    and the embedding hands the first block its sequence shard."""
+    graph = model.graph
+    outputs = list(model.outputs.values())
+    out_type = graph[outputs[0]].type if outputs else None
+    names = getattr(out_type, "names", ())
+    if not names:
+        return
+    vocab = names[-1]
+    size = _literal_axis(model, vocab)
+    body = list(graph)
+    top = [n for n, _ in repeats if n in body]
+    at = body.index(top[0]) if len(top) == 1 else None
+    found: dict[str, Rule] = {}
+    for i, node in enumerate(body):
+        table = next((graph[n] for n in node.inputs[1:] if graph[n].op == "param"), None)
+        if table is None or (getattr(table.type, "names", ())[:1] != (vocab,) and node.op == "embedding"):
+            continue
+        if node.op == "embedding":
+            kind, style = "embedding", "embedding_rowwise"
+        elif node.op == "linear" and node.tensor_type.names[-1] == vocab and at is not None and i > at:
+            kind, style = "head", "colwise_gather_output"
+        else:
+            continue
+        path = str(table.attrs["path"]).rsplit(".", 1)[0]
+        if len(graph.users(table.name)) > 1:
+            plan.notes.append(f"{path} stays replicated: its weight {table.attrs['path']} is tied to another use")
+        elif size is None or size % plan.size:
+            plan.notes.append(f"{path} stays replicated: {vocab} = {size} is not divisible by {plan.size}")
+        else:
+            why = "rows (the vocabulary) split; partial lookups all-reduced" if kind == "embedding" else \
+                "output axis shards the vocabulary; logits gathered"
+            found[kind] = Rule(path, style, vocab, why=why, span=node.span, top=True,
+                               seq_out=kind == "embedding", seq_in=kind == "head")
+    for kind in ("embedding", "head"):
+        if kind in found:
+            plan.rules.append(found[kind])
+    if plan.sequence_parallel:
+        _sequence_ends(model, plan, found, top[0] if len(top) == 1 else None)
+
+
+def _sequence_ends(model: Model, plan: TPPlan, found: dict[str, Rule], rep: Node | None) -> None:
+    """Sequence parallelism needs the residual stream split from the token embedding to the final norm: the repeat
+    reads the sharded embedding's output, and its output goes through one norm straight into the sharded head."""
+    graph = model.graph
+    if rep is None or len([n for n in graph if n.op == "repeat"]) != 1:
+        raise PlanError("sequence parallelism needs the model body to run one repeat, between its embedding and head")
+    first = graph[rep.inputs[0]]
+    if first.op != "embedding" or "embedding" not in found:
+        raise PlanError(f"sequence parallelism splits the residual stream by position from the token embedding on; "
+                        f"the repeat {rep.attrs['scope']} reads {first.name} ({first.op}), computed after it",
+                        first.span)
+    users = graph.users(rep.name)
+    norm = users[0] if len(users) == 1 else None
+    head = graph.users(norm.name) if norm is not None and OPS[norm.op].has("norm") else []
+    if len(head) != 1 or "head" not in found or found["head"].span is not head[0].span:
+        raise PlanError(f"sequence parallelism needs the repeat {rep.attrs['scope']}'s output to go through one norm "
+                        "into a vocabulary-sharded head", (norm or rep).span)
+    at = plan.rules.index(found["head"])
+    plan.rules.insert(at, Rule(_module_path(graph, norm), "sequence_parallel", top=True, span=norm.span,   # type: ignore[arg-type]
+                               why="final norm over the residual stream: its rows can be split by position"))
 
 
 def _repeats(model: Model, graph: Graph, prefix: str) -> list[tuple[Node, str]]:
@@ -151,6 +253,13 @@ class _Deriver:
         self.model, self.plan = model, plan
         carried = repeat.attrs["params"][0]
         self.residual = carried.names[-1]     # the residual stream's axis, which stays replicated
+        self.seq_fed: set[str] = set()        # linears reading a sequence-parallel norm's output
+        if plan.sequence_parallel:
+            if len(carried.names) < 3:
+                raise PlanError(f"sequence parallelism splits the residual stream by position; repeat "
+                                f"{repeat.attrs['scope']} carries {carried.names}, with no sequence axis before "
+                                f"{self.residual}", repeat.span)
+            plan.sequence_dim = len(carried.names) - 2
 
     def block(self, graph: Graph, prefix: str) -> None:
         shards: dict[str, _Shard] = {}
@@ -167,6 +276,11 @@ class _Deriver:
                 self.plan.rules.append(Rule(prefix + _module_path(graph, node), "sequence_parallel",
                                             why="norm over the residual stream: its rows can be split by position",
                                             span=node.span))
+                self.sequence_consumers(graph, node, prefix)
+            elif node.op == "moe":
+                self.plan.notes.append(f"{prefix}{node.name} stays replicated: the experts are one fused {node.op} "
+                                       "op, whose feed-forward width a column/row split cannot reach (the expert "
+                                       "weights are stacked parameters, not linears)")
             else:
                 self.propagate(graph, node, shards)
         for out in graph.outputs:
@@ -174,6 +288,21 @@ class _Deriver:
                 raise PlanError(f"block {graph.name} returns a tensor sharded on {shards[out].factor}: the linear that "
                                 "contracts over it is in another block; a tensor-parallel split must close (row-wise) "
                                 "inside the block that opens it", graph[out].span)
+
+    def sequence_consumers(self, graph: Graph, norm: Node, prefix: str) -> None:
+        """With sequence parallelism the norm's output is sharded on the sequence: a block called with it gathers
+        it (`gather_input`), a column-wise linear reading it gathers it first; anything else is refused."""
+        for user in graph.users(norm.name):
+            if user.op == "call":
+                args = tuple(i for i, name in enumerate(user.inputs) if name == norm.name)
+                self.plan.rules.append(Rule(f"{prefix}{user.attrs['scope']}", "gather_input", args=args,
+                                            arity=len(user.inputs), why="called with the sequence-sharded norm "
+                                            "output: gathers it whole", span=user.span))
+            elif user.op == "linear":
+                self.seq_fed.add(user.name)
+            elif self.plan.sequence_parallel:
+                raise PlanError(f"{user.op} reads the output of norm {norm.name}, which sequence parallelism shards "
+                                "on the sequence; only a block call or a linear may read it", user.span)
 
     def linear(self, graph: Graph, node: Node, prefix: str, shards: dict[str, _Shard]) -> None:
         path = prefix + _module_path(graph, node)
@@ -186,14 +315,15 @@ class _Deriver:
             if contracted != src.factor and (_outer_named(contracted) != src.factor or _leading(contracted) != 1):
                 raise PlanError(f"{path} reads an input sharded on {src.factor} but contracts over {contracted}; a "
                                 "row-wise split needs the sharded axis to be the one contracted", node.span)
-            self.plan.rules.append(Rule(path, "rowwise", src.factor,
+            self.plan.rules.append(Rule(path, "rowwise", src.factor, seq_out=True,
                                         why=f"contracts over {contracted}, sharded on {src.factor}: partial sums "
-                                            "all-reduced", span=node.span))
+                                            "all-reduced" + " (reduce-scattered on the sequence)"
+                                            * self.plan.sequence_parallel, span=node.span))
             return
         if out_axis == self.residual and not any(u.op == "rearrange" and u.tensor_type.rank > node.tensor_type.rank
                                                  for u in graph.users(node.name)):
             return     # reads and writes the residual stream, and no view splits it into heads: stays replicated
-        rule = Rule(path, "colwise", out_axis, why="", span=node.span)
+        rule = Rule(path, "colwise", out_axis, why="", span=node.span, seq_in=node.name in self.seq_fed)
         self.plan.rules.append(rule)
         shards[node.name] = _Shard(out_axis, rule)
         _explain_colwise(rule)

@@ -21,6 +21,7 @@ from torch.distributed.pipelining.stage import _PipelineStageBase
 from nnspec.compiler.stage_split import StagePlan, split_stages
 from nnspec.compiler.tp_plan import PlanError
 from nnspec.distributed.model import spec_model
+from nnspec.distributed.stage_links import forward_through_stages
 
 SCHEDULES: dict[str, type[_PipelineSchedule]] = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B,
                                                  "interleaved": ScheduleInterleaved1F1B}
@@ -56,6 +57,7 @@ def build_pipeline(model: nn.Module, microbatch: torch.Tensor, *, microbatches: 
                         seq=microbatch.shape[-1])
     pipe = pipeline(model, mb_args=(microbatch,),
                     split_spec={p: SplitPoint.BEGINNING for p in plan.split_points()})
+    forward_through_stages(pipe)      # every value crosses one boundary at a time (interleaved needs it)
     _contiguous_boundaries([pipe.get_stage_module(i) for i in range(pipe.num_stages)])
     if pipe.num_stages != len(plan.stages):
         raise PlanError(f"the traced model split into {pipe.num_stages} stages, not {len(plan.stages)}")

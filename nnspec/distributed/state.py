@@ -36,9 +36,15 @@ def full_state_dict(model: nn.Module | list[nn.Module], *, pipeline: bool = Fals
 
 
 def _unsharded(model: nn.Module) -> dict[str, torch.Tensor]:
-    """FSDP's own all-gather, then the tensor-parallel DTensors gathered on their (1-D) mesh. Gathering the 2-D
+    """FSDP alone: each sharded parameter gathered. FSDP + TP: FSDP's own all-gather, then the tensor-parallel
+    DTensors gathered on their (1-D) mesh (in the policy's compute dtype under mixed precision). Gathering the 2-D
     (dp, tp) placement in one redistribution is wrong for a strided TP shard (FSDP2 nests its `_StridedShard` over
     ours: the fused q/k/v of GPT-2 came back permuted), so the two gathers are done one after the other."""
+    if all(t.device_mesh.ndim == 1 for t in model.parameters() if isinstance(t, DTensor)):
+        # FSDP alone: gather the sharded (master, full-precision) parameters; unsharding would hand back the
+        # mixed-precision policy's compute dtype
+        return {name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+                for name, t in [*model.named_parameters(), *model.named_buffers()]}
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.unshard()

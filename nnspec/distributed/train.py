@@ -39,7 +39,8 @@ class RunConfig:
     pp: int = 1               # pipeline size (pp_fsdp); the rest is data parallel
     schedule: str = "1f1b"
     microbatches: int = 2
-    mixed: str | None = None  # FSDP mixed precision: compute dtype (bf16, fp16)
+    mixed: str | None = None  # FSDP mixed precision: compute dtype (bf16, fp16); gradients reduced in fp32
+    sequence_parallel: bool = False   # with tp: the residual stream split on the sequence between blocks
     # save the trained model with torch.distributed.checkpoint here, load it into a freshly built (differently
     # initialised) sharded model, and return that model's weights: a round trip through the sharded checkpoint
     checkpoint: str | None = None
@@ -122,10 +123,10 @@ def train_distributed(cfg: RunConfig, device: str = "cpu") -> tuple[list[float],
 def _shard(cfg: RunConfig, model: torch.nn.Module, mesh: DeviceMesh) -> DeviceMesh | None:
     """TP then FSDP as the mode says; returns the data-parallel mesh, if any."""
     if "tp" in cfg.mode:
-        apply_tp(model, mesh["tp"])
+        apply_tp(model, mesh["tp"], sequence_parallel=cfg.sequence_parallel)
     dp = mesh["dp"] if "dp" in (mesh.mesh_dim_names or ()) else None
     if dp is not None:
-        apply_fsdp(model, dp, mp_policy=mixed_precision(cfg.mixed) if cfg.mixed else None)
+        apply_fsdp(model, dp, mp_policy=mixed_precision(cfg.mixed, "fp32") if cfg.mixed else None)
     return dp
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnspec.importer import moe
 from nnspec.importer.capture import Captured
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L
@@ -31,6 +32,16 @@ def _free_map(cap: Captured) -> dict[int, str]:
             free[t.shape[1]] = "T"
         elif t.dim() >= 1:
             free.setdefault(t.shape[0], "B")
+    # a sequence axis of other inputs (`features[B, T, d]`): the second dim, when its size is no config value
+    taken = {v for v in cap.config.values() if isinstance(v, int) and not isinstance(v, bool)}
+    clash = sorted(set(free) & taken)
+    if clash:
+        raise ImportFailure(f"the example inputs' batch or sequence size {clash[0]} equals a config value, so the "
+                            "importer cannot tell those axes apart: trace at sizes no config value has",
+                            op="inputs", module="")
+    for t in cap.inputs.values():
+        if t.dim() >= 3 and t.shape[1] not in taken and t.shape[1] not in free and "T" not in free.values():
+            free[t.shape[1]] = "T"
     return free
 
 
@@ -48,7 +59,7 @@ def _flatten(model: nn.Module) -> set[str]:
 def _layer_counts(model: nn.Module, dims: Dims, flat: set[str]) -> dict[str, str]:
     counts = {}
     for path, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 1:
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 1:
             n = len(mod)
             key = next((k for k in dims.values if "layer" in k and dims.values[k] == n), None)
             if key:
@@ -63,6 +74,7 @@ def assemble(cap: Captured, *, name: str) -> str:
     lifter = Lifter(cap, dims, RULES)
     lifter.flattened = _flatten(cap.model)
     lifter.rope_theta = None
+    _refuse_dead_parameters(cap, lifter)
     outputs = []
     for oname, out_node in _output_nodes(cap):
         out = lifter.lift(out_node)
@@ -72,6 +84,7 @@ def assemble(cap: Captured, *, name: str) -> str:
             from nnspec.importer.ops import merge_groups
 
             out = merge_groups(lifter, out, list(range(len(out.axes))), out_node)
+        out = _named_axes(lifter, out, out_node)
         axes = ", ".join(g[0] for g in out.axes)
         if out.scope or out.annot is None:        # bind the output by name in the body, checked against its axes
             out = L("{0}", [out], out.axes, out.order, "", out.idx + 0.001, hint=oname, bind=True)
@@ -108,6 +121,40 @@ def assemble(cap: Captured, *, name: str) -> str:
     lines += ["", "hf_config:"] + [f"  {ln}" for ln in _hf_config(cap, dims, lifter)]
     lines += ["", "weights:", "  hf:"] + [f"    {ln}" for ln in _weights(cap.model, lifter, renderer)]
     return "\n".join(lines) + "\n"
+
+
+def _named_axes(lifter: Lifter, out: L, node: Any) -> L:
+    """An output's type names each axis: a merged axis (`n_heads*head_dim`) is relabelled to a dim of its size
+    or to the number."""
+    from nnspec.importer.ops import _size_of_name
+    from nnspec.importer.patterns import relabel
+
+    for g in out.axes:
+        if g and "*" in g[0]:
+            size = _size_of_name(lifter, g[0], node)
+            new = lifter.dims.name(size)
+            out = relabel(lifter, out, g[0], new if "*" not in new else str(size), out.scope, out.idx + 0.0005)
+    return out
+
+
+def _refuse_dead_parameters(cap: Captured, lifter: Lifter) -> None:
+    """A parameter no output reads (dead code in the model) has no place in a spec, which only holds what its
+    outputs compute: the parameter count could not match, so the import is refused."""
+    out = next(n for n in cap.program.graph.nodes if n.op == "output")
+    live, stack = set(), [out]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    tensors = dict(cap.model.named_parameters(remove_duplicate=False))
+    live_keys = {key for n in live if n.op == "placeholder" and (key := lifter.params.get(n.name)) is not None}
+    live_ids = {id(tensors[k]) for k in live_keys if k in tensors}
+    # a tied weight (lm_head.weight is wte.weight) is read through either name
+    dead = [key for key in lifter.params.values() if key not in live_keys and id(tensors.get(key)) not in live_ids]
+    if dead:
+        module = dead[0].rpartition(".")[0]
+        raise ImportFailure(f"parameters that no output reads: {', '.join(dead)}", op="parameter", module=module)
 
 
 def _output_nodes(cap: Captured) -> list[tuple[str, Any]]:
@@ -148,17 +195,6 @@ def _hf_config(cap: Captured, dims: Dims, lifter: Lifter) -> list[str]:
     return out
 
 
-def _moe_rules(key: str) -> list[tuple[str, str]]:
-    if key.endswith("gate.weight"):
-        return [("router", ".gate.weight")]
-    if key.endswith("gate_up_proj"):
-        return [("gate_proj", ".experts.gate_up_proj | split(1, 2, 0)"),
-                ("up_proj", ".experts.gate_up_proj | split(1, 2, 1)")]
-    if key.endswith("down_proj"):
-        return [("down_proj", ".experts.down_proj")]
-    return []
-
-
 def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
     """Spec path -> checkpoint key: the spec's scopes are the module names, less the flattened base model, with
     a module list's index written `{i}`."""
@@ -174,13 +210,13 @@ def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
         return next((pat[len(p):] for p in prefixes if pat.startswith(p)), pat)
 
     rules: dict[str, str] = {}
+    by_moe = {key: (path, r) for path, r in lifter.moe.items() for key in moe.weight_keys(r)}
     for key, _ in model.named_parameters():
-        moe = next((m for m in lifter.moe if key.startswith(m + ".")), None)
-        if moe is not None:
+        if key in by_moe:
             # `moe`'s parameters: router, gate_proj and up_proj (halves of the fused gate_up_proj), down_proj
-            mpat = pattern(moe + ".")[:-1]
-            for mine, theirs in _moe_rules(key):
-                rules.setdefault(f"{spec_of(mpat)}.{mine}", mpat + theirs)
+            path, r = by_moe[key]
+            for mine, theirs in moe.weight_rules(r, spec_of(pattern(path + ".")[:-1]), pattern).items():
+                rules.setdefault(mine, theirs)
             continue
         pat = pattern(key)
         module = key.rsplit(".", 1)[0]

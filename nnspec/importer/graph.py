@@ -33,9 +33,25 @@ class L:
 
 
 def annotation(items: list[str | tuple[str, ...]]) -> str:
-    """`[B, T, (n_head head_dim)]` from items, a tuple being a merged or split group."""
-    parts = [f"({' '.join(i)})" if isinstance(i, tuple) else i for i in items]
+    """`[B, T, (n_head head_dim)]` from items, a tuple being a merged or split group. A merged axis's name
+    (`n_head*head_dim`) cannot be written in an annotation: it is written as the group that splits it again, which
+    is what the annotation means wherever it aligns items by position (`unmerged` gives the axes it makes)."""
+    parts = [f"({' '.join(i)})" if isinstance(i, tuple) else f"({' '.join(i.split('*'))})" if "*" in i else i
+             for i in items]
+    names = [a for i in items for a in ((i,) if isinstance(i, str) else i)]
+    if len(set(names)) != len(names):
+        raise Unwritable(f"an annotation naming two axes alike ({', '.join(names)})")
     return "[" + ", ".join(parts) + "]"
+
+
+class Unwritable(Exception):
+    """A lifted value the language cannot write (an annotation naming two axes alike): the importer refuses it at
+    the node being lifted."""
+
+
+def unmerged(axes: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The axes after a positional annotation wrote each merged name as its group: split into their pieces."""
+    return [tuple(p for a in g for p in a.split("*")) for g in axes]
 
 
 def merged_name(names: tuple[str, ...]) -> str:

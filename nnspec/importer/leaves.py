@@ -104,10 +104,13 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
         out = lifter.dims.axis(out_size)
         bias = "" if params.get("bias") is not None else ", bias=false"
         x = _merge_last(lifter, x, n)
+        if out_size == 1:
+            # one output (a gate's logit): torch keeps a size-1 dim that broadcasts by position; the language
+            # sums the axis `1` away so that the value broadcasts by name
+            return call(f"sum(linear({{0}}, 1{bias}, name={name}), over=1)", x.axes[:-1] + [()],
+                        [a for a in x.order if a != x.axes[-1][0]], "linear")
         return call(f"linear({{0}}, {lifter.dims.expr(out_size)}{bias}, name={name})", x.axes[:-1] + [(out,)],
                     [a for a in x.order if a != x.axes[-1][0]] + [out], "linear")
-    if cls.endswith("SparseMoeBlock"):
-        return _moe(lifter, mod, n, x, xv, yv, name, call, path)
     if isinstance(mod, nn.Conv2d):
         return _conv2d(lifter, mod, n, x, xv, yv, name, call)
     if isinstance(mod, nn.LayerNorm) or (cls.endswith("LayerNorm") and not cls.endswith("RMSNorm") \
@@ -134,35 +137,6 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
                          "rmsnorm, an activation) or computes something else than it")
 
 
-def _moe(lifter: Lifter, mod: nn.Module, n: fx.Node, x: L, xv: torch.Tensor, yv: torch.Tensor, name: str,
-         call, path: str) -> L:
-    """Mixtral's sparse MoE block: a router `[E, H]`, fused `gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`,
-    top-k of the softmax renormalised; checked against the dense gated sum the language defines."""
-    router = getattr(getattr(mod, "gate", None), "weight", None)
-    experts = getattr(mod, "experts", None)
-    gate_up, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
-    if router is None or gate_up is None or down is None or any(True for _ in mod.named_children()
-                                                                  if _[0] not in ("gate", "experts")):
-        raise lifter.fail(n, f"a {type(mod).__name__} other than Mixtral's (router, fused experts, no shared expert)")
-    e, inner = gate_up.shape[0], gate_up.shape[1] // 2
-    k = int(getattr(mod.gate, "top_k", 0) or getattr(mod, "top_k", 0))
-    with torch.no_grad():
-        h = xv.reshape(-1, xv.shape[-1]).float()
-        probs = torch.softmax(h @ router.t(), -1)
-        top, idx = probs.topk(k, -1)
-        weights = torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True))
-        g, u = gate_up[:, :inner], gate_up[:, inner:]
-        outs = torch.stack([(F.silu(h @ g[j].t()) * (h @ u[j].t())) @ down[j].t() for j in range(e)], 1)
-        ref = (outs * weights.unsqueeze(-1)).sum(1).reshape(xv.shape)
-    _check(lifter, n, ref, yv)
-    x = _merge_last(lifter, x, n)
-    d = lifter.dims
-    kname = next((key for key, v in d.values.items() if "per_tok" in key and v == k), str(k))
-    ename = next((key for key, v in d.values.items() if "experts" in key and v == e), str(e))
-    lifter.moe.add(path)
-    return call(f"moe({{0}}, {ename}, {d.expr(inner)}, {kname}, name={name})", x.axes, x.order, "moe")
-
-
 def _conv2d(lifter: Lifter, mod: nn.Conv2d, n: fx.Node, x: L, xv: torch.Tensor, yv: torch.Tensor, name: str,
             call) -> L:
     """`conv(x, out, kernel, stride=, padding=, channel=C, over=(H, W), into=(gh, gw))` for a 2-d convolution over
@@ -179,20 +153,31 @@ def _conv2d(lifter: Lifter, mod: nn.Conv2d, n: fx.Node, x: L, xv: torch.Tensor, 
     fmt = (f"conv({{0}}, {d.expr(mod.out_channels)}, kernel={d.expr(k[0])}, stride={d.expr(st[0])}{extra}{bias}, "
            f"channel={c}, over=({h}, {w}), into=(gh, gw), name={name})")
     out = d.axis(mod.out_channels)
+    d.local.update(gh=yv.shape[-2], gw=yv.shape[-1])
     order = [a for a in x.order if a not in (c, h, w)] + [out, "gh", "gw"]
     return call(fmt, [x.axes[0], (out,), ("gh",), ("gw",)], order,
                 "conv")
 
 
 def _merge_last(lifter: Lifter, x: L, n: fx.Node) -> L:
-    """A function over the last axis needs one named axis there: merge a group (`o[B, T, (h d)]`)."""
-    from nnspec.importer.ops import merge_groups
+    """A function over the last axis needs one named axis there: merge a group (`o[B, T, (h d)]`), and the spec
+    value's last axis must be torch's (`(mean(h, over=T) + h)` is `[B, d, T]` in the language, whose axes come in
+    operand order): rearranged to torch's order where they differ."""
+    from nnspec.importer.graph import annotation
+    from nnspec.importer.ops import _bound, merge_groups
 
-    if not x.axes or len(x.axes[-1]) == 1:
+    if not x.axes:
         return x
     if len(x.axes[-1]) == 0:
         raise lifter.fail(n, "a size-1 last axis where a function needs features")
-    return merge_groups(lifter, x, [len(x.axes) - 1], n)
+    if len(x.axes[-1]) > 1:
+        x = merge_groups(lifter, x, [len(x.axes) - 1], n)
+    if x.order and x.order[-1] != x.axes[-1][0]:
+        flat = x.flat()
+        if sorted(flat) != sorted(x.order):
+            raise lifter.fail(n, f"axes {x.order} of a value in another order than torch's {flat}")
+        x = L("{0}" + annotation(list(flat)), [_bound(x)], x.axes, flat, x.scope, x.idx + 0.01, hint=x.hint)
+    return x
 
 
 def _check(lifter: Lifter, n: fx.Node, ref: torch.Tensor, got: torch.Tensor) -> None:

@@ -20,8 +20,9 @@ from torch import fx
 
 from nnspec.importer.capture import Captured
 from nnspec.importer.errors import ImportFailure
-from nnspec.importer.graph import L
+from nnspec.importer.graph import L, Unwritable
 from nnspec.importer.naming import Dims
+from nnspec.importer.routing import Routed, routed
 
 # Ops that pass their input through unchanged at inference (same dtype casts, copies, eval-mode dropout).
 _ALIASES = {"aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default",
@@ -52,7 +53,7 @@ class Lifter:
         self.leaf_calls: list[tuple[str, str]] = []   # (module path, leaf kind) for the weights mapping
         self.transposed: set[str] = set()     # module paths whose weight the checkpoint stores transposed
         self.squeezed: dict[str, list[int]] = {}
-        self.moe: set[str] = set()                 # module paths lifted as `moe` (their weights map specially)
+        self.moe: dict[str, Routed] = {}           # module paths lifted as `moe` (their weights map specially)
 
     # --- structure ---------------------------------------------------------------------------------------------
     def stack(self, n: fx.Node) -> list[str]:
@@ -63,12 +64,12 @@ class Lifter:
         return paths
 
     def is_leaf(self, path: str) -> bool:
-        """A module lifted as one function call: one without submodules, or a sparse MoE block (its routing is
-        data-dependent code the language has as one function, `moe`)."""
+        """A module lifted as one function call: one without submodules, or a routed mixture of experts (its
+        routing is data-dependent code the language has as one function, `moe`)."""
         mod = self.modules.get(path)
         if mod is None or path == "":
             return False
-        return not any(True for _ in mod.children()) or type(mod).__name__.endswith("SparseMoeBlock")
+        return not any(True for _ in mod.children()) or routed(self.modules, path) is not None
 
     def leaf_of(self, n: fx.Node) -> str | None:
         for path in self.stack(n):
@@ -113,6 +114,14 @@ class Lifter:
             return n
         if n in self.cache:
             return self.cache[n]
+        try:
+            out = self._lift(n)
+        except Unwritable as exc:
+            raise self.fail(n, str(exc)) from None
+        self.cache[n] = out
+        return out
+
+    def _lift(self, n: fx.Node) -> Any:
         rules = self.rules
         if n.op == "placeholder":
             out = self._placeholder(n)
@@ -126,7 +135,6 @@ class Lifter:
             out = rules.match(self, n)
             if out is None:
                 out = rules.lift_op(self, n)
-        self.cache[n] = out
         return out
 
     def _placeholder(self, n: fx.Node) -> L:
@@ -152,6 +160,13 @@ class Lifter:
         first_use = min(self.index[u] for u in n.users)
         scope = self.scope_of(next(iter(n.users)))
         attr = key.rsplit(".", 1)[-1]
+        owner, _, _ = key.rpartition(".")
+        parent, _, owner_attr = owner.rpartition(".")
+        if owner and self.is_leaf(owner) and (parent == scope or (not scope and parent in self.flattened)) \
+                and val.dim() == 2 and not ones:
+            # a weight of a sibling call read directly (a projection tied to `up.weight`): the language names it so
+            out_in = [(self.dims.axis(val.shape[0]),), (self.dims.name(val.shape[1]),)]
+            return L(f"{owner_attr}.{attr}", [], out_in, [a[0] for a in out_in], scope, first_use - 0.5, hint=attr)
         return L(f"param({', '.join(names)}, name={attr})", [], axes, names, scope, first_use - 0.5, hint=attr,
                  bind=True)
 

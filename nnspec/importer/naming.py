@@ -28,6 +28,8 @@ class Dims:
     derived: dict[str, str] = field(default_factory=dict)     # name -> expression over dims
     free: dict[int, str] = field(default_factory=dict)        # example size -> free dim name
     used: set[str] = field(default_factory=set)
+    aliases: dict[str, str] = field(default_factory=dict)    # a relabelled axis (`S`) -> the axis it renames (`T`)
+    local: dict[str, int] = field(default_factory=dict)      # axes a call names (a conv's `gh`): their sizes
 
     @classmethod
     def from_config(cls, config: dict[str, Any], free: dict[int, str]) -> Dims:
@@ -101,8 +103,6 @@ class Dims:
 
     def split(self, name: str, size: int, parts: list[int]) -> list[str]:
         """Names for the pieces of an axis `name` (of `size`) split into `parts` sizes (product == size)."""
-        for _expr, _value in self.derived.items():
-            pass
         # a derived dim d = a / b factors a into (b, d): hidden_size -> (num_attention_heads, head_dim)
         if len(parts) == 2:
             for d, formula in self.derived.items():
@@ -110,9 +110,11 @@ class Dims:
                 if a == name and [self.values[b], self.values[d]] == parts:
                     self.used.update((b, d))
                     return [b, d]
+        # a merged axis (`T*groups`, free dims included) split back into its own pieces
         pieces = [p.strip() for p in name.split("*")]
-        if len(pieces) == len(parts) and all(p in self.values or p.isdigit() for p in pieces) and [
-                self.values[p] if p in self.values else int(p) for p in pieces] == parts:
+        known = {**self.values, **{v: k for k, v in self.free.items()}}
+        if len(pieces) == len(parts) and all(p in known or p.isdigit() for p in pieces) and [
+                known[p] if p in known else int(p) for p in pieces] == parts:
             return pieces
         out: list[str] = []
         for p in parts:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx
 
-from nnspec.importer.graph import L, annotation, merged_name
+from nnspec.importer.graph import L, annotation, merged_name, unmerged
 
 if TYPE_CHECKING:
     from nnspec.importer.lift import Lifter
@@ -24,7 +24,9 @@ _BINARY = {"aten.gt.Tensor": ">", "aten.lt.Tensor": "<", "aten.ge.Tensor": ">=",
 _UNARY = {"aten.tanh.default": "tanh", "aten.rsqrt.default": "rsqrt", "aten.sqrt.default": "sqrt",
           "aten.exp.default": "exp", "aten.sigmoid.default": "sigmoid", "aten.silu.default": "silu",
           "aten.relu.default": "relu", "aten.sin.default": "sin", "aten.cos.default": "cos",
-          "aten.log.default": "log", "aten.abs.default": "abs"}
+          "aten.log.default": "log", "aten.abs.default": "abs", "aten.softplus.default": "softplus",
+          "aten.expm1.default": "expm1", "aten.log1p.default": "log1p", "aten.floor.default": "floor",
+          "aten.sign.default": "sign"}
 
 
 def _scope_idx(lifter: Lifter, n: fx.Node) -> tuple[str, int]:
@@ -40,17 +42,31 @@ def lift_op(lifter: Lifter, n: fx.Node) -> Any:
         return _binary(lifter, n, _BINARY[name])
     if name in _CALL2:
         a, b = lifter.lift(n.args[0]), lifter.lift(n.args[1])
+        scope, idx = _scope_idx(lifter, n)
+        if isinstance(a, L) and _scalar(lifter, n.args[1]) is not None:    # `max(z, 0.5)`: a 0-d constant operand
+            return L(f"{_CALL2[name]}({{0}}, {_literal(_scalar(lifter, n.args[1]))})", [a], a.axes, a.order, scope,
+                     idx, hint=a.hint)
         if not isinstance(a, L) or not isinstance(b, L):
             raise lifter.fail(n, "an elementwise max/min with a constant")
         axes = _broadcast(lifter, n, a, b)
-        scope, idx = _scope_idx(lifter, n)
         return L(f"{_CALL2[name]}({{0}}, {{1}})", [a, b], axes, a.order + [x for x in b.order if x not in a.order],
                  scope, idx, hint="h")
     if name in _UNARY:
+        if list(n.args[1:]) not in ([], [1, 20]):            # softplus's beta and threshold: the defaults only
+            raise lifter.fail(n, f"{_UNARY[name]} with arguments {list(n.args[1:])}")
         x = lifter.lift(n.args[0])
         scope, idx = _scope_idx(lifter, n)
         return L(f"{_UNARY[name]}({{0}})", [x], x.axes, x.order, scope, idx, hint=x.hint)
     raise lifter.fail(n, "no lifting rule for this op")
+
+
+def _scalar(lifter: Lifter, node: Any) -> float | None:
+    """The number a 0-d constant tensor (`torch.tensor(0.5)`, as `torch.maximum(x, 0.5)` is traced) holds."""
+    v = lifter.value(node)
+    if isinstance(node, fx.Node) and lifter.resolve(node) in lifter.static and isinstance(v, torch.Tensor) \
+            and v.dim() == 0 and v.is_floating_point():
+        return float(v)
+    return None
 
 
 def _literal(v: Any) -> str:
@@ -119,6 +135,8 @@ def _dim(x: L, d: int) -> int:
 def _softmax(lifter: Lifter, n: fx.Node) -> L:
     x = lifter.lift(n.args[0])
     d = _dim(x, n.args[1])
+    if not x.axes[d]:
+        raise lifter.fail(n, "a softmax over a size-1 axis")
     if len(x.axes[d]) != 1:
         x = merge_groups(lifter, x, [d], n)
     scope, idx = _scope_idx(lifter, n)
@@ -132,6 +150,9 @@ def _mean(lifter: Lifter, n: fx.Node) -> L:
     if len(dims) != 1:
         raise lifter.fail(n, "a mean over several dims")
     d = _dim(x, dims[0])
+    if not x.axes[d]:
+        # over a size-1 dim (`sum(linear(x, 1), over=1)`): every reduction is the value, that dim dropped
+        return _view_of(lifter, n, x, x.axes if keep else x.axes[:d] + x.axes[d + 1:], x.order)
     if len(x.axes[d]) != 1:
         x = merge_groups(lifter, x, [d], n)
     ax = x.axes[d][0]
@@ -318,10 +339,16 @@ def _size_of_name(lifter: Lifter, name: str, n: fx.Node) -> int:
     free = {v: k for k, v in lifter.dims.free.items()}
     total = 1
     for part in name.split("*"):
+        seen = set()
+        while part in lifter.dims.aliases and part not in seen:
+            seen.add(part)
+            part = lifter.dims.aliases[part]
         if part in free:
             total *= free[part]
         elif part in lifter.dims.values:
             total *= lifter.dims.values[part]
+        elif part in lifter.dims.local:
+            total *= lifter.dims.local[part]
         elif part.isdigit():
             total *= int(part)
         else:
@@ -452,93 +479,50 @@ def _linear(lifter: Lifter, n: fx.Node) -> L:
 
 def _matmul(lifter: Lifter, n: fx.Node) -> L:
     """`a @ b` over the last two dims is the contraction `s[..., I, J] = a * b` with the summed axis given one name
-    in both operands and the two free axes distinct names (keys become `S` where they would collide with queries)."""
+    in both operands and the free axes distinct names (keys become `S` where they would collide with queries). A
+    free torch dim holding several named axes (`(T groups)` of grouped-query scores) keeps them: the contraction
+    names every axis of the result, so nothing needs merging."""
+    from nnspec.importer.patterns import relabel
+
     a, b = lifter.lift(n.args[0]), lifter.lift(n.args[1])
     if not isinstance(a, L) or not isinstance(b, L) or len(a.axes) < 2 or len(b.axes) < 2:
         raise lifter.fail(n, "a matmul of a vector or a constant")
     scope, idx = _scope_idx(lifter, n)
-    for d in (-1, -2):
-        if len(a.axes[d]) > 1:
-            a = merge_groups(lifter, a, [len(a.axes) + d], n)
-        if len(b.axes[d]) > 1:
-            b = merge_groups(lifter, b, [len(b.axes) + d], n)
-    if any(len(t.axes[d]) != 1 for t in (a, b) for d in (-1, -2)):
+    # merged names (`n_heads*head_dim`) cannot be written in the contraction's target: split them back first
+    a, b = (_split_merged(lifter, n, t, scope, idx - 0.2) for t in (a, b))
+    for j in b.axes[-1]:
+        if j in a.flat() and j not in a.axes[-1]:
+            b = relabel(lifter, b, j, "S" if "S" not in a.flat() + b.flat() else f"{j}_k", scope, idx - 0.1)
+    ga, gb = a.axes[-1], b.axes[-2]
+    if ga != gb:
+        if len(ga) != 1 or len(gb) != 1:
+            raise lifter.fail(n, f"a matmul summing axes grouped differently ({ga} and {gb})")
+        b = relabel(lifter, b, gb[0], ga[0], scope, idx - 0.1)
+    if any(len(t.axes[d]) == 0 for t in (a, b) for d in (-1, -2)):
         raise lifter.fail(n, "a matmul over size-1 axes")
-    summed, i_ax, j_ax = a.axes[-1][0], a.axes[-2][0], b.axes[-1][0]
-    rename = {}
-    if b.axes[-2][0] != summed:
-        rename[b.axes[-2][0]] = summed
-    if j_ax == i_ax or (j_ax in a.flat() and j_ax != summed):
-        rename[j_ax] = "S" if "S" not in a.flat() else f"{j_ax}_k"
-    if rename:
-        from nnspec.importer.patterns import relabel
-
-        for old, new in rename.items():
-            b = relabel(lifter, b, old, new, scope, idx - 0.1)
-        j_ax = b.axes[-1][0]
+    if set(a.axes[-2]) & set(b.axes[-1]):
+        raise lifter.fail(n, "a matmul whose two free axes share a name")
     batch = _broadcast(lifter, n, L("", [], a.axes[:-2], [], scope, idx), L("", [], b.axes[:-2], [], scope, idx)) \
         if a.axes[:-2] or b.axes[:-2] else []
-    axes = list(batch) + [(i_ax,), (j_ax,)]
+    axes = list(batch) + [a.axes[-2], b.axes[-1]]
     names = [x for g in axes for x in g]
     node = L("{0} * {1}", [a, b], axes, names, scope, idx, atom=False, hint="s", bind=True)
     node.annot = ", ".join(names)
     return node
 
 
-def _where(lifter: Lifter, n: fx.Node) -> L:
-    """`where(mask, a, b)`; a causal mask computed from sizes is `causal_mask(T, S)` over the last two axes."""
-    from nnspec.importer.patterns import Static, is_causal
-
-    cond, a, b = (lifter.lift(x) for x in n.args[:3])
-    scope, idx = _scope_idx(lifter, n)
-    ref = a if isinstance(a, L) else b
-    if isinstance(cond, Static) and isinstance(cond.value, torch.Tensor) and cond.value.dtype == torch.bool \
-            and bool(cond.value.all()) and isinstance(a, L):
-        return a                                   # a mask that keeps everything (no padding given)
-    if isinstance(cond, Static):
-        if not is_causal(cond.value) or not isinstance(ref, L) or any(len(g) != 1 for g in ref.axes[-2:]):
-            raise lifter.fail(n, "a where over a constant mask that is not causal")
-        t, s_ = ref.axes[-2][0], ref.axes[-1][0]
-        cond = L(f"causal_mask({t}, {s_})", [], [(t,), (s_,)], [t, s_], scope, idx)
-    operands = [cond, a, b]
-    refs = [o for o in operands if isinstance(o, L)]
-    parts, k = [], 0
-    for o in operands:
-        if isinstance(o, L):
-            parts.append(f"{{{k}}}")
-            k += 1
-        else:
-            parts.append(_literal(o))
-    return L(f"where({', '.join(parts)})", refs, ref.axes, ref.order, scope, idx, hint=ref.hint)
-
-
-def _masked_fill(lifter: Lifter, n: fx.Node) -> L:
-    """`x.masked_fill(mask, v)` with a mask computed from sizes: nothing when it masks nothing, `where(causal_mask(
-    T, S), x, v)` when it masks the future (the mask's two non-1 dims, right-aligned against x's)."""
-    from nnspec.importer.patterns import Static, is_causal
-
-    x, mask, fill = lifter.lift(n.args[0]), lifter.lift(n.args[1]), n.args[2]
-    if not isinstance(mask, Static) or not isinstance(x, L):
-        raise lifter.fail(n, "a masked_fill with a mask computed from the inputs")
-    m = mask.value
-    if not bool(m.any()):
+def _split_merged(lifter: Lifter, n: fx.Node, x: L, scope: str, idx: float) -> L:
+    """`x[B, (n_heads head_dim), S]` for an `x` with a merged axis `n_heads*head_dim`: its pieces named again."""
+    if not any("*" in a for a in x.flat()):
         return x
-    big = [i for i, size in enumerate(m.shape) if size > 1]
-    offset = len(x.axes) - m.dim()
-    if len(big) != 2 or not is_causal(~m.reshape(m.shape[big[0]], m.shape[big[1]])):
-        raise lifter.fail(n, "a masked_fill with a constant mask that is not causal")
-    t, s_ = (x.axes[offset + i] for i in big)
-    if len(t) != 1 or len(s_) != 1:
-        raise lifter.fail(n, "a causal mask over merged axes")
-    scope, idx = _scope_idx(lifter, n)
-    return L(f"where(causal_mask({t[0]}, {s_[0]}), {{0}}, {_literal(fill)})", [x], x.axes, x.order, scope, idx,
-             hint=x.hint)
+    order = [p for a in x.order for p in a.split("*")]
+    if len(set(order)) != len(order):
+        raise lifter.fail(n, f"a matmul over a merged axis whose pieces repeat another axis's name ({x.order})")
+    return L("{0}" + annotation(list(x.order)), [_bound(x)], unmerged(x.axes), order, scope, idx, hint=x.hint)
 
 
 _HANDLERS: dict[str, Callable[[Lifter, fx.Node], Any]] = {
-    "aten.masked_fill.Scalar": _masked_fill,
-    "aten.matmul.default": _matmul, "aten.where.self": _where, "aten.where.ScalarOther": _where,
-    "aten.where.ScalarSelf": _where, "aten.where.Scalar": _where,
+    "aten.matmul.default": _matmul,
     "aten.linear.default": _linear,
     "aten.flatten.using_ints": _flatten, "aten.cat.default": _cat,
     "aten.select.int": _select, "aten.slice.Tensor": _slice,

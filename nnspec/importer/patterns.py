@@ -8,13 +8,14 @@ along one axis, a causal mask (lower-triangular), a rotary table. A pattern is c
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx
 
-from nnspec.importer.graph import L, annotation
+from nnspec.importer.graph import L, annotation, unmerged
 
 if TYPE_CHECKING:
     from nnspec.importer.lift import Lifter
@@ -38,6 +39,13 @@ def static_value(lifter: Lifter, n: fx.Node) -> Any:
             name = lifter.dims.name(v.shape[d])
             axes[d] = (name,)
             return L(f"arange({name})", [], axes, [name], lifter.scope_of(n), lifter.index[n])
+        if v.numel() and bool((v == v.flatten()[0]).all()) and all(s in lifter.dims.free for s in v.shape if s > 1):
+            # a constant index table over free axes (token types defaulted to 0): `full(0, B, T, dtype="int64")`
+            axes = [(lifter.dims.free[s],) if s > 1 else () for s in v.shape]
+            names = [a[0] for a in axes if a]
+            if len(set(names)) == len(names):
+                return L(f"full({int(v.flatten()[0])}, {', '.join(names)}, dtype=\"{str(v.dtype)[6:]}\")", [], axes,
+                         names, lifter.scope_of(n), lifter.index[n])
     return Static(n, v)
 
 
@@ -89,9 +97,7 @@ def _rotary(lifter: Lifter, n: fx.Node) -> L | None:
     parts = cat.args[0]
     if len(parts) != 2 or _op(lifter, parts[0], "aten.neg.default") is None:
         return None
-    hi = _op(lifter, lifter.resolve(parts[0]).args[0], "aten.slice.Tensor")
-    lo = _op(lifter, parts[1], "aten.slice.Tensor")
-    if hi is None or lo is None or lifter.resolve(hi.args[0]) is not x or lifter.resolve(lo.args[0]) is not x:
+    if not (_half_of(lifter, lifter.resolve(parts[0]).args[0], x, 1) and _half_of(lifter, parts[1], x, 0)):
         return None
     xv, got = lifter.value(x), lifter.value(n)
     cv = lifter.value(cos).expand_as(xv)
@@ -117,6 +123,19 @@ def _rotary(lifter: Lifter, n: fx.Node) -> L | None:
         raise lifter.fail(n, "rotary over a merged axis")
     return L(f"rotary({{0}}, pos={pos[0]}, dim={dim[0]}, base={base_txt})", [xl], xl.axes, xl.order,
              lifter.scope_of(n), lifter.index[n], hint=xl.hint)
+
+
+def _half_of(lifter: Lifter, n: Any, x: fx.Node, which: int) -> bool:
+    """`n` is the first (0) or second (1) half of `x`'s last dim: `x[..., :d/2]` / `x[..., d/2:]` as HF writes
+    it, or `x.chunk(2, dim)[which]` as nnspec's generated rotary does (the value check decides the rest)."""
+    s = _op(lifter, n, "aten.slice.Tensor")
+    if s is not None:
+        return lifter.resolve(s.args[0]) is x
+    r = lifter.resolve(n)
+    if not (isinstance(r, fx.Node) and r.target is operator.getitem and r.args[1] == which):
+        return False
+    chunk = _op(lifter, r.args[0], "aten.chunk.default")
+    return chunk is not None and chunk.args[1] == 2 and lifter.resolve(chunk.args[0]) is x
 
 
 def _rotate(x: torch.Tensor, pos_dim: int, base: float) -> torch.Tensor:
@@ -169,11 +188,13 @@ def _peel_repeat_kv(lifter: Lifter, n: Any) -> tuple[fx.Node, int]:
 
 
 def relabel(lifter: Lifter, x: L, old: str, new: str, scope: str, idx: float) -> L:
+    lifter.dims.aliases.setdefault(new, old)
     items = [new if a == old else a for a in x.order]
     if not x.atom:
         x.bind = True
-    axes = [tuple(new if a == old else a for a in g) for g in x.axes]
-    return L("{0}" + annotation(list(items)), [x], axes, list(items), scope, idx, hint=x.hint)
+    axes = unmerged([tuple(new if a == old else a for a in g) for g in x.axes])
+    order = [p for a in items for p in a.split("*")]
+    return L("{0}" + annotation(list(items)), [x], axes, order, scope, idx, hint=x.hint)
 
 
 def _sdpa(lifter: Lifter, n: fx.Node) -> L:

@@ -3,20 +3,28 @@ list's layers render to the same block, single-use values inlined, the rest boun
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections import Counter
 
+from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, annotation
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _reserved() -> set[str]:
+@functools.cache
+def _reserved() -> frozenset[str]:
     from nnspec.compiler import builtins  # noqa: F401 - registers the built-in functions
     from nnspec.compiler.elaborate import BUILTINS, CONSTANTS
 
-    return set(BUILTINS) | set(CONSTANTS)
+    return frozenset(BUILTINS) | frozenset(CONSTANTS)
+
+
+def _is_view(n: L) -> bool:
+    """`n` is its one operand written as is (a torch layout change with nothing to say in the language)."""
+    return n.fmt == "{0}" and len(n.refs) == 1 and not n.annot and not n.fixed and not n.names and n.member is None
 
 
 def _parent(scope: str, scopes: set[str]) -> str:
@@ -57,6 +65,7 @@ class Renderer:
         self.blocks: dict[str, str] = {}             # block name -> text (signature: body)
         self.block_of: dict[str, str] = {}          # scope -> block name
         self.weight_scopes: dict[str, str] = {}
+        self.carried: dict[str, int] = {}           # a module list layer's scope -> index of its carried input
 
     # --- scope structure --------------------------------------------------------------------------------------
     def children(self, s: str) -> list[str]:
@@ -101,9 +110,12 @@ class Renderer:
         """Statements of scope `s`, the names of its parameters (by value), and its parameters in order."""
         names: dict[int, str] = {}
         used: set[str] = set()
+        reserved = _reserved()
 
         def fresh(hint: str) -> str:
             base = hint if _IDENT.match(hint) and hint not in ("S", "T", "B") else "h"
+            if base in reserved:
+                base = f"{base}_out"         # a variable may not take a built-in function's name either
             cand, k = base, 1
             while cand in used:
                 k += 1
@@ -111,7 +123,7 @@ class Renderer:
             used.add(cand)
             return cand
 
-        params = self.ins(s) if s else []
+        params = self.params_of(s) if s else []
         preset: set[int] = set()
         if not s:
             for n in self.nodes:     # the model's inputs are named already
@@ -136,6 +148,9 @@ class Renderer:
         returned = {id(o) for o in self.outs(s)} if s else set()
         bound = [n for n in self.nodes if n.scope == s and n.member is None and (
             n.bind or n.annot or self.refcount[id(n)] > 1 or n.names or id(n) in returned) and id(n) not in preset]
+        # a layout-only view (`reshape` of tokens to `[(B T), H]`) of a named value is that name: not bound again
+        named = {id(n) for n in bound} | set(names)
+        bound = [n for n in bound if not (_is_view(n) and id(n) not in returned and id(n.refs[0]) in named)]
         bound.sort(key=lambda n: n.idx)
         for n in bound:
             if n.fixed:
@@ -199,13 +214,21 @@ class Renderer:
 
     def _call(self, group: list[str], s: str, names: dict[int, str], fresh, child_vars: dict[int, str]) \
             -> tuple[str, float]:
+        head, _, last = group[0].rpartition(".")
+        listed = last.isdigit() and head in self.layer_counts      # a module list's layers: `repeat` or refuse
+        if listed:
+            k = self._carry_index(group)
+            self.carried.update((c, k) for c in group)
         texts = [self.block(c) for c in group]
         first = group[0]
         attr = first.rpartition(".")[2]
-        ins = self.ins(first)
+        ins = self.params_of(first)
         outs = self.outs(group[-1])
         pos = max([self.first_idx(first)] + [r.idx + 0.01 for r in ins if not self.within(r, s) or True])
-        same = len(set(texts)) == 1 and len(group) > 1 and self._chains(group)
+        same = len(set(texts)) == 1 and self._chains(group) and (len(group) > 1 or (listed and len(outs) == 1))
+        if listed and not same:
+            raise ImportFailure(f"the layers of module list {head} differ or do not chain (each feeding the next "
+                                "as its first input), which `repeat` cannot write", op="repeat", module=head)
         args = [self._arg(r, s, names, child_vars) for r in ins]
         if same:
             head = first.rpartition(".")[0]
@@ -236,12 +259,37 @@ class Renderer:
             return child_vars[id(r)]
         if id(r) in names:
             return names[id(r)]
+        if _is_view(r) and (id(r.refs[0]) in names or id(r.refs[0]) in child_vars):
+            return self._arg(r.refs[0], s, names, child_vars)
         r.bind = True
         return r.hint
 
+    def params_of(self, s: str) -> list[L]:
+        """A block's parameters: what flows in, in graph order, but a repeated layer's carried value first."""
+        ins = self.ins(s)
+        k = self.carried.get(s, 0)
+        return [ins[k], *ins[:k], *ins[k + 1:]] if k < len(ins) else ins
+
+    def _carry_index(self, group: list[str]) -> int:
+        """Which input of a module list's layers is the value one layer hands the next (`repeat` carries its first
+        argument; the others, a padding mask, reach every layer as they are)."""
+        ins = self.ins(group[0])
+        if len(group) > 1:
+            outs = self.outs(group[0])
+            nxt = self.ins(group[1])
+            if len(outs) == 1:
+                return next((i for i, r in enumerate(nxt) if r is outs[0]), 0)
+            return 0
+        outs = self.outs(group[0])
+        alike = [i for i, r in enumerate(ins) if len(outs) == 1 and r.axes == outs[0].axes]
+        return alike[0] if len(alike) == 1 else 0
+
     def _chains(self, group: list[str]) -> bool:
+        rest = self.params_of(group[0])[1:]
         for a, b in itertools.pairwise(group):
-            outs, ins = self.outs(a), self.ins(b)
+            outs, ins = self.outs(a), self.params_of(b)
+            if len(ins) != len(rest) + 1 or any(x is not y for x, y in zip(ins[1:], rest, strict=False)):
+                return False                    # every layer must read the same other inputs
             if len(outs) != 1 or not ins or ins[0] is not outs[0]:
                 return False
         return True

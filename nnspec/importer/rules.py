@@ -4,8 +4,26 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
-from nnspec.importer import leaves, ops, patterns
+from torch import fx
 
-RULES = SimpleNamespace(static_value=patterns.static_value, getitem=ops.getitem, lift_leaf=leaves.lift_leaf,
-                        match=patterns.match, lift_op=ops.lift_op)
+from nnspec.importer import einsum, leaves, masks, moe, ops, patterns
+from nnspec.importer.routing import routed
+
+# ops lifted outside the generic table (ops.py), tried first
+_EXTRA = {**einsum.HANDLERS, **masks.HANDLERS}
+
+
+def lift_op(lifter: Any, n: fx.Node) -> Any:
+    handler = _EXTRA.get(str(n.target))
+    return handler(lifter, n) if handler is not None else ops.lift_op(lifter, n)
+
+
+def lift_leaf(lifter: Any, path: str, n: fx.Node) -> Any:
+    r = routed(lifter.modules, path)
+    return moe.lift_moe(lifter, path, n, r) if r is not None else leaves.lift_leaf(lifter, path, n)
+
+
+RULES = SimpleNamespace(static_value=patterns.static_value, getitem=ops.getitem, lift_leaf=lift_leaf,
+                        match=patterns.match, lift_op=lift_op)

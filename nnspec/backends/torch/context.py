@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import sympy
-from torch import nn
 
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.helpers import HELPERS
+from nnspec.backends.torch.nn_module_attrs import NN_MODULE_ATTRS
 from nnspec.backends.torch.options import TorchOptions
 from nnspec.backends.torch.pysrc import Expr
 from nnspec.backends.torch.source import Names, camel, owns_block, refuse
@@ -24,8 +24,7 @@ from nnspec.compiler.ops.registry import Effect
 # module-level names of every generated file
 GLOBALS = frozenset({"torch", "nn", "F", "WEIGHT_MAPS", "OPTIONS"})
 # attributes a scope or parameter must not take on a generated class
-RESERVED_ATTRS = frozenset(dir(nn.Module)) | frozenset(vars(nn.Module())) | {"reset_parameters", "dynamic_shapes",
-                                                                             "weight_maps"}
+RESERVED_ATTRS = NN_MODULE_ATTRS | {"reset_parameters", "dynamic_shapes", "weight_maps", "decode_step"}
 
 
 class ModuleContext:

@@ -8,6 +8,10 @@ positions `cache_position`, and each cache site writing its new keys and values 
 attending over the whole cache with the causal and padding mask. The buffers are updated in place
 (`index_copy_`), so `torch.export` exports a step with the cache as mutated buffers and `torch.compile` traces
 one graph for every decoding step of the same shape.
+
+It is the reference the step written into a generated file (`decode_codegen`: `<Model>Decoder`, same constructor
+arguments after the module, same `forward`) is tested against, and what `nnspec.generate` runs for a module without
+one (an `Interpreter`, a wrapped module, a scan's recurrent state).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class DecodeStep(nn.Module):
         if device is None:
             first = next(iter(module.parameters()), None)
             device = first.device if first is not None else "cpu"
-        self._check_guards(length)
+        check_length(model, plan, length)
         values = plan.values
         self.cache_names: list[tuple[str, str]] = []
         for i, site in enumerate(plan.sites):
@@ -63,15 +67,6 @@ class DecodeStep(nn.Module):
             self.state_names.append(f"state{i}")
         self._state: dict[str, Any] = {}
 
-    def _check_guards(self, length: int) -> None:
-        sizes = dict(self.model.dims.values)
-        sizes[self.plan.seq] = sympy.Integer(length)
-        for guard in self.model.guards:
-            value = sympy.sympify(guard.expr).xreplace(sizes)
-            if value is sympy.false:
-                raise RuntimeShapeError(f"{self.model.name}: a cache of {length} positions breaks the requirement "
-                                        f"{guard.text}")
-
     def cache_bytes(self) -> int:
         """Bytes the cache buffers hold (what the cost model's KV-cache bytes count for this batch and length)."""
         return sum(b.numel() * b.element_size() for n, b in self.named_buffers() if n in self._cache_set())
@@ -84,10 +79,11 @@ class DecodeStep(nn.Module):
             getattr(self, name).zero_()
 
     def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor, key_mask: torch.Tensor,
-                **inputs: torch.Tensor) -> torch.Tensor:
-        """Logits of the new tokens `input_ids` [B, t] at cache positions `cache_position` [t]; `key_mask` [B,
-        length] (1 = token, 0 = padding or not yet written) is the padding mask over the whole cache. Other model
-        inputs (`position_ids`, ...) are for the new tokens; `attention_mask` is read from `key_mask`."""
+                last_only: bool = False, **inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of the new tokens `input_ids` [B, t] at cache positions `cache_position` [t] (`last_only`: of
+        the last one); `key_mask` [B, length] (1 = token, 0 = padding or not yet written) is the padding mask over
+        the whole cache. Other model inputs (`position_ids`, ...) are for the new tokens; `attention_mask` is read
+        from `key_mask`."""
         model = self.model
         first = next(iter(model.inputs))
         given = {first: input_ids, **inputs}
@@ -108,7 +104,11 @@ class DecodeStep(nn.Module):
             outs = self.run_graph(model.graph, self._params[0], args, sizes)
         finally:
             self._state = {}
-        return outs[0]
+        if not last_only:
+            return outs[0]
+        out_t = model.graph[model.graph.outputs[0]].tensor_type
+        axis = next(i for i, a in enumerate(out_t.axes) if sympy.sympify(a.size) == self.plan.seq)
+        return outs[0].narrow(axis, outs[0].shape[axis] - 1, 1)
 
     def _bind(self, given: dict[str, torch.Tensor]) -> dict[sympy.Symbol, sympy.Integer]:
         sizes = dict(self.model.dims.values)
@@ -206,6 +206,16 @@ class DecodeStep(nn.Module):
         keys = self._state["keys"]
         allowed = causal[None] & (keys[:, None, :] | own[None])
         return allowed, TensorType((batch, q_axis, Axis(k_axis.name, k_axis.size)), DType.bool)
+
+
+def check_length(model: Model, plan: DecodePlan, length: int) -> None:
+    """A cache of `length` positions must keep the spec's requirements on the sequence (`T <= n_positions`)."""
+    sizes = dict(model.dims.values)
+    sizes[plan.seq] = sympy.Integer(length)
+    for guard in model.guards:
+        value = sympy.sympify(guard.expr).xreplace(sizes)
+        if value is sympy.false:
+            raise RuntimeShapeError(f"{model.name}: a cache of {length} positions breaks the requirement {guard.text}")
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_t: TensorType, k_t: TensorType, v_t: TensorType,

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sympy
-import torch
-from torch import nn
 
+from nnspec.backends.torch.lazy import nn, torch
 from nnspec.compiler.ir import Graph, Model
 
 

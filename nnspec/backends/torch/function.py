@@ -14,6 +14,7 @@ from typing import Any
 import sympy
 
 from nnspec.backends.torch import pysrc as P
+from nnspec.backends.torch.absent_masks import block_args, may_be_none
 from nnspec.backends.torch.context import ModuleContext
 from nnspec.backends.torch.members import ClassPlan
 from nnspec.backends.torch.pysrc import Expr, Ref
@@ -53,6 +54,7 @@ class FunctionGen:
         self.names = Names(mg.globals.taken | {"self"})   # locals never shadow a module-level name
         self.params: dict[str, str] = {}          # input node -> forward() parameter
         self.extra_params: list[str] = []         # parameters after the inputs' (`training: bool`)
+        self.given_flags: dict[str, str] = {}     # optional input -> `<input>_given`, set before its default fills it
         self.node: Node | None = None
         self._device: Expr | None = None
         self._temps = 0
@@ -184,7 +186,7 @@ class FunctionGen:
             emitter = self.emitter_for(node)
             if emitter is None:
                 raise InternalError(f"no PyTorch code generation for op {node.op!r}")
-            ins = [self.value(i) for i in node.inputs]
+            ins = block_args(self, node, [self.value(i) for i in node.inputs])
             value = emitter(self, node, ins)
             if value is not None:       # else the emitter wrote the defining statements itself
                 self.define(node, value)
@@ -204,7 +206,8 @@ class FunctionGen:
         params = ["self"] if method else []
         for name, pname in self.params.items():
             optional = model is not None and "default" in self.graph[name].attrs
-            params.append(f"{pname}: torch.Tensor" + (" | None = None" if optional else ""))
+            params.append(f"{pname}: torch.Tensor" + (" | None = None" if optional else
+                                                      " | None" if may_be_none(self, name) else ""))
         params += self.extra_params
         params = _keyword_only_after_defaults(params)
         if model is not None:
@@ -215,6 +218,11 @@ class FunctionGen:
         if not method:
             return [*P.signature("", f"def {fn_name}", params, f" -> {returns}:"), *_indent(body, 1)]
         return [*P.signature("    ", f"def {fn_name}", params, f" -> {returns}:"), *_indent(body, 2)]
+
+    def reads_none_masks(self) -> bool:
+        """Do the attention emitters run here, which take a mask passed as None (`absent_masks`)? Not where a
+        subclass picks its own emitters."""
+        return type(self).emitter_for is FunctionGen.emitter_for
 
     def emitter_for(self, node: Node) -> Callable[..., Expr | None] | None:
         """The emitter for `node`: the op's entry in the backend's table (another backend may choose otherwise)."""
@@ -322,6 +330,8 @@ class FunctionGen:
                        *P.statement("    ", "raise ", P.call("ValueError", P.FString(tuple(parts))), offset=8)]
         for name in optional:
             node, p = self.graph[name], self.params[name]
+            if name in self.given_flags:   # read by `block_args` (absent_masks.py)
+                checks.append(f"{self.given_flags[name]} = {p} is not None")
             shape = P.TupleExpr(tuple(self.size(a.size) for a in self.type_of(name).axes))
             fill = P.call("torch.full", shape, P.lit(node.attrs["default"]), dtype=self.dtype(node.tensor_type.dtype),
                           **self.device_kw())

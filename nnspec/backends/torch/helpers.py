@@ -7,10 +7,11 @@ file gets a verbatim copy of each one it uses, read from that module's source, s
 from __future__ import annotations
 
 import ast
-import inspect
 from functools import cache
+from pathlib import Path
 
-from nnspec.backends.torch import runtime
+# read as text, not imported: generating a file needs no torch (runtime.py imports it)
+RUNTIME = Path(__file__).with_name("runtime.py")
 
 # helper -> the helpers it calls, in the order a generated file defines them (a helper after its dependencies)
 HELPERS: dict[str, tuple[str, ...]] = {
@@ -35,17 +36,33 @@ HELPERS: dict[str, tuple[str, ...]] = {
     "affine_scan": ("linear_scan",),
 }
 
+
+@cache
+def _runtime() -> tuple[str, ast.Module]:
+    text = RUNTIME.read_text(encoding="utf-8")
+    return text, ast.parse(text)
+
+
+def _dict_keys(name: str) -> frozenset[str]:
+    """The keys of the module-level dict `name = {...}` in runtime.py."""
+    for node in _runtime()[1].body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            assert isinstance(node.value, ast.Dict)
+            return frozenset(ast.literal_eval(k) for k in node.value.keys if k is not None)
+    raise KeyError(f"no runtime table {name!r}")
+
+
 # activations the `linear` helper applies itself (oneDNN post-ops; its LINEAR_ACTIVATIONS table says how, in oneDNN
 # and in torch), by op name. Not relu: oneDNN's relu post-op turns NaN into 0 where torch.relu keeps it.
-LINEAR_ACTIVATIONS = frozenset(runtime.LINEAR_ACTIVATIONS) - {"none"}
+LINEAR_ACTIVATIONS = _dict_keys("LINEAR_ACTIVATIONS") - {"none"}
 
 
 @cache
 def source(name: str) -> str:
     """The definition of `name` in `runtime.py`, with the comment lines right above it, as written there."""
-    text = inspect.getsource(runtime)
+    text, tree = _runtime()
     lines = text.split("\n")
-    for node in ast.parse(text).body:
+    for node in tree.body:
         targets = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else \
             [t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else []
         if name in targets:

@@ -6,14 +6,11 @@ from the IR types at compile time, never at run time. Both sides align operands 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import torch
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, method
 from nnspec.compiler.ir import DType, Node, TensorType
 
@@ -88,12 +85,6 @@ def on_last(x: Expr, t: TensorType, axis: str, fn: Callable[[Expr], Expr]) -> Ex
     return method(fn(method(x, "movedim", i, -1)), "movedim", -1, i)
 
 
-def cast_to(fn: FunctionGen, x: Expr, got: torch.dtype, want: DType) -> Expr:
-    return x if got == TORCH_DTYPES[want] else method(x, "to", fn.dtype(want))
-
-
-def stand_in(e: Expr, t: TensorType) -> Any:
-    """A stand-in with the dtype behaviour of an operand (a Python literal or a tensor of that rank)."""
-    if isinstance(e, Lit) and not isinstance(e.value, str):
-        return type(e.value)(1)
-    return torch.ones((1,) * t.rank, dtype=TORCH_DTYPES[t.dtype])
+def cast_to(fn: FunctionGen, x: Expr, got: DType, want: DType) -> Expr:
+    """`x`, whose torch dtype is `got` (`promotion.py`), as `want`."""
+    return x if got == want else method(x, "to", fn.dtype(want))

@@ -235,9 +235,11 @@ def moe_swiglu(
 
 
 def linear_scan(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int = 16, sequential_from: int = 1 << 16
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk: int = 16, sequential_from: int = 1 << 16,
+    initial: bool = False,
 ) -> torch.Tensor:
-    """Every h_t = a_t * h_(t-1) + b_t along dim 0 (h_(-1) = h0). A step of `sequential_from` elements or more is
+    """Every h_t = a_t * h_(t-1) + b_t along dim 0 (h_(-1) = h0); with `initial`, h0 first (n + 1 states: the
+    state before each step is then a view, not a copy). A step of `sequential_from` elements or more is
     memory-bound: one fused multiply-add per step reads each input once, which no parallel form beats on a CPU.
     Smaller steps are dominated by per-op overhead: within chunks of `chunk` steps the (a, b) pairs are composed
     by doubling (log2(chunk) elementwise passes over all chunks at once), then one step per chunk carries the
@@ -245,17 +247,20 @@ def linear_scan(
     step loop."""
     n = a.shape[0]
     a, b = torch.broadcast_tensors(a, b)
+    first = 1 if initial else 0
     if a[0].numel() >= sequential_from or n <= 2:
         if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h0.requires_grad):
-            h, steps = h0, []
+            h, steps = h0, [h0] if initial else []
             for t in range(n):
                 h = torch.addcmul(b[t], a[t], h)
                 steps.append(h)
             return torch.stack(steps)
-        out = torch.empty_like(b)
+        out = torch.empty((n + first, *b.shape[1:]), dtype=torch.result_type(b, h0), device=b.device)
+        if initial:
+            out[0] = h0
         h = h0
-        for t in range(n):
-            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        for t in range(n):   # into the preallocated output: no per-step allocation, no final stack
+            h = torch.addcmul(b[t], a[t], h, out=out[t + first])
         return out
     size = min(chunk, n)
     count = -(-n // size)
@@ -268,21 +273,25 @@ def linear_scan(
         b = torch.cat([b[:, :step], a[:, step:] * b[:, :-step] + b[:, step:]], dim=1)
         a = torch.cat([a[:, :step], a[:, step:] * a[:, :-step]], dim=1)
         step *= 2
-    h, outs = h0, []
+    h, outs = h0, [h0[None]] if initial else []
     for c in range(count):
         hc = a[c] * h + b[c]
         outs.append(hc)
         h = hc[-1]
-    return torch.cat(outs)[:n]
+    return torch.cat(outs)[:n + first]
 
 
 def affine_scan(
-    step: nn.Module, h0: torch.Tensor, xs: tuple[torch.Tensor, ...], dims: tuple[int, ...], position: int, pair: bool
+    step: nn.Module, h0: torch.Tensor, xs: tuple[torch.Tensor, ...], dims: tuple[int, ...], position: int, pair: bool,
+    direct: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`for t: h, y_t = step(h, *[x.select(d, t)])` for a step whose new state is a_t * h + b_t with a_t, b_t not
-    depending on h (the compiler checked the step's graph): b_t is the new state from h = 0 and a_t its derivative
-    in h (exact: d(a h + b)/dh = a), both for every t at once (`torch.func.vmap`); the states come from
-    `linear_scan`, and the outputs y_t from one more batched call on the states before each step."""
+    depending on h (the compiler checked the step's graph). Where a and b are inputs of the step themselves
+    (`direct`: their positions among the step's inputs, the state being 0; the compiler checked they have the
+    state's type), every a_t and b_t is read from the scanned tensors. Otherwise b_t is the new state from h = 0
+    and a_t its derivative in h (exact: d(a h + b)/dh = a), both for every t at once (`torch.func.vmap`). The
+    states come from `linear_scan`, and the outputs y_t from one more batched call on the states before each
+    step (views of the states: h0, then each step's)."""
 
     def new_state(h: torch.Tensor, *x: torch.Tensor) -> torch.Tensor:
         out = step(h, *x)
@@ -291,10 +300,12 @@ def affine_scan(
     def coefficients(*x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.func.jvp(lambda h: new_state(h, *x), (torch.zeros_like(h0),), (torch.ones_like(h0),))
 
-    b, a = torch.func.vmap(coefficients, in_dims=dims)(*xs)
-    states = linear_scan(a, b, h0)
+    if direct is not None:   # the scan axis first: [T, *state]
+        a, b = (xs[i - 1].movedim(dims[i - 1], 0) for i in direct)
+    else:
+        b, a = torch.func.vmap(coefficients, in_dims=dims)(*xs)
+    states = linear_scan(a, b, h0, initial=True)
     if not pair:
-        return states[-1], states.movedim(0, position)
-    before = torch.cat([h0[None], states[:-1]])
-    ys = torch.func.vmap(lambda h, *x: step(h, *x)[1], in_dims=(0, *dims), out_dims=position)(before, *xs)
+        return states[-1], states[1:].movedim(0, position)
+    ys = torch.func.vmap(lambda h, *x: step(h, *x)[1], in_dims=(0, *dims), out_dims=position)(states[:-1], *xs)
     return states[-1], ys

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.source import Names
 from nnspec.backends.triton.pointwise import Body, Unsupported, Value, loaded
 from nnspec.compiler.ir import DType, Graph, TensorType
@@ -170,7 +169,8 @@ def launcher_head(name: str, args: list[str], n_outputs: int, training: bool, fa
 
 
 def torch_dtype(d: DType) -> str:
-    return f"torch.{str(TORCH_DTYPES[d]).split('.')[-1]}"
+    """The torch dtype's name in generated source: an IR dtype's name is torch's (`torch.bfloat16`)."""
+    return f"torch.{d.value}"
 
 
 def _tuple(items: tuple[int, ...]) -> str:

@@ -201,9 +201,12 @@ class _Writer:
         self.body(g, template, sub, prefix, depth)
         results = [sub[o] for o in template.outputs]
         if node.op == "repeat" and entries and isinstance(results[0], _Src):
-            g.edge(results[0].node, entries[0], label=f" next of ×{node.attrs['count']} ", style="dashed",
-                           color="#6a4c9c", fontcolor="#6a4c9c", constraint="false", dir="forward",
-                           tailport="e", headport="e")     # up the block's right side, inside its cluster
+            # written as a forward edge from the input down to the result, drawn with its arrow back at the input:
+            # dot routes an edge whose ends share a cluster through that cluster's own ranks, so the loop-back
+            # runs down the block's right side inside its box (a `constraint=false` back edge was routed around
+            # the outside)
+            g.edge(entries[0], results[0].node, label=f" next of ×{node.attrs['count']} ", style="dashed",
+                   color="#6a4c9c", fontcolor="#6a4c9c", dir="back")
         return results if isinstance(node.type, tuple) else results[0]
 
     def op(self, g: graphviz.Digraph, node: Node, env: dict[str, Any], prefix: str, notes: bool = True) -> Any:

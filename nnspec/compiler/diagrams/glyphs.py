@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+from nnspec.compiler.diagrams import experts
 from nnspec.compiler.diagrams.layout import (
     GLYPH_SIZE,
     LABEL_SIZE,
@@ -57,7 +58,12 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
     if op.node.meta.get("transform"):
         g.attrs["data-transform"] = op.node.meta["transform"]
     a, b = op_span(lane, col)
-    if d.kind in ("box", "bar"):
+    if d.mask:
+        g.attrs["data-role"] = "mask"
+        g.attrs["data-axes"] = " ".join(d.mask)
+        if d.mask_shape:
+            g.attrs["data-shape"] = d.mask_shape
+    if d.kind in ("box", "bar", "split"):
         ba, bb = box_span(lane, col)
         half = box_half(lane)
         spans = runs(lane.boxed())
@@ -68,7 +74,13 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
                                      "data-node": op.id}))
         for s0, s1 in spans:
             y0, y1 = lane.y(s0) - half, lane.y(s1) + half
-            if d.kind == "bar":
+            if d.moe[1]:     # the mixture's parts inside its box, under the wire it acts on
+                experts.draw(g, ba, bb, lane.y(s1), half, *d.moe, fill, border)
+                continue
+            if d.stacked:
+                right = bb - (20.0 if d.weighs else 0.0) - 2 * experts.STACK
+                experts.stack_shadows(g, ba, y0, right, y1, border)
+            if d.kind in ("bar", "split"):
                 g.add(El("rect", {"x": ba + 2, "y": y0, "width": bb - ba - 4, "height": y1 - y0, "fill": "#555555",
                                   "data-role": "bar"}))
             elif d.shape == "trapezoid":     # narrowing to the right: the spatial axes shrink by the stride
@@ -80,11 +92,31 @@ def op_group(lane: Lane, col: Column, under: list[El]) -> El:
             else:
                 g.add(El("rect", {"x": ba, "y": y0, "width": bb - ba, "height": y1 - y0, "rx": 3, "fill": fill,
                                   "stroke": border, "stroke-width": 1.2, "data-role": "box"}))
-        if d.kind == "box" and spans:
+        if d.kind == "box" and spans and d.mask_shape:
+            s0, s1 = max(spans, key=lambda r: (r[1] - r[0], -r[0]))
+            _mask_shape(g, (ba + bb) / 2, (lane.y(s0) + lane.y(s1)) / 2, d.mask_shape, border)
+        elif d.kind == "box" and spans and not d.moe[1]:
             s0, s1 = max(spans, key=lambda r: (r[1] - r[0], -r[0]))
             inset = TAPER if d.shape == "trapezoid" else 0.0    # centred in the trapezoid's wider part
+            inset += (20.0 if d.weighs else 0.0) + (2 * experts.STACK if d.stacked else 0.0)
             _label(g, d.label, d.sup, d.bias, d.bold, (ba + bb - inset) / 2, (lane.y(s0) + lane.y(s1)) / 2,
                    d.stride)
+            if d.causal:     # the causal mask it applies, under its name: the triangle, with the axes it relates
+                mask = El("g", {"data-role": "mask", "data-axes": " ".join(d.causal), "data-shape": "causal_mask"})
+                cx, cy = (ba + bb) / 2, (lane.y(s0) + lane.y(s1)) / 2
+                _mask_shape(mask, cx, cy + 17, "causal_mask", border)
+                mask.add(text(cx, cy + 37, " ".join(d.causal), SMALL_SIZE, "mask-axes"))
+                g.add(mask)
+            if d.weighs:     # the gates' weighted sum over the stack's axis
+                experts.weighted_sum(g, bb - 11.0 - 2 * experts.STACK, (lane.y(s0) + lane.y(s1)) / 2, d.weighs)
+        if d.mask and spans:      # the axes the mask relates, under its box
+            g.add(text((ba + bb) / 2, lane.y(spans[-1][1]) + half + 10, " ".join(d.mask), SMALL_SIZE, "mask-axes"))
+        if d.kind == "split":     # each member's name over its first wire, right of the bar
+            for k, name in enumerate(d.members):
+                y = lane.y(lane.out_slot((k, 0))) - 4
+                label = text(bb + 2, y, name, LABEL_SIZE, "member", anchor="start", member=str(k))
+                label.attrs["font-style"] = "italic"     # a name, not a learned map's bold glyph
+                g.add(label)
         if d.count:
             _brackets(g, ba - 6, bb + 6, lane.y(0) - half - 4, lane.bottom + half + 4, d.count)
     elif d.kind == "lift":
@@ -119,6 +151,21 @@ def _label(g: El, label: str, sup: str, bias: bool, bold: bool, cx: float, cy: f
     if stride:
         at = x + main + 1 + (subscript_width(True, "") + text_width(" ", SMALL_SIZE) if bias else 0.0)
         g.add(text(at, cy + 9, stride, SMALL_SIZE, "stride", anchor="start"))
+
+
+def _mask_shape(g: El, cx: float, cy: float, shape: str, ink: str) -> None:
+    """The mask drawn in its box: a lower triangle (key index at most the query index) for a causal mask,
+    rows down the query axis and columns along the key axis as the paper draws it; another source's mask as a
+    filled square (its pattern is not drawn)."""
+    r = 7.0
+    if shape == "causal_mask":
+        d = f"M{num(cx - r)} {num(cy - r)} L{num(cx + r)} {num(cy + r)} L{num(cx - r)} {num(cy + r)} Z"
+    else:
+        d = f"M{num(cx - r)} {num(cy - r)} H{num(cx + r)} V{num(cy + r)} H{num(cx - r)} Z"
+    g.add(El("path", {"d": d, "fill": ink, "stroke": ink, "stroke-width": 1, "data-role": "mask-shape",
+                      "data-shape": shape}))
+    g.add(El("path", {"d": f"M{num(cx - r)} {num(cy - r)} H{num(cx + r)} V{num(cy + r)}", "fill": "none",
+                      "stroke": ink, "stroke-width": 0.8, "data-role": "mask-frame"}))
 
 
 def _brackets(g: El, left: float, right: float, top: float, bottom: float, count: int, ink: str = INK) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nnspec.compiler.diagrams import experts
 from nnspec.compiler.diagrams.metrics import text_width
 from nnspec.compiler.diagrams.roles import Drawing, Wire, axes, drawing
 from nnspec.compiler.diagrams.view import Flat, Op
@@ -24,7 +25,7 @@ BOX_HALF = 9.0        # a box reaches this far above and below the wires it touc
 LANE_SEP = 12.0       # between the extents of two lanes of one column
 LABEL_SIZE = 10.0     # axis labels
 GLYPH_SIZE = 11.0     # op glyphs
-SMALL_SIZE = 8.0      # superscripts, einsum strings
+SMALL_SIZE = 10.0     # superscripts, contraction notes: the smallest text (wrap.py sizes rows by it)
 NAME_SIZE = 11.0      # input and output names
 TOP = 44.0            # below the title
 HEADROOM = 24.0       # above a lane's first wire, room for a lifted glyph: the first wires sit at TOP + this
@@ -81,7 +82,7 @@ class Lane:
     def boxed(self) -> list[bool]:
         """Per slot: does the op's box cover it (a wire ends there or a new one starts)?"""
         d = self.drawing
-        if d is None or d.kind not in ("box", "bar"):
+        if d is None or d.kind not in ("box", "bar", "split"):
             return [False] * len(self.slots)
         marks = []
         for w, o in self.slots:
@@ -221,6 +222,11 @@ def _op_lane(idx: int, op: Op, d: Drawing, flat: Flat) -> Lane:
         slots.insert(at + n, [None, kj])
     lane = Lane("op", [(s[0], s[1]) for s in slots], op=op, index=idx, drawing=d)
     lane.width = op_width(d)
+    if d.moe[1]:                     # the router, top-k, the experts' stack and their Σ, under the wire
+        lane.width = experts.width(*d.moe)
+        lane.bot_ext = BOX_HALF + experts.extra_below() + 2.0
+    if d.stacked:                    # the maps stacked behind the box, up and right
+        lane.width += 2 * experts.STACK + (20.0 if d.weighs else 0.0)
     lane.in_names = [axes(t) for t in ins]
     if d.sup or d.bias or d.stride:
         lane.top_ext = lane.bot_ext = BOX_HALF + 2.0
@@ -228,8 +234,14 @@ def _op_lane(idx: int, op: Op, d: Drawing, flat: Flat) -> Lane:
         lane.top_ext = HEADROOM
     if d.kind == "contract":
         lane.bot_ext = BOX_HALF + 14.0
+    if d.kind == "split":            # room for the first member's name over its wire
+        lane.top_ext = BOX_HALF + 6.0
+    if d.mask:                       # room for the related axes under the box
+        lane.bot_ext = BOX_HALF + 13.0
     if d.count:
         lane.top_ext, lane.bot_ext = BOX_HALF + 5.0, BOX_HALF + 17.0
+    if d.stacked:
+        lane.top_ext = max(lane.top_ext, BOX_HALF + 2.0 + 2 * experts.STACK)
     return lane
 
 
@@ -242,6 +254,10 @@ def op_width(d: Drawing) -> float:
         return w + (24.0 if d.count else 0.0)
     if d.kind == "bar":
         return 8.0
+    if d.kind == "split":     # the bar, then each member's name over its first wire
+        return 8.0 + max(text_width(m, LABEL_SIZE) for m in d.members) * 1.1 + 6.0
+    if d.mask:                # the mask's shape (or glyph) over the axes it relates
+        return max(text_width(d.label, GLYPH_SIZE) + 14, text_width(" ".join(d.mask), SMALL_SIZE) + 10, 28.0)
     if d.kind == "lift":
         return max(text_width(d.label, LABEL_SIZE) + 8, 20.0)
     if d.kind == "softmax":

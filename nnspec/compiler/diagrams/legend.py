@@ -28,6 +28,11 @@ MEANING: dict[str, str] = {
     "join": "shared axis joins",
     "copy": "copy",
     "bar": "reshape / split / merge",
+    "split": "split: the bundle fans into its named members",
+    "mask": "mask on the axes named under it (◣ causal); a mask wire enters it",
+    "router": "router → top-k: the gates, k experts per token",
+    "experts": "a stack of learned maps, one per expert",
+    "weighted-sum": "Σ: the experts' outputs summed, weighted by the gates",
     "separator": "between tuple members",
     "bracket": "repeated block ×N",
 }
@@ -45,7 +50,8 @@ def marks_used(root: El) -> list[str]:
             op, learned = str(el.attrs["data-op"]), el.attrs.get("data-family") == "nn"
             if role == "box":
                 found.add("learned" if learned else "box")
-        if role in ("lift", "softmax", "cup", "join", "copy", "bar", "separator", "bracket"):
+        if role in ("lift", "softmax", "cup", "join", "copy", "bar", "split", "mask", "router", "experts",
+                    "weighted-sum", "separator", "bracket"):
             found.add(role)
         shown = el.children[0] if role == "glyph" and el.children and isinstance(el.children[0], str) else ""
         if shown and op and not learned and shown != op and shown not in glyphs.setdefault(op, []):
@@ -119,6 +125,34 @@ def _sample(mark: str, x: float, y: float) -> El:
     elif mark == "bar":
         g.add(wire)
         g.add(El("rect", {"x": mid - 2, "y": y - 8, "width": 4, "height": 16, "fill": "#555555"}))
+    elif mark == "split":
+        for dy in (-6, 0, 6):
+            g.add(El("path", {"d": f"M{num(mid)} {num(y + dy)} H{num(x + SAMPLE)}", "stroke": INK, "stroke-width": 1,
+                              "fill": "none"}))
+        g.add(El("path", {"d": f"M{num(x)} {num(y)} H{num(mid)}", "stroke": INK, "stroke-width": 1.2, "fill": "none"}))
+        g.add(El("rect", {"x": mid - 2, "y": y - 9, "width": 4, "height": 18, "fill": "#555555"}))
+    elif mark == "mask":
+        g.add(wire)
+        fill, border = colours("elementwise")
+        g.add(El("rect", {"x": mid - 8, "y": y - 8, "width": 16, "height": 16, "rx": 3, "fill": fill,
+                          "stroke": border, "stroke-width": 1.2}))
+        g.add(El("path", {"d": f"M{num(mid - 5)} {num(y - 5)} L{num(mid + 5)} {num(y + 5)} L{num(mid - 5)} "
+                               f"{num(y + 5)} Z", "fill": border}))
+    elif mark == "router":
+        g.add(wire)
+        border = colours("nn")[1]
+        g.add(El("rect", {"x": x + 2, "y": y - 7, "width": SAMPLE - 4, "height": 14, "rx": 2, "fill": "#ffffff",
+                          "stroke": border, "stroke-width": 1.1}))
+        g.add(text(mid, y + 3, "k", 10.0, "legend-glyph"))
+    elif mark == "experts":
+        fill, border = colours("nn")
+        for n in (2, 1, 0):
+            g.add(El("rect", {"x": x + 4 + n * 3, "y": y - 6 - n * 3, "width": 14, "height": 12, "rx": 2,
+                              "fill": fill if n == 0 else "#ffffff", "stroke": border, "stroke-width": 1.1}))
+    elif mark == "weighted-sum":
+        g.add(wire)
+        g.add(El("circle", {"cx": mid, "cy": y, "r": 8, "fill": "#ffffff", "stroke": INK, "stroke-width": 1.2}))
+        g.add(text(mid, y + 4, "Σ", 11.0, "legend-glyph"))
     elif mark == "separator":
         g.add(El("line", {"x1": x, "y1": y, "x2": x + SAMPLE, "y2": y, "stroke": "#888888", "stroke-width": 1,
                           "stroke-dasharray": "3 3"}))

@@ -34,7 +34,7 @@ class Out:
 
 @dataclass
 class Drawing:
-    kind: str                      # box | bar | lift | softmax | contract | permute
+    kind: str                      # box | bar | split | lift | softmax | contract | permute
     label: str
     order: list[int]               # operands, top to bottom
     fates: list[list[str]]         # per operand, per axis: pass | end | cup | join
@@ -50,6 +50,13 @@ class Drawing:
     count: int = 0                 # a collapsed repeat's xN
     shape: str = "rect"            # rect | trapezoid (a convolution, narrowing as x -> x/s)
     stride: str = ""               # a convolution's stride, written as a subscript: `÷2`
+    members: list[str] = field(default_factory=list)   # a split fan's member names, one per output
+    mask: list[str] = field(default_factory=list)      # a mask box's related axes (written under it)
+    mask_shape: str = ""           # the mask's source op, whose shape is drawn in the box (a triangle)
+    moe: tuple[str, str, int] = ("", "", 0)   # a mixture of experts: (router's name, experts axis, k) drawn inside
+    stacked: str = ""              # a learned map indexed by this axis of its weight (experts): drawn as a stack
+    causal: tuple[str, ...] = ()   # a fused attention's causal mask: (query axis, key axis), drawn in its box
+    weighs: str = ""               # and, when it also reads the gates over that axis, their weighted sum
 
 
 def axes(t: TensorType) -> list[str]:
@@ -61,6 +68,18 @@ def drawing(op: Op, flat: Flat) -> Drawing:
     outs = [flat.values[v].type for v in op.outputs]
     opdef = OPS.get(op.op)
     glyph = (opdef.glyph if opdef and opdef.glyph else op.op)
+    if op.members:                 # a split fan: the bundle ends at one bar, each member leaves it, named
+        d = _acting(ins, outs, [set(axes(ins[0]))], "split", "", [0])
+        d.members = list(op.members)
+        return d
+    if op.mask:                    # a mask box on the score axes it relates; a mask wire enters it whole
+        scores = len(ins) - 1
+        acted = [set(axes(t)) for t in ins[:scores]] + [set(op.mask)]
+        d = _acting(ins, outs, acted, "box", glyph if not op.mask_shape else OPS[op.mask_shape].glyph or "mask",
+                    [scores, *range(scores)])
+        d.label = d.label if op.mask_shape else glyph + "".join(str(c) for c in op.consts)
+        d.mask, d.mask_shape = list(op.mask), op.mask_shape
+        return d
     if drawn_in_place(op.node):
         d = _acting(ins, outs, [set(axes(t)) for t in ins], "box", op.block, list(range(len(ins))))
         d.bold = op.learned
@@ -90,7 +109,10 @@ def drawing(op: Op, flat: Flat) -> Drawing:
         out_names = {n for t in outs for n in axes(t)}   # enters the box; the other operands enter whole
         dim = op.node.attrs.get("dim")
         first = {n for n in axes(ins[0]) if n not in out_names or n == dim}
-        return _acting(ins, outs, [first] + [set(axes(t)) for t in ins[1:]], "box", glyph, list(range(len(ins))))
+        d = _acting(ins, outs, [first] + [set(axes(t)) for t in ins[1:]], "box", glyph, list(range(len(ins))))
+        if op.node.attrs.get("causal") and op.node.attrs.get("query") and op.node.attrs.get("key"):
+            d.causal = (str(op.node.attrs["query"]), str(op.node.attrs["key"]))   # its causal mask, drawn inside
+        return d
     if op.op == "rearrange":
         d = _acting(ins, outs, [set(axes(ins[0])) - set(axes(outs[0]))], "bar", "", [0])
         if not any(f == "end" for f in d.fates[0]):
@@ -171,12 +193,32 @@ def _learned(op: Op, ins: list[TensorType], outs: list[TensorType], glyph: str) 
     d = _acting(ins, outs, acted, "box", "L" if op.family == "contract" else glyph, list(range(len(ins))))
     d.bold, d.bias = True, op.bias
     d.sup = op.params[0].short if op.params else ""
+    if op.op == "moe":             # the router picks k experts per token; their outputs are summed, gate-weighted
+        experts = op.params[1].type.names[0] if len(op.params) > 1 and op.params[1].type.names else "E"
+        d.moe, d.label, d.sup = (op.params[0].short.rpartition(".")[2], experts, int(attrs["k"])), "L", "e"
+        return d
+    stack = _stack_axis(op, ins, outs)
+    if stack:                      # one map per index of the weight's leading axis (an expert each)
+        d.stacked = stack
+        if sum(stack in t.names for t in ins) >= 1 and stack not in {n for t in outs for n in t.names}:
+            d.weighs = stack       # the gates come in over that axis and it is summed: the gated sum
     if op.op == "conv":            # Abbott's convolution: a trapezoid with a star, the stride as a subscript
         d.shape = "trapezoid"
         strides = attrs["stride"]
         if any(s != 1 for s in strides):
             d.stride = "÷" + (str(strides[0]) if len(set(strides)) == 1 else ",".join(map(str, strides)))
     return d
+
+
+def _stack_axis(op: Op, ins: list[TensorType], outs: list[TensorType]) -> str:
+    """The axis a learned map is indexed by: its weight's leading axis when the weight has three or more axes and
+    that axis also names an axis of an input or the output (`w1[n_experts, d_ff, d]` making `[.., n_experts,
+    d_ff]`): a stack of maps, one per index, not one map."""
+    if len(op.params) != 1 or len(op.params[0].type.names) < 3:
+        return ""
+    lead = op.params[0].type.names[0]
+    seen = {n for t in [*ins, *outs] for n in t.names}
+    return lead if lead in seen else ""
 
 
 def _elementwise(op: Op, ins: list[TensorType], outs: list[TensorType], glyph: str) -> Drawing:

@@ -77,6 +77,8 @@ def op_span(lane: Lane, col: Column) -> tuple[float, float]:
 
 def box_span(lane: Lane, col: Column) -> tuple[float, float]:
     a, b = op_span(lane, col)
+    if lane.drawing is not None and lane.drawing.kind == "split":   # the bar only: the names are right of it
+        return a, a + 8.0
     inset = 12.0 if lane.drawing is not None and lane.drawing.count else 0.0
     return a + inset, b - inset
 

@@ -69,6 +69,10 @@ class Op:
     operands: list[TensorType | Param | Const] = field(default_factory=list)  # every input, in order
     param_count: int = 0
     block: str = ""      # for a call or repeat: the block's name
+    members: tuple[str, ...] = ()  # a split fan (`fuse`): its members' names, one per output
+    split: str = ""                # and the axis it splits
+    mask: tuple[str, ...] = ()     # a mask box (`fuse`): the score axes it relates
+    mask_shape: str = ""           # the source op drawn inside it (`causal_mask`), if fused
 
     @property
     def op(self) -> str:

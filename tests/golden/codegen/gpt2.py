@@ -45,6 +45,29 @@ WEIGHT_MAPS = {
 }
 
 
+class KVCache(nn.Module):
+    """The keys and values one causal attention call has seen, preallocated for the whole sequence: the step writes
+    the new tokens' keys and values at their positions (`index_copy_`, in place, so `torch.export` keeps the
+    buffers as mutated state and `torch.compile` one graph for every step) and attends over all of it."""
+
+    def __init__(
+        self, k_shape: tuple[int, ...], v_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(k_shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.zeros(v_shape, dtype=dtype, device=device), persistent=False)
+
+
+def decode_mask(key_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    """[B, t, length] bool: cache slot j is visible to the new token at position p when j <= p and slot j holds a
+    token (`key_mask` [B, length]: 1 = token, 0 = padding or not written yet). A padding query still sees its own
+    slot, so no row is empty (as the spec's padding mask does in the full forward)."""
+    slots = torch.arange(key_mask.shape[-1], device=key_mask.device)
+    causal = slots <= cache_position[:, None]
+    own = slots == cache_position[:, None]
+    return causal & ((key_mask[:, None, :] != 0) | own)
+
+
 class Attention(nn.Module):
     """Block attention: (float32[B, T, n_embd], bool[B, T, S]) -> float32[B, T, n_embd]."""
 
@@ -73,6 +96,33 @@ class Attention(nn.Module):
         p = F.softmax(torch.where(causal_mask, where, float("-inf")), dim=-1)
         p = F.dropout(p, 0.1, self.training)
         o = (p @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, n_head*head_dim)
+        return F.dropout(self.c_proj(o), 0.1, self.training)
+
+    def decode_step(
+        self,
+        x: torch.Tensor,
+        visible: torch.Tensor,
+        cache: list[KVCache],
+        cache_position: torch.Tensor,
+        cache_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decoding step: the new tokens only, keys and values written to and read from `cache` (one KVCache per
+        causal attention call, in run order, each taken off the list by its call) at `cache_position`, `cache_mask`
+        [B, t, length] the cache slots each new token sees.
+        """
+        B, T, _ = x.shape
+        qkv = self.c_attn(x).reshape(B, T, 3, N_HEAD, HEAD_DIM)  # (B, T, 3, n_head, head_dim)
+        q = qkv[:, :, 0]
+        k = qkv[:, :, 1]
+        v = qkv[:, :, 2]
+        kv = cache.pop(0)  # this attention call's cache: (B, S, n_head, head_dim), S as long as the cache
+        kv.keys.index_copy_(1, cache_position, k)
+        kv.values.index_copy_(1, cache_position, v)
+        scores = (q.transpose(1, 2) @ kv.keys.permute(0, 2, 3, 1)).transpose(1, 2) * 0.25  # (B, T, n_head, S)
+        scores = scores.masked_fill(~cache_mask[:, :, None], float("-inf"))
+        # (B, T, n_head, head_dim)
+        einsum_1 = (F.softmax(scores, dim=-1).transpose(1, 2) @ kv.values.transpose(1, 2)).transpose(1, 2)
+        o = einsum_1.reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, n_head*head_dim)
         return F.dropout(self.c_proj(o), 0.1, self.training)
 
 
@@ -109,6 +159,21 @@ class Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), visible)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode_step(
+        self,
+        x: torch.Tensor,
+        visible: torch.Tensor,
+        cache: list[KVCache],
+        cache_position: torch.Tensor,
+        cache_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decoding step: the new tokens only, keys and values written to and read from `cache` (one KVCache per
+        causal attention call, in run order, each taken off the list by its call) at `cache_position`, `cache_mask`
+        [B, t, length] the cache slots each new token sees.
+        """
+        x = x + self.attn.decode_step(self.ln_1(x), visible, cache, cache_position, cache_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -184,3 +249,108 @@ class Gpt2(nn.Module):
         B = torch.export.Dim("B")
         T = torch.export.Dim("T", max=32)
         return {"input_ids": {0: B, 1: T}, "attention_mask": {0: B, 1: T}, "position_ids": {0: B, 1: T}}
+
+    def decode_step(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: list[KVCache],
+        cache_position: torch.Tensor,
+        cache_mask: torch.Tensor,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """One decoding step: the new tokens only, keys and values written to and read from `cache` (one KVCache per
+        causal attention call, in run order, each taken off the list by its call) at `cache_position`, `cache_mask`
+        [B, t, length] the cache slots each new token sees. Returns what forward returns, for the new tokens.
+        """
+        if input_ids.dim() != 2 or input_ids.dtype != torch.int64:
+            raise ValueError(f"input_ids must be int64[B, T], got {input_ids.dtype} of shape {tuple(input_ids.shape)}")
+        if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.dtype != torch.int64):
+            raise ValueError(
+                f"attention_mask must be int64[B, T], got {attention_mask.dtype} of shape {tuple(attention_mask.shape)}"
+            )
+        if position_ids is not None and (position_ids.dim() != 2 or position_ids.dtype != torch.int64):
+            raise ValueError(
+                f"position_ids must be int64[B, T], got {position_ids.dtype} of shape {tuple(position_ids.shape)}"
+            )
+        B, T = input_ids.shape
+        if attention_mask is not None and attention_mask.shape[0] != B:
+            raise ValueError(f"attention_mask axis B must have size {B}, got {attention_mask.shape[0]}")
+        if attention_mask is not None and attention_mask.shape[1] != T:
+            raise ValueError(f"attention_mask axis T must have size {T}, got {attention_mask.shape[1]}")
+        if position_ids is not None and position_ids.shape[0] != B:
+            raise ValueError(f"position_ids axis B must have size {B}, got {position_ids.shape[0]}")
+        if position_ids is not None and position_ids.shape[1] != T:
+            raise ValueError(f"position_ids axis T must have size {T}, got {position_ids.shape[1]}")
+        if T > 32:
+            raise ValueError(f"gpt2: requirement T <= n_positions does not hold for T={T}")
+        if attention_mask is None:
+            attention_mask = torch.full((B, T), 1, dtype=torch.int64, device=input_ids.device)
+        if position_ids is None:
+            position_ids = torch.full((B, T), -1, dtype=torch.int64, device=input_ids.device)
+        lt = position_ids < 0
+        positions = torch.where(lt.transpose(0, 1), cache_position[:, None], position_ids.transpose(0, 1))  # (T, B)
+        positions_1 = positions.transpose(0, 1)  # (B, T)
+        h = F.dropout(self.wte(input_ids) + self.wpe(positions_1), 0.1, self.training)
+        keep = attention_mask == 1
+        visible = (keep[:, :, None] | (~keep)[:, None]).transpose(1, 2)  # (B, T, S)
+        for layer in self.h:
+            h = layer.decode_step(h, visible, cache, cache_position, cache_mask)
+        if last_only:  # only the last position's outputs are wanted: the ops below are position-wise
+            h = h[:, -1:]
+        logits = F.linear(self.ln_f(h), self.wte.weight)
+        return logits
+
+
+class Gpt2Decoder(nn.Module):
+    """Incremental decoding with Gpt2, as nnspec derives it from the spec: the keys and values of each causal attention
+    call are kept in a static cache of `length` positions for `batch` sequences (in the model's dtype, allocated
+    once); every other op runs on the new tokens only, positions at their absolute values.
+
+    forward(input_ids, cache_position, key_mask, position_ids, last_only) returns the logits of the new tokens
+    `input_ids` [B, t] written at the cache positions `cache_position` [t]; `key_mask` [B, length] is 1 where a slot
+    holds a token, 0 at padding or not written yet; `last_only`: the last new token's only (a prefill's next-token
+    logits).
+    """
+
+    def __init__(self, model: Gpt2, batch: int, length: int) -> None:
+        super().__init__()
+        self.model = model
+        self.batch, self.length = batch, length
+        device = next(model.parameters()).device
+        # the keys' and the values' shape and dtype of each causal attention call, in the order a step runs them
+        shape = (batch, length, N_HEAD, HEAD_DIM)
+        shapes = [(shape, shape, torch.float32)] * 2
+        self.cache = nn.ModuleList([KVCache(k, v, dtype, device) for k, v, dtype in shapes])
+
+    def reset(self) -> None:
+        """Empty the cache, for a new batch of prompts."""
+        for buffer in self.cache.buffers():
+            buffer.zero_()
+
+    def cache_bytes(self) -> int:
+        """Bytes the cache holds (the cost model's KV-cache bytes for this batch and length)."""
+        return sum(b.numel() * b.element_size() for b in self.cache.buffers())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache_position: torch.Tensor,
+        key_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        # (B, t, length): the cache slots each new token sees, the same for every attention call
+        cache_mask = decode_mask(key_mask, cache_position)
+        attention_mask = key_mask[:, cache_position]  # the new tokens' padding mask
+        return self.model.decode_step(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=list(self.cache),
+            cache_position=cache_position,
+            cache_mask=cache_mask,
+            last_only=last_only,
+        )

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch import runtime
+from nnspec.backends.torch.absent_masks import may_be_none
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import align, align_tensor, dim, input_types, permute
+from nnspec.backends.torch.lazy import F, runtime, torch
 from nnspec.backends.torch.ops.contract import contract
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.rules import emits, lowers
@@ -64,7 +62,8 @@ def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     extra = list(zip(ins[3:], types[3:], strict=True))
     if a["has_mask"]:
         m, m_t = extra.pop(0)
-        s = fn.let(method(s, "masked_fill", P.Unary("~", align(m, m_t, names)), NEG_INF), "scores", rebind=s)
+        s = fn.let(_unless_none(fn, node, method(s, "masked_fill", P.Unary("~", align(m, m_t, names)), NEG_INF), m,
+                                s), "scores", rebind=s)
     if a["has_bias"]:
         bias, b_t = extra.pop(0)
         s = fn.let(P.binop("+", s, align(bias, b_t, names)), "scores", rebind=s)
@@ -100,19 +99,34 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
             sorted(k_t.names) != sorted([*batch, kn, dn]) or sorted(v_t.names) != sorted([*batch, kn, *value]) or \
             sorted(out_t.names) != sorted([*batch, qn, *value]):
         return None
-    masked = _masked(fn, node, ins, types, scores_t, tuple([*batch, qn, kn])) if a["has_mask"] else None
+    # SDPA's fused CPU kernel takes 4-d q, k, v and a mask of q's rank: with more batch axes (Swin's [B, nh, nw,
+    # heads]) or a mask of lower rank (a bias [heads, N, M]) it runs its unfused math, 4-5x slower (RESULTS.md).
+    # So the leading batch axes are flattened into one (a view here), and a mask gets q's rank
+    lead = len(batch) - 1 if len(batch) > 2 and not _none_mask(fn, node) else 0
+    names = (*batch, qn, kn)
+    m_t = types[3] if a["has_mask"] or a["has_bias"] else None
+    expand = bool(lead and m_t is not None and set(batch[:lead]) & set(m_t.names))
+    mask_names = names if not lead or expand else ("\0batch", *names[lead:])   # size 1 where folded
+    masked = _masked(fn, node, ins, types, scores_t, mask_names) if a["has_mask"] else None
     if a["has_mask"] and masked is None:
         return None
     q = permute(ins[0], [q_t.index(n) for n in (*batch, qn, dn)])
     k = permute(ins[1], [k_t.index(n) for n in (*batch, kn, dn)])
     v = permute(ins[2], [v_t.index(n) for n in (*batch, kn, *value)])
+    if lead:
+        q, k, v = (method(x, "flatten", 0, lead - 1) for x in (q, k, v))
+        if masked is not None and expand:
+            masked = fn.let(_fold_mask(fn, masked, scores_t, names, lead), "allowed", rebind=masked)
     kwargs: dict[str, Any] = {}
     if masked is not None:
         kwargs["attn_mask"] = masked
+        if a["causal"] and _none_mask(fn, node):   # no mask given: the causal kernel
+            kwargs["is_causal"] = P.binop("is", masked, P.Lit(None))
     elif a["has_bias"]:
         if a["causal"]:
             return None
-        kwargs["attn_mask"] = align(ins[3], types[3], tuple([*batch, qn, kn]))
+        bias = align(ins[3], types[3], mask_names, full=True)
+        kwargs["attn_mask"] = _fold_mask(fn, bias, scores_t, names, lead) if expand else bias
     elif a["causal"]:
         kwargs["is_causal"] = True
     if a.get("dropout", 0.0) > 0:   # SDPA drops probabilities whenever dropout_p > 0: only while training
@@ -120,7 +134,12 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     y: Expr = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
     if masked is not None:   # two statements: the call, then its empty rows
         y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
-        y = fn.let(_empty_rows_nan(fn, y, masked), "y", rebind=y)
+        y = fn.let(_unless_none(fn, node, _empty_rows_nan(fn, y, masked), masked, y), "y", rebind=y)
+    if lead:   # the call a statement of its own: the split after it reads as in the fused layouts above
+        y = y if masked is not None else fn.let(y, "y", comment="(" + ", ".join([" ".join(batch[:lead]),
+                                                                                  *batch[lead:], qn, *value]) + ")")
+        y = method(y, "unflatten", 0, P.TupleExpr(tuple(fn.size(scores_t.axis(n).size)  # type: ignore[union-attr]
+                                                        for n in batch[:lead])))
     perm = [[*batch, qn, *value].index(n) for n in out_t.names]
     if perm != sorted(perm):   # a statement of its own, so the permute after it reads as in nanoGPT
         y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
@@ -192,11 +211,13 @@ def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[Tens
     v = heads(ins[2], v_t, [*shared, kn, *value])
     kwargs: dict[str, Any] = {"attn_mask": masked} if masked is not None else \
         {"is_causal": True} if a["causal"] else {}
+    if masked is not None and a["causal"] and _none_mask(fn, node):   # no mask given: the causal kernel
+        kwargs["is_causal"] = P.binop("is", masked, P.Lit(None))
     order = [*shared, *group, qn, *value]
     y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"], enable_gqa=True),
                      "y", comment="(" + ", ".join([shared[0], "heads", qn, *value]) + ")")
     if masked is not None:
-        y = fn.let(_empty_rows_nan(fn, y, masked), "y", rebind=y)
+        y = fn.let(_unless_none(fn, node, _empty_rows_nan(fn, y, masked), masked, y), "y", rebind=y)
     y = method(y, "reshape", *[size(out_t, n) for n in order])
     return permute(y, [order.index(n) for n in out_t.names])
 
@@ -218,10 +239,35 @@ def _masked(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType
     a = node.attrs
     if a["has_bias"] or not set(types[3].names) <= set(names):
         return None
-    m = align(ins[3], types[3], names)
+    m = align(ins[3], types[3], names, full=True)
     if a["causal"]:   # the query and key axes are the last two of `names`: the [q, k] triangle broadcasts
-        m = P.binop("&", m, _causal(fn, a, scores_t)[0])
-    return fn.let(m, "allowed", comment="(" + ", ".join(n for n in names if n != "\0heads") + "): keys each query sees")
+        triangle = _causal(fn, a, scores_t)[0]
+        m = P.binop("&", m, fn.let(triangle, "causal") if _none_mask(fn, node) else triangle)
+    m = _unless_none(fn, node, m, ins[3], P.Lit(None))
+    shown = ", ".join(n for n in names if not n.startswith("\0"))   # not the placeholders of folded axes
+    return fn.let(m, "allowed", comment=f"({shown}): keys each query sees")
+
+
+def _fold_mask(fn: FunctionGen, m: Expr, scores_t: TensorType, names: tuple[str, ...], lead: int) -> Expr:
+    """A mask or bias aligned to `names` (the batch axes, query, key) that has some of the first `lead` batch
+    axes, for SDPA with those flattened into one: expanded to the scores' shape and flattened (a copy where it
+    broadcast over some of them)."""
+    sizes = [fn.size(scores_t.axis(n).size) for n in names]  # type: ignore[union-attr]
+    expanded = fn.let(method(m, "expand", *sizes), "mask", comment="(" + ", ".join(names) + ")")
+    return method(expanded, "flatten", 0, lead - 1)
+
+
+def _none_mask(fn: FunctionGen, node: Node) -> bool:
+    """Is the node's boolean mask a block input the caller passes as None when it masks nothing
+    (`absent_masks`: GPT-2's without an `attention_mask`)?"""
+    return bool(node.attrs["has_mask"]) and may_be_none(fn, node.inputs[3])
+
+
+def _unless_none(fn: FunctionGen, node: Node, value: Expr, mask: Expr, otherwise: Expr) -> Expr:
+    """`value`, or `value if mask is not None else otherwise` where the mask may be passed as None."""
+    if not _none_mask(fn, node):
+        return value
+    return P.IfExp(value, P.binop("is not", mask, P.Lit(None)), otherwise)
 
 
 def _empty_rows_nan(fn: FunctionGen, y: Expr, allowed: Expr) -> Expr:

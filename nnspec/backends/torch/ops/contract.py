@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import sympy
-import torch
 
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import align, input_types, permute
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import Node, TensorType

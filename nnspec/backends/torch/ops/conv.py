@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import input_types, permute
+from nnspec.backends.torch.lazy import F, torch
 from nnspec.backends.torch.members import module_for
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.rules import emits, lowers

@@ -12,16 +12,14 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from nnspec.backends.torch import pysrc as P
-from nnspec.backends.torch import runtime
 from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
-from nnspec.backends.torch.layout import align, align_tensor, cast_to, input_types, stand_in
+from nnspec.backends.torch.layout import align, align_tensor, cast_to, input_types
+from nnspec.backends.torch.lazy import F, runtime, torch
 from nnspec.backends.torch.ops.nn import linear_activation
+from nnspec.backends.torch.promotion import operand, pointwise_result, promote_types, result_type
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.backends.torch.source import spec_named
@@ -81,7 +79,7 @@ def _emit_binary(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     out = node.tensor_type
     ts = [fn.in_type(node, i) for i in range(2)]
     a, b = (align(x, t, out.names) for x, t in zip(ins, ts, strict=True))
-    got = torch_function(node.op)(stand_in(ins[0], ts[0]), stand_in(ins[1], ts[1])).dtype
+    got = pointwise_result(POINTWISE[node.op], operand(ins[0], ts[0]), operand(ins[1], ts[1]))
     return cast_to(fn, _code(POINTWISE[node.op], a, b), got, out.dtype)
 
 
@@ -97,7 +95,7 @@ def _emit_where(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     out = node.tensor_type
     ts = [fn.in_type(node, i) for i in range(3)]
     c, a, b = (align(x, t, out.names) for x, t in zip(ins, ts, strict=True))
-    got = torch.where(torch.ones((), dtype=torch.bool), stand_in(ins[1], ts[1]), stand_in(ins[2], ts[2])).dtype
+    got = result_type(operand(ins[1], ts[1]), operand(ins[2], ts[2]))
     return cast_to(fn, call("torch.where", c, a, b), got, out.dtype)
 
 
@@ -134,7 +132,7 @@ def _emit_straight_through(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr
     out = node.tensor_type
     ts = [fn.in_type(node, i) for i in range(2)]
     x, y = (align(v, t, out.names) for v, t in zip(ins, ts, strict=True))
-    got = torch.promote_types(TORCH_DTYPES[ts[0].dtype], TORCH_DTYPES[ts[1].dtype])
+    got = promote_types(ts[0].dtype, ts[1].dtype)
     return cast_to(fn, P.binop("+", x, method(P.binop("-", y, x), "detach")), got, out.dtype)
 
 

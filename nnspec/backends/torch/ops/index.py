@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import align, align_tensor, axis_dim, cast_to, dim, input_types
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.members import linear_group
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.backends.torch.rules import emits, lowers
@@ -65,8 +64,8 @@ def _lower_scatter(frame: Frame, node: Node, ins: list[Any]) -> Any:
 def _emit_scatter(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     x, idx, src = ins
     want = node.tensor_type.dtype
-    x = cast_to(fn, x, TORCH_DTYPES[fn.in_type(node, 0).dtype], want)
-    src = cast_to(fn, src, TORCH_DTYPES[fn.in_type(node, 2).dtype], want)
+    x = cast_to(fn, x, fn.in_type(node, 0).dtype, want)
+    src = cast_to(fn, src, fn.in_type(node, 2).dtype, want)
     name = "scatter_add" if node.attrs["reduce"] == "add" else "scatter"
     return method(x, name, dim(fn.in_type(node, 0), node.attrs["axis"]), idx, src)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnspec.backends.torch import runtime
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import on_last, on_last_tensor
+from nnspec.backends.torch.lazy import runtime
 from nnspec.backends.torch.pysrc import Expr, call
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import Node

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.nn.functional as F
-
-from nnspec.backends.torch import helpers, runtime
+from nnspec.backends.torch import helpers
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import input_types, on_last, on_last_tensor, permute
+from nnspec.backends.torch.lazy import F, runtime
 from nnspec.backends.torch.members import linear_group, module_for
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers

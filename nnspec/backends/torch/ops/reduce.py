@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import dim, input_types
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.pysrc import Expr, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import Node

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import input_types, permute
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.pysrc import Expr, Lit, Slice, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.compiler.ir import DType, Node

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.dtypes import TORCH_DTYPES
 from nnspec.backends.torch.frame import Frame
 from nnspec.backends.torch.function import FunctionGen
 from nnspec.backends.torch.layout import input_types
+from nnspec.backends.torch.lazy import torch
 from nnspec.backends.torch.ops.elementwise import takes_number
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.rules import emits, lowers
 from nnspec.backends.torch.source import Stmt, Var
-from nnspec.compiler.affine_scan import affine_state
+from nnspec.compiler.affine_scan import affine_state, direct_coefficients
 from nnspec.compiler.ir import DType, Node, repeat_plan
 
 
@@ -148,8 +147,10 @@ def _emit_scan(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     named = {u.attrs["index"]: u.name for u in fn.users(node.name) if u.op == "getitem"}
     step = fn.mg.model.templates[a["block"]]
     if fn.mg.options.parallel_scan and affine_state(step):   # a linear recurrence: every step at once
+        direct = direct_coefficients(step)   # a and b read from the scanned tensors, not found through the step
+        extra = {} if direct is None else {"direct": P.TupleExpr(P.ints(direct))}
         refs = fn.let_many(call(fn.mg.helper("affine_scan"), fn.member(a["scope"]), ins[0], P.TupleExpr(tuple(
-            ins[1:])), P.TupleExpr(P.ints(dims)), a["position"], len(step.outputs) == 2),
+            ins[1:])), P.TupleExpr(P.ints(dims)), a["position"], len(step.outputs) == 2, **extra),
             [named.get(0, "_state"), named.get(1, "_stacked")])   # `_`: unused (a dummy name to linters)
         return P.TupleExpr(tuple(refs))
     state = fn.let(ins[0], named.get(0, "state"))
