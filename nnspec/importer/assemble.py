@@ -13,7 +13,7 @@ from nnspec.importer import moe
 from nnspec.importer.capture import Captured
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L
-from nnspec.importer.lift import Lifter
+from nnspec.importer.lift import Lifter, instance_of
 from nnspec.importer.naming import Dims
 from nnspec.importer.render import Renderer
 from nnspec.importer.rules import RULES
@@ -73,6 +73,8 @@ def assemble(cap: Captured, *, name: str) -> str:
     dims = Dims.from_config(cap.config, free)
     lifter = Lifter(cap, dims, RULES)
     lifter.flattened = _flatten(cap.model)
+    # a block called repeatedly (`shared@1`, ...) is a shared-weight `repeat`, never the body
+    lifter.flattened -= {instance_of(p) for n in cap.program.graph.nodes for p in lifter.stack(n) if "@" in p}
     lifter.rope_theta = None
     _refuse_dead_parameters(cap, lifter)
     outputs = []
@@ -93,7 +95,8 @@ def assemble(cap: Captured, *, name: str) -> str:
         outputs.append((oname, out, axes, _DTYPES[lifter.value(out_node).dtype]))
     modules = {p for p, m in cap.model.named_modules() if p not in lifter.flattened and any(True for _ in m.children())
                and not isinstance(m, nn.ModuleList)}
-    renderer = Renderer([o for _, o, _, _ in outputs], _layer_counts(cap.model, dims, lifter.flattened), modules)
+    renderer = Renderer([o for _, o, _, _ in outputs], _layer_counts(cap.model, dims, lifter.flattened), modules,
+                        count_name=lambda n: _count_name(dims, n))
     body = renderer.body()
     lines = [
         "nnspec: 1",
@@ -121,6 +124,14 @@ def assemble(cap: Captured, *, name: str) -> str:
     lines += ["", "hf_config:"] + [f"  {ln}" for ln in _hf_config(cap, dims, lifter)]
     lines += ["", "weights:", "  hf:"] + [f"    {ln}" for ln in _weights(cap.model, lifter, renderer)]
     return "\n".join(lines) + "\n"
+
+
+def _count_name(dims: Dims, n: int) -> str:
+    """The dim naming how often a shared block is applied (a `depth` or layer count first), else the number."""
+    keys = sorted((k for k, v in dims.values.items() if v == n), key=lambda k: ("layer" not in k and "depth" not in k))
+    if keys:
+        dims.used.add(keys[0])
+    return keys[0] if keys else str(n)
 
 
 def _named_axes(lifter: Lifter, out: L, node: Any) -> L:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nnspec.importer.errors import ImportFailure
+from nnspec.importer.helpers import helpers_as_calls
 
 # Model classes by the config's `architectures` entry suffix, tried in order; a config without one gets AutoModel.
 _AUTO_BY_SUFFIX = (("ForCausalLM", "AutoModelForCausalLM"), ("LMHeadModel", "AutoModelForCausalLM"),
@@ -144,12 +145,13 @@ def capture(model: nn.Module, inputs: dict[str, torch.Tensor], config: dict[str,
     kwargs: dict[str, Any] = dict(inputs)
     if _takes(model, "use_cache"):
         kwargs.setdefault("use_cache", False)
-    try:
-        program = torch.export.export(model, (), kwargs, strict=False)
-    except Exception as exc:  # export's own message names the Python line it could not trace
-        raise ImportFailure(f"torch.export could not capture the model: {type(exc).__name__}: {exc}") from None
-    cap = Captured(model=model, program=program, inputs=inputs, config=config)
-    cap.values = _evaluate(program, kwargs)
+    with helpers_as_calls(model):      # nnspec's generated MoE dispatch as one call export can capture
+        try:
+            program = torch.export.export(model, (), kwargs, strict=False)
+        except Exception as exc:  # export's own message names the Python line it could not trace
+            raise ImportFailure(f"torch.export could not capture the model: {type(exc).__name__}: {exc}") from None
+        cap = Captured(model=model, program=program, inputs=inputs, config=config)
+        cap.values = _evaluate(program, kwargs)
     return cap
 
 

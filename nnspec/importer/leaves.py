@@ -30,8 +30,10 @@ _ACTIVATIONS = {
 }
 
 
-def _region(lifter: Lifter, path: str) -> list[fx.Node]:
-    return [n for n in lifter.graph.nodes if path in lifter.stack(n)]
+def _region(lifter: Lifter, path: str, call: fx.Node | None = None) -> list[fx.Node]:
+    """The nodes computed inside module `path`; with `call`, only those of the same call of it as `call`."""
+    key = lifter.calls(call).get(path) if call is not None else None
+    return [n for n in lifter.graph.nodes if path in lifter.stack(n) and (key is None or lifter.calls(n)[path] == key)]
 
 
 def _inputs(lifter: Lifter, region: list[fx.Node]) -> list[fx.Node]:
@@ -55,7 +57,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
     mod = lifter.modules[path]
-    region = _region(lifter, path)
+    region = _region(lifter, path, n)       # this call's nodes (`rules.lift_leaf` sends later calls to reuse.py)
     ins = _inputs(lifter, region)
     if len(ins) != 1:
         raise lifter.fail(n, f"module {type(mod).__name__} takes {len(ins)} tensors; only one-input leaf modules "
@@ -92,6 +94,9 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
             _check(lifter, n, F.linear(xv, w), yv)
             x = _merge_last(lifter, x, n)
             out = lifter.dims.axis(w.shape[0])
+            if (out,) == x.axes[-1]:
+                raise lifter.fail(n, f"a tied head whose vocabulary and features are both named {out} (equal sizes), "
+                                     "which the contraction with the embedding's weight cannot tell apart")
             axes = x.axes[:-1] + [(out,)]
             node = L(f"{{0}} * {tied.rsplit('.', 1)[-1]}.weight", [x], axes, [a for g in axes for a in g],
                      parent_scope, idx, atom=False, hint=name, bind=True)

@@ -13,6 +13,7 @@ node are handled apart from the generic op table (`ops.py`):
 from __future__ import annotations
 
 import operator
+import re
 from typing import Any
 
 import torch
@@ -45,7 +46,8 @@ class Lifter:
         self.params: dict[str, str] = dict(sig.inputs_to_parameters)
         self.buffers: dict[str, str] = dict(sig.inputs_to_buffers)
         self.user_inputs = set(sig.user_inputs)
-        self.modules = dict(cap.model.named_modules())
+        self.modules = Modules(cap.model.named_modules())
+        self._calls: dict[fx.Node, dict[str, str]] = {}
         self.cache: dict[fx.Node, Any] = {}
         self.static = self._static_nodes()
         self.blocks: set[str] = set()         # module paths that are blocks (non-leaf, not flattened)
@@ -54,14 +56,31 @@ class Lifter:
         self.transposed: set[str] = set()     # module paths whose weight the checkpoint stores transposed
         self.squeezed: dict[str, list[int]] = {}
         self.moe: dict[str, Routed] = {}           # module paths lifted as `moe` (their weights map specially)
+        self.scan_bodies: set[str] = set()         # block scopes written as a `scan`'s step, not called
 
     # --- structure ---------------------------------------------------------------------------------------------
     def stack(self, n: fx.Node) -> list[str]:
-        st = n.meta.get("nn_module_stack") or {}
-        paths = []
-        for path, _cls in st.values():
-            paths.append(_clean(path))
-        return paths
+        """The module paths computing `n`, outermost first; a later call of a block (a module with children) is
+        its own scope `path@k` (a block applied repeatedly with shared weights), its submodules under it."""
+        return list(self.calls(n))
+
+    def calls(self, n: fx.Node) -> dict[str, str]:
+        """(Instance) module path -> the export's key for the call of it computing `n` (`L__self__proj@1` for its
+        second call): nodes of one call of a module share the key, nodes of another call of it do not."""
+        got = self._calls.get(n)
+        if got is None:
+            got, parent, parent_clean, parent_k = {}, "", "", "0"
+            for key, (path, _cls) in (n.meta.get("nn_module_stack") or {}).items():
+                clean = _clean(path)
+                k = key.rpartition("@")[2] if "@" in key else "0"
+                inst = parent + clean[len(parent_clean):] if clean.startswith(parent_clean) else clean
+                mod = self.modules.get(clean)
+                if k != parent_k and k != "0" and mod is not None and not self.is_leaf(clean):
+                    inst = f"{inst}@{k}"
+                got[inst] = key
+                parent, parent_clean, parent_k = inst, clean, k
+            self._calls[n] = got
+        return got
 
     def is_leaf(self, path: str) -> bool:
         """A module lifted as one function call: one without submodules, or a routed mixture of experts (its
@@ -69,6 +88,9 @@ class Lifter:
         mod = self.modules.get(path)
         if mod is None or path == "":
             return False
+        if not any(True for _ in mod.children()) and not any(True for _ in mod.parameters()) \
+                and not type(mod).__module__.startswith(("torch.", "transformers.")):
+            return False       # user code without weights (a generated scan step): its ops are lifted one by one
         return not any(True for _ in mod.children()) or routed(self.modules, path) is not None
 
     def leaf_of(self, n: fx.Node) -> str | None:
@@ -191,6 +213,24 @@ class Lifter:
         if isinstance(n, fx.Node) and n.op == "placeholder":
             return self.params.get(n.name)
         return None
+
+
+def instance_of(path: str) -> str:
+    """The module path of an instance path (`shared@2.attn` -> `shared.attn`)."""
+    return re.sub(r"@\d+", "", path)
+
+
+class Modules(dict):
+    """Module path -> module, looked up also by instance path (a later call `shared@2.attn` is `shared.attn`)."""
+
+    def __getitem__(self, path: str) -> Any:
+        return super().__getitem__(instance_of(path))
+
+    def get(self, path: str, default: Any = None) -> Any:
+        return super().get(instance_of(path), default)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and super().__contains__(instance_of(path))
 
 
 def _clean(path: str) -> str:

@@ -53,16 +53,50 @@ def lift_moe(lifter: Lifter, path: str, n: fx.Node, r: Routed) -> L:
         refs = {norm: _dense_moe(xv, router, gate_up, down, k, norm).reshape(yv.shape) for norm in (True, False)}
     norm = next((nm for nm, ref in refs.items() if _close(ref, yv)), True)
     _check(lifter, n, refs[norm], yv)
+    lifter.moe[path] = r
+    return _moe_call(lifter, n, x, path, e, inner, k, norm)
+
+
+def _moe_call(lifter: Lifter, n: fx.Node, x: L, path: str, e: int, inner: int, k: int, norm: bool) -> L:
     x = _merge_last(lifter, x, n)
     d = lifter.dims
     kname = next((key for key, v in d.values.items() if "per_tok" in key and v == k), str(k))
     ename = next((key for key, v in d.values.items() if "experts" in key and "per_tok" not in key and v == e), str(e))
-    lifter.moe[path] = r
     lifter.leaf_calls.append((path, "moe"))
     extra = "" if norm else ", norm_topk_prob=false"
     name = path.rsplit(".", 1)[-1]
     return L(f"moe({{0}}, {ename}, {d.expr(inner)}, {kname}{extra}, name={name})", [x], x.axes, x.order,
              lifter.scope_of(n), lifter.index[n], hint=name)
+
+
+_CALL_PARAMS = ("router", "gate_proj", "up_proj", "down_proj")
+
+
+def lift_moe_call(lifter: Lifter, n: fx.Node) -> L:
+    """nnspec's own generated `moe_swiglu(x, router, gate_proj, up_proj, down_proj, k, norm_topk_prob)`, captured
+    as one call (`helpers.py`): `moe(x, E, I, k[, norm_topk_prob=false], name=owner)`. Its parameters are the
+    `moe` call's own (`owner.router`, ...), so the weights map one to one; the call's value is checked against
+    the dense gated sum with the call's own `k` and `norm_topk_prob`."""
+    x_node, *weights = n.args[:5]
+    k, norm = int(n.args[5]), bool(n.args[6])
+    keys = [lifter.param_path(w) for w in weights]
+    owners = {key.rpartition(".")[0] for key in keys if key}
+    attrs = tuple(key.rpartition(".")[2] for key in keys if key)
+    if len(owners) != 1 or attrs != _CALL_PARAMS:
+        raise lifter.fail(n, "a mixture of experts whose weights are not one module's router, gate_proj, up_proj "
+                             "and down_proj")
+    path = owners.pop()
+    scope, parent = lifter.scope_of(n), path.rpartition(".")[0]
+    if parent != scope and not (not scope and parent in lifter.flattened):
+        raise lifter.fail(n, f"a mixture of experts whose weights ({path}) are not a child of its block")
+    x, xv, yv = lifter.lift(x_node), lifter.value(x_node), lifter.value(n)
+    router, gate, up, down = (lifter.value(w) for w in weights)
+    if not isinstance(x, L) or not isinstance(yv, torch.Tensor) or yv.shape != xv.shape:
+        raise lifter.fail(n, "a mixture of experts whose output is not one value per token and feature")
+    with torch.no_grad():
+        ref = _dense_moe(xv, router, torch.cat([gate, up], 1), down, k, norm).reshape(yv.shape)
+    _check(lifter, n, ref.to(yv.dtype), yv)
+    return _moe_call(lifter, n, x, path, router.shape[0], gate.shape[1], k, norm)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -431,6 +431,8 @@ def _cat(lifter: Lifter, n: fx.Node) -> L:
     """`cat([a, b], d)` is `concat(a, b, over=(N, M), into=SIZE)`; an operand with size 1 at d (a class token)
     contributes one entry, as the language's concat does for an operand lacking the axis."""
     parts = [lifter.lift(p) for p in n.args[0]]
+    if not all(isinstance(p, L) for p in parts):
+        raise lifter.fail(n, "a concatenation with a constant table (padding)")
     d = _dim(parts[0], n.args[1] if len(n.args) > 1 else 0)
     scope, idx = _scope_idx(lifter, n)
     over, ops = [], []
@@ -463,17 +465,41 @@ def _linear(lifter: Lifter, n: fx.Node) -> L:
     owner = key.rsplit(".", 1)[0] if key else None
     from torch import nn
 
+    if key is None and bias is None and isinstance(w := lifter.lift(n.args[1]), L) and len(w.axes) == 2:
+        return _linear_of(lifter, n, lifter.lift(n.args[0]), w)
     if key is None or bias is not None or not isinstance(lifter.modules.get(owner), nn.Embedding):
         raise lifter.fail(n, "a functional linear whose weight is not an embedding's (tied head)")
     x = lifter.lift(n.args[0])
     if len(x.axes[-1]) != 1:
         x = merge_groups(lifter, x, [len(x.axes) - 1], n)
     out = lifter.dims.axis(lifter.value(n).shape[-1])
+    if (out,) == x.axes[-1]:
+        raise lifter.fail(n, f"a tied head whose vocabulary and features are both named {out} (equal sizes)")
     axes = x.axes[:-1] + [(out,)]
     scope, idx = _scope_idx(lifter, n)
     node = L(f"{{0}} * {owner.rsplit('.', 1)[-1]}.weight", [x], axes, [a for g in axes for a in g], scope, idx,
              atom=False, hint="h", bind=True)
     node.annot = ", ".join(a for g in axes for a in g)
+    return node
+
+
+def _linear_of(lifter: Lifter, n: fx.Node, x: L, w: L) -> L:
+    """`F.linear(x, w)` with a computed weight (`param(E, F, H).flatten(0, 1)`): the contraction
+    `h[..., E, F] = x * w` summing x's last axis with w's."""
+    from nnspec.importer.patterns import relabel
+
+    scope, idx = _scope_idx(lifter, n)
+    gx, (go, gi) = x.axes[-1], w.axes
+    if gx != gi:
+        if len(gx) != 1 or len(gi) != 1:
+            raise lifter.fail(n, f"a linear summing axes grouped differently ({gx} and {gi})")
+        w = relabel(lifter, w, gi[0], gx[0], scope, idx - 0.1)
+    axes = x.axes[:-1] + [go]
+    names = [a for g in axes for a in g]
+    if not gx or not go or len(set(names)) != len(names):
+        raise lifter.fail(n, "a linear whose output axes repeat an input's name")
+    node = L("{0} * {1}", [x, w], axes, names, scope, idx, atom=False, hint="h", bind=True)
+    node.annot = ", ".join(names)
     return node
 
 

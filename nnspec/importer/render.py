@@ -7,6 +7,7 @@ import functools
 import itertools
 import re
 from collections import Counter
+from collections.abc import Callable
 
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, annotation
@@ -27,6 +28,12 @@ def _is_view(n: L) -> bool:
     return n.fmt == "{0}" and len(n.refs) == 1 and not n.annot and not n.fixed and not n.names and n.member is None
 
 
+def _instance(scope: str) -> tuple[str, int]:
+    """`(P, k)` for the scope of the k-th later call `P@k` of block P; `(scope, 0)` for any other scope."""
+    m = re.fullmatch(r"(.*)@(\d+)", scope)
+    return (m.group(1), int(m.group(2))) if m else (scope, 0)
+
+
 def _parent(scope: str, scopes: set[str]) -> str:
     parts = scope.split(".")
     for k in range(len(parts) - 1, 0, -1):
@@ -37,9 +44,11 @@ def _parent(scope: str, scopes: set[str]) -> str:
 
 
 class Renderer:
-    def __init__(self, outputs: list[L], layer_counts: dict[str, str], modules: set[str]) -> None:
+    def __init__(self, outputs: list[L], layer_counts: dict[str, str], modules: set[str],
+                 count_name: Callable[[int], str] = str) -> None:
         self.outputs = outputs
         self.layer_counts = layer_counts             # module-list path -> dim naming its length
+        self.count_name = count_name                 # a shared repeat's count -> the dim naming it
         self.nodes: list[L] = []
         self.refcount: Counter[int] = Counter()
         seen: set[int] = set()
@@ -141,7 +150,12 @@ class Renderer:
         stmts: list[tuple[float, str]] = []
         child_vars: dict[int, str] = {}
         children = self.children(s)
+        scans = {getattr(n, "scan_body", None): n for n in self.nodes if getattr(n, "scan_body", None)}
         for c in children:
+            if c in scans:                       # a scan's step: written as a block, called by the scan
+                ins = self.ins(c)
+                self.carried[c] = next((i for i, r in enumerate(ins) if r is scans[c].refs[0]), 0)
+                continue
             for r in self.ins(c):
                 if r.scope == s and r.member is None:
                     r.bind = True
@@ -158,9 +172,12 @@ class Renderer:
                 names[id(n)] = n.fixed
             elif not n.names:
                 names[id(n)] = fresh(n.hint)
-        for group in self._groups(children):
+        for group in self._groups([c for c in children if c not in scans]):
             stmt, pos = self._call(group, s, names, fresh, child_vars)
             stmts.append((pos, stmt))
+        for c in scans:
+            if c in children:
+                self.block(c)
 
         def ref(r: L) -> str:
             if id(r) in child_vars:
@@ -173,6 +190,9 @@ class Renderer:
             return text(r)
 
         def text(n: L) -> str:
+            if getattr(n, "scan_body", None):    # a scan reads its step block by name, not its step's values
+                args = [ref(r) if is_atom(r) else f"({ref(r)})" for r in n.refs[:n.fmt.count("{")]]
+                return n.fmt.format(*args).replace(f"<<block:{n.scan_body}>>", self.block_of[n.scan_body])
             args = []
             for r in n.refs:
                 t = ref(r)
@@ -205,7 +225,10 @@ class Renderer:
         groups: list[list[str]] = []
         for c in children:
             head, _, last = c.rpartition(".")
-            if last.isdigit() and groups and groups[-1][-1].rpartition(".")[0] == head and \
+            base, k = _instance(c)
+            if k and groups and _instance(groups[-1][-1]) == (base, k - 1):
+                groups[-1].append(c)            # later calls `P@1, P@2, ...` of block P: a shared-weight repeat
+            elif last.isdigit() and groups and groups[-1][-1].rpartition(".")[0] == head and \
                     int(groups[-1][-1].rpartition(".")[2]) == int(last) - 1:
                 groups[-1].append(c)
             else:
@@ -215,7 +238,8 @@ class Renderer:
     def _call(self, group: list[str], s: str, names: dict[int, str], fresh, child_vars: dict[int, str]) \
             -> tuple[str, float]:
         head, _, last = group[0].rpartition(".")
-        listed = last.isdigit() and head in self.layer_counts      # a module list's layers: `repeat` or refuse
+        shared = _instance(group[-1])[1] > 0      # one block called repeatedly: `repeat(..., shared=true)`
+        listed = (last.isdigit() and head in self.layer_counts) or shared   # `repeat` or refuse
         if listed:
             k = self._carry_index(group)
             self.carried.update((c, k) for c in group)
@@ -227,9 +251,17 @@ class Renderer:
         pos = max([self.first_idx(first)] + [r.idx + 0.01 for r in ins if not self.within(r, s) or True])
         same = len(set(texts)) == 1 and self._chains(group) and (len(group) > 1 or (listed and len(outs) == 1))
         if listed and not same:
-            raise ImportFailure(f"the layers of module list {head} differ or do not chain (each feeding the next "
-                                "as its first input), which `repeat` cannot write", op="repeat", module=head)
+            what = f"the calls of block {first}" if shared else f"the layers of module list {head}"
+            raise ImportFailure(f"{what} differ or do not chain (each feeding the next as its first input), which "
+                                "`repeat` cannot write", op="repeat", module=first if shared else head)
         args = [self._arg(r, s, names, child_vars) for r in ins]
+        if same and shared:
+            var = fresh(outs[0].hint if outs else "h")
+            for c in group:
+                for o in self.outs(c):
+                    child_vars[id(o)] = var
+            return (f"{var} = repeat({self.count_name(len(group))}, {self.block_of[first]}, {', '.join(args)}, "
+                    f"name={attr}, shared=true)"), pos
         if same:
             head = first.rpartition(".")[0]
             count = self.layer_counts.get(head, str(len(group)))
@@ -302,7 +334,7 @@ class Renderer:
         outs = self.outs(s)
         ret = ", ".join(self._ref(o) for o in outs)
         sig_params = ", ".join(names[id(p)] for p in params)
-        attr = s.rpartition(".")[2]
+        attr = _instance(s)[0].rpartition(".")[2]
         base = "layer" if attr.isdigit() else attr
         if base in _reserved():
             base = f"{base}_block"              # a block may not take a built-in function's name

@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import fx
 
-from nnspec.importer import einsum, leaves, masks, moe, ops, patterns
+from nnspec.importer import einsum, helpers, indexing, leaves, masks, moe, ops, patterns, reuse, scan
 from nnspec.importer.routing import routed
 
 # ops lifted outside the generic table (ops.py), tried first
-_EXTRA = {**einsum.HANDLERS, **masks.HANDLERS}
+_EXTRA = {**einsum.HANDLERS, **masks.HANDLERS, **indexing.HANDLERS, **scan.HANDLERS,
+          helpers.OP_NAMES["moe_swiglu"]: moe.lift_moe_call}
 
 
 def lift_op(lifter: Any, n: fx.Node) -> Any:
@@ -21,6 +22,8 @@ def lift_op(lifter: Any, n: fx.Node) -> Any:
 
 
 def lift_leaf(lifter: Any, path: str, n: fx.Node) -> Any:
+    if reuse.again(lifter, path, n):       # a later call of a module: its parameters exist already
+        return reuse.lift_again(lifter, path, n)
     r = routed(lifter.modules, path)
     return moe.lift_moe(lifter, path, n, r) if r is not None else leaves.lift_leaf(lifter, path, n)
 

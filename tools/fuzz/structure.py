@@ -260,8 +260,10 @@ WEIGHTS = {name: 3 if name.startswith(("expr.", "axes", "ops.")) else
            2 if name.startswith(("blocks.", "dims.", "types.")) else 1 for name in MUTATORS}
 
 
-def mutants(seeds: list[Seed], max_mutations: int = 3) -> st.SearchStrategy[Mutant]:
-    kinds = [name for name in sorted(MUTATORS) for _ in range(WEIGHTS[name])]
+def mutants(seeds: list[Seed], max_mutations: int = 3,
+            only: list[str] | None = None) -> st.SearchStrategy[Mutant]:
+    """Seeds with 1 to `max_mutations` mutations, drawn by weight from `MUTATORS` (or from `only`)."""
+    kinds = [name for name in sorted(only or MUTATORS) for _ in range(WEIGHTS[name])]
     counts = [n for n in range(1, max_mutations + 1) for _ in range(max_mutations + 1 - n)]  # 1 most often
 
     @st.composite

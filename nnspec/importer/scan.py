@@ -1,0 +1,101 @@
+"""An unrolled recurrence as the language's `scan`: `torch.stack([block(state, x[:, i], ...)[1] for i ...], d)`.
+
+Export unrolls a Python loop over a sequence that calls one block per step: the calls of block P are the scopes
+`P, P@1, ..., P@(n-1)` (`Lifter.calls`), each reading the state the previous call returned and the i-th entries
+`select(X, d, i)` of the same sequences, and the per-step outputs are stacked along d. That is
+`final, ys = scan(P, init, X1, X2, ..., over=AX, name=P)` when every call runs the same ops (compared node by
+node, arguments included), hands on exactly one state, reads the sequences in the same order, and the stack puts
+the sequence axis back where the first sequence had it (the language's rule). The block is written once, from
+the first call; the scan's value is its members (final state, stacked outputs). Anything else is refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import fx
+
+from nnspec.importer.graph import L
+from nnspec.importer.leaves import _inputs
+
+if TYPE_CHECKING:
+    from nnspec.importer.lift import Lifter
+
+
+def _region(lifter: Lifter, scope: str) -> list[fx.Node]:
+    return [m for m in lifter.graph.nodes if scope in lifter.stack(m)]
+
+
+def _shape_of(region: list[fx.Node]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The ops of one call, with their non-tensor arguments: equal for calls that compute alike."""
+    return [(str(m.target), tuple(a for a in m.args if not isinstance(a, (fx.Node, list, tuple)))) for m in region]
+
+
+def lift_stack(lifter: Lifter, n: fx.Node) -> Any:
+    from nnspec.importer.indexing import _zeros
+    from nnspec.importer.ops import _dim
+
+    outs = [lifter.resolve(o) for o in n.args[0]]
+    scopes = [lifter.scope_of(o) for o in outs]
+    base = scopes[0]
+    if not base or scopes != [base] + [f"{base}@{i}" for i in range(1, len(outs))]:
+        raise lifter.fail(n, "a stack of values that are not the per-step outputs of one block's calls (a scan)")
+    regions = [_region(lifter, s) for s in scopes]
+    if any(_shape_of(r) != _shape_of(regions[0]) for r in regions[1:]):
+        raise lifter.fail(n, f"the calls of block {base} differ, which `scan` cannot write")
+    seqs: list[tuple[fx.Node, int]] | None = None
+    carries: list[fx.Node] = []
+    for i, region in enumerate(regions):
+        ins = _inputs(lifter, region)
+        picks = [m for m in ins if str(m.target) == "aten.select.int" and m.args[2] == i]
+        state = [m for m in ins if m not in picks]
+        here = [(lifter.resolve(m.args[0]), m.args[1]) for m in picks]
+        if seqs is None:
+            seqs = here
+        if len(state) != 1 or here != seqs or not seqs:
+            raise lifter.fail(n, f"call {i} of block {base} does not read one state and the step's entries of the "
+                                 "same sequences")
+        if i and state[0] not in regions[i - 1]:
+            raise lifter.fail(n, f"call {i} of block {base} does not read the state the previous call returned")
+        carries.append(state[0])
+    last_state = next((m for m in regions[-1] if any(u not in regions[-1] for u in m.users) and m is not outs[-1]),
+                      None)
+    x0 = lifter.lift(seqs[0][0])
+    d = _dim(x0, seqs[0][1])
+    rank = lifter.value(n).dim()
+    if (n.args[1] if len(n.args) > 1 else 0) % rank != d or len(x0.axes[d]) != 1:
+        raise lifter.fail(n, "a scan whose outputs are stacked elsewhere than its first sequence's axis")
+    ax = x0.axes[d][0]
+    init = _zeros(lifter, carries[0])
+    if init is None:
+        init = lifter.lift(carries[0])
+    if not isinstance(init, L):
+        raise lifter.fail(n, f"block {base}'s initial state is not zeros over distinctly named axes")
+    lifter.cache[lifter.resolve(carries[0])] = init
+    # the first call's values computed from the initial state are constants of the trace, not of the step
+    reached = {carries[0], lifter.resolve(carries[0])}
+    for m in regions[0]:
+        if any(a in reached for a in m.all_input_nodes):
+            reached.add(m)
+            lifter.static.discard(m)
+    xs = [lifter.lift(x) for x, _ in seqs]
+    state_out, y0 = lifter.lift(carries[1]) if len(carries) > 1 else None, lifter.lift(outs[0])
+    if state_out is None or not isinstance(y0, L) or state_out.idx >= y0.idx:
+        raise lifter.fail(n, f"block {base} does not return its state before its output")
+    scope, idx = lifter.scope_of(n), lifter.index[n]
+    name = base.rpartition(".")[2]
+    args = ", ".join(f"{{{j}}}" for j in range(1 + len(xs)))
+    tup = L(f"scan(<<block:{base}>>, {args}, over={ax}, name={name})", [init, *xs, state_out, y0], [], [], scope, idx,
+            bind=True, hint="ys")
+    tup.names = ["final", "ys"]
+    tup.scan_body = base
+    lifter.scan_bodies.add(base)
+    final = L("{0}", [tup], state_out.axes, state_out.order, scope, idx, member=(tup, 0))
+    ys = L("{0}", [tup], y0.axes[:d] + [(ax,)] + y0.axes[d:], y0.order[:d] + [ax] + y0.order[d:], scope, idx,
+           member=(tup, 1))
+    if last_state is not None:
+        lifter.cache[last_state] = final
+    return ys
+
+
+HANDLERS = {"aten.stack.default": lift_stack}
