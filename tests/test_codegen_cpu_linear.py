@@ -27,6 +27,13 @@ MODELS = {"gpt2": ("gpt2.yaml", GPT2, 97), "bert": ("bert.yaml", BERT, 97), "lla
 MERGED = {"gpt2": 0, "bert": 2 * BERT["num_hidden_layers"], "llama": 3 * LLAMA["num_hidden_layers"]}
 
 
+@pytest.fixture(autouse=True)
+def avx512(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN's linear runs only where the CPU has AVX-512 (see `runtime.runs_onednn`); these tests are about that
+    path, so they run it on every machine (oneDNN has AVX2 kernels too, only slower than BLAS there)."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+
+
 def pair(name: str) -> tuple[Any, Any, torch.Tensor]:
     example, dims, vocab = MODELS[name]
     plain = nnspec.build(EXAMPLES / example, opt=0, **dims).eval()
@@ -251,3 +258,15 @@ def test_the_helper_table_covers_exactly_the_activations_the_emitter_fuses() -> 
     namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
     exec(source("LINEAR_ACTIVATIONS"), namespace)
     assert set(namespace["LINEAR_ACTIVATIONS"]) == {"none", *LINEAR_ACTIVATIONS}
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "DEFAULT"])
+def test_without_avx512_o2_runs_blas_linears_and_activations_apart(capability: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    plain, fused, ids = pair("gpt2")
+    with torch.inference_mode():
+        names = ops_run(lambda: fused(ids))
+        torch.testing.assert_close(fused(ids), plain(ids), rtol=1e-4, atol=1e-5)
+    assert ONEDNN not in names and "aten::linear" in names
+    assert "aten::gelu" in names         # the epilogue runs after the BLAS product

@@ -105,11 +105,14 @@ def test_linear_is_the_activation_of_f_linear(activation: str, grad: bool) -> No
         torch.testing.assert_close(module(x, activation), want, atol=1e-4, rtol=1e-4)
 
 
-def test_onednn_is_used_only_for_cpu_inference() -> None:
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
+def test_onednn_is_used_only_for_cpu_inference_with_avx512(capability: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     x, w = randn(2, 4, 8), randn(8, 8).requires_grad_()
     with torch.no_grad():
         assert runtime.runs_onednn(x, w, None) == (torch.backends.mkldnn.is_available()
-                                                   and torch.backends.mkldnn.enabled)
+                                                   and torch.backends.mkldnn.enabled and capability == "AVX512")
     assert not runtime.runs_onednn(x, w, None)      # autograd records: F.linear
     assert not runtime.runs_onednn(x.double(), w.detach().double(), None)
 

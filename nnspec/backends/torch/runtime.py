@@ -26,8 +26,10 @@ LINEAR_ACTIVATIONS = {
 
 def runs_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Can oneDNN's fused linear compute this call? It has no autograd formula and tracers cannot see into it,
-    so only for CPU inference in eager mode; `torch.backends.mkldnn.flags(enabled=False)` turns it off. bf16 only
-    where oneDNN has bf16 kernels (AVX-512 or AMX): elsewhere it refuses to build the primitive."""
+    so only for CPU inference in eager mode; `torch.backends.mkldnn.flags(enabled=False)` turns it off. Only on
+    CPUs with AVX-512 (AMX included): on AVX2-only CPUs its fp32 GEMM measured 12-22% slower than the BLAS behind
+    F.linear at GPT-2's shapes (benchmarks/RESULTS.md), more than the fused activation saves, and it has no bf16
+    kernels there."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
@@ -40,6 +42,7 @@ def runs_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     )
 
 
