@@ -749,3 +749,15 @@ def test_a_required_input_declared_after_an_optional_one_is_keyword_only() -> No
             want = torch.relu(x) + extra * 2.0
             torch.testing.assert_close(m(x, extra=extra), want)
             torch.testing.assert_close(m(x, mask=torch.ones(2, dtype=torch.long), extra=extra), want)
+
+
+def test_triton_fused_residual_norm_writes_an_infinite_eps_as_a_float() -> None:
+    # found by the fuzz campaign: `rms_norm_eps: .inf` reached the Triton target's fused add + rmsnorm as a bare
+    # `inf` (NameError when the layer ran); every other eps already went through the literal printer
+    from pathlib import Path
+
+    from nnspec.generated import compile_spec
+    src = compile_spec(Path(__file__).parent.parent / "examples" / "llama.yaml", target="triton", opt=2,
+                       rms_norm_eps=float("inf")).source
+    fused = [line for line in src.splitlines() if "residual=" in line and "rmsnorm(" in line]
+    assert fused and all('float("inf")' in line for line in fused)

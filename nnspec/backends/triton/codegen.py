@@ -241,7 +241,7 @@ class TritonFunctionGen(FunctionGen):
         a, b = (self.value(i) for i in add.inputs)
         w = [self.value(i) for i in norm.inputs[1:]]
         kwargs = {"residual": b}
-        value = call(f"{K}.{norm.op}", a, *w, Lit(norm.attrs["eps"]), **kwargs)
+        value = call(f"{K}.{norm.op}", a, *w, P.lit(norm.attrs["eps"]), **kwargs)
         self.mg.route(add, "template", note=False)
         self.mg.route(norm, "template")
         refs = self.let_many(value, [add.name, norm.name])
