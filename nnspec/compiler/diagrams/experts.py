@@ -12,7 +12,7 @@ carries the Σ (`weighted_sum`).
 from __future__ import annotations
 
 from nnspec.compiler.diagrams.metrics import text_width
-from nnspec.compiler.diagrams.svg import El, num
+from nnspec.compiler.diagrams.svg import El, num, text
 
 DROP = 30.0          # the router's row lies this far under the wire
 FOOT = 24.0          # and the caption (the experts axis) under it
@@ -75,17 +75,17 @@ def draw(g: El, ba: float, bb: float, y: float, half: float, router: str, expert
     tx = ba + 26 + router_w
     route.add(El("rect", {"x": tx, "y": yr - 8, "width": topk_w, "height": 16, "rx": 2, "fill": "#ffffff",
                           "stroke": border, "stroke-width": 1.1, "data-role": "topk"}))
-    route.add(_text(tx + topk_w / 2, yr + 3.5, f"top-{k}", SMALL, "topk"))
+    route.add(text(tx + topk_w / 2, yr + 3.5, f"top-{k}", SMALL, "topk"))
     g.add(route)
     # the gate-weighted sum over the experts
     weighted_sum(g, sigma, y, experts)
-    g.add(_text((ba + bb) / 2, yr + 20, caption(experts, k), SMALL, "experts-axis", axis=experts))
+    g.add(text((ba + bb) / 2, yr + 20, caption(experts, k), SMALL, "experts-axis", axis=experts))
 
 
 def weighted_sum(g: El, cx: float, cy: float, axis: str) -> None:
     g.add(El("g", {"data-role": "weighted-sum", "data-axis": axis},
              [El("circle", {"cx": cx, "cy": cy, "r": 8, "fill": "#ffffff", "stroke": INK, "stroke-width": 1.2}),
-              _text(cx, cy + 4, "Σ", GLYPH, "weighted-sum-glyph")]))
+              text(cx, cy + 4, "Σ", GLYPH, "weighted-sum-glyph")]))
 
 
 def stack_shadows(g: El, x0: float, y0: float, x1: float, y1: float, border: str) -> None:
@@ -99,17 +99,5 @@ def stack_shadows(g: El, x0: float, y0: float, x1: float, y1: float, border: str
 def _learned(g: El, cx: float, cy: float, sup: str) -> None:
     main, small = text_width("L", GLYPH, True), text_width(sup, SMALL)
     x = cx - (main + small + 1) / 2
-    g.add(_text(x, cy + 4, "L", GLYPH, "glyph", bold=True, anchor="start"))
-    g.add(_text(x + main + 1, cy - 1, sup, SMALL, "name", anchor="start"))
-
-
-def _text(x: float, y: float, content: str, size: float, role: str, *, bold: bool = False,
-          anchor: str = "middle", **data: str) -> El:
-    attrs: dict[str, str | float] = {"x": x, "y": y, "font-size": num(size)}
-    if anchor != "start":
-        attrs["text-anchor"] = anchor
-    if bold:
-        attrs["font-weight"] = "bold"
-    attrs["data-role"] = role
-    attrs.update({f"data-{k}": v for k, v in data.items()})
-    return El("text", attrs, [content])
+    g.add(text(x, cy + 4, "L", GLYPH, "glyph", bold=True, anchor="start"))
+    g.add(text(x + main + 1, cy - 1, sup, SMALL, "name", anchor="start"))

@@ -20,22 +20,11 @@ from nnspec.compiler.diagrams.layout import (
 from nnspec.compiler.diagrams.metrics import FONT_FAMILY, text_width
 from nnspec.compiler.diagrams.palette import TRANSFORM, colours
 from nnspec.compiler.diagrams.route import Cup, Dot, box_half, box_span, op_span
-from nnspec.compiler.diagrams.svg import El, num
+from nnspec.compiler.diagrams.svg import El, num, text
 
 INK = "#222222"
 NOTE_LINE = 12.0      # the baseline of a transform note is this far below the line above it
 
-
-def text(x: float, y: float, content: str, size: float, role: str, *, anchor: str = "middle",
-         bold: bool = False, **data: str) -> El:
-    attrs: dict[str, str | float] = {"x": x, "y": y, "font-size": num(size)}
-    if anchor != "start":
-        attrs["text-anchor"] = anchor
-    if bold:
-        attrs["font-weight"] = "bold"
-    attrs["data-role"] = role
-    attrs.update({f"data-{k}": v for k, v in data.items()})
-    return El("text", attrs, [content])
 
 
 def runs(marks: list[bool]) -> list[tuple[int, int]]:

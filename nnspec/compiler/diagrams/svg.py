@@ -46,3 +46,15 @@ def document(root: El) -> str:
     out = ['<?xml version="1.0" encoding="UTF-8"?>']
     root.write(out, 0)
     return "\n".join(out) + "\n"
+
+
+def text(x: float, y: float, content: str, size: float, role: str, *, anchor: str = "middle",
+         bold: bool = False, **data: str) -> El:
+    attrs: dict[str, str | float] = {"x": x, "y": y, "font-size": num(size)}
+    if anchor != "start":
+        attrs["text-anchor"] = anchor
+    if bold:
+        attrs["font-weight"] = "bold"
+    attrs["data-role"] = role
+    attrs.update({f"data-{k}": v for k, v in data.items()})
+    return El("text", attrs, [content])
