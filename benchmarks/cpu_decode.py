@@ -2,13 +2,15 @@
 
     python benchmarks/cpu_decode.py [--quick] [--models gpt2,llama1b] [--dtypes fp32,bf16] [--batches 1,8]
                                     [--prompt 128] [--new 128] [--reps 3] [--threads N] [--compile]
-                                    [--reference]
+                                    [--reference] [--weight-layout auto|given|transposed] [--given]
 
 For each model (GPT-2 small; a ~1B Llama-shaped spec with TinyLlama-1.1B's dims), dtype and batch, with random
 weights (the HF model's, loaded into the module `nnspec.build` makes at -O2), greedy decoding of `--new` tokens
 after a `--prompt`-token prompt, timed end to end (prefill included), interleaved in one run:
 - `nnspec`: `nnspec.generate.Decoder.generate` (the step the generated file holds, `<Model>Decoder`, run
-  eagerly); `nnspec reference` (with `--reference`): the node-by-node `DecodeStep` it replaced;
+  eagerly, its weights' layout chosen by `--weight-layout`, default auto: docs/generate.md); `nnspec given` (with
+  `--given`): the same without weight copies; `nnspec reference` (with `--reference`): the node-by-node
+  `DecodeStep` it replaced;
 - `nnspec+compile` (with `--compile`): the same with the one-token step `torch.export`ed and `torch.compile`d;
 - `hf dynamic`: `generate` with its default dynamic cache; `hf static`: `cache_implementation="static"`;
 - `hf static+compile` (with `--compile`): `generate` with a static cache and a `torch.compile`d forward.
@@ -22,6 +24,7 @@ Load averages before and after say how busy the machine was.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -61,7 +64,7 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / best
 
 
-def pair(name: str, dtype: torch.dtype, tmp: Path) -> tuple[Any, Any, Decoder]:
+def pair(name: str, dtype: torch.dtype, tmp: Path, layout: str = "auto") -> tuple[Any, Any, Decoder]:
     spec, config_cls, kwargs = MODELS[name]
     torch.manual_seed(0)
     config = config_cls(**kwargs, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -70,7 +73,7 @@ def pair(name: str, dtype: torch.dtype, tmp: Path) -> tuple[Any, Any, Decoder]:
     ours = nnspec.build(EXAMPLES / f"{spec}.yaml", opt=2, config=tmp / "config.json",
                         transforms={"dtype": "bf16"} if dtype == torch.bfloat16 else None).eval()
     nnspec.load_weights(ours, hf.state_dict())
-    return hf.to(dtype), ours, Decoder(ours)
+    return hf.to(dtype), ours, Decoder(ours, weight_layout=layout)
 
 
 def kv_bytes_per_position(decoder: Decoder, batch: int) -> int:
@@ -93,6 +96,10 @@ def one(args: argparse.Namespace, name: str, dname: str, dtype: torch.dtype, hf:
                                          do_sample=False, pad_token_id=0, eos_token_id=None,
                                          cache_implementation="static"),
     }
+    if args.given:   # the same step reading the weights as given, on a copy of the module (copies live on it)
+        given = Decoder(copy.deepcopy(decoder.module), weight_layout="given")
+        step_g = given.step(batch, length)
+        contenders["nnspec given"] = lambda: given.generate(ids, mask, max_new_tokens=args.new, step=step_g)
     if args.reference:
         ref = decoder.reference_step(batch, length)
         contenders["nnspec reference"] = lambda: decoder.generate(ids, mask, max_new_tokens=args.new, step=ref)
@@ -139,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
     for name in args.models:
         for dname in args.dtypes:
             dtype = DTYPES[dname]
-            hf, ours, decoder = pair(name, dtype, tmp / f"{name}_{dname}")
+            hf, ours, decoder = pair(name, dtype, tmp / f"{name}_{dname}", args.weight_layout)
             weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
             for batch in args.batches:
                 one(args, name, dname, dtype, hf, decoder, weight_bytes, bandwidth, batch)
@@ -158,6 +165,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--reference", action="store_true", help="also time the node-by-node reference step")
+    p.add_argument("--weight-layout", default="auto", choices=["auto", "given", "transposed"],
+                   help="the layout of the weights nnspec's step reads (docs/generate.md)")
+    p.add_argument("--given", action="store_true", help="also time nnspec's step without weight copies")
     args = p.parse_args()
     if args.quick:
         args.models, args.dtypes, args.prompt, args.new, args.reps = "gpt2,llama_small", "fp32", 32, 16, 2

@@ -17,8 +17,8 @@ Method: float32, `torch.set_num_threads(--threads)`, `torch.inference_mode()`, e
 compared with HF's before anything is timed (a mismatch is reported in the table, not timed); warm-up calls
 (torch.compile compiles during them), then `--repeats` rounds in which every variant of a family runs once, in an
 order rotated each round (interleaved, so drift in the machine's speed hits all alike); the median time of each.
-Ratios are HF time / variant time (above 1: faster than HF). For each family, the profile of one nnspec -O2 call:
-the top ops by self CPU time, as shares of the call.
+Ratios are HF time / variant time (above 1: faster than HF). For each family, the profile of three nnspec -O2 calls
+after a warm-up call: the top ops by self CPU time, as shares of those calls.
 
 A `spellings` row times four ways of writing one contraction (`y[B, T, e, f] = x * w`, `matmul(x, w, over=h)`,
 `x @ w`, a split linear), built at -O2, against `torch.einsum` of the same operands.
@@ -207,9 +207,14 @@ def measure(variants: list[Variant], repeats: int, warmup: int) -> None:
                 v.times.append(time.perf_counter() - start)
 
 
-def profile_shares(model: Any, inputs: dict[str, torch.Tensor], top: int = 5) -> str:
-    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+def profile_shares(model: Any, inputs: dict[str, torch.Tensor], top: int = 5, calls: int = 3) -> str:
+    """The top ops' shares of self CPU time over `calls` calls (after a warm-up call: a first call builds caches,
+    such as the fused linears' concatenated weights; several calls, so one stall on a loaded machine weighs less)."""
+    with torch.inference_mode():
         model(**inputs)
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            model(**inputs)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) or 1
     events.sort(key=lambda e: -e.self_cpu_time_total)
@@ -348,12 +353,26 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        path = args.output
-        old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-        pattern = re.compile(rf"^{re.escape(HEADING)}.*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _m: text + "\n\n", old, count=1) if pattern.search(old) else \
-            old.rstrip("\n") + "\n\n" + text
-        write_atomic(path, new.rstrip("\n").encode("utf-8") + b"\n")
+        write_section(args.output, HEADING, text)
+
+
+def replace_section(document: str, heading: str, text: str) -> str:
+    """`document` with the section under the line `heading` replaced by `text`, up to the next `## ` heading or the
+    end; everything else kept as it is. Only that exact line starts it: a longer heading that begins the same (a dated
+    section after a quiet run) is another section. Without the section, `text` is appended."""
+    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)|^{re.escape(heading)}[ \t]*\Z", re.S | re.M)
+    match = pattern.search(document)
+    if match is None:
+        return document.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    rest = document[match.end():]
+    return document[:match.start()] + text.rstrip("\n") + ("\n\n" + rest if rest else "\n")
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace (or append) this script's section of the Markdown file `path`, atomically: a reader sees the old file
+    or the new one, never half of it."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    write_atomic(path, replace_section(old, heading, text).encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ stops early once every sequence has; the result is `[B, T + new]` (new <= max_ne
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,13 @@ class Decoder:
     """A module (generated, built or an Interpreter: anything holding the spec's parameters by path) and the
     checked model it was built from (`module.spec_model` when built by `nnspec.build`)."""
 
-    def __init__(self, module: nn.Module, model: Model | None = None) -> None:
+    def __init__(self, module: nn.Module, model: Model | None = None, *, weight_layout: str = "auto") -> None:
+        """`weight_layout`: how the generated step reads the weights it multiplies the new rows by: "auto" (an
+        [in, out] copy of each weight where a one-time measurement at its shape finds that faster, the memory
+        `step.layout_bytes`), "given" (no copies) or "transposed" (a copy of each); see docs/generate.md."""
+        if weight_layout not in ("auto", "given", "transposed"):
+            raise ValueError(f"weight_layout must be auto, given or transposed, got {weight_layout!r}")
+        self.weight_layout = weight_layout
         model = model if model is not None else getattr(module, "spec_model", None) or getattr(module, "model", None)
         if not isinstance(model, Model):
             raise ValueError("generate needs the checked model: pass model=, or build the module with nnspec.build")
@@ -56,6 +63,8 @@ class Decoder:
         if emitted is None:
             return self.reference_step(batch, length)
         check_length(self.model, self.plan, length)
+        if "weight_layout" in inspect.signature(emitted).parameters:   # the step multiplies by weights itself
+            return emitted(self.module, batch, length, weight_layout=self.weight_layout)
         return emitted(self.module, batch, length)
 
     def reference_step(self, batch: int, length: int) -> DecodeStep:
@@ -115,29 +124,39 @@ class Decoder:
         run = step_fn if step_fn is not None else step
         keys = torch.zeros(batch, step.length, dtype=torch.int64, device=device)
         keys[:, :prompt] = mask
+        # made once, not per token: the cache positions (each step reads a view), the output ids, the eos ids, and
+        # each row's next position (its count of real tokens, +1 per step: HF's cumsum(mask) - 1 at the new token)
+        slots = torch.arange(length, device=device)
+        out = torch.empty(batch, length, dtype=input_ids.dtype, device=device)
+        out[:, :prompt] = input_ids
+        eos_ids = torch.tensor(eos, device=device) if eos else None
+        position = mask.sum(-1, keepdim=True)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         extra = {"position_ids": positions} if self.plan.position_input is not None else {}
         # the prefill's logits at the last position only (the step skips the others where it can)
-        logits = run(input_ids, torch.arange(prompt, device=device), keys, last_only=True, **extra)[:, -1, :]
-        out = input_ids
+        logits = run(input_ids, slots[:prompt], keys, last_only=True, **extra)[:, -1, :]
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        made = 0
         for i in range(max_new_tokens):
             if output_logits is not None:
                 output_logits.append(logits)
             token = _choose(logits.float(), do_sample, temperature, top_k, top_p, generator)
-            if eos:
+            if eos_ids is not None:
                 assert pad_token_id is not None
                 token = torch.where(unfinished, token, torch.full_like(token, pad_token_id))
-                unfinished &= ~torch.isin(token, torch.tensor(eos, device=device))
-            out = torch.cat([out, token[:, None]], dim=-1)
-            if (eos and not bool(unfinished.any())) or i == max_new_tokens - 1:
+                unfinished &= ~torch.isin(token, eos_ids)
+            out[:, prompt + i] = token
+            made = i + 1
+            # the only host sync per token: whether every row has finished (with an eos id)
+            if (eos_ids is not None and not bool(unfinished.any())) or i == max_new_tokens - 1:
                 break
             cur = prompt + i
             keys[:, cur] = 1
             if self.plan.position_input is not None:
-                extra = {"position_ids": (keys[:, :cur + 1].sum(-1, keepdim=True) - 1)}
-            logits = run(token[:, None], torch.arange(cur, cur + 1, device=device), keys, **extra)[:, -1, :]
-        return out
+                extra = {"position_ids": position}
+            logits = run(token[:, None], slots[cur:cur + 1], keys, **extra)[:, -1, :]
+            position = position + 1
+        return out[:, :prompt + made]
 
 
 def emitted_decoder(module: nn.Module) -> type[nn.Module] | None:

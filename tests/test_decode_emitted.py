@@ -2,7 +2,7 @@
 
 Expected values: Hugging Face `generate` (transformers models from small configs, random weights) for the tokens,
 and the node-by-node reference step (`DecodeStep`) for every step's logits; `torch.export` of the emitted step
-against its eager run; the Triton target's explain output names the cache attention's torch fallback.
+against its eager run; the Triton target's explain output names the cache attention's kernel.
 """
 
 from __future__ import annotations
@@ -74,15 +74,29 @@ def test_the_step_is_readable_code_with_the_forwards_lowering(opt: int) -> None:
     source = _source(opt)
     attention = _method(source, "Attention")
     assert "kv = cache.pop(0)" in attention
-    assert "kv.keys.index_copy_(1, cache_position, " in attention
-    assert "kv.values.index_copy_(1, cache_position, " in attention
+    # the cache is stored as the attention reads it, [B, heads, S, d]: the new keys are transposed in, not the
+    # whole cache out: SDPA reads the cache contiguous
+    assert "kv.keys.index_copy_(2, cache_position, k.transpose(1, 2))" in attention
+    assert "kv.values.index_copy_(2, cache_position, v.transpose(1, 2))" in attention
     forward = _method(source, "Attention", "forward")
     # the level's attention lowering in both: SDPA at -O2, spelled out (softmax of the scores) at -O0
     sdpa = "F.scaled_dot_product_attention(" in attention
     assert sdpa == (opt == 2) == ("F.scaled_dot_product_attention(" in forward)
-    assert ("kv.keys.transpose(1, 2)" in attention) == sdpa
+    assert ("kv.keys.transpose(" not in attention) == sdpa   # SDPA reads the cache as stored
+    assert "shape = (batch, N_HEAD, length, HEAD_DIM)" in source
     assert "layer.decode_step(h, visible, cache, cache_position, cache_mask)" in _method(source, "Gpt2")
-    assert "decode_step" not in source[source.index("\nclass Mlp("):source.index("\nclass Layer(")]
+    # -O2: the step's linears read the weight layout the Decoder chose (`decode_layout`); the MLP gets a step for
+    # it. -O0 keeps the plainest code: the step's linears are the forward's nn.Linear calls, no layouts
+    assert ("step_linear(" in source) == ("step_gemv(" in source) == ("def linear(" in source) == (opt == 2)
+    if opt == 2:
+        mlp = _method(source, "Mlp")
+        assert "step_linear(self.c_fc, x" in mlp and "step_linear(self.c_proj, h)" in mlp
+        assert 'STEP_WEIGHTS = (("c_fc", "weight"), ("c_proj", "weight"))' in source
+        assert 'logits = step_gemv(self, "wte.weight", self.ln_f(h), self.wte.weight)' in _method(source, "Gpt2")
+        assert "self.mlp.decode_step(" in _method(source, "Layer")
+        assert "step_" not in _method(source, "Mlp", "forward")
+    else:
+        assert "class Gpt2Decoder(nn.Module):" in source and "weight_layout" not in source
     assert "class Gpt2Decoder(nn.Module):" in source
     compile(source, "gpt2.py", "exec")
 
@@ -99,7 +113,7 @@ def test_export_of_the_emitted_step_runs_and_mutates_its_cache() -> None:
     positions = pos.expand(2, 1).clone()
     with torch.no_grad():
         expected = step(ids, pos, keys, position_ids=positions)
-        written = step.cache[0].keys[:, 5].clone()
+        written = step.cache[0].keys[:, :, 5].clone()
         step.reset()
         assert not step.cache[0].keys.any()
         exported = torch.export.export(step, (ids, pos, keys), {"position_ids": positions})
@@ -108,7 +122,7 @@ def test_export_of_the_emitted_step_runs_and_mutates_its_cache() -> None:
     torch.testing.assert_close(got, expected)
     # the exported program writes the same buffers: the step's cache holds the new token's keys again
     assert run.get_buffer("cache.0.keys").data_ptr() == step.cache[0].keys.data_ptr()
-    torch.testing.assert_close(step.cache[0].keys[:, 5], written)
+    torch.testing.assert_close(step.cache[0].keys[:, :, 5], written)
     assert written.abs().sum() > 0
 
 
@@ -141,11 +155,12 @@ def test_cache_bytes_are_the_plans() -> None:
     assert step.cache_bytes() == decoder.plan.cache_bytes(3, 20) == decoder.reference_step(3, 20).cache_bytes()
 
 
-def test_triton_explain_names_the_cache_attentions_torch_fallback(tmp_path: Path) -> None:
+def test_triton_explain_names_the_cache_attentions_kernel(tmp_path: Path) -> None:
     artifact = Pipeline(EXAMPLES / "gpt2.yaml").artifact(target="triton", opt=2)
-    lines = [line for line in artifact.explain if line.startswith("torch fallback: decode_step attention over the "
+    lines = [line for line in artifact.explain if line.startswith("template kernel: decode_step attention over the "
                                                                    "KV cache")]
-    assert len(lines) == 1 and "12 call(s) per step" in lines[0] and "flash-attention template" in lines[0]
+    assert len(lines) == 1 and "12 call(s) per step" in lines[0] and "flash-decoding kernel" in lines[0]
+    assert "K.decode_attention(" in artifact.source
     run = CliRunner().invoke(app, ["compile", str(EXAMPLES / "gpt2.yaml"), "--target", "triton", "-O2", "--explain",
                                    "-o", str(tmp_path)])
     assert run.exit_code == 0, run.output

@@ -72,7 +72,11 @@ def test_triton_target_generates_as_hf(tmp_path: Path) -> None:
     # the generated file's step runs the Triton kernels (interpreted on CPU: slow), so 8 of HF's 32 greedy tokens
     new = 8
     assert type(G.Decoder(ours).step(3, ids.shape[1] + new)).__name__ == "Gpt2Decoder"
+    from nnspec.backends.triton import lib as K
+    K.reset()
     assert torch.equal(G.generate(ours, ids, mask, max_new_tokens=new), theirs.sequences[:, :ids.shape[1] + new])
+    # attention over the cache ran the flash-decoding kernel: once per layer per step, prefill included
+    assert K.LAUNCHES["decode_attention"] == 2 * new and not K.FALLBACKS.get("decode_attention")
 
 
 def test_eos_stops_and_pads_as_hf(tmp_path: Path) -> None:

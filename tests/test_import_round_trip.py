@@ -139,6 +139,201 @@ def test_round_trip_of_a_spec_using_what_the_importer_lifts() -> None:
     _assert_equal_models(first, text, {"x": torch.randn(2, 7, 16)})
 
 
+_ACROSS_BLOCKS = """\
+nnspec: 1
+name: across
+dims:
+  d_model: 8
+  n_head: 2
+  d_head: d_model / n_head
+  n_layers: 2
+  n_vocab: 40
+inputs:
+  ids: int64[B, T]
+outputs:
+  pooled: float32[B, d_model]
+blocks:
+  attn(x): |
+    q = linear(x, d_model, name=q_proj)[B, T, (n_head d_head)]
+    k = linear(x, d_model, name=k_proj)[B, T, (n_head d_head)]
+    v = linear(x, d_model, name=v_proj)[B, T, (n_head d_head)]
+    s[B, S, n_head, T] = k[B, S, n_head, d_head] * q / sqrt(d_head)
+    p = softmax(where(causal_mask(T, S), s, -inf), over=S)
+    o[B, T, n_head, d_head] = p * v[B, S, n_head, d_head]
+    return linear(o[B, T, (n_head d_head)], d_model, name=out)
+  mix(x): |
+    z = mean(linear(x, d_model, name=fc), over=T) + x
+    return z[B, T, d_model]
+body: |
+  h = embedding(ids, n_vocab, d_model, name=wte)
+  h = attn(h, name=attn)
+  h = repeat(n_layers, mix, h, name=layers)
+  z = where(not h <= 0 and h < 100 or h < -100, h, 0.1 * h)
+  pooled = max(z, over=T)
+"""
+
+
+def test_values_leaving_a_block_are_named_as_its_caller_names_them() -> None:
+    """Scores written keys first (an einsum `k * q`, so the importer's `S` lands on the queries and survives to the
+    block's result: outside it is `T`, as the language renames a block's made-up axes; the causal mask over
+    `[S, ..., T]` is `causal_mask(T, S)` transposed); a layer whose language order differs from torch's (`mean(x,
+    over=T) + x` is `[B, d, T]`) returns `h[B, T, d]` so that `repeat` gets its input's type back; `not`, `and`,
+    `or` of masks; an integer input not called `input_ids` still has a sequence axis `T`."""
+    config, free = _config_and_free(_ACROSS_BLOCKS)
+    torch.manual_seed(0)
+    first = nnspec.build(_ACROSS_BLOCKS).eval()
+    imp = import_module(first, {"ids": torch.randint(0, 40, (free["B"], free["T"]))}, config, name="across")
+    text = imp.text
+    for piece in ("ids: int64[B, T]", "attn(x): |", "over=T)", "causal_mask(", "h[B, T, d_model] = ", "(not (",
+                  " and ", " or ", "repeat(n_layers, layer, "):
+        assert piece in text, piece
+    assert "over=S)\n" not in text.split("body: |")[1]          # the body never reads the block's own `S`
+    _assert_equal_models(first, text, {"ids": torch.randint(0, 40, (2, 7))})
+
+
+_GATED = """\
+nnspec: 1
+name: gated
+dims:
+  d_model: 8
+inputs:
+  features: float32[B, T, d_model]
+outputs:
+  y: float32[B, T, d_model]
+blocks:
+  gate(x, g): |
+    return x * sigmoid(linear(g, d_model, name=gate_proj))
+  layer(x): |
+    return repeat(3, gate, x, x, name=layers{shared})
+body: |
+  h = linear(features, d_model, name=in_proj)
+  y = layer(h, name=layer)
+"""
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_repeat_whose_first_call_passes_one_value_twice(shared: bool) -> None:
+    """`repeat(3, gate, x, x)` calls `gate(x, x)` first: one value for two parameters, so the first call is compared
+    value by value with the second (`alike.py`) and the block written from the second, `gate(x, x2)`."""
+    text = _GATED.replace("{shared}", ", shared=true" if shared else "")
+    config, free = _config_and_free(text)
+    torch.manual_seed(0)
+    first = nnspec.build(text).eval()
+    imp = import_module(first, {"features": torch.randn(free["B"], free["T"], 8)}, config, name="gated")
+    assert "(x, x2): |" in imp.text and imp.text.count("name=gate_proj") == 1
+    assert ("name=layers, shared=true)" if shared else "name=layers)") in imp.text
+    _assert_equal_models(first, imp.text, {"features": torch.randn(2, 7, 8)})
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm, self.fc = torch.nn.LayerNorm(d), torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.norm(x))
+
+
+class _Gated(torch.nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x))
+
+
+class _Lists(torch.nn.Module):
+    """A module list whose layers differ (residual, gated, residual), and one whose alike layers do not chain
+    (a tanh between them)."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_Residual(d), _Gated(d), _Residual(d)])
+        self.pair = torch.nn.ModuleList([_Residual(d), _Residual(d)])
+        self.head = torch.nn.Linear(d, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.pair[1](torch.tanh(self.pair[0](x))))
+
+
+def test_module_list_layers_that_differ_are_separate_calls() -> None:
+    torch.manual_seed(0)
+    first = _Lists().eval()
+    imp = import_module(first, {"x": torch.randn(3, 6, 8)}, {"hidden_size": 8}, name="lists")
+    text = imp.text
+    for piece in ("name=layers_0)", "name=layers_1)", "name=layers_2)", "name=pair_0)", "name=pair_1)",
+                  "layers_1.fc.weight: layers.1.fc.weight", "pair_0.norm.bias: pair.0.norm.bias"):
+        assert piece in text, piece
+    assert "repeat(" not in text
+    _assert_equal_models(first, text, {"x": torch.randn(2, 7, 8)})
+
+
+class _Shared(torch.nn.Module):
+    """One block applied three times with one set of weights (`for _ in range(3): h = self.block(h)`)."""
+
+    def __init__(self, d: int = 8, again: bool = False) -> None:
+        super().__init__()
+        self.inp, self.block, self.head = torch.nn.Linear(d, d), _Residual(d), torch.nn.Linear(d, 5)
+        self.again = again
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for _ in range(3):
+            h = self.block(h)
+            h = torch.tanh(h) if self.again else h     # calls that do not chain: no `repeat` writes them
+        return self.head(h)
+
+
+def test_a_block_called_repeatedly_with_shared_weights_is_one_block() -> None:
+    """The hand-written shared-weight module: its calls `block`, `block@1`, `block@2` are one block and one
+    `repeat(..., shared=true)`, never one block holding all calls; calls with work between them are refused."""
+    torch.manual_seed(0)
+    first = _Shared().eval()
+    imp = import_module(first, {"x": torch.randn(3, 6, 8)}, {"hidden_size": 8}, name="shared")
+    assert "repeat(3, block, inp, name=block, shared=true)" in imp.text
+    assert imp.text.count("name=fc") == 1 and imp.text.count("layernorm(") == 1
+    _assert_equal_models(first, imp.text, {"x": torch.randn(2, 7, 8)})
+    with pytest.raises(ImportFailure, match=r"^repeat in module 'block': the calls of block block differ"):
+        import_module(_Shared(again=True).eval(), {"x": torch.randn(3, 6, 8)}, {"hidden_size": 8})
+
+
+_NESTED_SHARED = """\
+nnspec: 1
+name: nested
+dims:
+  d_model: 8
+inputs:
+  features: float32[B, T, d_model]
+outputs:
+  y: float32[B, T, d_model]
+blocks:
+  inner(x): |
+    return x + tanh(linear(x, d_model, name=fc))
+  outer(x): |
+    x = repeat(2, inner, x, name=inner, shared=true)
+    return layernorm(x, name=ln)
+body: |
+  h = linear(features, d_model, name=in_proj)
+  h = repeat(2, outer, h, name=outer, shared=true)
+  y = linear(h, d_model, name=out_proj)
+"""
+
+
+def test_a_shared_repeat_inside_a_shared_repeat() -> None:
+    """The inner block's calls in the outer block's second call are export's `inner@2`, `inner@3`: written as the
+    same `repeat(2, inner, x, name=inner, shared=true)` as in the first call, so both outer calls are one block."""
+    config, free = _config_and_free(_NESTED_SHARED)
+    torch.manual_seed(0)
+    first = nnspec.build(_NESTED_SHARED).eval()
+    imp = import_module(first, {"features": torch.randn(free["B"], free["T"], 8)}, config, name="nested")
+    assert imp.text.count("repeat(2, inner, x, name=inner, shared=true)") == 1 and "@" not in imp.text
+    assert "repeat(2, outer, " in imp.text and imp.text.count("name=fc") == 1
+    _assert_equal_models(first, imp.text, {"features": torch.randn(2, 7, 8)})
+
+
 def _round_trip_or_refusal(text: str, data: st.DataObject) -> str:
     config, free = _config_and_free(text)
     inputs = data.draw(inputs_for(nnspec.check(text), **free), label="inputs")
@@ -162,8 +357,9 @@ def test_random_specs_round_trip_or_are_refused_cleanly(data: st.DataObject) -> 
 
 @pytest.mark.slow
 def test_most_random_specs_round_trip() -> None:
-    """Of 30 random specs (a fixed, derandomised draw) at least half import to an equal model, none fails other
-    than by a clean refusal."""
+    """Of 30 random specs (a fixed, derandomised draw) at least 80% import to an equal model (all 30 did when this
+    was written; the fixed draw of 100 gave 100, seeded draws of 100 gave 90-97), none fails other than by a clean
+    refusal (a parameter no output reads, which no spec can hold, is one)."""
     outcomes: list[str] = []
 
     @settings(max_examples=30, deadline=None, derandomize=True, database=None,
@@ -173,4 +369,4 @@ def test_most_random_specs_round_trip() -> None:
         outcomes.append(_round_trip_or_refusal(data.draw(specs(max_layers=2, max_blocks=2, max_width=16)), data))
 
     run()
-    assert outcomes.count("equal") >= len(outcomes) // 2, outcomes
+    assert outcomes.count("equal") >= 0.8 * len(outcomes), outcomes

@@ -199,7 +199,8 @@ def test_round_trip_of_the_recursive_example() -> None:
 
 
 class _TiedSquare(nn.Module):
-    """A head tied to an embedding whose vocabulary size equals its width: both axes would get one name."""
+    """A head tied to an embedding whose vocabulary size equals its width: named by size, both axes would get one
+    name."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,10 +212,18 @@ class _TiedSquare(nn.Module):
         return self.head(torch.tanh(self.wte(ids)))
 
 
-def test_a_tied_head_with_equal_vocabulary_and_width_is_refused() -> None:
+def test_a_tied_head_with_equal_vocabulary_and_width_round_trips() -> None:
+    """The head's output axis is named after the embedding's count (`vocab_size`, the config key saying what it
+    counts), not after its size, so `h[B, T, vocab_size] = h * wte.weight` sums the features, not the tokens (the
+    weight is not symmetric, so a transposed reading would differ). Without a key naming the vocabulary apart from
+    the width the two axes would get one name: refused."""
+    torch.manual_seed(0)
+    first = _TiedSquare().eval()
+    imp = import_module(first, {"ids": torch.randint(0, 12, (3, 5))}, {"hidden_size": 12, "vocab_size": 12})
+    assert "embedding(ids, vocab_size, hidden_size" in imp.text and "vocab_size] = " in imp.text
+    _assert_equal_models(first, imp.text, {"ids": torch.randint(0, 12, (2, 7))})
     with pytest.raises(ImportFailure, match=r"in module 'head': a tied head whose vocabulary and features are both"):
-        import_module(_TiedSquare().eval(), {"ids": torch.randint(0, 12, (3, 5))},
-                      {"hidden_size": 12, "vocab_size": 12})
+        import_module(_TiedSquare().eval(), {"ids": torch.randint(0, 12, (3, 5))}, {"hidden_size": 12})
 
 
 _SCAN = """\
@@ -248,10 +257,4 @@ def test_round_trip_of_a_scan() -> None:
     _assert_equal_models(first, imp.text, {"x": torch.randn(2, 7, 6)})
 
 
-def test_retention_is_refused_cleanly() -> None:
-    """small/retention's state has two axes of one size (dk = dv): no distinct names, refused at the scan."""
-    path = str(ROOT / "examples/small/retention.yaml")
-    config, free = _config_and_free(path)
-    model = nnspec.build(path).eval()
-    with pytest.raises(ImportFailure, match=r"^aten\.stack\.default in module '<root>': block step's initial state"):
-        import_module(model, {"x": torch.randn(free["B"], free["T"], 16)}, config)
+# small/retention (a state with two axes of one size) and Mamba round-trip in tests/test_import_state_space.py

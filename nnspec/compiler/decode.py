@@ -20,9 +20,13 @@ is one of:
 - a **recurrent state**: a `scan` over the sequence (retention, an SSM) runs over the new tokens from the state
   the previous step left (the spec's initial state at position 0) and leaves its final state in the cache. Sound
   because a scan's output at t depends on positions before t only through its state.
+- a **window state**: a causal convolution written as `conv(concat(prefix, x, over=...), kernel K, stride 1, no
+  padding)` with a prefix K-1 positions long (Mamba's depthwise conv: zeros before the sequence). In a step the
+  prefix is the last K-1 inputs the previous step saw (the spec's prefix at position 0), and the last K-1 positions
+  of the concatenation are kept for the next step. Sound because output t reads inputs t-K+1..t only.
 - **refused**, with the op's place: an op that reduces, reorders, shifts or mixes positions (a softmax, sum,
-  cumsum, pooling, convolution, slice, split or `take` over the sequence), non-causal attention over it, a causal
-  mask outside a recognised attention.
+  cumsum, pooling, a convolution other than a window's, slice, split or `take` over the sequence), non-causal
+  attention over it, a causal mask outside a recognised attention.
 
 `derive(model)` returns the `DecodePlan` (the site executions in run order, with each cache's type, so the
 cache is allocated once, statically, in the model's dtype) or raises a located `SpecError` E015.
@@ -59,11 +63,14 @@ class Site:
 
 @dataclass(frozen=True)
 class State:
-    """One execution of a scan over the sequence: its graph, node and the type of the state it carries."""
+    """One execution of a scan over the sequence (`kind` "scan": the node is the scan, the type its state's) or of
+    a causal convolution's window (`kind` "window": the node is the concat before the conv, the type its prefix's:
+    the last K-1 inputs)."""
 
     graph: str
     node: str
     type: TensorType
+    kind: str = "scan"
 
 
 @dataclass
@@ -79,6 +86,7 @@ class DecodePlan:
     mask_input: str | None                 # the model input holding the padding mask (HF `attention_mask`)
     position_input: str | None             # the model input holding per-row positions (HF `position_ids`)
     values: dict[sympy.Symbol, int] = field(default_factory=dict)  # the bound dims (sizes of the cache's axes)
+    order: list[Site | State] = field(default_factory=list)  # sites and states together, in run order
 
     def cache_bytes(self, batch: int, length: int, itemsize: int | None = None) -> int:
         """Bytes of the static cache for `batch` rows and `length` positions (each site's keys and values)."""
@@ -125,7 +133,7 @@ def _seq_symbol(model: Model) -> sympy.Symbol:
     for g in model.graphs():
         for node in g:
             if node.op == "scan":
-                size = sympy.sympify(node.attrs["axis"].size)
+                size = _size(node.attrs["axis"], _bound(model))
                 if isinstance(size, sympy.Symbol) and size.name in model.dims.free:
                     return size
             if node.op == "attention" and node.attrs["causal"]:
@@ -144,12 +152,21 @@ def _seq_symbol(model: Model) -> sympy.Symbol:
                     "no scan over one", where.span)
 
 
-def _axes_of(graph: Graph, seq: sympy.Symbol) -> frozenset[str]:
+def _bound(model: Model) -> dict[Any, Any]:
+    """The dims bound to numbers: `T + conv_pad - 3` with conv_pad = 3 is the sequence's size."""
+    return {s: v for s, v in model.dims.values.items() if sympy.sympify(v).is_Integer}
+
+
+def _size(a: Axis, bound: dict[Any, Any]) -> Any:
+    return sympy.sympify(a.size).xreplace(bound)
+
+
+def _axes_of(graph: Graph, seq: sympy.Symbol, bound: dict[Any, Any]) -> frozenset[str]:
     names: set[str] = set()
     for node in graph:
         types = node.type if isinstance(node.type, tuple) else (node.type,)
         for t in types:
-            names.update(a.name for a in t.axes if sympy.sympify(a.size) == seq)
+            names.update(a.name for a in t.axes if _size(a, bound) == seq)
     return frozenset(names)
 
 
@@ -172,8 +189,11 @@ class _Deriver:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.seq = _seq_symbol(model)
-        self.axes = {g.name: _axes_of(g, self.seq) for g in model.graphs()}
+        self.bound = _bound(model)
+        self.axes = {g.name: _axes_of(g, self.seq, self.bound) for g in model.graphs()}
         self.positions: dict[tuple[str, str], str] = {}
+        self.windows: set[tuple[str, str]] = set()   # (graph, concat) of each causal convolution's window
+        self.window_convs: set[tuple[str, str]] = set()
         self.checked: set[str] = set()
         self.mask_input = model.inputs.get("attention_mask")
         self.position_input = model.inputs.get("position_ids")
@@ -217,6 +237,10 @@ class _Deriver:
             for block in self._blocks(node):
                 self.classify(self.model.templates[block])
             return
+        if node.op == "concat" and self._window(graph, node, seq):
+            return
+        if (graph.name, node.name) in self.window_convs:
+            return                           # reads a window: its outputs are the new positions'
         if op.has("pointwise"):
             return                           # elementwise: each position alone
         ins = [graph[i] for i in node.inputs]
@@ -231,8 +255,42 @@ class _Deriver:
                           f"{', '.join(sorted(had - kept))}")
         # a contraction keeping every sequence axis is a batched product over it (position-wise); any other
         # op naming the sequence axis does something along it
-        if not op.has("matmul") and any(_mentions(v, seq) for k, v in a.items() if k not in _NOT_AXES):
+        if not op.has("matmul") and any(self._mentions(v, seq) for k, v in a.items() if k not in _NOT_AXES):
             raise _refuse(node, f"{node.op} over the sequence axis mixes or moves positions")
+
+    def _mentions(self, value: Any, seq: frozenset[str]) -> bool:
+        """`_mentions`, an Axis judged by its size (an axis named like a sequence axis elsewhere may be short)."""
+        if isinstance(value, Axis):
+            return bool(_size(value, self.bound) == self.seq)
+        if isinstance(value, (tuple, list)):
+            return any(self._mentions(v, seq) for v in value)
+        return _mentions(value, seq)
+
+    def _window(self, graph: Graph, node: Node, seq: frozenset[str]) -> bool:
+        """Whether `node` is `concat(prefix, x)` over the sequence read only by a convolution over it with kernel
+        K = prefix length + 1, stride 1 and no padding, whose output axis is the sequence (a causal convolution);
+        if so, the concat is a window state and the conv position-wise."""
+        if len(node.inputs) != 2:
+            return False
+        prefix, x = (graph[i].tensor_type for i in node.inputs)
+        into = node.attrs.get("into")
+        axis = prefix.axis(node.attrs["axis"])
+        users = graph.users(node.name)
+        # by size, not name: the concat relabels x's sequence axis to the prefix's axis name
+        if axis is None or into is None or any(_size(a, self.bound) == self.seq for a in prefix.axes) or \
+                len(users) != 1:
+            return False
+        x_seq = [a for a in x.axes if _size(a, self.bound) == self.seq]
+        conv = users[0]
+        a = conv.attrs
+        width = _size(axis, self.bound)
+        if len(x_seq) != 1 or conv.op != "conv" or conv.inputs[0] != node.name or a["spatial"] != (into.name,) \
+                or not width.is_Integer or a["kernel"] != (int(width) + 1,) or a["stride"] != (1,) \
+                or a["padding"] != (0,) or a["out_axes"][0].name not in seq:
+            return False
+        self.windows.add((graph.name, node.name))
+        self.window_convs.add((graph.name, conv.name))
+        return True
 
     def _blocks(self, node: Node) -> list[str]:
         if node.op == "repeat":
@@ -260,19 +318,25 @@ class _Deriver:
                               "made from the `attention_mask` input is derived")
             todo.extend(n.inputs)
 
-    def sites(self, graph: Graph, out: list[Site], states: list[State]) -> None:
-        """Cache sites and scan states in run order, each block call or layer once per execution."""
+    def sites(self, graph: Graph, out: list[Site], states: list[State], order: list[Site | State]) -> None:
+        """Cache sites and scan states in run order (each kind apart, and both in `order`), each block call or
+        layer once per execution."""
         for node in graph:
             if node.op == "attention" and node.attrs["causal"] and node.attrs["key"] in self.axes[graph.name]:
                 k, v = graph[node.inputs[1]].tensor_type, graph[node.inputs[2]].tensor_type
                 out.append(Site(graph.name, node.name, node.attrs["key"], k, v))
+                order.append(out[-1])
             elif node.op == "scan" and _mentions(node.attrs["axis"], self.axes[graph.name]):
                 states.append(State(graph.name, node.name, graph[node.inputs[0]].tensor_type))
+                order.append(states[-1])
+            elif (graph.name, node.name) in self.windows:
+                states.append(State(graph.name, node.name, graph[node.inputs[0]].tensor_type, "window"))
+                order.append(states[-1])
             elif node.op == "repeat":
                 for block, _ in repeat_plan(node.attrs):
-                    self.sites(self.model.templates[block], out, states)
+                    self.sites(self.model.templates[block], out, states, order)
             elif OPS[node.op].has(_STRUCTURE) and node.attrs.get("block"):
-                self.sites(self.model.templates[node.attrs["block"]], out, states)
+                self.sites(self.model.templates[node.attrs["block"]], out, states, order)
 
     def batch(self) -> sympy.Symbol | None:
         ids = self.model.graph[next(iter(self.model.inputs.values()))].tensor_type
@@ -290,6 +354,8 @@ def derive(model: Model) -> DecodePlan:
     d.classify(model.graph)
     sites: list[Site] = []
     states: list[State] = []
-    d.sites(model.graph, sites, states)
-    values = {s: int(v) for s, v in model.dims.values.items() if sympy.sympify(v).is_Integer}
-    return DecodePlan(d.seq, d.batch(), sites, states, d.positions, d.axes, d.mask_input, d.position_input, values)
+    order: list[Site | State] = []
+    d.sites(model.graph, sites, states, order)
+    values = {s: int(v) for s, v in d.bound.items()}
+    return DecodePlan(d.seq, d.batch(), sites, states, d.positions, d.axes, d.mask_input, d.position_input, values,
+                      order)

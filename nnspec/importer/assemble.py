@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -12,11 +11,12 @@ from torch import nn
 from nnspec.importer import moe
 from nnspec.importer.capture import Captured
 from nnspec.importer.errors import ImportFailure
-from nnspec.importer.graph import L
+from nnspec.importer.graph import L, annotation
 from nnspec.importer.lift import Lifter, instance_of
 from nnspec.importer.naming import Dims
 from nnspec.importer.render import Renderer
 from nnspec.importer.rules import RULES
+from nnspec.importer.usage import used_sizes
 
 _DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.float16: "float16", torch.bfloat16: "bfloat16",
            torch.int32: "int32", torch.bool: "bool"}
@@ -39,8 +39,16 @@ def _free_map(cap: Captured) -> dict[int, str]:
         raise ImportFailure(f"the example inputs' batch or sequence size {clash[0]} equals a config value, so the "
                             "importer cannot tell those axes apart: trace at sizes no config value has",
                             op="inputs", module="")
+    # a channels-last grid (`x[B, H, W, C]`, windowed attention): its rows and columns are free axes `H`, `W`
     for t in cap.inputs.values():
-        if t.dim() >= 3 and t.shape[1] not in taken and t.shape[1] not in free and "T" not in free.values():
+        hw = {int(s) for s in t.shape[1:3]}
+        if t.dim() == 4 and t.is_floating_point() and t.shape[3] in taken and len(hw) == 2 \
+                and not hw & (taken | set(free)) and "H" not in free.values():
+            free[t.shape[1]], free[t.shape[2]] = "H", "W"
+    # and of integer inputs (`ids[B, T]`, `segments[B, T]`: token indices, whatever the input's name)
+    for t in cap.inputs.values():
+        seq_like = t.dim() >= 3 or (t.dim() == 2 and not t.dtype.is_floating_point)
+        if seq_like and t.shape[1] not in taken and t.shape[1] not in free and "T" not in free.values():
             free[t.shape[1]] = "T"
     return free
 
@@ -49,9 +57,13 @@ def _flatten(model: nn.Module) -> set[str]:
     """The root and its base model (the child holding most parameters) are the body, not blocks."""
     flat = {""}
     total = sum(p.numel() for p in model.parameters()) or 1
+    def names(m: nn.Module) -> set[str]:
+        return {n for n, _ in m.named_children()} | {n for n, _ in m.named_parameters(recurse=False)}
+
     for name, child in model.named_children():
         if not isinstance(child, nn.ModuleList) and any(True for _ in child.children()) \
-                and sum(p.numel() for p in child.parameters()) > total / 2:
+                and sum(p.numel() for p in child.parameters()) > total / 2 \
+                and not names(child) & (names(model) - {name}):     # its names would clash with the root's
             flat.add(name)
     return flat
 
@@ -61,7 +73,7 @@ def _layer_counts(model: nn.Module, dims: Dims, flat: set[str]) -> dict[str, str
     for path, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) >= 1:
             n = len(mod)
-            key = next((k for k in dims.values if "layer" in k and dims.values[k] == n), None)
+            key = next((k for k in dims.values if ("layer" in k or "depth" in k) and dims.values[k] == n), None)
             if key:
                 dims.used.add(key)
             counts[path] = key or str(n)
@@ -70,7 +82,7 @@ def _layer_counts(model: nn.Module, dims: Dims, flat: set[str]) -> dict[str, str
 
 def assemble(cap: Captured, *, name: str) -> str:
     free = _free_map(cap)
-    dims = Dims.from_config(cap.config, free)
+    dims = Dims.from_config(cap.config, free, used_sizes(cap))
     lifter = Lifter(cap, dims, RULES)
     lifter.flattened = _flatten(cap.model)
     # a block called repeatedly (`shared@1`, ...) is a shared-weight `repeat`, never the body
@@ -83,9 +95,13 @@ def assemble(cap: Captured, *, name: str) -> str:
         if not isinstance(out, L):
             raise ImportFailure(f"the model's output {oname} is not a tensor computed from its inputs")
         if any(len(g) != 1 for g in out.axes):
+            from nnspec.importer.graph import Unwritable
             from nnspec.importer.ops import merge_groups
 
-            out = merge_groups(lifter, out, list(range(len(out.axes))), out_node)
+            try:
+                out = merge_groups(lifter, out, list(range(len(out.axes))), out_node)
+            except Unwritable as exc:               # refused at the output, as the lifter refuses at a node
+                raise lifter.fail(out_node, str(exc)) from None
         out = _named_axes(lifter, out, out_node)
         axes = ", ".join(g[0] for g in out.axes)
         if out.scope or out.annot is None:        # bind the output by name in the body, checked against its axes
@@ -114,6 +130,9 @@ def assemble(cap: Captured, *, name: str) -> str:
         axes = [lifter.input_axis(k, i, s) for i, s in enumerate(t.shape)]
         lines.append(f"  {k}: {_DTYPES[t.dtype]}[{', '.join(axes)}]")
     lines += ["outputs:"] + [f"  {o}: {dt}[{ax}]" for o, _, ax, dt in outputs] + [""]
+    seconds = getattr(lifter, "seconds", {})      # two free dims of one size (`windows.second_free`)
+    if seconds:
+        lines += ["require:"] + [f"  - {b} == {a}" for a, b in seconds.items()] + [""]
     if renderer.blocks:
         lines.append("blocks:")
         for bname, text in renderer.blocks.items():
@@ -122,7 +141,8 @@ def assemble(cap: Captured, *, name: str) -> str:
     lines.append("body: |")
     lines += [f"  {ln}" for stmt in body for ln in stmt.splitlines()]
     lines += ["", "hf_config:"] + [f"  {ln}" for ln in _hf_config(cap, dims, lifter)]
-    lines += ["", "weights:", "  hf:"] + [f"    {ln}" for ln in _weights(cap.model, lifter, renderer)]
+    rules = _weights(cap.model, lifter, renderer)
+    lines += ["", "weights:", "  hf:" if rules else "  hf: {}"] + [f"    {ln}" for ln in rules]
     return "\n".join(lines) + "\n"
 
 
@@ -140,11 +160,23 @@ def _named_axes(lifter: Lifter, out: L, node: Any) -> L:
     from nnspec.importer.ops import _size_of_name
     from nnspec.importer.patterns import relabel
 
+    renames = {}
     for g in out.axes:
         if g and "*" in g[0]:
             size = _size_of_name(lifter, g[0], node)
             new = lifter.dims.name(size)
-            out = relabel(lifter, out, g[0], new if "*" not in new else str(size), out.scope, out.idx + 0.0005)
+            renames[g[0]] = new if "*" not in new else str(size)
+    if len(renames) == 1:
+        (old, new), = renames.items()
+        return relabel(lifter, out, old, new, out.scope, out.idx + 0.0005)
+    if renames:            # several merged axes (a window grid's `(nh wh)`, `(nw ww)`): one relabel names them all
+        for old, new in renames.items():
+            lifter.dims.aliases.setdefault(new, old)
+        if not out.atom:
+            out.bind = True
+        items = [renames.get(a, a) for a in out.order]
+        out = L("{0}" + annotation(items), [out], [tuple(renames.get(a, a) for a in g) for g in out.axes], items,
+                out.scope, out.idx + 0.0005, hint=out.hint)
     return out
 
 
@@ -210,15 +242,29 @@ def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
     """Spec path -> checkpoint key: the spec's scopes are the module names, less the flattened base model, with
     a module list's index written `{i}`."""
     prefixes = sorted((p + "." for p in lifter.flattened if p), key=len, reverse=True)
-    lists = sorted(renderer.layer_counts, key=len, reverse=True)
+
+    def paths(key: str) -> tuple[str, str]:
+        """(spec path, checkpoint pattern) of a key: each repeated module list's index a placeholder of its own,
+        outermost `{i}` (nested repeats: `{j}`, ...); a list whose layers are separate calls (`layers_0`) keeps
+        its index in the key and joins it to the list's name in the spec."""
+        parts, letters = key.split("."), iter("ijklmnpq")
+        spec: list[str] = []
+        pat: list[str] = []
+        for k, p in enumerate(parts):
+            owner = ".".join(parts[:k])
+            if p.isdigit() and owner in renderer.unrolled and spec:
+                spec[-1] = f"{spec[-1]}_{p}"
+                pat.append(p)
+                continue
+            if p.isdigit() and owner in renderer.layer_counts:
+                p = f"{{{next(letters)}}}"
+            spec.append(p)
+            pat.append(p)
+        path = ".".join(spec)
+        return next((path[len(q):] for q in prefixes if path.startswith(q)), path), ".".join(pat)
 
     def pattern(key: str) -> str:
-        for lst in lists:
-            key = re.sub(rf"^{re.escape(lst)}\.\d+\.", f"{lst}.{{i}}.", key)
-        return key
-
-    def spec_of(pat: str) -> str:
-        return next((pat[len(p):] for p in prefixes if pat.startswith(p)), pat)
+        return paths(key)[1]
 
     rules: dict[str, str] = {}
     by_moe = {key: (path, r) for path, r in lifter.moe.items() for key in moe.weight_keys(r)}
@@ -226,13 +272,13 @@ def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
         if key in by_moe:
             # `moe`'s parameters: router, gate_proj and up_proj (halves of the fused gate_up_proj), down_proj
             path, r = by_moe[key]
-            for mine, theirs in moe.weight_rules(r, spec_of(pattern(path + ".")[:-1]), pattern).items():
+            for mine, theirs in moe.weight_rules(r, paths(path)[0], pattern).items():
                 rules.setdefault(mine, theirs)
             continue
-        pat = pattern(key)
+        mine, pat = paths(key)
         module = key.rsplit(".", 1)[0]
         suffix = " | transpose" if module in lifter.transposed and key.endswith(".weight") else ""
         if key in lifter.squeezed:
             suffix = f" | squeeze({', '.join(map(str, lifter.squeezed[key]))})"
-        rules.setdefault(spec_of(pat), pat + suffix)
+        rules.setdefault(mine, pat + suffix)
     return [f"{k}: {v}" for k, v in rules.items()]

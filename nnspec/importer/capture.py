@@ -83,7 +83,11 @@ def from_hf_config(config: Any, *, seed: int = 0) -> tuple[nn.Module, dict[str, 
             auto = name
             break
     with torch.device("meta"):
-        model = getattr(transformers, auto).from_config(config)
+        try:
+            model = getattr(transformers, auto).from_config(config)
+        except ValueError:               # a model without attention (Mamba) refuses "sdpa": it needs no choice
+            config._attn_implementation = "eager"
+            model = getattr(transformers, auto).from_config(config)
     model = model.to_empty(device="cpu")
     torch.manual_seed(seed)
     with torch.no_grad():

@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L
+from nnspec.importer.tied import count_name, head_axis
 
 if TYPE_CHECKING:
     from nnspec.importer.lift import Lifter
@@ -83,7 +84,8 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
         _check(lifter, n, F.embedding(xv, mod.weight), yv)
         out = lifter.dims.axis(dim)
         extra = f", padding_idx={mod.padding_idx}" if getattr(mod, "padding_idx", None) is not None else ""
-        return call(f"embedding({{0}}, {lifter.dims.expr(num)}, {lifter.dims.expr(dim)}{extra}, name={name})",
+        count = count_name(lifter, path, num, dim, x.fmt.startswith("arange("))   # what it counts (`tied.py`)
+        return call(f"embedding({{0}}, {count}, {lifter.dims.expr(dim)}{extra}, name={name})",
                     x.axes + [(out,)], x.order + [out], "embedding")
     if "weight" in params and mod.weight.dim() == 2 and (isinstance(mod, nn.Linear) or cls == "Conv1D"):
         w = mod.weight if isinstance(mod, nn.Linear) else mod.weight.t()
@@ -93,7 +95,7 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
             # a head tied to the embedding: the language writes it as a contraction with the embedding's weight
             _check(lifter, n, F.linear(xv, w), yv)
             x = _merge_last(lifter, x, n)
-            out = lifter.dims.axis(w.shape[0])
+            out = head_axis(lifter, tied, w.shape[0])
             if (out,) == x.axes[-1]:
                 raise lifter.fail(n, f"a tied head whose vocabulary and features are both named {out} (equal sizes), "
                                      "which the contraction with the embedding's weight cannot tell apart")
@@ -118,6 +120,14 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
                     [a for a in x.order if a != x.axes[-1][0]] + [out], "linear")
     if isinstance(mod, nn.Conv2d):
         return _conv2d(lifter, mod, n, x, xv, yv, name, call)
+    if isinstance(mod, nn.Conv1d):
+        from nnspec.importer.conv1d import lift_conv1d
+
+        return lift_conv1d(lifter, mod, n, x, xv, yv, name, call)
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        from nnspec.importer.batchnorm import lift_batchnorm
+
+        return lift_batchnorm(lifter, mod, n, x, xv, yv, name, call)
     if isinstance(mod, nn.LayerNorm) or (cls.endswith("LayerNorm") and not cls.endswith("RMSNorm") \
             and "bias" in params):
         eps = float(getattr(mod, "eps", getattr(mod, "variance_epsilon", 1e-5)))
@@ -148,19 +158,23 @@ def _conv2d(lifter: Lifter, mod: nn.Conv2d, n: fx.Node, x: L, xv: torch.Tensor, 
     the last two axes (NCHW)."""
     _check(lifter, n, mod(xv), yv)
     k, st, pad = mod.kernel_size, mod.stride, mod.padding
-    if k[0] != k[1] or st[0] != st[1] or not isinstance(pad, tuple) or pad[0] != pad[1] or mod.groups != 1 \
+    if k[0] != k[1] or st[0] != st[1] or not isinstance(pad, tuple) or pad[0] != pad[1] \
             or mod.dilation != (1, 1) or any(len(a) != 1 for a in x.axes[1:]):
-        raise lifter.fail(n, "a convolution other than a square, undilated, ungrouped one over named axes")
+        raise lifter.fail(n, "a convolution other than a square, undilated one over named axes")
+    from nnspec.importer.windows import grid_names
+
     d = lifter.dims
     extra = f", padding={pad[0]}" if pad[0] else ""
+    extra += f", groups={d.expr(mod.groups)}" if mod.groups != 1 else ""     # depthwise: groups=C
     bias = "" if mod.bias is not None else ", bias=false"
     c, h, w = (a[0] for a in x.axes[1:])
+    gh, gw = grid_names(lifter, (h, w), tuple(xv.shape[-2:]), tuple(yv.shape[-2:]), x, n)
+    q = [a if a.isidentifier() or a.isdigit() else f'"{a}"' for a in (c, h, w, gh, gw)]   # `channel="2*d"`
     fmt = (f"conv({{0}}, {d.expr(mod.out_channels)}, kernel={d.expr(k[0])}, stride={d.expr(st[0])}{extra}{bias}, "
-           f"channel={c}, over=({h}, {w}), into=(gh, gw), name={name})")
+           f"channel={q[0]}, over=({q[1]}, {q[2]}), into=({q[3]}, {q[4]}), name={name})")
     out = d.axis(mod.out_channels)
-    d.local.update(gh=yv.shape[-2], gw=yv.shape[-1])
-    order = [a for a in x.order if a not in (c, h, w)] + [out, "gh", "gw"]
-    return call(fmt, [x.axes[0], (out,), ("gh",), ("gw",)], order,
+    order = [{c: out, h: gh, w: gw}.get(a, a) for a in x.order]     # the language's conv keeps axis positions
+    return call(fmt, [x.axes[0], (out,), (gh,), (gw,)], order,
                 "conv")
 
 
@@ -181,6 +195,10 @@ def _merge_last(lifter: Lifter, x: L, n: fx.Node) -> L:
         flat = x.flat()
         if sorted(flat) != sorted(x.order):
             raise lifter.fail(n, f"axes {x.order} of a value in another order than torch's {flat}")
+        from nnspec.importer.windows import plain_names
+
+        x = plain_names(lifter, x, n)           # a `2*d` axis cannot be listed in a rearrange: named `F` first
+        flat = x.flat()
         x = L("{0}" + annotation(list(flat)), [_bound(x)], x.axes, flat, x.scope, x.idx + 0.01, hint=x.hint)
     return x
 

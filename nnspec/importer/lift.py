@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from nnspec.importer.boundary import leaving
 from nnspec.importer.capture import Captured
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, Unwritable
@@ -49,6 +50,9 @@ class Lifter:
         self.modules = Modules(cap.model.named_modules())
         self._calls: dict[fx.Node, dict[str, str]] = {}
         self.cache: dict[fx.Node, Any] = {}
+        self.consumers: list[fx.Node] = []    # the nodes being lifted, innermost last (who reads a lifted value)
+        self.renamed: dict[tuple[int, str], L] = {}   # a block's result as a scope outside it reads it
+        self.embedding_counts: dict[str, str] = {}    # embedding path -> its count's name (`tied.py`)
         self.static = self._static_nodes()
         self.blocks: set[str] = set()         # module paths that are blocks (non-leaf, not flattened)
         self.flattened: set[str] = {""}
@@ -134,14 +138,19 @@ class Lifter:
         n = self.resolve(n)
         if not isinstance(n, fx.Node):
             return n
+        consumer = self.consumers[-1] if self.consumers else None
         if n in self.cache:
-            return self.cache[n]
+            return leaving(self, self.cache[n], n, consumer)
+        self.consumers.append(n)
         try:
             out = self._lift(n)
         except Unwritable as exc:
             raise self.fail(n, str(exc)) from None
+        finally:
+            self.consumers.pop()
         self.cache[n] = out
-        return out
+        # a block's result read outside it: named as the caller sees it (`boundary.py`)
+        return leaving(self, out, n, consumer)
 
     def _lift(self, n: fx.Node) -> Any:
         rules = self.rules
@@ -189,14 +198,22 @@ class Lifter:
             # a weight of a sibling call read directly (a projection tied to `up.weight`): the language names it so
             out_in = [(self.dims.axis(val.shape[0]),), (self.dims.name(val.shape[1]),)]
             return L(f"{owner_attr}.{attr}", [], out_in, [a[0] for a in out_in], scope, first_use - 0.5, hint=attr)
-        return L(f"param({', '.join(names)}, name={attr})", [], axes, names, scope, first_use - 0.5, hint=attr,
-                 bind=True)
+        # two axes of one size: the language names the later `L_1` (`param(heads, L, L)` is `[heads, L, L_1]`)
+        own = [f"{a}_{names[:i].count(a)}" if a in names[:i] else a for i, a in enumerate(names)]
+        self.dims.local.update({o: val.shape[i] for o, i in zip(own, [i for i, g in enumerate(axes) if g],
+                                                                 strict=True) if o not in names})
+        axes = [(own.pop(0),) if g else () for g in axes]
+        return L(f"param({', '.join(names)}, name={attr})", [], axes, [g[0] for g in axes if g], scope,
+                 first_use - 0.5, hint=attr, bind=True)
 
     def input_axis(self, name: str, i: int, size: int) -> str:
         shape = self.cap.values[name].shape
         if len(shape) == 4 and i >= 2 and shape[2] == shape[3] and "height" in self.dims.values:
             return ("height", "width")[i - 2]
         if size in self.dims.free:
+            if self.dims.free[size] != "B" and size in [int(s) for s in shape[1:i]]:
+                # `adj[B, T, S]`: a later node axis of the same free size is a free dim of its own
+                return self.rules.second_free(self, self.dims.free[size])      # `windows.second_free`
             return self.dims.free[size]
         return self.dims.name(size)
 

@@ -32,12 +32,16 @@ def _where(lifter: Lifter, n: fx.Node) -> L:
         m = cond.value
         big = [i for i, size in enumerate(m.shape) if size > 1] if isinstance(m, torch.Tensor) else []
         offset = len(ref.axes) - m.dim() if isinstance(ref, L) and big else 0
-        if len(big) != 2 or offset < 0 or not is_causal(m.reshape(m.shape[big[0]], m.shape[big[1]])) \
+        m2 = m.reshape(m.shape[big[0]], m.shape[big[1]]) if len(big) == 2 else None
+        # scores laid out keys first (`s[B, S, h, T]`): the mask is causal_mask(T, S) transposed
+        flip = m2 is not None and not is_causal(m2) and is_causal(m2.T)
+        if m2 is None or offset < 0 or not (flip or is_causal(m2)) \
                 or any(len(ref.axes[offset + i]) != 1 for i in big):
             raise lifter.fail(n, "a where over a constant mask that is not causal")
-        t, s_ = (ref.axes[offset + i][0] for i in big)
+        first, second = (ref.axes[offset + i][0] for i in big)
+        t, s_ = (second, first) if flip else (first, second)
         axes = [()] * len(ref.axes)
-        axes[offset + big[0]], axes[offset + big[1]] = (t,), (s_,)
+        axes[offset + big[0]], axes[offset + big[1]] = (first,), (second,)
         cond = L(f"causal_mask({t}, {s_})", [], axes, [t, s_], scope, idx)
     if isinstance(cond, L) and cond.refs and isinstance(ref, L):
         cond = _aligned(lifter, cond, ref, scope, idx)

@@ -32,14 +32,21 @@ class Dims:
     local: dict[str, int] = field(default_factory=dict)      # axes a call names (a conv's `gh`): their sizes
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], free: dict[int, str]) -> Dims:
+    def from_config(cls, config: dict[str, Any], free: dict[int, str], sizes: set[int] | None = None) -> Dims:
+        """`sizes`: the sizes the model uses (`usage.used_sizes`); a key spelled like no size word (`d`, `k`,
+        `depth`, `conv_kernel`) is a dim when its value is one of them, after the keys spelled as sizes."""
         dims = cls(free=dict(free))
+        by_use = []
         for key, value in config.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 continue
-            if any(w in key for w in _NOT_SIZES) or not any(w in key for w in _SIZE_WORDS):
+            if any(w in key for w in _NOT_SIZES):
                 continue
-            dims.values[key] = value
+            if any(w in key for w in _SIZE_WORDS):
+                dims.values[key] = value
+            elif sizes is not None and value in sizes:
+                by_use.append(key)
+        dims.values.update((key, config[key]) for key in by_use)
         hidden = next((k for k in ("hidden_size", "n_embd", "d_model") if k in dims.values), None)
         heads = next((k for k in ("num_attention_heads", "n_head") if k in dims.values), None)
         if hidden and heads and dims.values[hidden] % dims.values[heads] == 0:
@@ -81,7 +88,10 @@ class Dims:
     def expr(self, size: int) -> str:
         """A size as a spec expression (`3 * n_embd`, `num_key_value_heads * head_dim`, or the number)."""
         named = self.name(size)
+        if named in self.free.values():     # a parameter's size is never a free dim, however large the batch
+            named = next((n for n in self.ordered() if self.values[n] == size), str(size))
         if not named.isdigit():
+            self.used.add(named)
             return named
         names = self.ordered()
         for a in names:
@@ -101,8 +111,9 @@ class Dims:
         """The axis name the language gives an axis made by `expr(size)` (`3*n_embd`)."""
         return self.expr(size).replace(" ", "")
 
-    def split(self, name: str, size: int, parts: list[int]) -> list[str]:
-        """Names for the pieces of an axis `name` (of `size`) split into `parts` sizes (product == size)."""
+    def split(self, name: str, size: int, parts: list[int], source: str = "") -> list[str]:
+        """Names for the pieces of an axis `name` (of `size`) split into `parts` sizes (product == size); `source`
+        is the module that made the value (`v`), which picks among dims of one size (`dk`, `dv`: `by_source`)."""
         # a derived dim d = a / b factors a into (b, d): hidden_size -> (num_attention_heads, head_dim)
         if len(parts) == 2:
             for d, formula in self.derived.items():
@@ -116,12 +127,17 @@ class Dims:
         if len(pieces) == len(parts) and all(p in known or p.isdigit() for p in pieces) and [
                 known[p] if p in known else int(p) for p in pieces] == parts:
             return pieces
+        if len(parts) == 2 and self.values.get("head_dim") == parts[1] and name != "head_dim":
+            # (heads, head_dim): the count of heads is a dim spelled `head`, not another of its size (`edge_dim`)
+            heads = next((n for n in self.ordered() if "head" in n and n != "head_dim" and self.values[n] == parts[0]),
+                         None)
+            if heads is not None:
+                self.used.update((heads, "head_dim"))
+                return [heads, "head_dim"]
         out: list[str] = []
         for p in parts:
             # a piece of a configured axis is never the batch or sequence: skip the free names
-            cand = next((n for n in self.ordered() if self.values[n] == p), str(p))
-            if cand in out:
-                cand = next((n for n in self.ordered() if self.values[n] == p and n not in out), str(p))
+            cand = by_source([n for n in self.ordered() if self.values[n] == p and n not in out], source) or str(p)
             out.append(cand)
         if len(set(out)) != len(out):
             raise ValueError(f"cannot name the pieces {parts} of axis {name}")
@@ -129,3 +145,26 @@ class Dims:
 
     def section(self) -> dict[str, Any]:
         return {k: (self.derived.get(k, v)) for k, v in self.values.items()}
+
+
+def by_source(names: list[str], source: str) -> str | None:
+    """The first of `names` (dims of one size), or the one named after the module that made the value: what sets
+    it apart from the others (`dk`, `dv` differ in `k`, `v`) is the module's name (`v`, `v_proj`)."""
+    if len(names) < 2 or not source:
+        return names[0] if names else None
+    head = _common(names)
+    tail = _common([n[::-1] for n in names])
+    own = source.rsplit(".", 1)[-1].removesuffix("_proj")
+    for n in names:
+        part = n[head:len(n) - tail] if len(n) - tail > head else n[head:]
+        if part and (own == part or own.startswith(part + "_")):
+            return n
+    return names[0]
+
+
+def _common(words: list[str]) -> int:
+    """The length of the prefix every word shares."""
+    k = 0
+    while all(len(w) > k and w[k] == words[0][k] for w in words):
+        k += 1
+    return k

@@ -80,7 +80,8 @@ def _literal(v: Any) -> str:
 
 
 def _binary(lifter: Lifter, n: fx.Node, sym: str) -> L:
-    a, b = (lifter.lift(x) for x in n.args[:2])
+    # dims torch aligns by position, named alike (`windows.align`, reached through the rules: no import cycle)
+    a, b = lifter.rules.align(lifter, n, *(lifter.lift(x) for x in n.args[:2]))
     scope, idx = _scope_idx(lifter, n)
     if not isinstance(a, L) and not isinstance(b, L):
         raise lifter.fail(n, "arithmetic on two non-tensors")
@@ -138,7 +139,7 @@ def _softmax(lifter: Lifter, n: fx.Node) -> L:
     if not x.axes[d]:
         raise lifter.fail(n, "a softmax over a size-1 axis")
     if len(x.axes[d]) != 1:
-        x = merge_groups(lifter, x, [d], n)
+        x = lifter.rules.one_name(lifter, merge_groups(lifter, x, [d], n), d, n)
     scope, idx = _scope_idx(lifter, n)
     return L(f"softmax({{0}}, over={x.axes[d][0]})", [x], x.axes, x.order, scope, idx, hint=x.hint)
 
@@ -153,8 +154,8 @@ def _mean(lifter: Lifter, n: fx.Node) -> L:
     if not x.axes[d]:
         # over a size-1 dim (`sum(linear(x, 1), over=1)`): every reduction is the value, that dim dropped
         return _view_of(lifter, n, x, x.axes if keep else x.axes[:d] + x.axes[d + 1:], x.order)
-    if len(x.axes[d]) != 1:
-        x = merge_groups(lifter, x, [d], n)
+    if len(x.axes[d]) != 1 or "*" in x.axes[d][0]:      # `over=` names one axis, never a merged one
+        x = lifter.rules.one_name(lifter, merge_groups(lifter, x, [d], n) if len(x.axes[d]) != 1 else x, d, n)
     ax = x.axes[d][0]
     fn = next(f for f in ("mean", "sum", "max", "min") if f in str(n.target).replace("amax", "max")
               .replace("amin", "min"))
@@ -278,7 +279,7 @@ def _reshape(lifter: Lifter, n: fx.Node) -> L:
                 raise lifter.fail(n, f"a reshape that splits axis {name} unevenly")
             parts.append(t2)
             rest //= t2
-        pieces = lifter.dims.split(name, size, [p for p in parts])
+        pieces = lifter.dims.split(name, size, [p for p in parts], source=x.hint)
         splits[name] = pieces
         k += 1
         return _finish_split(lifter, n, x, out, pieces, tgt, pos + len(parts), atoms, k, splits)
@@ -472,7 +473,9 @@ def _linear(lifter: Lifter, n: fx.Node) -> L:
     x = lifter.lift(n.args[0])
     if len(x.axes[-1]) != 1:
         x = merge_groups(lifter, x, [len(x.axes) - 1], n)
-    out = lifter.dims.axis(lifter.value(n).shape[-1])
+    from nnspec.importer.tied import head_axis
+
+    out = head_axis(lifter, owner, lifter.value(n).shape[-1])     # the embedding's count, not its size's name
     if (out,) == x.axes[-1]:
         raise lifter.fail(n, f"a tied head whose vocabulary and features are both named {out} (equal sizes)")
     axes = x.axes[:-1] + [(out,)]
@@ -521,9 +524,7 @@ def _matmul(lifter: Lifter, n: fx.Node) -> L:
             b = relabel(lifter, b, j, "S" if "S" not in a.flat() + b.flat() else f"{j}_k", scope, idx - 0.1)
     ga, gb = a.axes[-1], b.axes[-2]
     if ga != gb:
-        if len(ga) != 1 or len(gb) != 1:
-            raise lifter.fail(n, f"a matmul summing axes grouped differently ({ga} and {gb})")
-        b = relabel(lifter, b, gb[0], ga[0], scope, idx - 0.1)
+        b = lifter.rules.summed_alike(lifter, n, ga, b, scope, idx - 0.1)     # b's summed dim named as a's
     if any(len(t.axes[d]) == 0 for t in (a, b) for d in (-1, -2)):
         raise lifter.fail(n, "a matmul over size-1 axes")
     if set(a.axes[-2]) & set(b.axes[-1]):

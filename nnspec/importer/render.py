@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+from nnspec.importer.alike import passed_twice
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, annotation
 
@@ -75,6 +76,7 @@ class Renderer:
         self.block_of: dict[str, str] = {}          # scope -> block name
         self.weight_scopes: dict[str, str] = {}
         self.carried: dict[str, int] = {}           # a module list layer's scope -> index of its carried input
+        self.unrolled: set[str] = set()             # module lists whose layers are separate calls (`layers_0`)
 
     # --- scope structure --------------------------------------------------------------------------------------
     def children(self, s: str) -> list[str]:
@@ -164,7 +166,9 @@ class Renderer:
             n.bind or n.annot or self.refcount[id(n)] > 1 or n.names or id(n) in returned) and id(n) not in preset]
         # a layout-only view (`reshape` of tokens to `[(B T), H]`) of a named value is that name: not bound again
         named = {id(n) for n in bound} | set(names)
-        bound = [n for n in bound if not (_is_view(n) and id(n) not in returned and id(n.refs[0]) in named)]
+        # (a child block's result as this scope names it, `boundary.py`, is the child call's variable)
+        bound = [n for n in bound if not (_is_view(n) and id(n) not in returned and (
+            id(n.refs[0]) in named or n.refs[0].scope != s))]
         bound.sort(key=lambda n: n.idx)
         for n in bound:
             if n.fixed:
@@ -173,8 +177,7 @@ class Renderer:
             elif not n.names:
                 names[id(n)] = fresh(n.hint)
         for group in self._groups([c for c in children if c not in scans]):
-            stmt, pos = self._call(group, s, names, fresh, child_vars)
-            stmts.append((pos, stmt))
+            stmts += [(pos, stmt) for stmt, pos in self._call(group, s, names, fresh, child_vars)]
         for c in scans:
             if c in children:
                 self.block(c)
@@ -196,7 +199,7 @@ class Renderer:
             args = []
             for r in n.refs:
                 t = ref(r)
-                if not is_atom(r):
+                if not is_atom(r) and n.fmt != "{0}":      # a value written as its one operand needs no brackets
                     t = f"({t})"
                 args.append(t)
             return n.fmt.format(*args)
@@ -236,32 +239,52 @@ class Renderer:
         return groups
 
     def _call(self, group: list[str], s: str, names: dict[int, str], fresh, child_vars: dict[int, str]) \
-            -> tuple[str, float]:
+            -> list[tuple[str, float]]:
+        """The statements calling the children in `group` (a repeat, or calls), each with its position."""
         head, _, last = group[0].rpartition(".")
         shared = _instance(group[-1])[1] > 0      # one block called repeatedly: `repeat(..., shared=true)`
         listed = (last.isdigit() and head in self.layer_counts) or shared   # `repeat` or refuse
         if listed:
             k = self._carry_index(group)
             self.carried.update((c, k) for c in group)
+        saved = dict(self.blocks), dict(self.block_of)
         texts = [self.block(c) for c in group]
         first = group[0]
-        attr = first.rpartition(".")[2]
+        attr = _instance(first)[0].rpartition(".")[2]      # a later call's scope `P@1.inner@2` is named `inner`
         ins = self.params_of(first)
         outs = self.outs(group[-1])
         pos = max([self.first_idx(first)] + [r.idx + 0.01 for r in ins if not self.within(r, s) or True])
         same = len(set(texts)) == 1 and self._chains(group) and (len(group) > 1 or (listed and len(outs) == 1))
+        init = None if same or not listed or len(group) < 2 or len(set(texts[1:])) != 1 else passed_twice(self, group)
+        if init is not None:
+            # the first call passes one value to several parameters (`repeat(2, gate, x, x)`): the block is written
+            # from the second call, whose parameters all differ, and the first call checked against it (`alike.py`)
+            self.blocks, self.block_of = saved
+            for c in group[1:]:
+                self.block(c)
+            self.block_of[first] = self.block_of[group[1]]
+            ins, same = [init, *self.params_of(group[1])[1:]], True
+        if listed and not same and shared:
+            raise ImportFailure(f"the calls of block {first} differ or do not chain (each feeding the next as its "
+                                "first input), which `repeat` cannot write", op="repeat", module=first)
         if listed and not same:
-            what = f"the calls of block {first}" if shared else f"the layers of module list {head}"
-            raise ImportFailure(f"{what} differ or do not chain (each feeding the next as its first input), which "
-                                "`repeat` cannot write", op="repeat", module=first if shared else head)
+            # a module list whose layers differ (or do not chain): each layer its own call, `name=layers_0`, ...
+            calls = {c: f"{head.rpartition('.')[2]}_{c.rpartition('.')[2]}" for c in group}
+            taken = {_instance(c)[0].rpartition(".")[2] for c in self.scopes if self.parent[c] == s}
+            if taken & set(calls.values()):
+                raise ImportFailure(f"the layers of module list {head} differ, and their names as separate calls "
+                                    f"({', '.join(sorted(taken & set(calls.values())))}) are taken", op="repeat",
+                                    module=head)
+            self.unrolled.add(head)
+            return [self._one(c, s, names, fresh, child_vars, attr) for c, attr in calls.items()]
         args = [self._arg(r, s, names, child_vars) for r in ins]
         if same and shared:
             var = fresh(outs[0].hint if outs else "h")
             for c in group:
                 for o in self.outs(c):
                     child_vars[id(o)] = var
-            return (f"{var} = repeat({self.count_name(len(group))}, {self.block_of[first]}, {', '.join(args)}, "
-                    f"name={attr}, shared=true)"), pos
+            return [(f"{var} = repeat({self.count_name(len(group))}, {self.block_of[first]}, {', '.join(args)}, "
+                     f"name={attr}, shared=true)", pos)]
         if same:
             head = first.rpartition(".")[0]
             count = self.layer_counts.get(head, str(len(group)))
@@ -271,20 +294,20 @@ class Renderer:
                     child_vars[id(o)] = var
             name = self.block_of[first]
             list_name = head.rpartition(".")[2]
-            return f"{var} = repeat({count}, {name}, {', '.join(args)}, name={list_name})", pos
-        if len(group) > 1:
-            # layers differ: call each in turn
-            stmts, last = [], 0.0
-            for c in group:
-                st, p = self._call([c], s, names, fresh, child_vars)
-                stmts.append(st)
-                last = p
-            return "\n".join(stmts), last
-        name = self.block_of[first]
+            return [(f"{var} = repeat({count}, {name}, {', '.join(args)}, name={list_name})", pos)]
+        # one call, or children that differ: each called in turn
+        return [self._one(c, s, names, fresh, child_vars, c.rpartition(".")[2]) for c in group]
+
+    def _one(self, c: str, s: str, names: dict[int, str], fresh, child_vars: dict[int, str], attr: str) \
+            -> tuple[str, float]:
+        """`outs = block(ins, name=attr)` for child `c`, placed after what it reads."""
+        ins, outs = self.params_of(c), self.outs(c)
+        args = [self._arg(r, s, names, child_vars) for r in ins]
+        pos = max([self.first_idx(c)] + [r.idx + 0.01 for r in ins])
         vars_ = [fresh(o.hint) for o in outs]
         for o, v in zip(outs, vars_, strict=False):
             child_vars[id(o)] = v
-        return f"{', '.join(vars_)} = {name}({', '.join(args)}, name={attr})", pos
+        return f"{', '.join(vars_)} = {self.block_of[c]}({', '.join(args)}, name={attr})", pos
 
     def _arg(self, r: L, s: str, names: dict[int, str], child_vars: dict[int, str]) -> str:
         if id(r) in child_vars:

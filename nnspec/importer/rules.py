@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import fx
 
-from nnspec.importer import einsum, helpers, indexing, leaves, masks, moe, ops, patterns, reuse, scan
+from nnspec.importer import einsum, helpers, indexing, leaves, masks, moe, ops, patterns, reuse, scan, windows
 from nnspec.importer.routing import routed
+from nnspec.importer.rules_extra import HANDLERS as MORE_HANDLERS
 
 # ops lifted outside the generic table (ops.py), tried first
-_EXTRA = {**einsum.HANDLERS, **masks.HANDLERS, **indexing.HANDLERS, **scan.HANDLERS,
+_EXTRA = {**MORE_HANDLERS, **einsum.HANDLERS, **masks.HANDLERS, **indexing.HANDLERS, **scan.HANDLERS,
           helpers.OP_NAMES["moe_swiglu"]: moe.lift_moe_call}
 
 
@@ -28,5 +29,7 @@ def lift_leaf(lifter: Any, path: str, n: fx.Node) -> Any:
     return moe.lift_moe(lifter, path, n, r) if r is not None else leaves.lift_leaf(lifter, path, n)
 
 
+# `windows.py`'s positional naming, which `ops` and `lift` reach through here (it imports `ops`: no cycle)
 RULES = SimpleNamespace(static_value=patterns.static_value, getitem=ops.getitem, lift_leaf=lift_leaf,
-                        match=patterns.match, lift_op=lift_op)
+                        match=patterns.match, lift_op=lift_op, align=windows.align, one_name=windows.one_name,
+                        summed_alike=windows.summed_alike, second_free=windows.second_free)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import fx
 
 from nnspec.importer.graph import L
@@ -31,6 +32,50 @@ def _shape_of(region: list[fx.Node]) -> list[tuple[str, tuple[Any, ...]]]:
     return [(str(m.target), tuple(a for a in m.args if not isinstance(a, (fx.Node, list, tuple)))) for m in region]
 
 
+def _zeros_as_used(lifter: Lifter, carry: fx.Node, region: list[fx.Node]) -> L | None:
+    """An all-zero initial state whose sizes name two axes alike (RetNet's `[B, heads, dk, dv]` with dk = dv),
+    named by provenance instead: after the axes of the value the step first combines it with elementwise (`0.9 * s
+    + k v^T`: the outer product's axes, each from its own projection), which torch aligns with it by position.
+    None when there is no such value (then the state is refused as before)."""
+    from nnspec.importer.ops import _scope_idx
+
+    v = lifter.value(carry)
+    if not isinstance(v, torch.Tensor) or not v.is_floating_point() or bool(v.any()) or carry not in lifter.static:
+        return None
+    front = {carry}
+    for m in region:
+        ins = [lifter.resolve(a) for a in m.all_input_nodes]
+        if not any(a in front for a in ins):
+            continue
+        others = [a for a in ins if a not in front]
+        if not others:                               # a scalar op on the state (`0.9 * s`): still the state
+            front.add(m)
+            continue
+        if str(m.target) not in ("aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor") or len(others) != 1 \
+                or lifter.value(others[0]).shape != v.shape or _reads(others[0], front):
+            return None
+        other = lifter.lift(others[0])
+        names = [g[0] for g in other.axes if len(g) == 1] if isinstance(other, L) else []
+        if len(names) != v.dim() or len(set(names)) != len(names):
+            return None
+        scope, idx = _scope_idx(lifter, carry)
+        return L(f"zeros({', '.join(names)})", [], [(a,) for a in names], names, scope, idx, hint="zeros")
+    return None
+
+
+def _reads(n: fx.Node, front: set[fx.Node]) -> bool:
+    """Whether `n` depends on any node of `front`."""
+    seen, todo = set(), [n]
+    while todo:
+        m = todo.pop()
+        if m in front:
+            return True
+        if m not in seen:
+            seen.add(m)
+            todo.extend(m.all_input_nodes)
+    return False
+
+
 def lift_stack(lifter: Lifter, n: fx.Node) -> Any:
     from nnspec.importer.indexing import _zeros
     from nnspec.importer.ops import _dim
@@ -47,7 +92,10 @@ def lift_stack(lifter: Lifter, n: fx.Node) -> Any:
     carries: list[fx.Node] = []
     for i, region in enumerate(regions):
         ins = _inputs(lifter, region)
-        picks = [m for m in ins if str(m.target) == "aten.select.int" and m.args[2] == i]
+        # in graph order, which is the order of the step block's parameters (`Renderer.ins` sorts by position),
+        # not the order the step first reads them in
+        picks = sorted((m for m in ins if str(m.target) == "aten.select.int" and m.args[2] == i),
+                       key=lifter.index.__getitem__)
         state = [m for m in ins if m not in picks]
         here = [(lifter.resolve(m.args[0]), m.args[1]) for m in picks]
         if seqs is None:
@@ -67,6 +115,8 @@ def lift_stack(lifter: Lifter, n: fx.Node) -> Any:
         raise lifter.fail(n, "a scan whose outputs are stacked elsewhere than its first sequence's axis")
     ax = x0.axes[d][0]
     init = _zeros(lifter, carries[0])
+    if init is None:
+        init = _zeros_as_used(lifter, carries[0], regions[0])
     if init is None:
         init = lifter.lift(carries[0])
     if not isinstance(init, L):

@@ -65,6 +65,7 @@ class DecodeStep(nn.Module):
             self.register_buffer(f"state{i}", torch.zeros(shape, dtype=TORCH_DTYPES[state.type.dtype], device=device),
                                  persistent=False)
             self.state_names.append(f"state{i}")
+        self._windows = {(s.graph, s.node) for s in plan.states if s.kind == "window"}
         self._state: dict[str, Any] = {}
 
     def cache_bytes(self) -> int:
@@ -107,7 +108,8 @@ class DecodeStep(nn.Module):
         if not last_only:
             return outs[0]
         out_t = model.graph[model.graph.outputs[0]].tensor_type
-        axis = next(i for i, a in enumerate(out_t.axes) if sympy.sympify(a.size) == self.plan.seq)
+        values = self.plan.values
+        axis = next(i for i, a in enumerate(out_t.axes) if sympy.sympify(a.size).xreplace(values) == self.plan.seq)
         return outs[0].narrow(axis, outs[0].shape[axis] - 1, 1)
 
     def _bind(self, given: dict[str, torch.Tensor]) -> dict[sympy.Symbol, sympy.Integer]:
@@ -144,7 +146,25 @@ class DecodeStep(nn.Module):
             return self._attend(frame, node, ins)
         if node.op == "scan" and node.attrs["axis"].name in self.plan.sequence_axes[frame.graph.name]:
             return self._scan(frame, node, ins)
+        if (frame.graph.name, node.name) in self._windows:
+            return self._window(frame, node, ins)
         return LOWERINGS[node.op](frame, node, ins)
+
+    def _window(self, frame: Frame, node: Node, ins: list[Any]) -> Any:
+        """A causal convolution's window: the new tokens after the last K-1 inputs the previous step saw (the
+        spec's prefix when the step starts at position 0); the last K-1 positions are kept for the next step."""
+        slot = self._state["scan"]
+        self._state["scan"] = slot + 1
+        kept = getattr(self, self.state_names[slot])
+        start = self._state["position"][0] == 0
+        out = LOWERINGS[node.op](frame, node, [torch.where(start, ins[0], kept.to(ins[0].dtype)), ins[1]])
+        prefix_t = input_types(frame, node)[0]
+        axis, into = node.attrs["axis"], node.attrs["into"].name
+        names = [axis if n == into else n for n in node.tensor_type.names]
+        dim, width = names.index(axis), kept.shape[prefix_t.index(axis)]
+        tail = out.narrow(dim, out.shape[dim] - width, width)
+        kept.copy_(tail.permute([names.index(n) for n in prefix_t.names]))
+        return out
 
     def _scan(self, frame: Frame, node: Node, ins: list[Any]) -> Any:
         """The recurrence over the new tokens, from the state the last step left (the spec's initial state when

@@ -10,16 +10,19 @@ For a model whose attention is causal over a sequence axis, the file gets
     forward's attention emitter at that level (SDPA at -O2, spelled out below), reading the cache, not k and v;
   - `arange` over the sequence is `cache_position`; `rotary` without positions rotates at `cache_position`; a
     sinusoidal table is indexed by it;
+  - a scan over the sequence (a recurrent state: retention, an SSM) takes this call's `ScanState` off the same
+    list, starts from it (from the spec's initial state when the step starts at position 0), runs the forward's
+    recurrence over the new tokens and copies its final state back;
   - a block call or repeat whose block needs the step calls that block's `decode_step`; everything else is the
     forward's code (position-wise: it runs on the new tokens only);
-- `KVCache` and `decode_mask` (copied from `decode_runtime.py`), and a `<Model>Decoder(model, batch, length)`
-  module holding one `KVCache` per site execution (the plan's shapes, in the model's dtype) whose
+- `KVCache` and `decode_mask` (and `ScanState` when there is a scan; copied from `decode_runtime.py`), and a
+  `<Model>Decoder(model, batch, length)` module holding one `KVCache` per site execution and one `ScanState` per
+  scan execution, in run order (the plan's shapes, in the model's dtype), whose
   `forward(input_ids, cache_position, key_mask, ...)` is what `nnspec.generate` runs.
 
 Spelled-out attention (-O0/-O1 keep it as written) is first recognised (the `attention` pass, dropout off: the
-step is for inference); models the derivation refuses get no step. A scan over the sequence (a recurrent state)
-has no emitted form yet: such a model gets no `decode_step`, and `nnspec.generate` runs the reference
-`decode.DecodeStep`; the explain output says so.
+step is for inference); models the derivation refuses get no step, nor does a scan whose step block holds a
+cache site (`nnspec.generate` then runs the reference `decode.DecodeStep`; the explain output says so).
 """
 
 from __future__ import annotations
@@ -34,19 +37,25 @@ import sympy
 
 from nnspec.backends.torch import pysrc as P
 from nnspec.backends.torch.context import ModuleContext
+from nnspec.backends.torch.decode_layout import RUNTIME as GEMV_RUNTIME
+from nnspec.backends.torch.decode_layout import cache_types, gemv_blocks, gemv_weight, step_call, step_weights_lines
+from nnspec.backends.torch.decode_states import emit_scan, emit_window, mixed_cache, windows_of
 from nnspec.backends.torch.function import FunctionGen
+from nnspec.backends.torch.layout import permute
 from nnspec.backends.torch.members import plan_members
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.source import Stmt, Var, owns_block, size_expr
-from nnspec.compiler.decode import DecodePlan, derive
+from nnspec.compiler.decode import DecodePlan, Site, derive
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType, repeat_plan
 from nnspec.compiler.ops.attention import attention_types
 from nnspec.compiler.passes import optimize
 from nnspec.errors import SpecError
 
 METHOD = "decode_step"
-RUNTIME = ("KVCache", "decode_mask")    # what the file copies from decode_runtime.py
+RUNTIME = ("KVCache", "decode_mask")    # what the file copies from decode_runtime.py (and STATE for a scan)
+STATE = "ScanState"
 _MASK, _POSITION = "\0cache_mask", "\0cache_position"   # pseudo-nodes: the step's mask and positions
+_KEYS, _VALUES = "\0cache_keys", "\0cache_values"      # and the cache as stored (`cache_types`)
 
 
 class DecodeCodegen:
@@ -58,6 +67,8 @@ class DecodeCodegen:
         self.plan: DecodePlan | None = None
         self.model: Model | None = None
         self.needs: set[str] = set()
+        self.stateful: set[str] = set()
+        self.gemvs = False   # whether a step multiplies by a weight through `step_gemv` (`decode_layout`)
         self._derive()
 
     @property
@@ -74,6 +85,8 @@ class DecodeCodegen:
                 plan = derive(model)
             except SpecError:
                 return   # not a decoder: no step
+        if not plan.sites and not plan.states:
+            return   # nothing is carried from step to step (no causal attention reached, no scan): no step
         why = self._unsupported(model, plan)
         if why is not None:
             self.mg.note(f"torch: no {METHOD} in the file: {why}; nnspec.generate runs the reference step "
@@ -81,15 +94,26 @@ class DecodeCodegen:
             return
         self.model, self.plan = model, plan
         self.needs = self._blocks_needing(model, plan)
-        if getattr(self.mg, "function_gen", FunctionGen) is not FunctionGen:   # another target's kernels
-            self.mg.note(f"torch fallback: {METHOD} attention over the KV cache ({len(plan.sites)} call(s) per step: "
-                         "written with index_copy_, read by the torch backend's attention code; the rest of the step "
-                         "runs this target's kernels): the flash-attention template reads the new tokens' keys and "
-                         "values, not a cache")
+        self.stateful = set(self.needs)   # the blocks running a cache site or a position source, or calling one
+        if self.mg.options.fused_linear:   # blocks whose linears read the step's weight layouts
+            self.needs |= gemv_blocks(model, self.needs)
+        if plan.states:
+            windows = sum(s.kind == "window" for s in plan.states)
+            self.mg.note(f"torch: {METHOD} emitted in the file: {len(plan.states) - windows} scan state(s) and "
+                         f"{windows} causal convolution window(s) over the sequence carried as the cache (ScanState, "
+                         f"preallocated), {len(plan.sites)} KV cache site(s); nnspec.generate runs it")
+        gen = getattr(self.mg, "function_gen", FunctionGen)
+        if gen is not FunctionGen and plan.sites:   # another target's kernels
+            if hasattr(gen, "cache_attention"):     # the target attends over the cache itself
+                self.mg.note(f"template kernel: {METHOD} attention over the KV cache ({len(plan.sites)} call(s) per "
+                             "step: written with index_copy_, read by the target's flash-decoding kernel up to the "
+                             "last written position)")
+            else:
+                self.mg.note(f"torch fallback: {METHOD} attention over the KV cache ({len(plan.sites)} call(s) per "
+                             "step: written with index_copy_, read by the torch backend's attention code; the rest of "
+                             "the step runs this target's kernels)")
 
     def _unsupported(self, model: Model, plan: DecodePlan) -> str | None:
-        if plan.states:
-            return "a scan over the sequence carries its state through the cache, which has no emitted form yet"
         if plan.batch is None:
             return "the inputs have no batch axis"
         first = next(iter(model.inputs))
@@ -100,6 +124,11 @@ class DecodeCodegen:
             for t in (site.k_type, site.v_type):
                 if any(not sympy.sympify(a.size).free_symbols <= known for a in t.axes):
                     return f"the cache of {site.graph}.{site.node} has a size the model's dims do not fix"
+        for w in plan.states:
+            node = (model.templates.get(w.graph) or model.graph)[w.node]
+            if w.kind == "window" and list(w.type.names) != [node.attrs["axis"] if n == node.attrs["into"].name else n
+                                                             for n in node.tensor_type.names]:
+                return f"the window of {w.graph}.{w.node} is laid out unlike its prefix"
         for g in model.graphs():
             for node in g:
                 if node.op == "scan" and any(b in self._blocks_needing(model, plan) for b in _blocks(node)):
@@ -110,7 +139,7 @@ class DecodeCodegen:
     def _blocks_needing(model: Model, plan: DecodePlan) -> set[str]:
         """Templates whose step differs from their forward: they run a cache site or a position source, or call
         a template that does (every template of a repeat, so its loop calls one method)."""
-        direct = {s.graph for s in plan.sites} | {g for g, _ in plan.positions}
+        direct = {s.graph for s in plan.order} | {g for g, _ in plan.positions}
         needs = set(direct)
         changed = True
         while changed:
@@ -140,16 +169,66 @@ class DecodeCodegen:
         fn = gen_cls(self.mg, graph, plan_members(self.mg, graph, name), self.model if template is None else None)
         fn.setup(self)
         lines = fn.generate(METHOD)
+        weights = step_weights_lines(fn.step_weights)
+        self.gemvs |= bool(weights)
         head = next(i for i, line in enumerate(lines) if line.rstrip().endswith(":") and "->" in line)
         doc = ("One decoding step: the new tokens only, keys and values written to and read from `cache` (one "
                "KVCache per causal attention call, in run order, each taken off the list by its call) at "
                "`cache_position`, `cache_mask` [B, t, length] the cache slots each new token sees.")
+        if self.plan is not None and self.plan.states and not self.plan.sites:
+            doc = ("One decoding step: the new tokens only, at `cache_position`; each scan over the sequence and each "
+                   "causal convolution takes its ScanState off `cache` (in run order): it starts from the state (the "
+                   "last inputs) the previous step left and leaves its own there.")
+        elif self.plan is not None and self.plan.states:
+            doc += (" Each scan over the sequence and each causal convolution takes its ScanState off `cache` too: "
+                    "it starts from the state (the last inputs) the previous step left and leaves its own there.")
         if template is None:
             doc += " Returns what forward returns, for the new tokens."
-        return "\n\n" + "\n".join([*lines[:head + 1], *P.docstring(doc, "        "), *lines[head + 1:]])
+        return "\n\n" + "\n".join([*weights, *([""] if weights else []), *lines[:head + 1],
+                                   *P.docstring(doc, "        "), *lines[head + 1:]])
+
+    def _stored(self, site: Site) -> tuple[TensorType, TensorType]:
+        """The site's keys' and values' types as its cache stores them (`cache_types`)."""
+        assert self.model is not None
+        graph = self.model.templates.get(site.graph, self.model.graph)
+        return cache_types(site.k_type, site.v_type, site.key, graph[site.node].attrs["dim"])
+
+    def _kv_cache(self, size: Any) -> tuple[str, list[str], list[str]]:
+        """The Decoder's cache of a model without scans: one (keys' shape, values' shape, dtype) per run of equal
+        sites, each shape a variable (short lines)."""
+        plan = self.plan
+        assert plan is not None
+        entries: list[tuple[tuple[str, str, str], int]] = []
+        for site in plan.sites:
+            shapes = tuple(P.src(P.TupleExpr(tuple(size(a, a.name == site.key) for a in t.axes)))
+                           for t in self._stored(site))
+            entry = (*shapes, f"torch.{site.k_type.dtype.value}")
+            if entries and entries[-1][0] == entry:
+                entries[-1] = (entry, entries[-1][1] + 1)
+            else:
+                entries.append((entry, 1))  # type: ignore[arg-type]
+        shape_lines: list[str] = []
+        groups: list[str] = []
+        for i, ((k_shape, v_shape, dtype), n) in enumerate(entries):
+            suffix = f"_{i + 1}" if len(entries) > 1 else ""
+            if k_shape == v_shape:
+                shape_lines.append(f"        shape{suffix} = {k_shape}")
+                pair = f"shape{suffix}, shape{suffix}"
+            else:
+                shape_lines += [f"        k_shape{suffix} = {k_shape}", f"        v_shape{suffix} = {v_shape}"]
+                pair = f"k_shape{suffix}, v_shape{suffix}"
+            groups.append(f"[({pair}, {dtype})]" + (f" * {n}" if n > 1 else ""))
+        comment = ("the keys' and the values' shape and dtype of each causal attention call, in the order a step "
+                   "runs them")
+        made = [f"        shapes = {' + '.join(groups)}",
+                "        self.cache = nn.ModuleList([KVCache(k, v, dtype, device) for k, v, dtype in shapes])"]
+        return comment, shape_lines, made
 
     def module_level(self) -> list[str]:
-        return [_runtime_source(n) for n in RUNTIME] if self.active else []
+        if self.plan is None:
+            return []
+        return [_runtime_source(n) for n in (*RUNTIME, *([STATE] if self.plan.states else []),
+                                             *(GEMV_RUNTIME if self.gemvs else ()))]
 
     def decoder(self) -> str:
         """The `<Model>Decoder` module: the static cache and the step's entry point."""
@@ -167,27 +246,10 @@ class DecodeCodegen:
             names = {plan.batch: P.Name("batch"), plan.seq: P.Name("length")}
             return size_expr(a.size, lambda s: names.get(s) or P.Name(mg.dim_names[s]))
 
-        # one (keys' shape, values' shape, dtype) per run of equal sites, each shape a variable: short lines
-        entries: list[tuple[tuple[str, str, str], int]] = []
-        for site in plan.sites:
-            shapes = tuple(P.src(P.TupleExpr(tuple(size(a, a.name == site.key) for a in t.axes)))
-                           for t in (site.k_type, site.v_type))
-            entry = (*shapes, f"torch.{site.k_type.dtype.value}")
-            if entries and entries[-1][0] == entry:
-                entries[-1] = (entry, entries[-1][1] + 1)
-            else:
-                entries.append((entry, 1))  # type: ignore[arg-type]
-        shape_lines: list[str] = []
-        groups: list[str] = []
-        for i, ((k_shape, v_shape, dtype), n) in enumerate(entries):
-            suffix = f"_{i + 1}" if len(entries) > 1 else ""
-            if k_shape == v_shape:
-                shape_lines.append(f"        shape{suffix} = {k_shape}")
-                pair = f"shape{suffix}, shape{suffix}"
-            else:
-                shape_lines += [f"        k_shape{suffix} = {k_shape}", f"        v_shape{suffix} = {v_shape}"]
-                pair = f"k_shape{suffix}, v_shape{suffix}"
-            groups.append(f"[({pair}, {dtype})]" + (f" * {n}" if n > 1 else ""))
+        if plan.states:   # KVCache and ScanState entries, in the order a step takes them off the list
+            comment, shape_lines, made = mixed_cache(plan, self._stored, size)
+        else:
+            comment, shape_lines, made = self._kv_cache(size)
         outputs = list(model.outputs)
         kwargs = [*([("attention_mask", P.Name("attention_mask"))] if mask_input else []),
                   *((k, P.Name(k)) for k in others), ("cache", P.call("list", P.dotted("self.cache"))),
@@ -208,17 +270,23 @@ class DecodeCodegen:
                f"{outputs[0]} of the new tokens `{first}` [B, t] written at the cache positions `cache_position` "
                "[t]; `key_mask` [B, length] is 1 where a slot holds a token, 0 at padding or not written yet; "
                "`last_only`: the last new token's only (a prefill's next-token logits).")
+        if plan.states:
+            doc = doc.replace("; every other op", "; each scan over the sequence keeps its state, and each causal "
+                              "convolution its last inputs, in a ScanState; every other op")
         lines = [f"class {cls}(nn.Module):", *P.docstring(doc, "    "), "",
-                 f"    def __init__(self, model: {mg.model_class}, batch: int, length: int) -> None:",
+                 *P.signature("    ", "def __init__", ["self", f"model: {mg.model_class}", "batch: int", "length: int",
+                                                         *(['weight_layout: str = "auto"'] if self.gemvs else [])],
+                              " -> None:"),
                  "        super().__init__()",
                  "        self.model = model",
                  "        self.batch, self.length = batch, length",
                  "        device = next(model.parameters()).device",
-                 "        # the keys' and the values' shape and dtype of each causal attention call, in the order a "
-                 "step runs them",
+                 f"        # {comment}",
                  *shape_lines,
-                 f"        shapes = {' + '.join(groups)}",
-                 "        self.cache = nn.ModuleList([KVCache(k, v, dtype, device) for k, v, dtype in shapes])",
+                 *made,
+                 *(["        # an [in, out] copy of each weight the step multiplies by where that layout measures",
+                    "        # faster here (weight_layout: auto, given, transposed): layout_bytes besides the model",
+                    "        self.layout_bytes = choose_layouts(model, batch, weight_layout)"] if self.gemvs else []),
                  "",
                  "    def reset(self) -> None:",
                  '        """Empty the cache, for a new batch of prompts."""',
@@ -227,7 +295,10 @@ class DecodeCodegen:
                  "",
                  "    def cache_bytes(self) -> int:",
                  '        """Bytes the cache holds (the cost model\'s KV-cache bytes for this batch and length)."""',
-                 "        return sum(b.numel() * b.element_size() for b in self.cache.buffers())",
+                 *(["        return sum(b.numel() * b.element_size() for b in self.cache.buffers())"]
+                   if not plan.states else
+                   ["        kv = [c for c in self.cache if isinstance(c, KVCache)]  # a scan's state is not counted",
+                    "        return sum(b.numel() * b.element_size() for c in kv for b in c.buffers())"]),
                  "",
                  *P.signature("    ", "def forward", params, " -> torch.Tensor:"),
                  "        # (B, t, length): the cache slots each new token sees, the same for every attention call",
@@ -238,7 +309,9 @@ class DecodeCodegen:
             lines += P.statement("        ", "return ", step)
         else:   # the step computes every new position's output: the last one is cut from it
             out_t = model.graph[model.outputs[outputs[0]]].tensor_type
-            axis = next(i for i, a in enumerate(out_t.axes) if sympy.sympify(a.size) == plan.seq)
+            # bound dims filled in (Mamba's scan axis is `T + conv_pad - 3`), the sequence and batch left symbolic
+            known = {s: v for s, v in plan.values.items() if s not in (plan.seq, plan.batch)}
+            axis = next(i for i, a in enumerate(out_t.axes) if sympy.sympify(a.size).xreplace(known) == plan.seq)
             lines += P.statement("        ", "out = ", step)
             lines += P.statement("        ", "return ", P.IfExp(P.Index(P.Name("out"), (*[P.Slice()] * axis,
                                                                                         P.Slice(Lit(-1)))),
@@ -283,10 +356,13 @@ class _DecodeMixin(FunctionGen):
     def setup(self, codegen: DecodeCodegen) -> None:
         self.codegen = codegen
         self.plan_ = codegen.plan
+        self.step_weights: list[tuple[str, str]] = []   # (submodule, parameter) of each linear (`decode_layout`)
         self.cache_name = self.names.fresh("cache")
         self.position_name = self.names.fresh("cache_position")
         self.mask_name = self.names.fresh("cache_mask")
-        self.extra_params = [f"{self.cache_name}: list[KVCache]", f"{self.position_name}: torch.Tensor",
+        kinds = " | ".join([*(["KVCache"] if codegen.plan.sites else []),  # type: ignore[union-attr]
+                            *(["ScanState"] if codegen.plan.states else [])])  # type: ignore[union-attr]
+        self.extra_params = [f"{self.cache_name}: list[{kinds}]", f"{self.position_name}: torch.Tensor",
                              f"{self.mask_name}: torch.Tensor"]
         self.cut = _last_position_cut(self.graph, codegen) if self.model is not None else None
         if self.cut is not None:
@@ -328,29 +404,50 @@ class _DecodeMixin(FunctionGen):
         if node.op == "attention" and node.attrs["causal"] and \
                 node.attrs["key"] in plan.sequence_axes.get(self.graph.name, ()):
             return self._attend
+        if node.op == "scan" and node.attrs["axis"].name in plan.sequence_axes.get(self.graph.name, ()):
+            return self._scan
+        if (self.graph.name, node.name) in windows_of(plan):
+            return self._window
         if set(_blocks(node)) & self.codegen.needs:
             return self._repeat if node.op == "repeat" else self._call
-        return super().emitter_for(node)
+        emit = super().emitter_for(node)
+        # chosen weight layouts go with the fused `linear` helper (-O2): -O0/-O1 steps read as their forwards do
+        if emit is None or not self.mg.options.fused_linear or gemv_weight(self.graph, node) is None:
+            return emit
+        return lambda fn, n, ins: step_call(self, n, emit(fn, n, ins), self.step_weights)   # the weight's layout
+
+    def _window(self, fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr | None:
+        return emit_window(self, node, ins, super().emitter_for(node), self.plan_.values)  # type: ignore[union-attr]
+
+    def _scan(self, fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr | None:
+        return emit_scan(self, node, ins, super().emitter_for(node))
 
     def _attend(self, fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr | None:
         """Write the new keys and values into this call's cache, then the forward's attention over the cache."""
         a = node.attrs
         types = [self.in_type(node, i) for i in range(3)]
+        stored = cache_types(types[1], types[2], a["key"], a["dim"])   # the cache's layout: as the attention reads
         kv = self.let(method(P.Name(self.cache_name), "pop", 0), "kv",
-                      comment="this attention call's cache: " + _comment(types[1], a["key"]))
+                      comment="this attention call's cache: " + _comment(stored[0], a["key"]))
         position = P.Name(self.position_name)
         for i, field in ((1, "keys"), (2, "values")):
-            write = method(P.Attr(kv, field), "index_copy_", types[i].index(a["key"]), position, ins[i])
+            new = permute(ins[i], [types[i].index(n) for n in stored[i - 1].names])
+            write = method(P.Attr(kv, field), "index_copy_", stored[i - 1].index(a["key"]), position, new)
             self.add(Stmt([(0, (write,))], evaluates=[]))
         scores_t, _ = attention_types([*types, *(self.in_type(node, i) for i in range(3, len(ins)))], a,
                                       self.mg.model.dims)
         axes = [ax for ax in scores_t.axes if sympy.sympify(ax.size) == self.plan_.batch][:1]  # type: ignore
         axes += [scores_t.axis(a["query"]), scores_t.axis(a["key"])]
         self.types[_MASK] = TensorType(tuple(axes), DType.bool)  # type: ignore[arg-type]
+        self.types[_KEYS], self.types[_VALUES] = stored
         attrs = {**a, "causal": False, "has_mask": True}
-        cached = Node(node.name, node.op, [*node.inputs[:3], _MASK], attrs, node.type, node.span, node.meta)
-        emit = _torch_emitters()["attention"]
-        return emit(self, cached, [ins[0], P.Attr(kv, "keys"), P.Attr(kv, "values"), P.Name(self.mask_name)])
+        cached = Node(node.name, node.op, [node.inputs[0], _KEYS, _VALUES, _MASK], attrs, node.type, node.span,
+                      node.meta)
+        args = [ins[0], P.Attr(kv, "keys"), P.Attr(kv, "values"), P.Name(self.mask_name)]
+        cache_attention = getattr(self, "cache_attention", None)   # a target's own kernel over the cache
+        if cache_attention is not None:
+            return cache_attention(cached, args, P.Name(self.position_name))   # type: ignore[no-any-return]
+        return _torch_emitters()["attention"](self, cached, args)   # type: ignore[no-any-return]
 
     def _rotary(self, fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr | None:
         """Rotated at the new tokens' absolute positions."""
@@ -408,7 +505,8 @@ def _last_position_cut(graph: Graph, codegen: DecodeCodegen) -> str | None:
     seq = plan.sequence_axes.get(graph.name, frozenset())
     nodes = list(graph)
     special = [i for i, n in enumerate(nodes) if (graph.name, n.name) in plan.positions or
-               set(_blocks(n)) & codegen.needs or (n.op == "attention" and n.attrs["key"] in seq)]
+               set(_blocks(n)) & codegen.stateful or (n.op == "attention" and n.attrs["key"] in seq) or
+               (n.op == "scan" and n.attrs["axis"].name in seq) or (graph.name, n.name) in windows_of(plan)]
     if not special:
         return None
     cut = nodes[special[-1]]

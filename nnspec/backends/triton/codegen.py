@@ -170,6 +170,14 @@ class TritonFunctionGen(FunctionGen):
             mg.route(node, "torch")
         return super().emitter_for(node)
 
+    def cache_attention(self, node: Node, ins: list[Expr], positions: Expr) -> Expr | None:
+        """A decoding step's attention over the static KV cache (`decode_codegen`: q of the new tokens, the cache's
+        keys and values, the cache mask [B, t, length]): the flash-decoding template, else the torch code. A step
+        is for inference: its attention drops nothing (as the forward's in eval mode)."""
+        if node.attrs.get("dropout", 0.0) > 0:
+            node = dataclasses.replace(node, attrs={**node.attrs, "dropout": 0.0})
+        return self._template(lambda fn, n, i: _attention(fn, n, i, positions=positions), node, ins)
+
     def _template(self, template: Any, node: Node, ins: list[Expr]) -> Expr | None:
         try:
             value = template(self, node, ins)
@@ -280,9 +288,11 @@ def _rotary(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     return on_last(ins[0], t, a["dim"], rotate)
 
 
-def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
+def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr], positions: Expr | None = None) -> Expr:
     """Flash attention on [Z, heads, T, D] views: the first axis q and k share is Z, the rest of their shared
-    axes and then q's own (a GQA group axis) are heads, so query head h reads key/value head h // groups."""
+    axes and then q's own (a GQA group axis) are heads, so query head h reads key/value head h // groups.
+    With `positions` (a decoding step's, k and v the whole static cache, the mask [Z, T, S] over it), the
+    flash-decoding kernel instead (`kernels/decode_attention.py`)."""
     from nnspec.compiler.ops.attention import attention_types
     a = node.attrs
     types = [fn.in_type(node, i) for i in range(len(ins))]
@@ -302,6 +312,9 @@ def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
     if dropout > 0 and (a["has_mask"] or (a["causal"] and a["has_bias"])):
         # while training, SDPA drops the probabilities; it takes one attn_mask, and masks no row entirely
         raise Unsupported("attention dropout with a boolean mask, or causal with a bias")
+    if positions is not None and (a["causal"] or a["has_bias"] or not a["has_mask"] or dropout > 0
+                                  or types[3].names != (shared[0], qn, kn)):
+        raise Unsupported("attention over the KV cache whose mask is not [batch, query, key]")
 
     def heads(x: Expr, t: TensorType, order: list[str]) -> Expr:
         y = permute(x, [t.index(n) for n in order])
@@ -320,7 +333,10 @@ def _attention(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
         if a[f"has_{flag}"]:
             x, t = extra.pop(0)
             kwargs[flag] = _scores_view(fn, x, t, full, scores_t)
-    y: Expr = call(f"{K}.attention", q, k, v, **kwargs)
+    if positions is not None:   # a decoding step over the cache: the mask as it is, [Z, T, S]
+        y: Expr = call(f"{K}.decode_attention", q, k, v, positions, scale=P.lit(a["scale"]), mask=ins[3])
+    else:
+        y = call(f"{K}.attention", q, k, v, **kwargs)
     if dropout > 0:
         # the kernel drops nothing: while training, SDPA (on the same views) drops the probabilities
         sdpa: dict[str, Expr] = {"dropout_p": Lit(dropout), "scale": P.lit(a["scale"]), "enable_gqa": Lit(True)}

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from nnspec.backends.triton.kernels.attention import attention
+from nnspec.backends.triton.kernels.decode_attention import decode_attention
 from nnspec.backends.triton.kernels.embedding import embedding
 from nnspec.backends.triton.kernels.moe import moe
 from nnspec.backends.triton.kernels.norms import layernorm, rmsnorm
@@ -28,9 +29,9 @@ from nnspec.backends.triton.runtime import (
     use_triton,
 )
 
-__all__ = ["FALLBACKS", "LAUNCHES", "OPS", "attention", "embedding", "fell_back", "grad_needed", "interpreting",
-           "launched", "layernorm", "matmul_configs", "moe", "next_power_of_2", "pointwise_block", "reset", "rmsnorm",
-           "rotary", "rows", "runs_kernel", "softmax", "strides", "use_triton"]
+__all__ = ["FALLBACKS", "LAUNCHES", "OPS", "attention", "decode_attention", "embedding", "fell_back", "grad_needed",
+           "interpreting", "launched", "layernorm", "matmul_configs", "moe", "next_power_of_2", "pointwise_block",
+           "reset", "rmsnorm", "rotary", "rows", "runs_kernel", "softmax", "strides", "use_triton"]
 
 
 def grad_needed(*tensors: Any) -> bool:

@@ -31,7 +31,8 @@ TABLE: dict[str, Lowering] = {
     "layernorm": Lowering("template layernorm (+ residual add in add_norm groups; forward and backward)", None),
     "rmsnorm": Lowering("template rmsnorm (+ residual add in add_norm groups; forward and backward)", None),
     "softmax": Lowering("template softmax", None),
-    "attention": Lowering("template flash attention (causal, GQA, mask, bias; SDPA while training with dropout)",
+    "attention": Lowering("template flash attention (causal, GQA, mask, bias; SDPA while training with dropout); "
+                          "in a decoding step, over the KV cache, template flash-decoding",
                           "axes that are not batch/heads x positions x features; dropout with a bool mask"),
     "embedding": Lowering("template embedding", None),
     "linear": Lowering(None, "matmul: torch (cuBLAS on a GPU); its epilogue ops are kernels"),
@@ -60,6 +61,8 @@ TABLE: dict[str, Lowering] = {
     "select": Lowering(None, "a view: no computation"),
     "slice": Lowering(None, "a view: no computation"),
     "sinusoidal": Lowering(None, "a position table built once per call: torch"),
+    "rotary_tables": Lowering(None, "the cos/sin tables, once per forward: torch (the rotary template computes its "
+                                    "angles in the kernel from the positions and leaves them unread)"),
     "arange": Lowering(None, "creates a tensor: torch"),
     "causal_mask": Lowering(None, "creates a tensor: torch"),
     "full": Lowering(None, "creates a tensor: torch"),

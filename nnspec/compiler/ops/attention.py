@@ -110,8 +110,10 @@ def _within(t: TensorType, scores: TensorType, sizes: Sizes, what: str) -> None:
 
 @op("rotary", "elementwise", doc="Rotary position embedding (RoFormer; the `half` layout of GPT-NeoX/Llama, or "
     "`interleaved` pairs as GPT-J): rotate pairs along axis `dim` by angle position·base^(-2i/dim) for the "
-    "position along axis `pos` (0, 1, ... or an int64 `positions` input).",
-    attrs={"pos": str, "dim": str, "base": float, "style": str}, arity=(1, 2), glyph="RoPE",
+    "position along axis `pos` (0, 1, ... or an int64 `positions` input). The optimiser may add the cos and sin "
+    "tables of those positions (`rotary_tables`, made once per forward) as third and fourth inputs, which the "
+    "rotation then reads instead of computing them.",
+    attrs={"pos": str, "dim": str, "base": float, "style": str}, arity=(1, 4), glyph="RoPE",
     flops=lambda ins, out, attrs: 3 * tensor(out, "y").numel(), flops_doc="3 per element")
 def _rotary(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
     x = tensor(ins[0], "rotary")
@@ -123,11 +125,31 @@ def _rotary(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
         raise SpecError("E014", f"rotary needs an even feature size, {attrs['dim']} is {value}")
     if attrs["style"] not in ("half", "interleaved"):
         raise SpecError("E015", f"rotary style must be 'half' or 'interleaved', got {attrs['style']!r}")
-    if len(ins) == 2:
+    if len(ins) == 3:
+        raise SpecError("E019", "rotary takes x, or x and positions, or x, positions and both the cos and sin tables")
+    if len(ins) >= 2:
         p = tensor(ins[1], "rotary positions")
         if not p.dtype.is_int or (p.names != (attrs["pos"],) and attrs["pos"] not in p.names):
             raise SpecError("E013", f"rotary positions must be an integer tensor with axis {attrs['pos']}, got {p}")
+        want = (*p.names, attrs["dim"])
+        for t in (tensor(table, "rotary table") for table in ins[2:]):
+            if not t.dtype.is_float or t.names != want:
+                raise SpecError("E013", f"rotary tables must be float [{', '.join(want)}], got {t}")
     return x
+
+
+@op("rotary_tables", "elementwise", doc="The cos and sin tables rotary embedding multiplies by, for int64 "
+    "`positions`: float32 `[positions' axes..., dim]`, the angle position·base^(-2i/dim) for i < dim/2, each "
+    "frequency twice (the half layout; the interleaved rotation reads the first half). Made by the optimiser from "
+    "a `rotary`, so every layer's rotations read one table.", attrs={"dim": Axis, "base": float}, arity=1,
+    glyph="cos sin", flops=lambda ins, out, attrs: 2 * tensor(out[0], "cos").numel(), flops_doc="2 per element",
+    traits=("keeps_float32",))
+def _rotary_tables(ins: list[Type], attrs: dict[str, Any], sizes: Sizes) -> Type:
+    p = tensor(ins[0], "rotary_tables positions")
+    if not p.dtype.is_int:
+        raise SpecError("E013", f"rotary positions must be an integer tensor, got {p}")
+    table = TensorType((*p.axes, attrs["dim"]), DType.float32)
+    return (table, table)
 
 
 @op("sinusoidal", "source", doc="Fixed sinusoidal position table (Vaswani et al. 2017): "

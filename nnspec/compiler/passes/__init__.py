@@ -3,8 +3,9 @@
 - `-O0`: no pass; the spec's graph.
 - `-O1`: canonicalize, fold-constants, cse, dce. Every number is bit for bit the same.
 - `-O2`: `-O1`, then moe (before fuse-linear, which would fuse the router into other linears), fuse-linear,
-  attention, canonicalize, reassociate-products, cse, dce, and the fusion groups fuse-add-norm,
-  fuse-epilogue, fuse-elementwise. The same numbers up to rounding.
+  attention, rotary-tables, canonicalize, reassociate-products, cse, hoist-invariant (work every iteration of a
+  repeat does alike, once per forward), cse, dce, and the fusion groups fuse-add-norm, fuse-epilogue,
+  fuse-elementwise. The same numbers up to rounding.
 
 `passes=["cse", "dce"]` (or `"cse,dce"`) runs exactly those instead. Every pass runs over the model body and
 every block template (a template is shared by all its calls and every iteration of a repeat). The state
@@ -37,21 +38,24 @@ from nnspec.compiler.passes.fuse_elementwise import FuseElementwise
 from nnspec.compiler.passes.fuse_epilogue import FuseEpilogue
 from nnspec.compiler.passes.fuse_linear import FuseLinear
 from nnspec.compiler.passes.groups import refresh
+from nnspec.compiler.passes.hoist_invariant import HoistInvariant
 from nnspec.compiler.passes.moe import RecognizeMoE
 from nnspec.compiler.passes.reassociate_products import ReassociateProducts
+from nnspec.compiler.passes.rotary_tables import RotaryTables
 from nnspec.compiler.verify import verify
 from nnspec.errors import InternalError
 
 PASSES: dict[str, Pass] = {p.name: p for p in (
     Canonicalize(), FoldConstants(), CommonSubexpressions(), DeadCodeElimination(), FuseLinear(),
     RecognizeAttention(), RecognizeMoE(), ReassociateProducts(), FuseAddNorm(), FuseEpilogue(),
-    FuseElementwise())}
+    FuseElementwise(), RotaryTables(), HoistInvariant())}
 
 _CLEANUP = ["canonicalize", "fold-constants", "cse", "dce"]
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: _CLEANUP,
-    2: [*_CLEANUP, "moe", "fuse-linear", "attention", "canonicalize", "reassociate-products", "cse", "dce",
+    2: [*_CLEANUP, "moe", "fuse-linear", "attention", "rotary-tables", "canonicalize", "reassociate-products",
+        "cse", "hoist-invariant", "cse", "dce",
         "fuse-add-norm", "fuse-epilogue", "fuse-elementwise"],
 }
 

@@ -115,13 +115,12 @@ class Attention(nn.Module):
         q = qkv[:, :, 0]
         k = qkv[:, :, 1]
         v = qkv[:, :, 2]
-        kv = cache.pop(0)  # this attention call's cache: (B, S, n_head, head_dim), S as long as the cache
-        kv.keys.index_copy_(1, cache_position, k)
-        kv.values.index_copy_(1, cache_position, v)
-        scores = (q.transpose(1, 2) @ kv.keys.permute(0, 2, 3, 1)).transpose(1, 2) * 0.25  # (B, T, n_head, S)
+        kv = cache.pop(0)  # this attention call's cache: (B, n_head, S, head_dim), S as long as the cache
+        kv.keys.index_copy_(2, cache_position, k.transpose(1, 2))
+        kv.values.index_copy_(2, cache_position, v.transpose(1, 2))
+        scores = (q.transpose(1, 2) @ kv.keys.transpose(2, 3)).transpose(1, 2) * 0.25  # (B, T, n_head, S)
         scores = scores.masked_fill(~cache_mask[:, :, None], float("-inf"))
-        # (B, T, n_head, head_dim)
-        einsum_1 = (F.softmax(scores, dim=-1).transpose(1, 2) @ kv.values.transpose(1, 2)).transpose(1, 2)
+        einsum_1 = (F.softmax(scores, dim=-1).transpose(1, 2) @ kv.values).transpose(1, 2)  # (B, T, n_head, head_dim)
         o = einsum_1.reshape(B, T, HEAD_DIM * N_HEAD)  # (B, T, n_head*head_dim)
         return F.dropout(self.c_proj(o), 0.1, self.training)
 
@@ -321,7 +320,7 @@ class Gpt2Decoder(nn.Module):
         self.batch, self.length = batch, length
         device = next(model.parameters()).device
         # the keys' and the values' shape and dtype of each causal attention call, in the order a step runs them
-        shape = (batch, length, N_HEAD, HEAD_DIM)
+        shape = (batch, N_HEAD, length, HEAD_DIM)
         shapes = [(shape, shape, torch.float32)] * 2
         self.cache = nn.ModuleList([KVCache(k, v, dtype, device) for k, v, dtype in shapes])
 

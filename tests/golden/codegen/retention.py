@@ -16,6 +16,39 @@ OPTIONS = {
 WEIGHT_MAPS = {}
 
 
+class KVCache(nn.Module):
+    """The keys and values one causal attention call has seen, preallocated for the whole sequence: the step writes
+    the new tokens' keys and values at their positions (`index_copy_`, in place, so `torch.export` keeps the
+    buffers as mutated state and `torch.compile` one graph for every step) and attends over all of it."""
+
+    def __init__(
+        self, k_shape: tuple[int, ...], v_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None
+    ) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(k_shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.zeros(v_shape, dtype=dtype, device=device), persistent=False)
+
+
+def decode_mask(key_mask: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+    """[B, t, length] bool: cache slot j is visible to the new token at position p when j <= p and slot j holds a
+    token (`key_mask` [B, length]: 1 = token, 0 = padding or not written yet). A padding query still sees its own
+    slot, so no row is empty (as the spec's padding mask does in the full forward)."""
+    slots = torch.arange(key_mask.shape[-1], device=key_mask.device)
+    causal = slots <= cache_position[:, None]
+    own = slots == cache_position[:, None]
+    return causal & ((key_mask[:, None, :] != 0) | own)
+
+
+class ScanState(nn.Module):
+    """The state one recurrence over the sequence (a `scan`: retention, an SSM) carries from one step to the next,
+    preallocated: a step starts from it (from the spec's initial state at position 0) and copies its final state
+    back in place, so, as with `KVCache`, `torch.export` keeps it as a mutated buffer."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str | None) -> None:
+        super().__init__()
+        self.register_buffer("state", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+
 class Step(nn.Module):
     """Block step: (float32[B, heads, dk, dv], float32[B, heads, dk], float32[B, heads, dk], float32[B, heads, dv]) ->
     float32[B, heads, dk, dv], float32[B, heads, dv].
@@ -84,3 +117,70 @@ class Retention(nn.Module):
         B = torch.export.Dim("B")
         T = torch.export.Dim("T")
         return {"x": {0: B, 1: T}}
+
+    def decode_step(
+        self, x: torch.Tensor, cache: list[ScanState], cache_position: torch.Tensor, cache_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One decoding step: the new tokens only, at `cache_position`; each scan over the sequence and each causal
+        convolution takes its ScanState off `cache` (in run order): it starts from the state (the last inputs) the
+        previous step left and leaves its own there. Returns what forward returns, for the new tokens.
+        """
+        if x.dim() != 3 or x.dtype != torch.float32:
+            raise ValueError(f"x must be float32[B, T, d], got {x.dtype} of shape {tuple(x.shape)}")
+        B, T, _ = x.shape
+        if x.shape[2] != D:
+            raise ValueError(f"x axis d must have size {D}, got {x.shape[2]}")
+        q = self.q(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
+        k = self.k(x).reshape(B, T, HEADS, DK)  # (B, T, heads, dk)
+        v = self.v(x).reshape(B, T, HEADS, DV)  # (B, T, heads, dv)
+        full = torch.full((B, HEADS, DK, DV), 0.0, dtype=torch.float32, device=x.device)
+        carried = cache.pop(0)  # this scan's state (B, heads, dk, dv), kept between steps
+        final = torch.where(cache_position[0] == 0, full, carried.state)
+        outs = []
+        for i in range(q.shape[1]):
+            final, y = self.step(final, q.select(1, i), k.select(1, i), v.select(1, i))
+            outs.append(y)
+        o = torch.stack(outs, dim=1)
+        carried.state.copy_(final)
+        o_1 = o.reshape(B, T, DV * HEADS)  # (B, T, heads*dv)
+        return self.out(o_1)
+
+
+class RetentionDecoder(nn.Module):
+    """Incremental decoding with Retention, as nnspec derives it from the spec: the keys and values of each causal
+    attention call are kept in a static cache of `length` positions for `batch` sequences (in the model's dtype,
+    allocated once); each scan over the sequence keeps its state, and each causal convolution its last inputs, in a
+    ScanState; every other op runs on the new tokens only, positions at their absolute values.
+
+    forward(x, cache_position, key_mask, last_only) returns the y of the new tokens `x` [B, t] written at the cache
+    positions `cache_position` [t]; `key_mask` [B, length] is 1 where a slot holds a token, 0 at padding or not
+    written yet; `last_only`: the last new token's only (a prefill's next-token logits).
+    """
+
+    def __init__(self, model: Retention, batch: int, length: int) -> None:
+        super().__init__()
+        self.model = model
+        self.batch, self.length = batch, length
+        device = next(model.parameters()).device
+        # each causal attention's KVCache, each scan's and causal conv's ScanState, in the order a step runs them
+        state_1 = (batch, HEADS, DK, DV)
+        cache: list[nn.Module] = [ScanState(state_1, torch.float32, device)]
+        self.cache = nn.ModuleList(cache)
+
+    def reset(self) -> None:
+        """Empty the cache, for a new batch of prompts."""
+        for buffer in self.cache.buffers():
+            buffer.zero_()
+
+    def cache_bytes(self) -> int:
+        """Bytes the cache holds (the cost model's KV-cache bytes for this batch and length)."""
+        kv = [c for c in self.cache if isinstance(c, KVCache)]  # a scan's state is not counted
+        return sum(b.numel() * b.element_size() for c in kv for b in c.buffers())
+
+    def forward(
+        self, x: torch.Tensor, cache_position: torch.Tensor, key_mask: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        # (B, t, length): the cache slots each new token sees, the same for every attention call
+        cache_mask = decode_mask(key_mask, cache_position)
+        out = self.model.decode_step(x, cache=list(self.cache), cache_position=cache_position, cache_mask=cache_mask)
+        return out[:, -1:] if last_only else out

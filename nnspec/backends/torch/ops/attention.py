@@ -287,7 +287,11 @@ def _lower_rotary(frame: Frame, node: Node, ins: list[Any]) -> Any:
     t = input_types(frame, node)[0]
     pos, dim = node.attrs["pos"], node.attrs["dim"]
     n, d = x.shape[t.index(pos)], x.shape[t.index(dim)]
-    cos, sin = runtime.rotary_tables(n, d, node.attrs["base"], ins[1] if len(ins) > 1 else None, x.device, x.dtype)
+    if len(ins) == 4:   # the tables made once (`rotary_tables`), in float32: cast as the runtime helper casts them
+        cos, sin = ins[2].to(x.dtype), ins[3].to(x.dtype)
+    else:
+        cos, sin = runtime.rotary_tables(n, d, node.attrs["base"], ins[1] if len(ins) > 1 else None, x.device,
+                                         x.dtype)
     table_t = _rotary_table_type(node, t, input_types(frame, node))
     cos, sin = align_tensor(cos, table_t, t.names), align_tensor(sin, table_t, t.names)
     apply = runtime.apply_rotary if node.attrs["style"] == "half" else runtime.apply_rotary_interleaved
@@ -302,12 +306,36 @@ def _emit_rotary(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     assert pos is not None and feat is not None
     x = ins[0]
     positions = ins[1] if len(ins) > 1 else Lit(None)
-    cos, sin = fn.let_many(call(fn.mg.helper("rotary_tables"), fn.size(pos.size), fn.size(feat.size), a["base"],
-                                positions, P.Attr(x, "device"), P.Attr(x, "dtype")), ["cos", "sin"])
+    if len(ins) == 4:   # made once per forward (`rotary_tables`), in float32: cast to x's dtype (free when equal)
+        cos, sin = _cast_to(ins[2], x), _cast_to(ins[3], x)
+    else:
+        cos, sin = fn.let_many(call(fn.mg.helper("rotary_tables"), fn.size(pos.size), fn.size(feat.size), a["base"],
+                                    positions, P.Attr(x, "device"), P.Attr(x, "dtype")), ["cos", "sin"])
     table = _rotary_table_type(node, t, [fn.in_type(node, i) for i in range(len(ins))])
     apply = "apply_rotary" if a["style"] == "half" else "apply_rotary_interleaved"
     return call(fn.mg.helper(apply), x, align(cos, table, t.names), align(sin, table, t.names),
                 t.index(a["dim"]))
+
+
+def _cast_to(table: Expr, x: Expr) -> Expr:
+    """A float32 table in x's dtype (`Tensor.to` returns the table itself when they agree: no copy in float32)."""
+    return method(table, "to", P.Attr(x, "dtype"))
+
+
+@lowers("rotary_tables")
+def _lower_rotary_tables(frame: Frame, node: Node, ins: list[Any]) -> Any:
+    d = frame.size(node.attrs["dim"].size)
+    return runtime.rotary_tables(ins[0].shape[-1], d, node.attrs["base"], ins[0], ins[0].device, torch.float32)
+
+
+@emits("rotary_tables")
+def _emit_rotary_tables(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    """cos and sin of every position, once: the rotations of every layer read them (`rotary_tables` node)."""
+    n = fn.size(fn.in_type(node, 0).axes[-1].size)   # the helper's length, read only without positions
+    refs = fn.let_many(call(fn.mg.helper("rotary_tables"), n, fn.size(node.attrs["dim"].size),
+                            node.attrs["base"], ins[0], P.Attr(ins[0], "device"), P.dotted("torch.float32")),
+                       ["cos", "sin"])
+    return P.TupleExpr(tuple(refs))
 
 
 def _rotary_table_type(node: Node, t: TensorType, types: list[TensorType]) -> TensorType:
