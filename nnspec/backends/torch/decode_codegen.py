@@ -85,8 +85,10 @@ class DecodeCodegen:
                 plan = derive(model)
             except SpecError:
                 return   # not a decoder: no step
-        if not plan.sites and not plan.states:
-            return   # nothing is carried from step to step (no causal attention reached, no scan): no step
+        if not plan.sites and not plan.states:   # e.g. the sequence dim bound to a number (`--set T=5`)
+            self.mg.note(f"torch: no {METHOD} in the file: no causal attention or scan runs over a free sequence "
+                         f"dim (is {plan.seq} bound to a number?)")
+            return
         why = self._unsupported(model, plan)
         if why is not None:
             self.mg.note(f"torch: no {METHOD} in the file: {why}; nnspec.generate runs the reference step "
