@@ -2,7 +2,8 @@
 
     python benchmarks/cpu_decode.py [--quick] [--models gpt2,llama1b] [--dtypes fp32,bf16] [--batches 1,8]
                                     [--prompt 128] [--new 128] [--reps 3] [--threads N] [--compile]
-                                    [--reference] [--weight-layout auto|given|transposed] [--given]
+                                    [--reference] [--weight-layout auto|given|split-given|transposed|split]
+                                    [--given]
 
 For each model (GPT-2 small; a ~1B Llama-shaped spec with TinyLlama-1.1B's dims), dtype and batch, with random
 weights (the HF model's, loaded into the module `nnspec.build` makes at -O2), greedy decoding of `--new` tokens
@@ -18,7 +19,9 @@ Medians of `--reps` runs: tokens/s (batch x new / seconds), and for batch 1 the 
 limit: (weight bytes + the KV bytes read per token, at the mean cache length) per generated token over the
 measured copy bandwidth of this machine (a large `copy_`, read + write). It checks nnspec's tokens equal HF's.
 `--quick`: GPT-2 small and a 4-layer Llama of width 512, fp32, batch 1 and 8, prompt 32, 16 new, 2 reps.
-Load averages before and after say how busy the machine was.
+Load averages before and after say how busy the machine was; each row first prints the layout `auto` chose per
+weight shape (docs/generate.md) and the bytes of its copies, and each compiled contender its first call's time
+(compilation included; the timed runs exclude it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 import transformers
 
 import nnspec
-from nnspec.generate import Decoder
+from nnspec.generate import WEIGHT_LAYOUTS, Decoder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -76,6 +79,17 @@ def pair(name: str, dtype: torch.dtype, tmp: Path, layout: str = "auto") -> tupl
     return hf.to(dtype), ours, Decoder(ours, weight_layout=layout)
 
 
+def layout_summary(module: torch.nn.Module) -> str:
+    """The layout the step reads each weight shape in ([out, in] -> kind, as `choose_layouts` kept them)."""
+    kinds: dict[str, set[str]] = {}
+    for m in module.modules():
+        for key, entry in m.__dict__.get("_step_layouts", {}).items():
+            if entry is not None:
+                w = m.get_parameter(key)
+                kinds.setdefault(f"{tuple(w.shape)}", set()).add(entry[3])
+    return ", ".join(f"{shape} {'/'.join(sorted(k))}" for shape, k in kinds.items()) or "none kept"
+
+
 def kv_bytes_per_position(decoder: Decoder, batch: int) -> int:
     return decoder.plan.cache_bytes(batch, 1)
 
@@ -88,6 +102,8 @@ def one(args: argparse.Namespace, name: str, dname: str, dtype: torch.dtype, hf:
     mask = torch.ones_like(ids)
     length = args.prompt + args.new
     step = decoder.step(batch, length)
+    print(f"{name:11s} {dname} batch {batch:2d}  weight layouts: {layout_summary(decoder.module)}; "
+          f"{getattr(step, 'layout_bytes', 0) / 1e6:.0f} MB of copies")
     contenders: dict[str, Callable[[], torch.Tensor]] = {
         "nnspec": lambda: decoder.generate(ids, mask, max_new_tokens=args.new, step=step),
         "hf dynamic": lambda: hf.generate(ids, attention_mask=mask, max_new_tokens=args.new,
@@ -117,8 +133,11 @@ def one(args: argparse.Namespace, name: str, dname: str, dtype: torch.dtype, hf:
     times: dict[str, list[float]] = {k: [] for k in contenders}
     outs: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
-        for k, fn in contenders.items():       # warm-up (and compilation)
+        warmup: dict[str, float] = {}
+        for k, fn in contenders.items():       # warm-up (and compilation: its time is reported, not counted)
+            t = time.perf_counter()
             outs[k] = fn()
+            warmup[k] = time.perf_counter() - t
         for _ in range(args.reps):
             for k, fn in contenders.items():
                 t = time.perf_counter()
@@ -136,6 +155,9 @@ def one(args: argparse.Namespace, name: str, dname: str, dtype: torch.dtype, hf:
         print(f"{name:11s} {dname} batch {batch:2d}  {k:18s} {tps:9.1f} tok/s  "
               f"x{base / sec:4.2f} vs hf dynamic{frac}")
     print(f"{name:11s} {dname} batch {batch:2d}  nnspec tokens == hf tokens: {same}")
+    for k, sec in warmup.items():
+        if "compile" in k:
+            print(f"{name:11s} {dname} batch {batch:2d}  {k}: first call (compilation included) {sec:.1f} s")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -165,7 +187,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--reference", action="store_true", help="also time the node-by-node reference step")
-    p.add_argument("--weight-layout", default="auto", choices=["auto", "given", "transposed"],
+    p.add_argument("--weight-layout", default="auto", choices=list(WEIGHT_LAYOUTS),
                    help="the layout of the weights nnspec's step reads (docs/generate.md)")
     p.add_argument("--given", action="store_true", help="also time nnspec's step without weight copies")
     args = p.parse_args()

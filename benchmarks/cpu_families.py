@@ -20,6 +20,13 @@ order rotated each round (interleaved, so drift in the machine's speed hits all 
 Ratios are HF time / variant time (above 1: faster than HF). For each family, the profile of three nnspec -O2 calls
 after a warm-up call: the top ops by self CPU time, as shares of those calls.
 
+Heap: before anything runs, glibc is told to keep freed memory for reuse (`keep_heap`; `--no-keep-heap` leaves its
+defaults). By default each allocation above glibc's mmap threshold (at most 32 MiB) is a fresh mapping the kernel
+zeroes page by page at first touch and unmaps at free; HF's CPU Mamba path allocates [B, inner, T, state] tensors
+of 64 MiB at this size several times per layer, about 300k page faults per call, a kernel cost that follows the
+machine's memory traffic and moved that row 1087-2473 ms between runs (warm-up does not help: every call faults
+as much as the first). With the heap kept, every variant of every family reuses pages it already touched.
+
 A `spellings` row times four ways of writing one contraction (`y[B, T, e, f] = x * w`, `matmul(x, w, over=h)`,
 `x @ w`, a split linear), built at -O2, against `torch.einsum` of the same operands.
 
@@ -63,6 +70,21 @@ class Family:
     output: str                         # the output compared (HF attribute, nnspec output name)
     shape: Callable[[bool], str]
     prepare: Callable[[Any], None] = lambda hf: None
+
+
+def keep_heap() -> str:
+    """Ask glibc to serve large allocations from the heap and not to give freed memory back (M_MMAP_THRESHOLD 1 GiB,
+    M_TRIM_THRESHOLD 2 GiB), so a tensor freed and allocated again each call reuses faulted-in pages. Returns what
+    was done, for the report's header."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        if libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1:
+            return "glibc heap kept (mallopt: no mmap per large tensor)"
+    except (OSError, AttributeError):
+        pass
+    return "allocator defaults (mallopt unavailable)"
 
 
 def tokens(batch: int, length: int) -> Callable[[Any, bool], dict[str, torch.Tensor]]:
@@ -315,7 +337,11 @@ def main() -> None:
     parser.add_argument("--no-spellings", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, 1 warm-up, no torch.compile")
     parser.add_argument("--output", type=Path, help="write this script's section of this Markdown file")
+    parser.add_argument("--no-keep-heap", action="store_true",
+                        help="leave glibc's allocator at its defaults (a fresh mmap, zeroed by page faults, for "
+                             "each tensor over its threshold: HF's Mamba row then varies 2x between runs)")
     args = parser.parse_args()
+    heap = "allocator defaults" if args.no_keep_heap else keep_heap()
     chosen = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in chosen if f not in FAMILIES]
     if unknown:
@@ -339,7 +365,7 @@ def main() -> None:
         measure(spellings, max(repeats, 3), warmup)
     load_after = os.getloadavg()
     lines = [HEADING, "", f"Commit {git_commit()}; {machine()}; {torch.get_num_threads()} threads; torch "
-             f"{torch.__version__}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
+             f"{torch.__version__}; {heap}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after"
              + (" (machine loaded: figures are indicative only)" if max(load_before[0], load_after[0]) >
                 0.5 * (os.cpu_count() or 1) else "") + ".",
              f"Command: `python benchmarks/cpu_families.py {' '.join(sys.argv[1:])}`"

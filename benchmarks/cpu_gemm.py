@@ -13,6 +13,8 @@ order rotated each round, so drift in the machine's speed hits all alike), the m
   what inductor uses for fp32 linears);
 - `onednn`: `torch.ops.mkldnn._linear_pointwise` on W itself (what -O2's `linear` runs on AVX-512 CPUs);
 - `onednn packed`: the same on `mkldnn._reorder_linear_weight(W)` (prepacked oneDNN weight, made once).
+- `aligned rows`: `runtime.aligned_linear`, F.linear's product written into rows padded to 64 bytes (a view),
+  what -O2's `linear` runs for a wide output whose rows would not be aligned (the `odd heads` shapes).
 
 Splitting M across threads (each half by one thread, single-threaded GEMMs) is not among them: from Python it
 needs `torch.set_num_threads(1)` in the workers, which sets the whole process's intra-op threads (the main
@@ -41,6 +43,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from nnspec.backends.torch import runtime
+
 # family -> [(name, M, K, N)]; M = 4 x 256 tokens (ViT: 8 x 197), experts: M = tokens * k / E
 SHAPES: dict[str, list[tuple[str, int, int, int]]] = {
     "gpt2": [("c_attn", 1024, 512, 1536), ("attn c_proj", 1024, 512, 512), ("c_fc", 1024, 512, 2048),
@@ -49,6 +53,9 @@ SHAPES: dict[str, list[tuple[str, int, int, int]]] = {
     "vit": [("qkv", 1576, 384, 1152), ("proj", 1576, 384, 384), ("fc1", 1576, 384, 1536), ("fc2", 1576, 1536, 384)],
     "mixtral experts": [("gate+up", 256, 512, 2048), ("down", 256, 1024, 512)],
     "qwen2_moe experts": [("gate+up", 256, 512, 512), ("down", 256, 256, 512), ("shared gate+up", 1024, 512, 2048)],
+    # output rows not 64-byte aligned (-O2's `linear` writes them into padded rows: `aligned rows`)
+    "odd heads": [("gpt2 small LM head", 512, 768, 50257), ("32001-token head", 512, 768, 32001),
+                  ("4099 wide", 1024, 512, 4099)],
 }
 
 
@@ -62,6 +69,7 @@ def routes(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict[str, Calla
         "mkl packed": lambda: torch.ops.mkl._mkl_linear(x, mkl, w, b, x.shape[0]),
         "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
         "onednn packed": lambda: torch.ops.mkldnn._linear_pointwise(x, dnn, b, "none", [], ""),
+        "aligned rows": lambda: runtime.aligned_linear(x, w, b),
     }
 
 

@@ -25,11 +25,15 @@ from torch import nn
 
 from nnspec.backends.torch.decode import DecodeStep, check_length
 from nnspec.backends.torch.decode_codegen import METHOD
+from nnspec.backends.torch.decode_runtime import LAYOUT_KINDS
 from nnspec.compiler.decode import DecodePlan, derive
 from nnspec.compiler.ir import Model
 from nnspec.compiler.passes import optimize
 
-__all__ = ["Decoder", "decode_model", "generate"]
+__all__ = ["WEIGHT_LAYOUTS", "Decoder", "decode_model", "generate"]
+
+# what `Decoder(weight_layout=...)` takes: "auto" or one layout for every weight
+WEIGHT_LAYOUTS = ("auto", *LAYOUT_KINDS)
 
 
 def decode_model(model: Model) -> tuple[Model, DecodePlan]:
@@ -44,11 +48,13 @@ class Decoder:
     checked model it was built from (`module.spec_model` when built by `nnspec.build`)."""
 
     def __init__(self, module: nn.Module, model: Model | None = None, *, weight_layout: str = "auto") -> None:
-        """`weight_layout`: how the generated step reads the weights it multiplies the new rows by: "auto" (an
-        [in, out] copy of each weight where a one-time measurement at its shape finds that faster, the memory
-        `step.layout_bytes`), "given" (no copies) or "transposed" (a copy of each); see docs/generate.md."""
-        if weight_layout not in ("auto", "given", "transposed"):
-            raise ValueError(f"weight_layout must be auto, given or transposed, got {weight_layout!r}")
+        """`weight_layout`: how the generated step reads the weights it multiplies the new rows by: "auto" (per
+        weight the fastest of the layouts below that a one-time measurement at its shape finds, a copy only where
+        it is 5% faster than the parameter itself; the memory `step.layout_bytes`), or one for every weight:
+        "given" (no copies), "transposed" (an [in, out] copy), "split" (a copy in one part per thread) or
+        "split-given" (the parameter viewed as one part per thread); see docs/generate.md."""
+        if weight_layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"weight_layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {weight_layout!r}")
         self.weight_layout = weight_layout
         model = model if model is not None else getattr(module, "spec_model", None) or getattr(module, "model", None)
         if not isinstance(model, Model):

@@ -77,3 +77,48 @@ def test_writing_twice_changes_nothing_more(bench, tmp_path):
     once = path.read_text(encoding="utf-8")
     bench.write_section(path, bench.HEADING, text)
     assert path.read_text(encoding="utf-8") == once
+
+
+KEEP_HEAP_PROBE = """
+import importlib.util, resource, sys
+import torch
+spec = importlib.util.spec_from_file_location("cf", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["cf"] = module
+spec.loader.exec_module(module)
+if sys.argv[2] == "keep":
+    assert module.keep_heap().startswith("glibc heap kept")
+def call():   # a 64 MiB tensor made, touched and freed, as HF's Mamba path does per layer
+    t = torch.empty(16 << 20)
+    t.fill_(1.0)
+for _ in range(2):
+    call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    call()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _huge_pages_always() -> bool:
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch and the benchmark: tens of seconds on 2 cores
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(_huge_pages_always(), reason="huge pages always on: a fresh mapping faults per 2 MiB, not 4 KiB")
+def test_keep_heap_stops_page_faults_of_large_tensors_made_each_call():
+    """Without it every 64 MiB tensor is a fresh mapping faulted in page by page (16384 4 KiB pages; fewer with
+    transparent huge pages always on); with it the freed block is reused."""
+    import subprocess
+    script = ROOT / "benchmarks" / "cpu_families.py"
+    faults = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", KEEP_HEAP_PROBE, str(script), mode], capture_output=True,
+                             text=True, check=True, cwd=ROOT)
+        faults[mode] = int(out.stdout.split()[-1])
+    # at most one of the four measured calls maps fresh memory (where the heap's layout forces a new region)
+    assert faults["default"] >= 3 * 4096 and faults["keep"] <= faults["default"] // 2, faults

@@ -70,8 +70,8 @@ def test_cached_decoding_equals_full_recompute_on_many_drawn_specs(data: st.Data
 
 
 def cached_equals_full(data: st.DataObject) -> None:
-    text = data.draw(specs(max_layers=2, max_blocks=2, max_width=16, max_chain=2))
-    assume("causal_mask" in text)
+    text = data.draw(specs(max_layers=2, max_blocks=2, max_width=16, max_chain=2, scans=True))
+    assume("causal_mask" in text or "scan(" in text)     # causal attention, or a recurrence carrying a state
     result = nnspec.check(text)
     try:
         decode_model(result.model)

@@ -7,6 +7,7 @@ against its eager run; the Triton target's explain output names the cache attent
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_the_step_is_readable_code_with_the_forwards_lowering(opt: int) -> None:
     assert sdpa == (opt == 2) == ("F.scaled_dot_product_attention(" in forward)
     assert ("kv.keys.transpose(" not in attention) == sdpa   # SDPA reads the cache as stored
     assert "shape = (batch, N_HEAD, length, HEAD_DIM)" in source
-    assert "layer.decode_step(h, visible, cache, cache_position, cache_mask)" in _method(source, "Gpt2")
+    # the mask handed to the layers (at -O2 with the causal triangle and-ed in, `causal-into-mask`)
+    assert re.search(r"layer\.decode_step\(h, (visible|allowed), cache, cache_position, cache_mask\)",
+                     _method(source, "Gpt2"))
     # -O2: the step's linears read the weight layout the Decoder chose (`decode_layout`); the MLP gets a step for
     # it. -O0 keeps the plainest code: the step's linears are the forward's nn.Linear calls, no layouts
     assert ("step_linear(" in source) == ("step_gemv(" in source) == ("def linear(" in source) == (opt == 2)
@@ -155,6 +158,31 @@ def test_cache_bytes_are_the_plans() -> None:
     assert step.cache_bytes() == decoder.plan.cache_bytes(3, 20) == decoder.reference_step(3, 20).cache_bytes()
 
 
+LLAMA_GQA = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=50)
+
+
+@pytest.mark.parametrize(("opt", "dtype"), [(0, None), pytest.param(1, None, marks=pytest.mark.slow),
+                                           pytest.param(2, None, marks=pytest.mark.slow), (2, "bf16")])
+def test_the_cost_models_kv_bytes_are_what_the_emitted_step_allocates(opt: int, dtype: str | None) -> None:
+    from nnspec.compiler.cost import estimate
+    from nnspec.compiler.passes import optimize
+    from nnspec.compiler.transforms import apply
+    transforms = {"dtype": dtype} if dtype else None
+    module = nnspec.build(EXAMPLES / "llama.yaml", opt=opt, transforms=transforms, **LLAMA_GQA).eval()
+    step = Decoder(module).step(3, 20)
+    allocated = sum(b.numel() * b.element_size() for kv in step.cache for b in kv.buffers())
+    # hand-derived: 2 layers x (k, v) x batch 3 x 2 kv heads (GQA: 4 query heads) x 20 positions x head_dim 8 x
+    # 4 bytes (with --dtype bf16 the transform casts keys and values up to fp32 before the attention, and the cache
+    # holds the attention's inputs: what the cost model counts too, checked below)
+    if dtype is None:
+        assert allocated == 2 * 2 * 3 * 2 * 20 * 8 * 4
+    model = nnspec.check(EXAMPLES / "llama.yaml", B=3, T=20, **LLAMA_GQA).model
+    if dtype:
+        model = apply(model, dtype=dtype)[0]
+    assert int(estimate(model, optimized=optimize(model, opt)).kv_bytes) == allocated == step.cache_bytes()
+
+
 def test_triton_explain_names_the_cache_attentions_kernel(tmp_path: Path) -> None:
     artifact = Pipeline(EXAMPLES / "gpt2.yaml").artifact(target="triton", opt=2)
     lines = [line for line in artifact.explain if line.startswith("template kernel: decode_step attention over the "
@@ -190,11 +218,24 @@ def test_emitted_step_equals_full_recompute_on_many_drawn_specs(data: st.DataObj
     emitted_equals_full(data)
 
 
-def emitted_equals_full(data: st.DataObject) -> None:
+# the step block each kind of recurrence `specs(scans=True)` draws writes (nnspec/testing/blocks.py)
+SCANS = {"retention": "kv[", "diagonal": "s = a * s + u", "selective": "h = decay * h + drive"}
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=CHECKS)
+@pytest.mark.parametrize("kind", sorted(SCANS))
+@given(data=st.data())
+def test_emitted_step_carries_each_kind_of_drawn_scan_state(kind: str, data: st.DataObject) -> None:
+    emitted_equals_full(data, SCANS[kind])
+
+
+def emitted_equals_full(data: st.DataObject, scan: str | None = None) -> None:
     """A drawn causal spec's generated module: a prefill of 2 positions then one position per emitted step gives
-    the full forward's output (the spec's own semantics, not the step's)."""
-    text = data.draw(specs(max_layers=2, max_blocks=2, max_width=16, max_chain=2))
-    assume("causal_mask" in text)
+    the full forward's output (the spec's own semantics, not the step's). `scan`: only specs whose text has it
+    (a kind of recurrence), their step carrying its state."""
+    text = data.draw(specs(max_layers=2, max_blocks=2, max_width=16, max_chain=2, scans=True))
+    assume("causal_mask" in text or "scan(" in text)     # causal attention, or a recurrence carrying a state
+    assume(scan is None or scan in text)
     result = nnspec.check(text)
     model = result.model
     assume(len(model.dims.free) == 2)
@@ -204,7 +245,8 @@ def emitted_equals_full(data: st.DataObject) -> None:
         assume(False)
     first = next(iter(model.inputs))
     # what the emitted step needs, checked before building (a build is the costly part)
-    assume(not plan.states and all("default" in model.graph[n].attrs for k, n in model.inputs.items() if k != first))
+    assume(all("default" in model.graph[n].attrs for k, n in model.inputs.items() if k != first))
+    assume(scan is None or bool(plan.states))
     axes = {name: [sympy.sympify(a.size) for a in model.graph[node].tensor_type.axes]
             for name, node in model.inputs.items()}
     assume(all(plan.seq in sizes for sizes in axes.values()) and plan.batch in axes[first])

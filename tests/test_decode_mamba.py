@@ -70,6 +70,27 @@ def test_the_mamba_step_keeps_the_convolutions_window(opt: int, tmp_path: Path) 
     compile(source, "mamba.py", "exec")
 
 
+@pytest.mark.slow    # ~15 s (export, then dynamo over 2 layers); a window and a scan compile by default in
+@pytest.mark.parametrize("backend", ["eager", "inductor"])      # test_decode_scan_emitted.py
+def test_the_compiled_mamba_step_is_one_graph_for_every_step(backend: str, tmp_path: Path) -> None:
+    """Greedy decoding with the one-token step exported and `torch.compile`d once (`Decoder.compiled`): HF's
+    tokens, one graph for every step, no graph break, no recompile on a second generate."""
+    from torch._dynamo.utils import counters
+    hf, ours = pair(tmp_path, 2)
+    ids = torch.randint(3, CONFIG["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(3))
+    decoder = Decoder(ours)
+    step = decoder.step(2, 11)
+    torch._dynamo.reset()
+    counters.clear()
+    run = decoder.compiled(step, backend=backend)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        theirs = hf.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+        first = decoder.generate(ids, max_new_tokens=6, step=step, step_fn=run)
+        again = decoder.generate(ids, max_new_tokens=6, step=step, step_fn=run)
+    assert torch.equal(first, theirs) and torch.equal(again, theirs)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 @pytest.mark.slow   # torch.export traces the whole step (~10 s); the retention step's export runs by default
 def test_the_mamba_step_exports(tmp_path: Path) -> None:
     _, ours = pair(tmp_path, 2)

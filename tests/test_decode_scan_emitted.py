@@ -107,6 +107,31 @@ def test_export_of_the_emitted_scan_step_runs_and_carries_the_state() -> None:
     assert not torch.equal(after, kept)
 
 
+@pytest.mark.parametrize(("opt", "parallel"), [pytest.param(0, False, marks=pytest.mark.slow),
+                                               pytest.param(2, False, marks=pytest.mark.slow), (2, True)])
+def test_the_scan_step_compiles_once_for_every_step(opt: int, parallel: bool) -> None:
+    """`torch.compile` of the emitted scan step: one graph for every one-token step (the position a tensor, the
+    state a mutated buffer), no graph break, no recompile across steps or a second sequence, and the numbers
+    of the recurrence written above."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    options = {"parallel_scan": True} if parallel else None
+    module = nnspec.build(RETENTION, opt=opt, backend_options=options).eval()
+    step = Decoder(module).step(2, 9)
+    x = torch.randn(2, 9, D, generator=torch.Generator().manual_seed(4))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, backend="eager", dynamic=False)
+    keys = torch.ones(2, 9, dtype=torch.int64)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        expected = recurrence(module, x)
+        for prefill in (4, 2):       # a second sequence over the same state starts again at position 0
+            outs = [step(x[:, :prefill], torch.arange(prefill), keys)]     # the prefill runs eagerly
+            outs += [compiled(x[:, i:i + 1], torch.arange(i, i + 1), keys) for i in range(prefill, 9)]
+            torch.testing.assert_close(torch.cat(outs, 1), expected, atol=1e-5, rtol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 def window_spec(extra: str = "") -> str:
     """A causal depthwise convolution (a prefix of ones before the sequence: a window state) then a scan."""
     return f"""nnspec: 1
@@ -152,3 +177,22 @@ def test_a_window_read_by_another_op_is_refused() -> None:
     with pytest.raises(SpecError) as e:
         decode_model(nnspec.check(window_spec("\n  u = u * sum(padded, over=Tp)")).model)
     assert e.value.code == "E015" and e.value.span is not None
+
+
+def test_a_window_and_a_scan_compile_once_for_every_step() -> None:
+    """`torch.compile` of a step carrying a causal convolution's window and a scan's state (Mamba's two kinds of
+    state): one graph for every one-token step, no recompile, the eager step's numbers."""
+    from torch._dynamo.utils import counters
+    torch.manual_seed(0)
+    step = Decoder(nnspec.build(window_spec(), opt=2).eval()).step(2, 8)
+    x = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(5))
+    keys = torch.ones(2, 8, dtype=torch.int64)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, backend="eager", dynamic=False)
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        expected, _ = stepwise(step, x, prefill=2)
+        outs = [step(x[:, :2], torch.arange(2), keys)]
+        outs += [compiled(x[:, i:i + 1], torch.arange(i, i + 1), keys) for i in range(2, 8)]
+    torch.testing.assert_close(torch.cat(outs, 1), expected)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]

@@ -33,6 +33,7 @@ def _config_and_free(text_or_path: str, **dims: int) -> tuple[dict[str, int], di
 
 def _assert_equal_models(first: torch.nn.Module, text: str, inputs: dict[str, torch.Tensor]) -> None:
     assert nnspec.check(text).params == sum(p.numel() for p in first.parameters())
+    _lively(first)
     second = nnspec.build(text).eval()
     nnspec.load_weights(second, first.state_dict())
     with torch.no_grad():
@@ -40,9 +41,31 @@ def _assert_equal_models(first: torch.nn.Module, text: str, inputs: dict[str, to
     if isinstance(want, dict):
         assert len(got) == len(want)
         for (_, a), (_, b) in zip(want.items(), got.items(), strict=True):
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            _assert_close_at_scale(b, a)
     else:
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        _assert_close_at_scale(got, want)
+
+
+def _lively(model: torch.nn.Module) -> None:
+    """Weights of unit-order sizes (std 0.2, norms' scales and biases too): at a spec's init (std 0.02, norms at
+    1 and 0) a stack of linears can bring outputs near 1e-10, and a sum over a normalised axis is exactly 0 up to
+    rounding, where any two models compare equal (or no two do, relative to the output's size)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.2)
+
+
+def _assert_close_at_scale(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal relative to the output's own size (the largest finite magnitude; -inf where both mask alike)."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if not want.is_floating_point():
+        torch.testing.assert_close(got, want)
+        return
+    assert torch.isfinite(want).any(), "an output with no finite value compares nothing"
+    scale = want.abs().nan_to_num(0.0, 0.0, 0.0).max().clamp_min(1e-30)
+    torch.testing.assert_close(got / scale, want / scale, atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def test_round_trip_of_the_llama_example() -> None:
@@ -334,6 +357,188 @@ def test_a_shared_repeat_inside_a_shared_repeat() -> None:
     _assert_equal_models(first, imp.text, {"features": torch.randn(2, 7, 8)})
 
 
+_DEAD = """\
+nnspec: 1
+name: dead
+dims:
+  d_model: 8
+  n_layers: 2
+  vocab: 11
+inputs:
+  x: float32[B, T, d_model]
+outputs:
+  y: float32[B, T, d_model]
+blocks:
+  layer(x): |
+    unused = linear(x, d_model, name=side)
+    return x + tanh(linear(x, d_model, name=fc))
+  extra(x): |
+    return tanh(linear(x, d_model, bias=false, name=fc))
+body: |
+  spare = embedding(arange(T), vocab, d_model, name=spare)
+  h = repeat(n_layers, layer, x, name=layers)
+  u = repeat(2, extra, h, name=extra)
+  y = layernorm(h, name=ln)
+"""
+
+
+def test_parameters_no_output_reads_are_kept() -> None:
+    """Export drops what reads them but keeps the parameters: each is a `param` nothing reads, in its own block
+    where that block is written (`side` inside the repeated layer, so the layers still form one `repeat`), else in
+    the body with its path spelled out (`extra_0_fc_weight`, its checkpoint key literal), so the counts agree and
+    the state dict loads."""
+    config, free = _config_and_free(_DEAD)
+    torch.manual_seed(0)
+    first = nnspec.build(_DEAD).eval()
+    imp = import_module(first, {"x": torch.randn(free["B"], free["T"], 8)}, config, name="dead")
+    text = imp.text
+    for piece in ("repeat(n_layers, layer, x, name=layers)", "param(d_model, d_model, name=side_weight)",
+                  "param(vocab, d_model, name=spare_weight)", "layers.{i}.side_bias: layers.{i}.side.bias",
+                  "extra_1_fc_weight: extra.1.fc.weight"):
+        assert piece in text, piece
+    assert text.count("name=side_weight") == 1
+    _assert_equal_models(first, text, {"x": torch.randn(2, 7, 8)})
+
+
+_DOUBLE = """\
+nnspec: 1
+name: double
+dims:
+  n_heads: 1
+  d_head: 4
+  n_embd: n_heads * d_head
+inputs:
+  features: float32[B, T, n_embd]
+outputs:
+  pooled: float32[B, n_embd]
+blocks:
+  mlp(x, width=d_head): |
+    h = gelu_tanh(linear(x, width, name=up))
+    o[B, T, n_embd] = h * up.weight
+    return o
+body: |
+  h = linear(features, n_embd, bias=false, name=in_proj)
+  h += mlp(rmsnorm(h, name=norm), width=8, name=mlp)
+  pooled = max(h, over=T)
+"""
+
+
+def test_a_width_no_config_key_holds_is_written_from_a_dim() -> None:
+    """A width of 8 beside `n_embd = 4` is `2 * n_embd`; the projection tied to `up.weight` sums it whole (its
+    pieces `(2 n_embd)` would repeat the weight's other axis)."""
+    config, free = _config_and_free(_DOUBLE)
+    torch.manual_seed(0)
+    first = nnspec.build(_DOUBLE).eval()
+    imp = import_module(first, {"features": torch.randn(free["B"], free["T"], 4)}, config, name="double")
+    assert ", 2 * n_embd, name=up)" in imp.text and "* up.weight" in imp.text
+    _assert_equal_models(first, imp.text, {"features": torch.randn(2, 7, 4)})
+
+
+_VOCAB_AS_WIDE = """\
+nnspec: 1
+name: coincide
+dims:
+  vocab: 16
+  d_model: 16
+  n_heads: 4
+  d_head: d_model / n_heads
+  n_layers: 2
+inputs:
+  ids: int64[B, T]
+outputs:
+  logits: float32[B, T, vocab]
+blocks:
+  attn(x): |
+    q = linear(x, d_model, name=q_proj)[B, T, (n_heads d_head)]
+    k = linear(x, d_model, name=k_proj)[B, T, (n_heads d_head)]
+    v = linear(x, d_model, name=v_proj)[B, T, (n_heads d_head)]
+    s[B, n_heads, T, S] = q * k[B, S, n_heads, d_head] / sqrt(d_head)
+    p = softmax(where(causal_mask(T, S), s, -inf), over=S)
+    o[B, T, n_heads, d_head] = p * v[B, S, n_heads, d_head]
+    return linear(o[B, T, (n_heads d_head)], d_model, name=out)
+  layer(x): |
+    return x + attn(layernorm(x, name=ln), name=attn)
+body: |
+  h = embedding(ids, vocab, d_model, name=wte)
+  h = repeat(n_layers, layer, h, name=layers)
+  logits[B, T, vocab] = layernorm(h, name=ln_f) * wte.weight
+"""
+
+_ONE_HEAD = """\
+nnspec: 1
+name: onehead
+dims:
+  max_len: 8
+  d_head: 8
+  n_heads: 1
+  d_model: n_heads * d_head
+  n_layers: 2
+inputs:
+  features: float32[B, T, d_model]
+outputs:
+  y: float32[B, T, d_model]
+blocks:
+  attn(x): |
+    q = linear(x, d_model, name=q_proj)[B, T, (n_heads d_head)]
+    k = linear(x, d_model, name=k_proj)[B, T, (n_heads d_head)]
+    v = linear(x, d_model, name=v_proj)[B, T, (n_heads d_head)]
+    s[B, n_heads, T, S] = q * k[B, S, n_heads, d_head] / sqrt(d_head)
+    o[B, T, n_heads, d_head] = softmax(s, over=S) * v[B, S, n_heads, d_head]
+    z = softmax(o, over=n_heads) * o
+    return linear(z[B, T, (n_heads d_head)], d_model, name=out)
+  layer(x): |
+    return x + attn(rmsnorm(x, name=ln), name=attn)
+body: |
+  h = features + embedding(arange(T), max_len, d_model, name=wpe)
+  y = repeat(n_layers, layer, h, name=layers)
+"""
+
+_SQUARE_MLP = """\
+nnspec: 1
+name: square
+dims:
+  intermediate_size: 6
+  hidden_size: 6
+  n_vocab: 10
+inputs:
+  ids: int64[B, T]
+outputs:
+  stream: float32[B, T, hidden_size]
+blocks:
+  mlp(x, width=intermediate_size): |
+    h = gelu_tanh(linear(x, width, bias=false, name=up))
+    o[B, T, hidden_size] = h * up.weight
+    return o
+body: |
+  h = embedding(ids, n_vocab, hidden_size, name=wte)
+  stream = repeat(2, mlp, h, name=layers, shared=true)
+"""
+
+
+@pytest.mark.parametrize("text, width, pieces", [
+    (_VOCAB_AS_WIDE, None, ("embedding(ids, vocab, d_model, name=wte)", "[B, T, vocab] = ", "(n_heads d_head)")),
+    (_ONE_HEAD, 8, ("features: float32[B, T, d_model]", "embedding(arange(T), max_len, d_model, name=wpe)", "exp(")),
+    (_SQUARE_MLP, None, ("* up.weight", "shared=true")),
+], ids=["vocab-as-wide-as-width", "one-head-as-wide-as-width", "square-tied-mlp"])
+def test_sizes_that_coincide_are_named_apart(text: str, width: int | None, pieces: tuple[str, ...]) -> None:
+    """Where configured sizes coincide (a vocabulary as large as the width, heads as many as a head's size; one
+    head as wide as the model and the position count; an MLP as wide as the model with its projection tied to
+    `up.weight`), the names come from where an axis comes from: an embedding's count from the key saying what it
+    counts, the stream from the width before a head's size, a square weight's input axis `d_in` as the language
+    names it; a softmax over one head (a size-1 axis) is 1 where finite, `exp(x - x)`."""
+    config, free = _config_and_free(text)
+
+    def inputs(b: int, t: int) -> dict[str, torch.Tensor]:
+        return {"features": torch.randn(b, t, width)} if width else {"ids": torch.randint(0, 10, (b, t))}
+
+    torch.manual_seed(0)
+    first = nnspec.build(text).eval()
+    imp = import_module(first, inputs(free["B"], free["T"]), config, name="coincide")
+    for piece in pieces:
+        assert piece in imp.text, piece
+    _assert_equal_models(first, imp.text, inputs(2, 7))
+
+
 def _round_trip_or_refusal(text: str, data: st.DataObject) -> str:
     config, free = _config_and_free(text)
     inputs = data.draw(inputs_for(nnspec.check(text), **free), label="inputs")
@@ -357,9 +562,10 @@ def test_random_specs_round_trip_or_are_refused_cleanly(data: st.DataObject) -> 
 
 @pytest.mark.slow
 def test_most_random_specs_round_trip() -> None:
-    """Of 30 random specs (a fixed, derandomised draw) at least 80% import to an equal model (all 30 did when this
-    was written; the fixed draw of 100 gave 100, seeded draws of 100 gave 90-97), none fails other than by a clean
-    refusal (a parameter no output reads, which no spec can hold, is one)."""
+    """Of 30 random specs (a fixed, derandomised draw) at least 95% import to an equal model (all 30 did when this
+    was written; seeded draws of 100, seeds 1-8, gave 99-100 each), none fails other than by a clean refusal (what
+    is still refused: a sequence split into windows whose two window axes get one name, a layer whose split
+    sequence leaves it split)."""
     outcomes: list[str] = []
 
     @settings(max_examples=30, deadline=None, derandomize=True, database=None,
@@ -369,4 +575,4 @@ def test_most_random_specs_round_trip() -> None:
         outcomes.append(_round_trip_or_refusal(data.draw(specs(max_layers=2, max_blocks=2, max_width=16)), data))
 
     run()
-    assert outcomes.count("equal") >= 0.8 * len(outcomes), outcomes
+    assert outcomes.count("equal") >= 0.95 * len(outcomes), outcomes

@@ -200,14 +200,4 @@ def test_round_trip_of_the_pvt_v2_example() -> None:
     _assert_equal_models(first, imp.text, {"pixel_values": torch.randn(2, 3, 64, 96)})
 
 
-def test_a_square_grid_leaving_its_block_is_refused() -> None:
-    """PVT-v2 at a square image: the next stage's convolution reads a square grid the language names `16`, `16_1`
-    outside the block that made it, which the importer cannot write: refused with the op and module."""
-    dims = dict(image_height=64, image_width=64, hidden_size0=8, hidden_size1=16, hidden_size2=24, hidden_size3=40,
-                heads0=2, heads1=2, heads2=3, heads3=5, depth0=1, depth1=1, depth2=1, depth3=1)
-    path = str(ROOT / "examples/pvt_v2.yaml")
-    config, free = _config_and_free(path, **dims)
-    model = nnspec.build(path, **dims).eval()
-    with pytest.raises(ImportFailure, match=r"^aten\.conv2d\.default in module 'stage1\.proj': a convolution over a "
-                                            r"square grid"):
-        import_module(model, {"pixel_values": torch.randn(free["B"], 3, 64, 64)}, config)
+# PVT-v2 at a square image round-trips in tests/test_import_pvt_graph.py (grids named by provenance)

@@ -7,9 +7,12 @@ grouped-GEMM kernel (under TRITON_INTERPRET=1, set by conftest) gives the same v
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import nnspec
@@ -137,3 +140,32 @@ def test_bf16_stays_close_to_fp32() -> None:
     got = moe_swiglu(x.bfloat16(), *(t.bfloat16() for t in w), 2, True)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), dense_moe(x, *w, 2, True), atol=0.1, rtol=0.05)
+
+
+class _OpCounts(TorchDispatchMode):
+    """Counts the aten ops run under it, by name (`mm`, `cat`, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_inference_writes_into_buffers_and_equals_the_autograd_path() -> None:
+    """Without autograd the experts' products write into buffers made once per call: the router's `mm` and three
+    per expert some token chose, and no concatenation of per-expert outputs. With autograd (the weights requiring
+    gradients) the out-of-place path runs; both give the same values, and the dense gated sum's."""
+    w = weights(12)
+    x = torch.randn(4, 6, H, generator=torch.Generator().manual_seed(13))
+    chosen = torch.softmax(x @ w[0].T, dim=-1).topk(2, dim=-1).indices.unique().numel()
+    with torch.no_grad(), _OpCounts() as ops:
+        lean = moe_swiglu(x, *w, 2, True)
+    assert ops.counts["mm"] == 1 + 3 * chosen and ops.counts["cat"] == 0
+    with _OpCounts() as ops:
+        taped = moe_swiglu(x, *(t.clone().requires_grad_() for t in w), 2, True)
+    assert ops.counts["cat"] == 1 and taped.requires_grad
+    torch.testing.assert_close(lean, taped.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(lean, dense_moe(x, *w, 2, True))

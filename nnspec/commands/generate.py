@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         top_p: Annotated[float | None, typer.Option("--top-p")] = None,
         seed: Annotated[int, typer.Option("--seed", help="seed of the sampling generator")] = 0,
         eos: Annotated[int | None, typer.Option("--eos-token-id")] = None,
-        pad: Annotated[int | None, typer.Option("--pad-token-id", help="the id left padding uses (default 0)")]
+        pad: Annotated[int | None, typer.Option("--pad-token-id", help="the id of left padding (default 0) and of "
+                                                    "rows after their eos (default: the eos id, as HF)")]
         = None,
         opt: Annotated[int, typer.Option("-O", "--opt", metavar="[0|1|2]",
                                          help="optimisation level of the module")] = 0,
@@ -78,6 +79,10 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
                                                        help="override a dim/option: name=value")] = None,
         backend_option: BackendOptionFlag = None,
+        weight_layout: Annotated[str, typer.Option("--weight-layout", metavar="LAYOUT",
+                                                   help="how the -O2 step reads its weights: auto (the fastest "
+                                                        "measured per weight) or one layout for all: given, "
+                                                        "transposed, ... (docs/generate.md)")] = "auto",
     ) -> None:
         """Generate token ids with a decoder spec (KV cache derived by the compiler); prints one line per prompt."""
         import torch
@@ -86,8 +91,10 @@ def register(app: typer.Typer) -> None:
         from nnspec.cli import parse_sets
         from nnspec.compiler.elaborate import UsageError
         from nnspec.errors import SpecError
-        from nnspec.generate import Decoder
+        from nnspec.generate import WEIGHT_LAYOUTS, Decoder
 
+        if weight_layout not in WEIGHT_LAYOUTS:
+            _usage(f"--weight-layout takes one of {', '.join(WEIGHT_LAYOUTS)}, got {weight_layout!r}")
         if (prompt_ids is None) == (prompt is None):
             _usage("give exactly one of --prompt-ids and --prompt")
         if max_new_tokens < 0:
@@ -108,7 +115,7 @@ def register(app: typer.Typer) -> None:
             module.eval()
             if weights is not None:
                 nnspec.load_weights(module, weights)
-            decoder = Decoder(module)
+            decoder = Decoder(module, weight_layout=weight_layout)
         except SpecError as err:
             print(err.render(), file=sys.stderr)
             raise typer.Exit(EXIT_SPEC) from None
@@ -121,7 +128,7 @@ def register(app: typer.Typer) -> None:
         try:
             out = decoder.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                    temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos,
-                                   pad_token_id=pad_id, generator=generator)
+                                   pad_token_id=pad, generator=generator)   # None: the eos id, as HF
         except (ValueError, IndexError) as err:
             _usage(str(err))
         for i, row in enumerate(rows):

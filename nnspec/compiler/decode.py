@@ -231,6 +231,8 @@ class _Deriver:
             self.positions[(graph.name, node.name)] = "table"
             return
         if node.op == "causal_mask":
+            if self._only_masks(graph, node.name):
+                return                       # and-ed into masks that the step replaces by the cache's
             raise _refuse(node, "a causal mask outside a recognised attention (softmax(q·k masked)·v): the "
                           "derivation caches keys and values of attention nodes only")
         if op.has(_STRUCTURE):
@@ -290,6 +292,24 @@ class _Deriver:
             return False
         self.windows.add((graph.name, node.name))
         self.window_convs.add((graph.name, conv.name))
+        return True
+
+    def _only_masks(self, graph: Graph, name: str) -> bool:
+        """Does the value reach only masks of attentions that hold the causal triangle (`mask_causal`: and-ed in
+        once per forward by `causal-into-mask`), through pointwise ops, relabels and block arguments? The step
+        replaces those masks by the cache's, which is causal itself, so the triangle is not needed there."""
+        for user in graph.users(name):
+            slots = [j for j, x in enumerate(user.inputs) if x == name]
+            if user.op == "attention":
+                ok = slots == [3] and bool(user.attrs.get("mask_causal"))
+            elif OPS[user.op].has(_STRUCTURE) and user.op != "scan":   # arguments handed on one for one
+                ok = all(self._only_masks(self.model.templates[b], self.model.templates[b].inputs[j])
+                         for b in self._blocks(user) for j in slots)
+            else:
+                ok = OPS[user.op].has("pointwise") or user.op == "rearrange"
+                ok = ok and self._only_masks(graph, user.name)
+            if not ok:
+                return False
         return True
 
     def _blocks(self, node: Node) -> list[str]:

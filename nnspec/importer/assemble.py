@@ -10,6 +10,7 @@ from torch import nn
 
 from nnspec.importer import moe
 from nnspec.importer.capture import Captured
+from nnspec.importer.dead import dead_parameters, write_dead
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, annotation
 from nnspec.importer.lift import Lifter, instance_of
@@ -88,7 +89,7 @@ def assemble(cap: Captured, *, name: str) -> str:
     # a block called repeatedly (`shared@1`, ...) is a shared-weight `repeat`, never the body
     lifter.flattened -= {instance_of(p) for n in cap.program.graph.nodes for p in lifter.stack(n) if "@" in p}
     lifter.rope_theta = None
-    _refuse_dead_parameters(cap, lifter)
+    dead = dead_parameters(cap, lifter)
     outputs = []
     for oname, out_node in _output_nodes(cap):
         out = lifter.lift(out_node)
@@ -113,6 +114,8 @@ def assemble(cap: Captured, *, name: str) -> str:
                and not isinstance(m, nn.ModuleList)}
     renderer = Renderer([o for _, o, _, _ in outputs], _layer_counts(cap.model, dims, lifter.flattened), modules,
                         count_name=lambda n: _count_name(dims, n))
+    renderer.not_variables = frozenset(dims.values) | frozenset(dims.local)     # a variable never takes a dim's name
+    dead_paths = write_dead(lifter, renderer, dead)
     body = renderer.body()
     lines = [
         "nnspec: 1",
@@ -141,7 +144,7 @@ def assemble(cap: Captured, *, name: str) -> str:
     lines.append("body: |")
     lines += [f"  {ln}" for stmt in body for ln in stmt.splitlines()]
     lines += ["", "hf_config:"] + [f"  {ln}" for ln in _hf_config(cap, dims, lifter)]
-    rules = _weights(cap.model, lifter, renderer)
+    rules = _weights(cap.model, lifter, renderer, dead_paths)
     lines += ["", "weights:", "  hf:" if rules else "  hf: {}"] + [f"    {ln}" for ln in rules]
     return "\n".join(lines) + "\n"
 
@@ -178,26 +181,6 @@ def _named_axes(lifter: Lifter, out: L, node: Any) -> L:
         out = L("{0}" + annotation(items), [out], [tuple(renames.get(a, a) for a in g) for g in out.axes], items,
                 out.scope, out.idx + 0.0005, hint=out.hint)
     return out
-
-
-def _refuse_dead_parameters(cap: Captured, lifter: Lifter) -> None:
-    """A parameter no output reads (dead code in the model) has no place in a spec, which only holds what its
-    outputs compute: the parameter count could not match, so the import is refused."""
-    out = next(n for n in cap.program.graph.nodes if n.op == "output")
-    live, stack = set(), [out]
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.all_input_nodes)
-    tensors = dict(cap.model.named_parameters(remove_duplicate=False))
-    live_keys = {key for n in live if n.op == "placeholder" and (key := lifter.params.get(n.name)) is not None}
-    live_ids = {id(tensors[k]) for k in live_keys if k in tensors}
-    # a tied weight (lm_head.weight is wte.weight) is read through either name
-    dead = [key for key in lifter.params.values() if key not in live_keys and id(tensors.get(key)) not in live_ids]
-    if dead:
-        module = dead[0].rpartition(".")[0]
-        raise ImportFailure(f"parameters that no output reads: {', '.join(dead)}", op="parameter", module=module)
 
 
 def _output_nodes(cap: Captured) -> list[tuple[str, Any]]:
@@ -238,9 +221,9 @@ def _hf_config(cap: Captured, dims: Dims, lifter: Lifter) -> list[str]:
     return out
 
 
-def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
+def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer, dead: dict[str, tuple[str, str]]) -> list[str]:
     """Spec path -> checkpoint key: the spec's scopes are the module names, less the flattened base model, with
-    a module list's index written `{i}`."""
+    a module list's index written `{i}`; a parameter no output reads at the path of its `param` (`dead.py`)."""
     prefixes = sorted((p + "." for p in lifter.flattened if p), key=len, reverse=True)
 
     def paths(key: str) -> tuple[str, str]:
@@ -276,6 +259,10 @@ def _weights(model: nn.Module, lifter: Lifter, renderer: Renderer) -> list[str]:
                 rules.setdefault(mine, theirs)
             continue
         mine, pat = paths(key)
+        if key in dead:              # a parameter no output reads: below its block, the key's path is literal
+            owner, name = dead[key]
+            mine = paths(f"{owner}.{name}" if owner else name)[0]
+            pat = f"{paths(owner)[1]}.{key[len(owner) + 1:]}" if owner else key
         module = key.rsplit(".", 1)[0]
         suffix = " | transpose" if module in lifter.transposed and key.endswith(".weight") else ""
         if key in lifter.squeezed:

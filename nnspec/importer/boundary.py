@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import fx
 
-from nnspec.importer.graph import L
+from nnspec.importer.graph import L, annotation
 
 # `lift.Lifter` (typed `Any`: `lift` imports this module)
 
@@ -67,6 +67,38 @@ def _in_layout_order(lifter: Any, out: L) -> L:
     return got
 
 
+def _free_axes_merged(lifter: Any, out: L, node: fx.Node) -> L:
+    """`out` with each torch dim holding the pieces of a free axis (`(wt nt)`: a sequence split in two inside the
+    block, merged back by a view that nothing writes) merged and named as that axis (`T`) in the block, so that
+    the block returns what it takes: a layer of a `repeat` reads `[B, T, d]` whichever layer made it."""
+    counts, fixed = lifter.__dict__.get("counts", {}), lifter.__dict__.get("fixed_counts", set())
+    todo = [d for d, g in enumerate(out.axes) if len(g) > 1 and any(a in counts and a not in fixed for a in g)]
+    if not todo:
+        return out
+    got = lifter.renamed.get((id(out), "@free"))
+    if got is not None:
+        return got
+    shape = lifter.value(node).shape          # `out`'s torch dims, one group of names each
+    rename = {d: lifter.dims.free.get(int(shape[d])) for d in todo}
+    if any(v is None or v in out.flat() for v in rename.values()):
+        return out                            # not a free axis's size (or its name is taken): left as it was
+    # written as the merge (`x[B, (wt nt), d]`) relabelled at once (`[B, T, d]`), where the value is made
+    items: list[str | tuple[str, ...]] = []
+    for d, g in enumerate(out.axes):
+        items.extend([g] if d in rename else g)
+    axes = [(rename[d],) if d in rename else g for d, g in enumerate(out.axes)]
+    flat = [a for g in axes for a in g]
+    bound = out                               # made safe to annotate, as `ops._bound` does (not imported: a cycle)
+    while bound.fmt == "{0}" and len(bound.refs) == 1 and bound.member is None:
+        bound = bound.refs[0]
+    if not bound.atom:
+        bound.bind = True
+    got = L("{0}" + annotation(items) + annotation(flat), [out], axes, flat, out.scope, out.idx + 0.00002,
+            hint=out.hint)
+    lifter.renamed[(id(out), "@free")] = got
+    return got
+
+
 def leaving(lifter: Any, out: Any, node: fx.Node, consumer: fx.Node | None) -> Any:
     """`out` (the lifted `node`) as read by `consumer` (None: the model's output) where the value leaves the block
     computing it: in torch's layout order, and renamed where it carries an axis the importer relabelled there;
@@ -76,7 +108,7 @@ def leaving(lifter: Any, out: Any, node: fx.Node, consumer: fx.Node | None) -> A
     where = lifter.scope_of(consumer) if consumer is not None else ""
     if _inside(where, out.scope):
         return out
-    out = _in_layout_order(lifter, out)
+    out = _in_layout_order(lifter, _free_axes_merged(lifter, out, node))
     keep = set(lifter.dims.values) | set(lifter.dims.free.values())
     made = [a for a in out.flat() if a in lifter.dims.aliases and a not in keep]
     if not made:

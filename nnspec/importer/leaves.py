@@ -66,7 +66,13 @@ def lift_leaf(lifter: Lifter, path: str, n: fx.Node) -> L:
     x_node = ins[0]
     x = lifter.lift(x_node)
     if not isinstance(x, L):
-        raise lifter.fail(x_node, f"a constant table fed to {type(mod).__name__} that is not arange")
+        from nnspec.importer.relative_bias import lift_relative_bias
+
+        got = lift_relative_bias(lifter, path, n, mod, x) if isinstance(mod, nn.Embedding) else None
+        if got is None:
+            raise lifter.fail(x_node, f"a constant table fed to {type(mod).__name__} that is not arange")
+        _check(lifter, n, F.embedding(lifter.value(x_node), mod.weight), lifter.value(n))
+        return got
     xv = lifter.value(x_node)
     yv = lifter.value(n)
     parent_scope = lifter.scope_of(n)

@@ -61,6 +61,7 @@ class Lifter:
         self.squeezed: dict[str, list[int]] = {}
         self.moe: dict[str, Routed] = {}           # module paths lifted as `moe` (their weights map specially)
         self.scan_bodies: set[str] = set()         # block scopes written as a `scan`'s step, not called
+        self.param_reads: dict[tuple[str, str], L] = {}   # (parameter, scope reading it) -> its value there
 
     # --- structure ---------------------------------------------------------------------------------------------
     def stack(self, n: fx.Node) -> list[str]:
@@ -139,6 +140,12 @@ class Lifter:
         if not isinstance(n, fx.Node):
             return n
         consumer = self.consumers[-1] if self.consumers else None
+        if n.op == "placeholder" and n.name in self.params and consumer is not None:
+            # a weight read directly in several calls of a shared block: each call names it in its own scope
+            key = (n.name, self.scope_of(consumer))
+            if key not in self.param_reads:
+                self.param_reads[key] = self._param(n, key[1])
+            return leaving(self, self.param_reads[key], n, consumer)
         if n in self.cache:
             return leaving(self, self.cache[n], n, consumer)
         self.consumers.append(n)
@@ -178,7 +185,7 @@ class Lifter:
         raise ImportFailure("a buffer used outside a recognised module", op="buffer",
                             module=self.buffers.get(n.name, n.name))
 
-    def _param(self, n: fx.Node) -> L:
+    def _param(self, n: fx.Node, scope: str | None = None) -> L:
         """A raw learned tensor (ViT's class token): `param(sizes, name=attr)`, its size-1 dims squeezed away by
         the weights mapping."""
         key = self.params[n.name]
@@ -188,15 +195,19 @@ class Lifter:
         if ones:
             self.squeezed[key] = ones
         names = [a[0] for a in axes if a]
-        first_use = min(self.index[u] for u in n.users)
-        scope = self.scope_of(next(iter(n.users)))
+        if scope is None:
+            scope = self.scope_of(next(iter(n.users)))
+        first_use = min([self.index[u] for u in n.users if self.scope_of(u) == scope] or
+                        [self.index[u] for u in n.users])
         attr = key.rsplit(".", 1)[-1]
         owner, _, _ = key.rpartition(".")
         parent, _, owner_attr = owner.rpartition(".")
-        if owner and self.is_leaf(owner) and (parent == scope or (not scope and parent in self.flattened)) \
-                and val.dim() == 2 and not ones:
+        if owner and self.is_leaf(owner) and val.dim() == 2 and not ones \
+                and (parent == instance_of(scope) or (not scope and parent in self.flattened)):
             # a weight of a sibling call read directly (a projection tied to `up.weight`): the language names it so
             out_in = [(self.dims.axis(val.shape[0]),), (self.dims.name(val.shape[1]),)]
+            if out_in[0] == out_in[1]:          # a square weight: the language names its input axis `d_in`
+                out_in[1] = (f"{out_in[1][0]}_in",)
             return L(f"{owner_attr}.{attr}", [], out_in, [a[0] for a in out_in], scope, first_use - 0.5, hint=attr)
         # two axes of one size: the language names the later `L_1` (`param(heads, L, L)` is `[heads, L, L_1]`)
         own = [f"{a}_{names[:i].count(a)}" if a in names[:i] else a for i, a in enumerate(names)]

@@ -18,8 +18,10 @@ _SIZE_WORDS = ("size", "dim", "heads", "embd", "head", "position", "type_vocab",
 _NOT_SIZES = ("token_id", "_id", "initializer", "eps", "epsilon", "dropout", "pdrop", "theta", "factor")
 
 # The order in which dims are preferred when several have one value (the more specific name first).
-_PREFER = ("head_dim", "num_key_value_heads", "num_attention_heads", "n_head", "hidden_size", "n_embd",
+_PREFER = ("hidden_size", "n_embd", "d_model", "head_dim", "num_key_value_heads", "num_attention_heads", "n_head",
            "intermediate_size", "moe_intermediate_size", "vocab_size")
+# Counts of embedded things: rarely an axis but of an embedding (`tied.py` names those), so named after last.
+_COUNTS = ("vocab", "position", "max_len", "ctx", "labels")
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Dims:
     used: set[str] = field(default_factory=set)
     aliases: dict[str, str] = field(default_factory=dict)    # a relabelled axis (`S`) -> the axis it renames (`T`)
     local: dict[str, int] = field(default_factory=dict)      # axes a call names (a conv's `gh`): their sizes
+    # dims declared for one provenance (a grid's window count `nh`, a window's positions `N`): never a size's name
+    placed: set[str] = field(default_factory=set)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], free: dict[int, str], sizes: set[int] | None = None) -> Dims:
@@ -69,11 +73,19 @@ class Dims:
             dims.values["groups"] = dims.values[heads] // kv
         return dims
 
+    def numbered(self, name: str) -> bool:
+        """`height0` beside `height`: a dim numbering another (a stage's resolution) names only the axes made from
+        that one (`successor`), never an axis that only has its size (a channel width that happens to be 8)."""
+        stem = name.rstrip("0123456789")
+        return stem != name and stem in self.values
+
     def ordered(self) -> list[str]:
         pref = [n for n in _PREFER if n in self.values]
-        rest = [n for n in self.values if n not in pref]
-        # layer counts are repeat counts, rarely an axis: name a size after them last
-        return pref + [n for n in rest if "layer" not in n] + [n for n in rest if "layer" in n]
+        rest = [n for n in self.values if n not in pref and not self.numbered(n) and n not in self.placed]
+        # a width before a head's size (one head), counts of embedded things after the widths (a vocabulary as
+        # large as the width), layer counts (repeat counts, rarely an axis) last: where sizes coincide, the name
+        # is the one an axis of that size most likely comes from
+        return sorted(pref + rest, key=lambda n: 2 if "layer" in n else 1 if any(w in n for w in _COUNTS) else 0)
 
     def name(self, size: int) -> str:
         """The best name for an axis of this size: a free dim, a dim, a small multiple or product of dims."""
@@ -118,7 +130,7 @@ class Dims:
         if len(parts) == 2:
             for d, formula in self.derived.items():
                 a, _, b = formula.partition(" / ")
-                if a == name and [self.values[b], self.values[d]] == parts:
+                if a == name and b in self.values and [self.values[b], self.values[d]] == parts:
                     self.used.update((b, d))
                     return [b, d]
         # a merged axis (`T*groups`, free dims included) split back into its own pieces
@@ -142,6 +154,19 @@ class Dims:
         if len(set(out)) != len(out):
             raise ValueError(f"cannot name the pieces {parts} of axis {name}")
         return out
+
+    def successor(self, source: str, size: int, taken: set[str]) -> str | None:
+        """The dim that an axis made from axis `source` is named after: the one continuing `source`'s numbering
+        (`height` -> `height0`, `height0` -> `height1`, a stage's grid after the previous stage's) when the config
+        has it at this size. Where it came from, not its size, names it: a square grid's two axes stay apart."""
+        stem = source.rstrip("0123456789")
+        if not stem or not stem.isidentifier():
+            return None
+        k = source[len(stem):]
+        name = f"{stem}{int(k) + 1 if k else 0}"
+        if name not in self.values and not k:
+            name = f"{stem[0]}0"                 # `height` -> `h0` (Swin's stage grids `h0`, `w0`, `h1`, ...)
+        return name if self.values.get(name) == size and name not in taken else None
 
     def section(self) -> dict[str, Any]:
         return {k: (self.derived.get(k, v)) for k, v in self.values.items()}

@@ -136,8 +136,9 @@ def _dim(x: L, d: int) -> int:
 def _softmax(lifter: Lifter, n: fx.Node) -> L:
     x = lifter.lift(n.args[0])
     d = _dim(x, n.args[1])
-    if not x.axes[d]:
-        raise lifter.fail(n, "a softmax over a size-1 axis")
+    if not x.axes[d]:          # over one element: 1 (nan where x is not finite, as `x - max(x)` is then)
+        scope, idx = _scope_idx(lifter, n)
+        return L("exp({0} - {1})", [x, x], x.axes, x.order, scope, idx, atom=False, hint=x.hint)
     if len(x.axes[d]) != 1:
         x = lifter.rules.one_name(lifter, merge_groups(lifter, x, [d], n), d, n)
     scope, idx = _scope_idx(lifter, n)
@@ -518,7 +519,9 @@ def _matmul(lifter: Lifter, n: fx.Node) -> L:
         raise lifter.fail(n, "a matmul of a vector or a constant")
     scope, idx = _scope_idx(lifter, n)
     # merged names (`n_heads*head_dim`) cannot be written in the contraction's target: split them back first
-    a, b = (_split_merged(lifter, n, t, scope, idx - 0.2) for t in (a, b))
+    # a summed width `2*n_embd` whose pieces would repeat `n_embd` (`h * up.weight`) keeps its name in both
+    keep = any(len(set(o)) != len(o) for o in ([p for x in t.order for p in x.split("*")] for t in (a, b)))
+    a, b = (_split_merged(lifter, n, t, scope, idx - 0.2, summed if keep else None) for t, summed in ((a, -1), (b, -2)))
     for j in b.axes[-1]:
         if j in a.flat() and j not in a.axes[-1]:
             b = relabel(lifter, b, j, "S" if "S" not in a.flat() + b.flat() else f"{j}_k", scope, idx - 0.1)
@@ -535,15 +538,22 @@ def _matmul(lifter: Lifter, n: fx.Node) -> L:
     names = [x for g in axes for x in g]
     node = L("{0} * {1}", [a, b], axes, names, scope, idx, atom=False, hint="s", bind=True)
     node.annot = ", ".join(names)
+    back = b.axes[-1][0][:-3] if len(b.axes[-1]) == 1 and b.axes[-1][0].endswith("_in") and not b.refs else None
+    if back and back not in names and b.axes[-2] == (back,):   # a square weight's `d_in` (`h * up.weight`) was `d`
+        return relabel(lifter, node, b.axes[-1][0], back, scope, idx + 0.01)
     return node
 
 
-def _split_merged(lifter: Lifter, n: fx.Node, x: L, scope: str, idx: float) -> L:
-    """`x[B, (n_heads head_dim), S]` for an `x` with a merged axis `n_heads*head_dim`: its pieces named again."""
-    if not any("*" in a for a in x.flat()):
+def _split_merged(lifter: Lifter, n: fx.Node, x: L, scope: str, idx: float, summed: int | None = None) -> L:
+    """`x[B, (n_heads head_dim), S]` for an `x` with a merged axis `n_heads*head_dim`: its pieces named again. A
+    summed dim (`summed`: its pieces would repeat another axis's name, a width `2*n_embd` summed against `n_embd`)
+    never reaches the target: it keeps its one name, as the other operand's does."""
+    whole = x.axes[summed] if summed is not None and len(x.axes[summed]) == 1 else ()
+    if not any("*" in a for a in x.flat() if a not in whole):
         return x
     order = [p for a in x.order for p in a.split("*")]
-    if len(set(order)) != len(order):
+    if len(set(order)) != len(order) or whole:
+        # (an annotation cannot name a whole `2*n_embd` beside a group it splits)
         raise lifter.fail(n, f"a matmul over a merged axis whose pieces repeat another axis's name ({x.order})")
     return L("{0}" + annotation(list(x.order)), [_bound(x)], unmerged(x.axes), order, scope, idx, hint=x.hint)
 

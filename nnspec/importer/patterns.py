@@ -46,7 +46,10 @@ def static_value(lifter: Lifter, n: fx.Node) -> Any:
             if len(set(names)) == len(names):
                 return L(f"full({int(v.flatten()[0])}, {', '.join(names)}, dtype=\"{str(v.dtype)[6:]}\")", [], axes,
                          names, lifter.scope_of(n), lifter.index[n])
-    return Static(n, v)
+    from nnspec.importer.shift_mask import lift_shift_mask
+
+    got = lift_shift_mask(lifter, n, v)           # Swin's shifted-window mask (`shift_mask.py`)
+    return got if got is not None else Static(n, v)
 
 
 def _arange_dim(v: torch.Tensor) -> int | None:

@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
-from nnspec.importer.alike import passed_twice
+from nnspec.importer.alike import passed_twice, slots
 from nnspec.importer.errors import ImportFailure
 from nnspec.importer.graph import L, annotation
 
@@ -45,6 +45,8 @@ def _parent(scope: str, scopes: set[str]) -> str:
 
 
 class Renderer:
+    not_variables: frozenset[str] = frozenset()      # names a variable may not take (the dims)
+
     def __init__(self, outputs: list[L], layer_counts: dict[str, str], modules: set[str],
                  count_name: Callable[[int], str] = str) -> None:
         self.outputs = outputs
@@ -75,7 +77,8 @@ class Renderer:
         self.blocks: dict[str, str] = {}             # block name -> text (signature: body)
         self.block_of: dict[str, str] = {}          # scope -> block name
         self.weight_scopes: dict[str, str] = {}
-        self.carried: dict[str, int] = {}           # a module list layer's scope -> index of its carried input
+        # a module list layer's scope -> indices of its carried inputs, in the order of the results fed back to them
+        self.carried: dict[str, tuple[int, ...]] = {}
         self.unrolled: set[str] = set()             # module lists whose layers are separate calls (`layers_0`)
 
     # --- scope structure --------------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class Renderer:
             if base in reserved:
                 base = f"{base}_out"         # a variable may not take a built-in function's name either
             cand, k = base, 1
-            while cand in used:
+            while cand in used or cand in self.not_variables:
                 k += 1
                 cand = f"{base}{k}"
             used.add(cand)
@@ -156,7 +159,7 @@ class Renderer:
         for c in children:
             if c in scans:                       # a scan's step: written as a block, called by the scan
                 ins = self.ins(c)
-                self.carried[c] = next((i for i, r in enumerate(ins) if r is scans[c].refs[0]), 0)
+                self.carried[c] = (next((i for i, r in enumerate(ins) if r is scans[c].refs[0]), 0),)
                 continue
             for r in self.ins(c):
                 if r.scope == s and r.member is None:
@@ -245,8 +248,7 @@ class Renderer:
         shared = _instance(group[-1])[1] > 0      # one block called repeatedly: `repeat(..., shared=true)`
         listed = (last.isdigit() and head in self.layer_counts) or shared   # `repeat` or refuse
         if listed:
-            k = self._carry_index(group)
-            self.carried.update((c, k) for c in group)
+            self.carried.update(self._carry_indices(group))
         saved = dict(self.blocks), dict(self.block_of)
         texts = [self.block(c) for c in group]
         first = group[0]
@@ -254,7 +256,8 @@ class Renderer:
         ins = self.params_of(first)
         outs = self.outs(group[-1])
         pos = max([self.first_idx(first)] + [r.idx + 0.01 for r in ins if not self.within(r, s) or True])
-        same = len(set(texts)) == 1 and self._chains(group) and (len(group) > 1 or (listed and len(outs) == 1))
+        carry = len(self.carried.get(first, (0,)))      # values the repeat carries: `(h, e)` for two
+        same = len(set(texts)) == 1 and self._chains(group) and (len(group) > 1 or (listed and len(outs) == carry))
         init = None if same or not listed or len(group) < 2 or len(set(texts[1:])) != 1 else passed_twice(self, group)
         if init is not None:
             # the first call passes one value to several parameters (`repeat(2, gate, x, x)`): the block is written
@@ -278,23 +281,23 @@ class Renderer:
             self.unrolled.add(head)
             return [self._one(c, s, names, fresh, child_vars, attr) for c, attr in calls.items()]
         args = [self._arg(r, s, names, child_vars) for r in ins]
-        if same and shared:
-            var = fresh(outs[0].hint if outs else "h")
+        if same:
+            # each layer's results feed the next layer's carried parameters, member by member: one variable each
+            vars_ = [fresh(o.hint) for o in outs] or [fresh("h")]
             for c in group:
-                for o in self.outs(c):
-                    child_vars[id(o)] = var
-            return [(f"{var} = repeat({self.count_name(len(group))}, {self.block_of[first]}, {', '.join(args)}, "
-                     f"name={attr}, shared=true)", pos)]
+                for o, v in zip(self.outs(c), vars_, strict=False):
+                    child_vars[id(o)] = v
+            # a tuple carry is written as the language spells it: `h, e = repeat(N, layer, (h, e), adj, ...)`
+            args = [args[0] if carry == 1 else f"({', '.join(args[:carry])})", *args[carry:]]
+        if same and shared:
+            return [(f"{', '.join(vars_)} = repeat({self.count_name(len(group))}, {self.block_of[first]}, "
+                     f"{', '.join(args)}, name={attr}, shared=true)", pos)]
         if same:
             head = first.rpartition(".")[0]
             count = self.layer_counts.get(head, str(len(group)))
-            var = fresh(outs[0].hint if outs else "h")
-            for c in group:
-                for o in self.outs(c):
-                    child_vars[id(o)] = var
             name = self.block_of[first]
             list_name = head.rpartition(".")[2]
-            return [(f"{var} = repeat({count}, {name}, {', '.join(args)}, name={list_name})", pos)]
+            return [(f"{', '.join(vars_)} = repeat({count}, {name}, {', '.join(args)}, name={list_name})", pos)]
         # one call, or children that differ: each called in turn
         return [self._one(c, s, names, fresh, child_vars, c.rpartition(".")[2]) for c in group]
 
@@ -322,31 +325,55 @@ class Renderer:
     def params_of(self, s: str) -> list[L]:
         """A block's parameters: what flows in, in graph order, but a repeated layer's carried value first."""
         ins = self.ins(s)
-        k = self.carried.get(s, 0)
-        return [ins[k], *ins[:k], *ins[k + 1:]] if k < len(ins) else ins
+        ks = self.carried.get(s, (0,))
+        if any(k >= len(ins) for k in ks):
+            return ins
+        return [ins[k] for k in ks] + [r for i, r in enumerate(ins) if i not in ks]
 
-    def _carry_index(self, group: list[str]) -> int:
-        """Which input of a module list's layers is the value one layer hands the next (`repeat` carries its first
-        argument; the others, a padding mask, reach every layer as they are)."""
+    def _carry_indices(self, group: list[str]) -> dict[str, tuple[int, ...]]:
+        """Which inputs of each of a module list's layers are the values one layer hands the next, in the order of
+        the layer's results (`repeat` carries its first argument, or a tuple of them: a graph layer's node and edge
+        features `(h, e)`; the others, a padding mask, reach every layer as they are). Each layer's own: the inputs
+        of two layers need not come in one graph order."""
+        if len(group) == 1:             # one layer: the one input of each result's type
+            ins, got = self.ins(group[0]), []
+            for o in self.outs(group[0]):
+                alike = [i for i, r in enumerate(ins) if r.axes == o.axes and i not in got]
+                if len(alike) != 1:
+                    return {group[0]: (0,)}
+                got.append(alike[0])
+            return {group[0]: tuple(got) or (0,)}
+        carried: dict[str, tuple[int, ...]] = {}
+        for a, b in itertools.pairwise(group):
+            ins = self.ins(b)           # the next layer reads each result: the input it reads it as is carried
+            ks = [[i for i, r in enumerate(ins) if r is o] for o in self.outs(a)]
+            if not ks or any(len(k) != 1 for k in ks):
+                return {c: (0,) for c in group}     # they do not chain: separate calls
+            carried[b] = tuple(k[0] for k in ks)
+        self.carried.update(carried)
+        carried[group[0]] = self._first_carry(group) or carried[group[1]]
+        return carried
+
+    def _first_carry(self, group: list[str]) -> tuple[int, ...] | None:
+        """The first layer's carried inputs: what it reads where the second reads its carried values, the two
+        compared value by value (`alike.slots`), the other inputs being the very values the second reads."""
+        n, params = len(self.carried[group[1]]), self.params_of(group[1])
+        got = slots(self, group[0], group[1])
+        if got is None or any(got[j] is not params[j] for j in range(n, len(params))):
+            return None                 # (one value for several parameters: `alike.passed_twice`)
         ins = self.ins(group[0])
-        if len(group) > 1:
-            outs = self.outs(group[0])
-            nxt = self.ins(group[1])
-            if len(outs) == 1:
-                return next((i for i, r in enumerate(nxt) if r is outs[0]), 0)
-            return 0
-        outs = self.outs(group[0])
-        alike = [i for i, r in enumerate(ins) if len(outs) == 1 and r.axes == outs[0].axes]
-        return alike[0] if len(alike) == 1 else 0
+        ks = [next((i for i, r in enumerate(ins) if r is got[j]), None) for j in range(n)]
+        return None if None in ks or len(set(ks)) != n else tuple(ks)  # type: ignore[arg-type]
 
     def _chains(self, group: list[str]) -> bool:
-        rest = self.params_of(group[0])[1:]
+        n = len(self.carried.get(group[0], (0,)))
+        rest = self.params_of(group[0])[n:]
         for a, b in itertools.pairwise(group):
             outs, ins = self.outs(a), self.params_of(b)
-            if len(ins) != len(rest) + 1 or any(x is not y for x, y in zip(ins[1:], rest, strict=False)):
+            if len(ins) != len(rest) + n or any(x is not y for x, y in zip(ins[n:], rest, strict=False)):
                 return False                    # every layer must read the same other inputs
-            if len(outs) != 1 or not ins or ins[0] is not outs[0]:
-                return False
+            if len(outs) != n or any(x is not y for x, y in zip(ins[:n], outs, strict=True)):
+                return False                    # and its carried ones are the previous layer's results
         return True
 
     def block(self, s: str) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nnspec.importer import conv1d, logic, outer, slices, vectors, windows
+from nnspec.importer import conv1d, logic, outer, pad, roll, slices, split_sizes, vectors, windows
 
 HANDLERS: dict[str, Any] = {**conv1d.HANDLERS, **slices.HANDLERS, **outer.HANDLERS, **vectors.HANDLERS,
-                             **windows.HANDLERS, **logic.HANDLERS}
+                             **windows.HANDLERS, **logic.HANDLERS, **roll.HANDLERS, **split_sizes.HANDLERS,
+                             **pad.HANDLERS}

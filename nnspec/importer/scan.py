@@ -76,12 +76,67 @@ def _reads(n: fx.Node, front: set[fx.Node]) -> bool:
     return False
 
 
+class InlineStep(torch.nn.Module):
+    """The step of a recurrence written inline (a Python loop in a module's forward, no step module): a module
+    without weights that no model holds, standing for the loop body so that its unrolled steps are calls `P.step`,
+    `P.step@1`, ... of one block, which `lift_stack` writes as a `scan` like a generated step's."""
+
+
+def _ancestors(n: fx.Node) -> set[fx.Node]:
+    seen, todo = set(), [n]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(m.all_input_nodes)
+    return seen
+
+
+def inline_steps(lifter: Lifter, n: fx.Node, outs: list[fx.Node]) -> bool:
+    """Tag the unrolled steps of an inline loop as calls of one step block (`P.step`, `P.step@1`, ...); False when
+    `outs` are not such steps. Step i is what its output needs that reads the step's entries `select(X, d, i)` of
+    sequences computed before the loop (Hugging Face Mamba's `ssm_state = dA[:, :, i] * ssm_state + dBu[:, :, i]`,
+    `y_i = ssm_state @ C[:, i, :, None]`): the state it hands on is among it, read by the next step."""
+    scope = lifter.scope_of(outs[0])
+    step = f"{scope}.step" if scope else "step"
+    if len(outs) < 2 or any(lifter.scope_of(o) != scope for o in outs) or step in lifter.modules:
+        return False
+    regions: list[set[fx.Node]] = []
+    done: set[fx.Node] = set()
+    for i, out in enumerate(outs):
+        need = _ancestors(out) - done
+        cand = {m for m in need if str(m.target) == "aten.select.int" and m.args[2] == i
+                and isinstance(m.args[0], fx.Node) and m.args[0] not in done}
+        picks = {m for m in cand if not _ancestors(m.args[0]) & cand}     # `y[:, :, 0]` of a step's value is not one
+        if not picks:
+            return False
+        region: set[fx.Node] = set()            # what reads a pick, in graph order: one pass
+        for m in sorted(need, key=lifter.index.__getitem__):
+            if m not in picks and any(a in picks or a in region for a in m.all_input_nodes):
+                region.add(m)
+        if out not in region or any(lifter.scope_of(m) != scope for m in region):
+            return False
+        regions.append(region)
+        done |= region | picks
+    key = next(reversed(outs[0].meta.get("nn_module_stack") or {}), "")
+    lifter.modules[step] = InlineStep()
+    for i, region in enumerate(regions):
+        for m in region:
+            stack = dict(m.meta.get("nn_module_stack") or {})
+            stack[f"{key}_step" + (f"@{i}" if i else "")] = (step, InlineStep)
+            m.meta["nn_module_stack"] = stack
+            lifter._calls.pop(m, None)
+    return True
+
+
 def lift_stack(lifter: Lifter, n: fx.Node) -> Any:
     from nnspec.importer.indexing import _zeros
     from nnspec.importer.ops import _dim
 
     outs = [lifter.resolve(o) for o in n.args[0]]
     scopes = [lifter.scope_of(o) for o in outs]
+    if len(set(scopes)) == 1 and inline_steps(lifter, n, outs):
+        scopes = [lifter.scope_of(o) for o in outs]        # the steps of a loop written inline: `P.step@i`
     base = scopes[0]
     if not base or scopes != [base] + [f"{base}@{i}" for i in range(1, len(outs))]:
         raise lifter.fail(n, "a stack of values that are not the per-step outputs of one block's calls (a scan)")

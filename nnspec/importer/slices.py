@@ -67,19 +67,26 @@ def free_sized(lifter: Lifter, ax: str) -> bool:
 
 
 def lift_slice(lifter: Lifter, n: fx.Node) -> Any:
-    from nnspec.importer.ops import _dim, _scope_idx
     from nnspec.importer.ops import _slice as whole
-    from nnspec.importer.patterns import relabel
 
     x = lifter.lift(n.args[0])
     if not isinstance(x, L):
         return whole(lifter, n)
-    shape = lifter.value(n.args[0]).shape
-    d = _dim(x, n.args[1] if len(n.args) > 1 else 0)
+    return piece(lifter, n, x, n.args[0], *(list(n.args[1:5]) + [None] * 4)[:4])
+
+
+def piece(lifter: Lifter, n: fx.Node, x: L, src: fx.Node, dim: Any, start: Any, stop: Any, step: Any) -> L:
+    """`x[start:stop:step]` along torch dim `dim` of `src` (lifted: `x`), for `n` (a slice, or one member of a
+    `split_with_sizes`: `split_sizes.py`)."""
+    from nnspec.importer.ops import _dim, _scope_idx
+    from nnspec.importer.patterns import relabel
+
+    shape = lifter.value(src).shape
+    d = _dim(x, dim if dim is not None else 0)
     size = shape[d]
-    start = n.args[2] if len(n.args) > 2 and n.args[2] is not None else 0
-    stop = n.args[3] if len(n.args) > 3 and n.args[3] is not None else size
-    step = n.args[4] if len(n.args) > 4 else 1
+    start = start if start is not None else 0
+    stop = stop if stop is not None else size
+    step = step if step is not None else 1
     if not all(isinstance(v, int) for v in (start, stop, step)) or step < 1:
         raise lifter.fail(n, "a slice with bounds computed at run time or a negative step")
     start, stop, _ = slice(start, stop, step).indices(size)

@@ -21,7 +21,7 @@ _COUNTS = ("vocab", "position", "type")
 def count_name(lifter: Lifter, path: str, num: int, dim: int, positions: bool = False) -> str:
     """The expression written for embedding `path`'s count `num` (of vectors of size `dim`; `positions`: it is
     read at `arange(T)`), remembered as the name of the weight's first axis."""
-    words = ("position", "vocab", "type") if positions else _COUNTS
+    words = ("position", "max_len", "ctx", "vocab", "type") if positions else _COUNTS
     keys = [k for w in words for k, v in lifter.dims.values.items() if v == num and w in k]
     if keys:
         lifter.dims.used.add(keys[0])

@@ -86,25 +86,43 @@ def reshape(lifter: Lifter, n: fx.Node) -> L:
     except ImportFailure:                       # an axis of unknown size: the generic rule refuses it
         return ops._reshape(lifter, n)
     plan = _plan([(a, sizes[a]) for a in x.flat()], tgt)
+    grouped = [d for d, g in enumerate(x.axes) if len(g) > 1]
+    if plan is None and grouped:
+        # a view cutting across the pieces a dim holds (a grid that windows split `(nh wh)`, cut again 2 x 2 by
+        # patch merging): the dim's pieces merged first, then split as the view says
+        merged = ops.merge_groups(lifter, x, grouped, n)
+        sizes = {a: ops._size_of_name(lifter, a, n) for a in merged.flat()}
+        plan = _plan([(a, sizes[a]) for a in merged.flat()], tgt)
+        if plan is not None:
+            x = merged
     split = sorted({p[1][0] for p in plan or [] if p[0] == "piece"})
     if plan is None or not split:
         return ops._reshape(lifter, n)         # merges only, or cutting across axes: the generic rule (or refusal)
     parts: dict[str, list[int]] = {a: [] for a in split}
+    at: dict[str, list[int]] = {a: [] for a in split}
     for pos, (kind, what) in enumerate(plan):
         if kind == "piece":
             parts[what[0]].append(tgt[pos])
+            at[what[0]].append(pos)
     taken = set(x.flat()) - set(split)
-    if len(split) == 1 and not _free(lifter, split[0]) and not _clash(lifter, split[0], sizes, parts, taken):
+    if len(split) == 1 and not _free(lifter, split[0]) and not _clash(lifter, split[0], sizes, parts, taken) \
+            and _grid_letter(lifter, x, split[0], split, parts[split[0]]) is None:
         return ops._reshape(lifter, n)         # one split of a configured axis, named apart: the generic rule
     pieces: dict[str, list[str]] = {}
     for a in split:
-        pieces[a] = _names(lifter, n, a, sizes[a], parts[a], taken)
+        pieces[a] = _names(lifter, n, a, sizes[a], parts[a], taken, _grid_letter(lifter, x, a, split, parts[a]),
+                           _fixed_first(lifter, n, a, at[a]))
         taken.update(pieces[a])
     items: list[str | tuple[str, ...]] = [tuple(pieces[a]) if a in pieces else a for a in x.order]
     axes = [tuple(p for a in g for p in pieces.get(a, [a])) for g in x.axes]
     order = [p for a in x.order for p in pieces.get(a, [a])]
     scope, idx = lifter.scope_of(n), lifter.index[n]
-    y = L("{0}" + annotation(items), [ops._bound(x)], axes, order, scope, idx, hint=x.hint)
+    fmt = "{0}" + annotation(items)
+    if any(_grid_letter(lifter, x, a, split, parts[a]) for a in split):
+        fmt += annotation(list(order))      # a fixed grid's pieces as axes of their own, not kept merged (`nw*ww`)
+    # a block's parameter split is named as the parameter (`x`), not as the value a call passes (which differs
+    # between a repeat's first layer and the next, so that the layers would render differently)
+    y = L(fmt, [ops._bound(x)], axes, order, scope, idx, hint=x.hint if x.scope == scope else "x")
     return ops._regroup(lifter, n, ops._Reshaped(y, tgt))
 
 
@@ -119,13 +137,51 @@ def _clash(lifter: Lifter, axis: str, sizes: dict[str, int], parts: dict[str, li
 
 def _free(lifter: Lifter, name: str) -> bool:
     """An axis sized by the example inputs (a free dim, or a count made from one): not a configured size."""
-    return name in lifter.dims.free.values() or name in getattr(lifter, "counts", {})
+    return name in lifter.dims.free.values() or (name in getattr(lifter, "counts", {})
+                                                  and name not in getattr(lifter, "fixed_counts", set()))
 
 
-def _names(lifter: Lifter, n: fx.Node, axis: str, size: int, parts: list[int], taken: set[str]) -> list[str]:
+def _grid_letter(lifter: Lifter, x: L, axis: str, split: list[str], parts: list[int]) -> str | None:
+    """`h` or `w` when configured axis `axis` is a grid's rows or columns cut into windows, else None: two axes
+    split in one view (a 2 x 2 patch merging), or an axis other than the last (channels-last) split into a count
+    and a window of a dim spelled `window`, one view per axis (Swin's partition as nnspec generates it). Rows are
+    the first so cut, columns the second."""
+    if len(parts) != 2 or _free(lifter, axis) or x.flat()[-1] == axis:
+        return None
+    if len(split) == 2:
+        return "hw"[x.flat().index(axis) > x.flat().index(next(a for a in split if a != axis))]
     dims = lifter.dims
+    if not any("window" in k and v == parts[1] for k, v in dims.values.items()):
+        return None
+    rows = [a for a in x.flat() if a != axis and a in getattr(lifter, "fixed_counts", set()) and a.startswith("nh")]
+    return "w" if rows else "h"
+
+
+def _fixed_first(lifter: Lifter, n: fx.Node, axis: str, at: list[int]) -> bool:
+    """Whether free axis `axis`, split in two at target dims `at`, has its fixed piece first (`(2 c1)`: two
+    halves of the sequence), as the model wrote the view; sizes alone cannot tell (`L = 4` splits 2 x 2)."""
+    from nnspec.importer.provenance import fixed_sizes
+
+    if len(at) != 2 or not _free(lifter, axis):
+        return False
+    flags = fixed_sizes(lifter, n)
+    return flags is not None and len(flags) > max(at) and flags[at[0]] and not flags[at[1]]
+
+
+def _names(lifter: Lifter, n: fx.Node, axis: str, size: int, parts: list[int], taken: set[str],
+           grid: str | None = None, fixed_first: bool = False) -> list[str]:
+    """Names for the pieces of `axis`; `grid` (`h` or `w`) when it is a configured grid axis cut into windows with
+    the other (Swin's partition of a fixed grid): a count and a window as for a free axis, named by the letter.
+    A free axis whose fixed piece comes first (`fixed_first`) is `(wt nt)`: the fixed size, then the count."""
+    dims = lifter.dims
+    if _free(lifter, axis) and len(parts) == 2 and fixed_first:
+        window = _window(lifter, axis, parts[0], taken)
+        return [window, _count(lifter, axis, parts[1])]
     if _free(lifter, axis) and len(parts) == 2:
         return [_count(lifter, axis, parts[0]), _window(lifter, axis, parts[1], taken)]
+    if grid is not None and len(parts) == 2 and parts[1] > 1:
+        window = _window(lifter, grid.upper(), parts[1], taken)
+        return [_grid_count(lifter, grid, parts[0], size, window), window]
     try:
         names = dims.split(axis, size, parts)
     except ValueError:
@@ -139,6 +195,28 @@ def _names(lifter: Lifter, n: fx.Node, axis: str, size: int, parts: list[int], t
             name = alt
         out.append(name)
     return out
+
+
+def _grid_count(lifter: Lifter, letter: str, size: int, grid: int, window: str) -> str:
+    """How many windows fit along a configured grid's rows (`h`) or columns (`w`): a dim (`nh: h0 / wh`), since a
+    count the language infers inside a block is named by its size outside it; one per (letter, size), so that the
+    calls of a block name it alike."""
+    dims = lifter.dims
+    made: dict[tuple[str, int], str] = lifter.__dict__.setdefault("grid_counts", {})
+    if (letter, size) not in made:
+        name, k = f"n{letter}", 0
+        while name in dims.values or name in dims.free.values() or name in dims.local:
+            k += 1
+            name = f"n{letter}_{k}"
+        whole = sorted((d for d in dims.ordered() if dims.values[d] == grid and d not in dims.derived
+                        and "layer" not in d), key=lambda d: not d.startswith(letter))
+        dims.values[name] = size
+        dims.placed.add(name)
+        dims.derived[name] = f"{whole[0]} / {window}" if whole else str(size)
+        dims.used.update([name, *whole[:1]])
+        lifter.__dict__.setdefault("fixed_counts", set()).add(name)
+        made[(letter, size)] = name
+    return made[(letter, size)]
 
 
 def _count(lifter: Lifter, axis: str, size: int) -> str:
@@ -158,8 +236,8 @@ def _count(lifter: Lifter, axis: str, size: int) -> str:
 def _window(lifter: Lifter, axis: str, size: int, taken: set[str]) -> str:
     """The window along free axis `H`: a dim `wh` declared as the configured size it equals (`wh: window`)."""
     dims = lifter.dims
-    base = next((k for k in dims.ordered() if dims.values[k] == size and "head" not in k and "layer" not in k),
-                None)
+    base = next((k for k in sorted(dims.ordered(), key=lambda k: "window" not in k)
+                 if dims.values[k] == size and "head" not in k and "layer" not in k and k not in dims.derived), None)
     stem = (base[0] if base else "w") + axis[0].lower()
     name, k = stem, 0
     while (name in dims.values and dims.values[name] != size) or name in dims.free.values() or name in taken \
@@ -170,6 +248,8 @@ def _window(lifter: Lifter, axis: str, size: int, taken: set[str]) -> str:
         dims.values[name] = size
         if base:
             dims.derived[name] = base
+        else:      # a literal size (`(2 c1)`): this piece's name, never the name of another axis of that size
+            dims.placed.add(name)
     dims.used.add(name)
     if base:
         dims.used.add(base)
@@ -185,11 +265,44 @@ def align(lifter: Lifter, n: fx.Node, a: Any, b: Any) -> tuple[Any, Any]:
     pairs = list(zip(ra, rb, strict=False))
     if all(not x or not y or x == y for x, y in pairs):
         return a, b
+    for x, other, first in ((a, b, True), (b, a, False)):
+        back = _merged_back(lifter, n, x, other)
+        if back is not None:
+            return (back, b) if first else (a, back)
     small, big, swap = (b, a, False) if len(b.flat()) <= len(a.flat()) else (a, b, True)
     got = _relabelled(lifter, n, small, big)
     if got is None:
         return a, b
     return (got, b) if swap else (a, got)
+
+
+def _merged_back(lifter: Lifter, n: fx.Node, x: L, other: L) -> L | None:
+    """`x` with each dim holding the pieces of a fixed grid axis (`(nh wh)`, windows merged back) named as the one
+    dim of `other` it aligns with (`h0`), or None. Swin's residual `x + reversed windows`: the stream keeps its grid
+    axes, so a layer returns what it takes (`repeat`). One group at a time (a merged axis is named by its size, two
+    of one size at once would clash), each a merge and a relabel, which is torch's positional alignment."""
+    from nnspec.importer import ops
+
+    dims = lifter.dims
+    todo = []
+    for i in range(1, min(len(x.axes), len(other.axes)) + 1):
+        gx, go = x.axes[-i], other.axes[-i]
+        if gx == go or not gx or not go:
+            continue
+        if len(gx) < 2 or len(go) != 1 or go[0] in x.flat() or go[0] not in dims.values or go[0] in dims.local \
+                or not all(p in dims.values for p in gx):
+            return None
+        todo.append(len(x.axes) - i)
+    if not todo:
+        return None
+    scope, idx = lifter.scope_of(n), lifter.index[n]
+    for d in sorted(todo):
+        x = ops.merge_groups(lifter, x, [d], n)
+        old, new = x.axes[d][0], other.axes[d - len(x.axes) + len(other.axes)][0]
+        items = [new if a == old else a for a in x.order]        # no alias: `new` is a dim of its own size
+        x = L("{0}" + annotation(list(items)), [x], [(new,) if g == (old,) else g for g in x.axes], items, scope,
+              idx - 0.05, hint=x.hint)
+    return x
 
 
 def _relabelled(lifter: Lifter, n: fx.Node, x: L, other: L) -> L | None:
@@ -234,9 +347,15 @@ def one_name(lifter: Lifter, x: L, d: int, n: fx.Node) -> L:
     old = x.axes[d][0]
     if "*" not in old:
         return x
+    size = ops._size_of_name(lifter, old, n)
+    made: dict[str, str] = lifter.__dict__.setdefault("one_names", {})
     taken = set(lifter.dims.values) | set(lifter.dims.free.values()) | set(x.flat()) | set(lifter.dims.local)
-    new = next(c for c in ("M", "N", "K", *(f"M_{k}" for k in range(1, 99))) if c not in taken)
-    lifter.dims.local[new] = ops._size_of_name(lifter, old, n)
+    new = made.get(old)
+    if new is None or new in x.flat() or lifter.dims.local.get(new) != size or new in lifter.dims.aliases:
+        # one name per merged axis, so that a repeat's layers, each merging it anew, name it alike
+        new = next(c for c in ("M", "N", "K", *(f"M_{k}" for k in range(1, 99))) if c not in taken)
+        made[old] = new
+    lifter.dims.local[new] = size
     items = [new if a == old else a for a in x.order]
     axes = [(new,) if i == d else g for i, g in enumerate(x.axes)]
     return L("{0}" + annotation(list(items)), [x], axes, list(items), x.scope, x.idx + 0.001, hint=x.hint)
@@ -285,6 +404,13 @@ def grid_names(lifter: Lifter, over: tuple[str, str], sizes: tuple[int, ...], ou
                              "language names by its size there (`16`, `16_1`)")
     if tuple(out) == tuple(sizes):
         return over
+    if not any(_free(lifter, a) for a in over):
+        # named after the dims continuing the input axes' own (`height0` -> `height1`): dims keep their names
+        # outside the block, so a square grid's two axes stay apart there
+        named = tuple(lifter.dims.successor(a, int(s), set(x.flat())) for a, s in zip(over, out, strict=True))
+        if all(named) and named[0] != named[1]:
+            lifter.dims.used.update(named)
+            return named
     local, k = lifter.dims.local, 0
     while True:
         names = ("gh", "gw") if k == 0 else (f"gh_{k}", f"gw_{k}")
@@ -314,6 +440,7 @@ def plain_names(lifter: Lifter, x: L, n: fx.Node) -> L:
     for a in odd:
         rename[a] = next(fresh)
         lifter.dims.local[rename[a]] = ops._size_of_name(lifter, a, n)
+        lifter.dims.aliases.setdefault(rename[a], a)     # outside its block, `F` is the size it names (`2*d`)
     items = [rename.get(a, a) for a in x.order]
     axes = [tuple(rename.get(a, a) for a in g) for g in x.axes]
     return L("{0}" + annotation(list(items)), [ops._bound(x)], axes, items, x.scope, x.idx + 0.005, hint=x.hint)

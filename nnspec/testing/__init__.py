@@ -44,7 +44,11 @@ What a drawn spec contains (each feature is drawn, none is guaranteed):
     permutes, head split/merge round-trips, and a split
     of the free sequence axis (a run-time guard that it is even);
   - layers that apply earlier blocks by call (`name=` or the default scope), residual call or nested
-    `repeat`, sometimes the same block twice.
+    `repeat`, sometimes the same block twice;
+  - with `specs(scans=True)` only: a recurrence over the sequence, `scan(step, zeros(...), ..., over=T)` with its
+    step a block of its own: retention (a decaying state of outer products k v^T read by q), a gated diagonal
+    recurrence (s = a * s + u, a = sigmoid(linear(x))) or a selective SSM as Mamba's (decay exp(dt a), drive
+    dt b x, read out by a contraction with c).
 - the body applies the top-level blocks the same ways, `repeat(N, block, x, name=..)` with separate or
   `shared=true` weights, maybe a chain of steps, then binds 1 to 3 outputs, declared with the type they
   get: the stream `[B, T, d]`, logits `[B, T, vocab]` (a linear head, or `h * wte.weight` tied to the

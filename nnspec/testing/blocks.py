@@ -147,6 +147,66 @@ def _attention_block(g: Gen) -> Block:
     return Block(name, _signature(g, name), c.lines)
 
 
+def _scan_block(g: Gen) -> Block:
+    """A recurrence over the sequence (`scan`), its step a block of its own (drawn when `specs(scans=True)`):
+    retention (a decaying state of outer products k v^T read by q), a diagonal gated recurrence (an input-dependent
+    decay per channel) or a selective SSM as Mamba's (a [width, head_dim] state, decay exp(dt a) and drive dt b u,
+    read out by a contraction with c)."""
+    n = g.n
+    b, t, w, hd = n.batch, n.seq, n.width, n.head_dim
+    style = g.draw(st.sampled_from(["retention", "diagonal", "selective"]))
+    s = g.code()
+    c = g.code()
+    c.variables.add("x")
+    out = c.var("y")
+    final = c.var("last")
+    step_name = _block_name(g, "recur")
+    if style == "retention":
+        gamma = g.draw(st.sampled_from(["0.9", "0.5", "1.0"]))
+        s.variables.update({"s", "q", "k", "v", "kv", "o"})
+        s.add(f"kv[{b}, {n.heads}, {hd}, {w}] = k * v")
+        s.add(f"s = {gamma} * s + kv")
+        s.add(f"o[{b}, {n.heads}, {w}] = q * s")
+        s.add("return s, o")
+        signature = f"{step_name}(s, q, k, v)"
+        q, k, v = c.var("q"), c.var("k"), c.var("v")
+        heads = f"[{b}, {t}, ({n.heads} {hd})]"
+        c.add(f"{q} = {_linear(g, c, 'x', g.stream, base='q_proj')}{heads}")
+        c.add(f"{k} = {_linear(g, c, 'x', g.stream, base='k_proj')}{heads}")
+        c.add(f"{v} = {_linear(g, c, 'x', g.stream, base='v_proj')}")
+        c.add(f"{final}, {out} = scan({step_name}, zeros({b}, {n.heads}, {hd}, {w}), {q}, {k}, {v}, over={t})")
+        merged = f"{out}[{b}, {t}, ({n.heads} {w})]"
+        c.add(f"return {_linear(g, c, merged, g.stream, base='o_proj')}")
+    elif style == "diagonal":
+        s.variables.update({"s", "a", "u"})
+        s.add("s = a * s + u")
+        s.add(f"return s, {g.activation() if g.draw(st.booleans()) else ''}(s)")
+        signature = f"{step_name}(s, a, u)"
+        a, u = c.var("a"), c.var("u")
+        c.add(f"{a} = sigmoid({_linear(g, c, 'x', g.stream, base='gate')})")
+        c.add(f"{u} = {_linear(g, c, 'x', g.stream, base='drive')}")
+        c.add(f"{final}, {out} = scan({step_name}, zeros({b}, {w}), {a}, {u}, over={t})")
+        c.add(f"return {_to_stream(g, c, out, g.stream)}")
+    else:
+        s.variables.update({"h", "decay", "drive", "r", "y"})
+        s.add("h = decay * h + drive")
+        s.add(f"y[{b}, {w}] = h * r")
+        s.add("return h, y")
+        signature = f"{step_name}(h, decay, drive, r)"
+        dt, a, bb, r, decay, drive = (c.var(x) for x in ("dt", "a", "bb", "r", "decay", "drive"))
+        c.add(f"{dt} = softplus({_linear(g, c, 'x', g.stream, base='dt_proj')})")
+        c.add(f"{a} = -exp(param({w}, {hd}, name={c.scope('A_log')}))")
+        c.add(f"{bb} = linear(x, {hd}, bias=false, name={c.scope('b_proj')})")
+        c.add(f"{r} = linear(x, {hd}, bias=false, name={c.scope('c_proj')})")
+        c.add(f"{decay}[{b}, {t}, {w}, {hd}] = exp({dt} * {a})")
+        c.add(f"{drive}[{b}, {t}, {w}, {hd}] = {dt} * {bb} * x")
+        c.add(f"{final}, {out} = scan({step_name}, zeros({b}, {w}, {hd}), {decay}, {drive}, {r}, over={t})")
+        c.add(f"return {_linear(g, c, out, g.stream, base='out_proj')}")
+    g.blocks.append(Block(step_name, signature, s.lines))
+    name = _block_name(g, "recurrence")
+    return Block(name, _signature(g, name), c.lines)
+
+
 def _scale(g: Gen, head_dim: str, value: int) -> str:
     """Scale scores by 1/sqrt(head_dim), written one of several ways."""
     return g.draw(st.sampled_from([f" / sqrt({head_dim})", f" * {head_dim} ** -0.5", f" * {1 / math.sqrt(value)!r}"]))
@@ -232,6 +292,8 @@ def _blocks(g: Gen, count: int) -> list[Block]:
             k = g.draw(st.integers(1, len(top)))
             inner, top = top[-k:], top[:-k]
             block = _layer_block(g, inner)
+        elif g.scans and g.draw(st.booleans()):  # only when asked for: what is drawn without it is unchanged
+            block = _scan_block(g)
         else:
             block = LEAVES[g.draw(st.sampled_from(sorted(LEAVES)))](g)
         g.blocks.append(block)

@@ -123,27 +123,28 @@ def _yaml(name: str, dims: list[str], options: dict[str, str], body: Body, block
 
 
 def specs(*, max_layers: int = 3, max_blocks: int = 3, max_width: int = 32, max_chain: int = 4,
-          avoid: Collection[str] = ()) -> st.SearchStrategy[str]:
+          avoid: Collection[str] = (), scans: bool = False) -> st.SearchStrategy[str]:
     """Valid nnspec spec texts (YAML strings; what they contain is in the module docstring).
 
     max_layers: the largest repeat count (the layer-count dim); max_blocks: the most blocks (at least one
     is drawn); max_width: the largest model width (at least 4; the MLP dim is at most twice it);
-    max_chain: the most steps in one random op chain; avoid: names from `FEATURES` to leave out.
+    max_chain: the most steps in one random op chain; avoid: names from `FEATURES` to leave out;
+    scans: also draw recurrences over the sequence (`scan`: retention, a gated diagonal one, a selective SSM).
     """
     unknown = set(avoid) - FEATURES
     if unknown:
         raise ValueError(f"unknown features {sorted(unknown)}; known: {sorted(FEATURES)}")
     if max_width < 4 or max_blocks < 1 or max_layers < 1 or max_chain < 1:
         raise ValueError("specs() needs max_width >= 4 and max_blocks, max_layers, max_chain >= 1")
-    return _specs(max_layers, max_blocks, max_width, max_chain, frozenset(avoid))
+    return _specs(max_layers, max_blocks, max_width, max_chain, frozenset(avoid), scans)
 
 
 @st.composite
 def _specs(draw: Draw, max_layers: int, max_blocks: int, max_width: int, max_chain: int,
-           avoid: frozenset[str]) -> str:
+           avoid: frozenset[str], scans: bool = False) -> str:
     n = draw(_names())
     d = draw(_dims(max_width, max_layers))
-    g = Gen(draw, n, d, avoid, max_chain=max_chain)
+    g = Gen(draw, n, d, avoid, max_chain=max_chain, scans=scans)
     top = _blocks(g, draw(st.integers(1, max_blocks)))
     body = _body(g, top)
     return _yaml("drawn", _dim_lines(draw, n, d), g.options, body, g.blocks)

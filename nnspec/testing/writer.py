@@ -186,6 +186,7 @@ class Gen:
     options: dict[str, str] = field(default_factory=dict)   # name -> YAML value, for the options used
     blocks: list[Block] = field(default_factory=list)
     max_chain: int = 4
+    scans: bool = False           # draw recurrences (`scan`) among the blocks too
 
     @property
     def stream(self) -> Width:

@@ -13,6 +13,12 @@ fills it) and passes a block argument as `visible if attention_mask_given else N
 - the block uses that input only as an attention's boolean mask (directly, or by passing it to blocks that do), so
   every reader knows None: the attention emitters then write `attn_mask=None` and `is_causal`
   (ops/attention.py).
+
+A mask with the causal triangle folded in (`causal-into-mask`: `visible & causal_mask(T, S)`, built once and handed
+to every layer) is the triangle alone when those inputs are absent: it is passed as None too, where every reader is
+a causal attention whose mask holds the triangle (`mask_causal`) over the same two axes (by position: a call hands
+its arguments to the block's inputs one for one, and a relabel keeps the axes' order), which then runs SDPA's
+causal kernel, masking exactly what the triangle did.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.passes.fold_constants import constant_of, evaluate
 
+Triangle = tuple[int, int] | None   # None: all True; (i, j): the causal triangle over axes i (query), j (key)
+
 
 @dataclass
 class AbsentPlan:
-    """`given`: node of the model graph -> the optional inputs it is all True without (any one given: unknown).
-    `none_ok`: (template, input) pairs a block may receive as None."""
+    """`given`: node of the model graph -> the optional inputs it is all True without (any one given: unknown), or
+    the causal triangle alone (`triangle`: node -> the positions of its query and key axes).
+    `none_ok`: (template, input, triangle) for each block input that may receive as None a value of that kind."""
 
     given: dict[str, frozenset[str]] = field(default_factory=dict)
-    none_ok: set[tuple[str, str]] = field(default_factory=set)
+    triangle: dict[str, tuple[int, int]] = field(default_factory=dict)
+    none_ok: set[tuple[str, str, Triangle]] = field(default_factory=set)
 
 
 class Function(Protocol):
@@ -69,23 +79,43 @@ def plan_of(fn: Function) -> AbsentPlan:
 
 def _plan(model: Model) -> AbsentPlan:
     out = AbsentPlan()
-    memo: dict[tuple[str, int], bool] = {}
-    for name, (value, deps) in _uniform(model.graph).items():
+    memo: dict[tuple[str, int, Triangle], bool] = {}
+    uniform = _uniform(model.graph)
+    for name, (value, deps) in uniform.items():
         if value is True and deps and model.graph[name].tensor_type.dtype == DType.bool:
             out.given[name] = deps
+    for node in model.graph:
+        found = _triangle_only(model.graph, node, out.given)
+        if found is not None:
+            out.given[node.name], out.triangle[node.name] = found
     # the block inputs some call passes None: from the model's calls, on through the blocks' own calls
-    todo = [(block, j) for node in model.graph for j, x in enumerate(node.inputs) if x in out.given
-            and _hands_on(node) and j >= _carried(node) and all(_none_ok(model, b, j, memo) for b in blocks_run(node))
+    todo = [(block, j, out.triangle.get(x)) for node in model.graph for j, x in enumerate(node.inputs)
+            if x in out.given and _hands_on(node) and j >= _carried(node)
+            and all(_none_ok(model, b, j, memo, out.triangle.get(x)) for b in blocks_run(node))
             for block in blocks_run(node)]
     while todo:
-        block, i = todo.pop()
+        block, i, kind = todo.pop()
         graph = model.templates[block]
-        if (block, graph.inputs[i]) in out.none_ok:
+        if (block, graph.inputs[i], kind) in out.none_ok:
             continue
-        out.none_ok.add((block, graph.inputs[i]))
-        todo += [(b, j) for user in _readers(model, graph, graph.inputs[i]) for j, x in enumerate(user.inputs)
+        out.none_ok.add((block, graph.inputs[i], kind))
+        todo += [(b, j, kind) for user in _readers(model, graph, graph.inputs[i]) for j, x in enumerate(user.inputs)
                  if x in _aliases(model, graph, graph.inputs[i]) for b in blocks_run(user)]
     return out
+
+
+def _triangle_only(graph: Graph, node: Node, all_true: dict[str, frozenset[str]]) \
+        -> tuple[frozenset[str], tuple[int, int]] | None:
+    """(the optional inputs, the positions of the query and key axes) where `node` is `m & causal_mask(Q, K)` with
+    `m` all True without those inputs: then it is the triangle alone."""
+    if node.op != "logical_and" or len(node.inputs) != 2 or not isinstance(node.type, TensorType):
+        return None
+    for m, c in (node.inputs, node.inputs[::-1]):
+        tri = graph[c]
+        if m in all_true and tri.op == "causal_mask":
+            names = node.type.names
+            return all_true[m], (names.index(tri.attrs["q"].name), names.index(tri.attrs["k"].name))
+    return None
 
 
 def _aliases(model: Model, graph: Graph, name: str) -> set[str]:
@@ -145,31 +175,41 @@ def _carried(node: Node) -> int:
     return len(result) if isinstance(result, tuple) else 1
 
 
-def _none_ok(model: Model, block: str, i: int, memo: dict[tuple[str, int], bool]) -> bool:
-    """May input `i` of `block` be None: every use an attention's mask, or an argument of blocks that allow it."""
-    key = (block, i)
+def _none_ok(model: Model, block: str, i: int, memo: dict[tuple[str, int, Triangle], bool], kind: Triangle) -> bool:
+    """May input `i` of `block` be None in place of a value of this kind: every use an attention's mask (one that
+    holds the same triangle, for the triangle alone), or an argument of blocks that allow it."""
+    key = (block, i, kind)
     if key not in memo:
         memo[key] = False   # a recursive block (none today) is refused
         graph = model.templates[block]
-        memo[key] = _uses_ok(model, graph, graph.inputs[i], memo)
+        memo[key] = _uses_ok(model, graph, graph.inputs[i], memo, kind)
     return memo[key]
 
 
-def _uses_ok(model: Model, graph: Graph, name: str, memo: dict[tuple[str, int], bool]) -> bool:
+def _uses_ok(model: Model, graph: Graph, name: str, memo: dict[tuple[str, int, Triangle], bool],
+             kind: Triangle) -> bool:
     if name in graph.outputs:
         return False
     for user in graph.users(name):
         slots = [j for j, x in enumerate(user.inputs) if x == name]
         if user.op == "attention":
-            ok = user.attrs["has_mask"] and slots == [3]
+            ok = user.attrs["has_mask"] and slots == [3] and (kind is None or _holds(graph, user, kind))
         elif _hands_on(user):
-            ok = all(j >= _carried(user) and all(_none_ok(model, b, j, memo) for b in blocks_run(user))
+            ok = all(j >= _carried(user) and all(_none_ok(model, b, j, memo, kind) for b in blocks_run(user))
                      for j in slots)
         else:
-            ok = _relabel(model, graph, user) and _uses_ok(model, graph, user.name, memo)
+            ok = _relabel(model, graph, user) and _uses_ok(model, graph, user.name, memo, kind)
         if not ok:
             return False
     return True
+
+
+def _holds(graph: Graph, attention: Node, kind: tuple[int, int]) -> bool:
+    """Is the attention causal, with a mask that holds its triangle, over the mask's axes at positions `kind`?"""
+    a = attention.attrs
+    names = graph[attention.inputs[3]].tensor_type.names
+    return bool(a["causal"] and a.get("mask_causal")) and max(kind) < len(names) and \
+        (names[kind[0]], names[kind[1]]) == (a["query"], a["key"])
 
 
 def _relabel(model: Model, graph: Graph, node: Node) -> bool:
@@ -191,8 +231,9 @@ def block_args(fn: Function, node: Node, ins: list[Expr]) -> list[Expr]:
     out = list(ins)
     for j, x in enumerate(node.inputs):
         deps = plan.given.get(x)
+        kind = plan.triangle.get(x)
         if deps is None or j < _carried(node) or \
-                not all((b, fn.mg.model.templates[b].inputs[j]) in plan.none_ok for b in blocks_run(node)):
+                not all((b, fn.mg.model.templates[b].inputs[j], kind) in plan.none_ok for b in blocks_run(node)):
             continue
         flags = [P.Name(given_flag(fn, d)) for d in sorted(deps)]
         test = flags[0]
@@ -214,4 +255,9 @@ def may_be_none(fn: Function, name: str) -> bool:
     graph = fn.graph
     while name in graph.nodes and name not in graph.inputs and _relabel(fn.mg.model, graph, graph[name]):
         name = graph[name].inputs[0]
-    return fn.model is None and name in graph.inputs and (graph.name, name) in plan_of(fn).none_ok
+    return fn.model is None and name in graph.inputs and \
+        any((graph.name, name, kind) in plan_of(fn).none_ok for kind in _kinds(plan_of(fn)))
+
+
+def _kinds(plan: AbsentPlan) -> set[Triangle]:
+    return {None, *plan.triangle.values()}

@@ -173,6 +173,8 @@ class DecodeCodegen:
         lines = fn.generate(METHOD)
         weights = step_weights_lines(fn.step_weights)
         self.gemvs |= bool(weights)
+        if weights:
+            self.mg.helper("weight_stamp")    # how step_gemv and choose_layouts tell a kept copy is current
         head = next(i for i, line in enumerate(lines) if line.rstrip().endswith(":") and "->" in line)
         doc = ("One decoding step: the new tokens only, keys and values written to and read from `cache` (one "
                "KVCache per causal attention call, in run order, each taken off the list by its call) at "
@@ -286,8 +288,8 @@ class DecodeCodegen:
                  f"        # {comment}",
                  *shape_lines,
                  *made,
-                 *(["        # an [in, out] copy of each weight the step multiplies by where that layout measures",
-                    "        # faster here (weight_layout: auto, given, transposed): layout_bytes besides the model",
+                 *(["        # the layout the step reads each weight in (weight_layout: auto, the fastest measured",
+                    "        # here, or one of LAYOUT_KINDS for all): its copies cost layout_bytes besides the model",
                     "        self.layout_bytes = choose_layouts(model, batch, weight_layout)"] if self.gemvs else []),
                  "",
                  "    def reset(self) -> None:",
@@ -337,11 +339,14 @@ def _torch_emitters() -> Any:
 
 @cache
 def _runtime_source(name: str) -> str:
-    """A definition in decode_runtime.py as written there (read, not imported: code generation stays torch-free)."""
+    """A definition (or a constant) in decode_runtime.py as written there (read, not imported: code generation
+    stays torch-free)."""
     text = (Path(__file__).parent / "decode_runtime.py").read_text(encoding="utf-8")
     lines = text.split("\n")
     for node in ast.parse(text).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+            return "\n".join(lines[node.lineno - 1:node.end_lineno])
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:  # a constant
             return "\n".join(lines[node.lineno - 1:node.end_lineno])
     raise KeyError(name)
 
@@ -442,7 +447,9 @@ class _DecodeMixin(FunctionGen):
         axes += [scores_t.axis(a["query"]), scores_t.axis(a["key"])]
         self.types[_MASK] = TensorType(tuple(axes), DType.bool)  # type: ignore[arg-type]
         self.types[_KEYS], self.types[_VALUES] = stored
-        attrs = {**a, "causal": False, "has_mask": True}
+        # the cache mask (`decode_mask`) shows each new token its own slot: no row is empty, so the forward's
+        # NaN fix-up for empty rows (after SDPA) is not emitted
+        attrs = {**a, "causal": False, "has_mask": True, "rows_see_a_key": True}
         cached = Node(node.name, node.op, [node.inputs[0], _KEYS, _VALUES, _MASK], attrs, node.type, node.span,
                       node.meta)
         args = [ins[0], P.Attr(kv, "keys"), P.Attr(kv, "values"), P.Name(self.mask_name)]

@@ -13,9 +13,12 @@ layer shapes and up to 1.8x faster for its 50257 x 768 tied LM head (benchmarks/
   (a tied head) `step_gemv(self, "wte.weight", x, self.wte.weight)`; the class lists them in `STEP_WEIGHTS`;
 - a block whose forward has such a linear gets a `decode_step` too (GPT-2's `Mlp`), where a block with a step
   calls it (not a scan's body: the scan runs the forward);
-- `<Model>Decoder(..., weight_layout="auto")` calls `choose_layouts` (`decode_runtime`): an [in, out] copy of each
-  listed weight where a one-time measurement at that shape finds it faster ("transposed": every one; "given":
-  none). The copies cost their bytes (`Decoder.layout_bytes`), up to the model's weights once more.
+- `<Model>Decoder(..., weight_layout="auto")` calls `choose_layouts` (`decode_runtime`): per listed weight the
+  fastest of four layouts a one-time measurement at that shape finds (`LAYOUT_KINDS`: the parameter itself; an
+  [in, out] copy; the weight split into one part per thread, read by one batched product, as a view of the
+  parameter or as an [in, out]-ordered copy in huge pages), or the one `weight_layout` names for all. MKL's GEMV
+  for a few rows runs on one thread; a split runs one per thread. The copies cost their bytes
+  (`Decoder.layout_bytes`), up to the model's weights once more.
 
 `step_gemv` uses the copy only for a few rows, without autograd or tracing, and re-makes it if the parameter was
 replaced or changed in place: the numbers are the plain step's (the same products, summed in another order).
@@ -35,7 +38,9 @@ if TYPE_CHECKING:
     from nnspec.backends.torch.function import FunctionGen
 
 # what a generated file with such a step copies from decode_runtime.py
-RUNTIME = ("step_gemv", "step_linear", "choose_layouts", "_stamp", "_transposed", "_transposed_faster")
+RUNTIME = ("step_gemv", "_layout_gemv", "step_linear", "LAYOUT_KINDS", "choose_layouts", "_FLUSH_BYTES",
+           "_step_weights", "_copy_bytes", "_layout", "_huge_empty", "_fastest_kind")
+# (and runtime.py's `weight_stamp`, a helper of the file: `cat_weights` checks its copies the same way)
 
 
 def cache_types(k: TensorType, v: TensorType, key: str, dim: str) -> tuple[TensorType, TensorType]:

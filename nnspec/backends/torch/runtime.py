@@ -54,8 +54,46 @@ def linear(
     post_op, algorithm, torch_fn = LINEAR_ACTIVATIONS[activation]
     if runs_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
-    y = F.linear(x, weight, bias)
+    y = aligned_linear(x, weight, bias) if aligns_rows(x, weight, bias) else F.linear(x, weight, bias)
     return y if torch_fn is None else torch_fn(y)
+
+
+def aligns_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `aligned_linear` computes this call: CPU inference in eager mode (`out=` under autograd or a tracer
+    is not worth its complications), a wide output (1024 features or more: a vocabulary head) whose rows would not
+    start on 64-byte boundaries. MKL's sgemm ran 1.3-1.5x slower writing such rows (GPT-2's 50257-token head,
+    32001, 4099 wide; 1 thread, benchmarks/RESULTS.md); at 1000 features (rows 32-byte aligned) no difference."""
+    n = weight.shape[0]
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() > 0
+        and weight.dim() == 2
+        and n >= 1024
+        and n * x.element_size() % 64 != 0
+        and all(t.dtype == x.dtype for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def aligned_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` written into rows that start 64 bytes apart: the result is a view of a buffer
+    whose rows are padded to a multiple of 64 bytes (strides (..., padded width, 1), at most 60 bytes unused per
+    row), the same values; `reshape`, row slicing and splitting the last axis stay views, `.view` merging the
+    last axis with another does not apply (call `.contiguous()` first)."""
+    n, k = weight.shape
+    rows = x.reshape(-1, k)
+    per_line = 64 // x.element_size()
+    out = rows.new_empty((rows.shape[0], -(-n // per_line) * per_line))[:, :n]
+    if bias is None:
+        torch.mm(rows, weight.t(), out=out)
+    else:
+        torch.addmm(bias, rows, weight.t(), out=out)
+    return out.view(*x.shape[:-1], n)
 
 
 class Linear(nn.Linear):
@@ -84,12 +122,20 @@ def linear_act(layer: nn.Module, x: torch.Tensor, activation: str) -> torch.Tens
     return y if torch_fn is None else torch_fn(y)
 
 
+def weight_stamp(t: torch.Tensor) -> tuple[object, ...]:
+    """What a copy made from parameter `t` depends on: its memory (data pointer), its in-place writes since
+    (`_version`: `load_state_dict`, an optimizer step), dtype, device and shape. A kept copy (`cat_weights`, a
+    decoding step's transposed weight) is valid while the stamp is unchanged; the copy holds `t` too, so that its
+    memory is not reused by another tensor while the stamp names it."""
+    return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+
+
 def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
     """`torch.cat(parts, dim)` of parameters (a fused linear's weights), made once and kept on `owner` until one
     of them is replaced or modified in place; made afresh when autograd records or torch traces the call."""
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in parts)):
         return torch.cat(parts, dim=dim)
-    stamp = [(p.data_ptr(), p._version, p.dtype, p.device, p.shape) for p in parts]
+    stamp = [weight_stamp(p) for p in parts]
     cache = owner.__dict__.setdefault("_fused_weights", {})
     kept = cache.get(key)
     if kept is not None and kept[0] == stamp:
@@ -220,21 +266,42 @@ def moe_swiglu(
     The tokens are gathered once in expert order, and each expert's contiguous run goes through its three
     projections as plain matrix products on views of the stacked weights (no weight is copied); the outputs,
     scaled by their routing weights, are added back to their tokens with one index_add_. The same sum as the
-    dense form, whose unchosen terms are exactly zero, in k/E of its FLOPs."""
+    dense form, whose unchosen terms are exactly zero, in k/E of its FLOPs.
+
+    Without autograd (and outside a tracer) the same products write into buffers made once per call: the
+    experts' outputs straight into their rows of one [N·k, H] tensor (no concatenation), the gate and up products
+    into two [largest run, I] buffers reused by every expert, silu and the product in place. The allocations it
+    saves are large and fresh (page faults): 8-27% of a Qwen2-MoE-like layer's CPU time (16 experts of width 256),
+    nothing measurable on a Mixtral-like one (1 thread, loaded machine, benchmarks/RESULTS.md). The products and
+    their order are the same, so are the values."""
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     token, weight, counts = moe_route(x, router, k, norm_topk_prob)
-    routed = x[token]
-    outs, start = [], 0
+    routed = x.index_select(0, token)
+    tensors = (x, router, gate_proj, up_proj, down_proj)
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or torch.compiler.is_compiling():
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n:
+                h = routed[start:start + n]
+                outs.append(F.linear(F.silu(F.linear(h, gate_proj[e])) * F.linear(h, up_proj[e]), down_proj[e]))
+                start += n
+        out = torch.zeros_like(x)
+        if outs:
+            out = out.index_add(0, token, torch.cat(outs) * weight.unsqueeze(-1))
+        return out.reshape(shape)
+    ys = routed.new_empty((routed.shape[0], down_proj.shape[1]))
+    gate = routed.new_empty((max(counts, default=0), gate_proj.shape[1]))
+    up = torch.empty_like(gate)
+    start = 0
     for e, n in enumerate(counts):
         if n:
             h = routed[start:start + n]
-            outs.append(F.linear(F.silu(F.linear(h, gate_proj[e])) * F.linear(h, up_proj[e]), down_proj[e]))
+            a = F.silu(torch.mm(h, gate_proj[e].t(), out=gate[:n]), inplace=True)
+            a.mul_(torch.mm(h, up_proj[e].t(), out=up[:n]))
+            torch.mm(a, down_proj[e].t(), out=ys[start:start + n])
             start += n
-    out = torch.zeros_like(x)
-    if outs:
-        out = out.index_add(0, token, torch.cat(outs) * weight.unsqueeze(-1))
-    return out.reshape(shape)
+    return torch.zeros_like(x).index_add_(0, token, ys.mul_(weight.unsqueeze(-1))).reshape(shape)
 
 
 def linear_scan(
@@ -303,6 +370,12 @@ def affine_scan(
     def coefficients(*x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.func.jvp(lambda h: new_state(h, *x), (torch.zeros_like(h0),), (torch.ones_like(h0),))
 
+    if xs[0].shape[dims[0]] == 1:
+        # one position (a decoding step): the step itself, nothing to compose; and torch.compile (2.13) cannot
+        # trace `vmap` over an axis of size 1 (a fake tensor on the meta device meets a real one)
+        out = step(h0, *(x.select(d, 0) for x, d in zip(xs, dims, strict=True)))
+        h, y = out if pair else (out, out)
+        return h, y.unsqueeze(position)
     if direct is not None:   # the scan axis first: [T, *state]
         a, b = (xs[i - 1].movedim(dims[i - 1], 0) for i in direct)
     else:

@@ -280,6 +280,9 @@ def _rotary(fn: TritonFunctionGen, node: Node, ins: list[Expr]) -> Expr:
             fn.in_type(node, 1).names != tuple(rest[:rest.index(a["pos"]) + 1]):
         raise Unsupported("rotary positions over axes other than x's leading ones up to the position axis")
     kwargs: dict[str, Expr] = {"positions": ins[1]} if len(ins) > 1 else {}
+    if len(ins) == 4:   # the tables made once per forward (`rotary-tables`): read, not recomputed from positions
+        order = (*fn.in_type(node, 1).names, a["dim"])   # the positions' axes, then the features
+        kwargs = {"cos": align(ins[2], fn.in_type(node, 2), order), "sin": align(ins[3], fn.in_type(node, 3), order)}
     if a["style"] == "interleaved":
         kwargs["interleaved"] = Lit(True)
 

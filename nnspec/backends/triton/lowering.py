@@ -61,8 +61,7 @@ TABLE: dict[str, Lowering] = {
     "select": Lowering(None, "a view: no computation"),
     "slice": Lowering(None, "a view: no computation"),
     "sinusoidal": Lowering(None, "a position table built once per call: torch"),
-    "rotary_tables": Lowering(None, "the cos/sin tables, once per forward: torch (the rotary template computes its "
-                                    "angles in the kernel from the positions and leaves them unread)"),
+    "rotary_tables": Lowering(None, "the cos/sin tables, once per forward: torch (the rotary kernel reads them)"),
     "arange": Lowering(None, "creates a tensor: torch"),
     "causal_mask": Lowering(None, "creates a tensor: torch"),
     "full": Lowering(None, "creates a tensor: torch"),

@@ -69,9 +69,11 @@ def _attention_flops(ins: list[Type], out: Type, attrs: dict[str, Any]) -> sympy
     "`causal` masks keys after the query position along axis `query`. Optional inputs: a bool mask "
     "(true = attend) and an additive bias, each with axes among the scores' axes. Optional `dropout`: the "
     "probability of dropping an attention probability in training mode (the identity in eval mode); optional "
-    "`scores`: the scores' axis order, over which dropout draws its random numbers.",
+    "`scores`: the scores' axis order, over which dropout draws its random numbers; optional `mask_causal`: the "
+    "mask already holds the causal triangle (`causal-into-mask`), so a backend need not and it in again.",
     attrs={"dim": str, "key": str, "query": str, "causal": bool, "scale": float, "has_mask": bool,
-           "has_bias": bool, "dropout": float, "scores": tuple}, optional=("dropout", "scores"), arity=(3, 5),
+           "has_bias": bool, "dropout": float, "scores": tuple, "mask_causal": bool},
+    optional=("dropout", "scores", "mask_causal"), arity=(3, 5),
     glyph="Attn",
     flops=_attention_flops,
     flops_doc="2·|scores|·dim + 2·|scores|·value + 5·|scores|", traits=("keeps_float32",))

@@ -3,9 +3,10 @@
 - `-O0`: no pass; the spec's graph.
 - `-O1`: canonicalize, fold-constants, cse, dce. Every number is bit for bit the same.
 - `-O2`: `-O1`, then moe (before fuse-linear, which would fuse the router into other linears), fuse-linear,
-  attention, rotary-tables, canonicalize, reassociate-products, cse, hoist-invariant (work every iteration of a
-  repeat does alike, once per forward), cse, dce, and the fusion groups fuse-add-norm, fuse-epilogue,
-  fuse-elementwise. The same numbers up to rounding.
+  attention, rotary-tables, causal-into-mask (the causal triangle and-ed into a given mask, so the combined mask
+  is hoisted), canonicalize, reassociate-products, cse, hoist-invariant (work every iteration of a repeat does
+  alike, once per forward), cse, dce, and the fusion groups fuse-add-norm, fuse-epilogue, fuse-elementwise.
+  The same numbers up to rounding.
 
 `passes=["cse", "dce"]` (or `"cse,dce"`) runs exactly those instead. Every pass runs over the model body and
 every block template (a template is shared by all its calls and every iteration of a repeat). The state
@@ -30,6 +31,7 @@ from nnspec.compiler.ir import Graph, Model
 from nnspec.compiler.passes.attention import RecognizeAttention
 from nnspec.compiler.passes.base import Context, Explain, Pass
 from nnspec.compiler.passes.canonicalize import Canonicalize
+from nnspec.compiler.passes.causal_into_mask import CausalIntoMask
 from nnspec.compiler.passes.cse import CommonSubexpressions
 from nnspec.compiler.passes.dce import DeadCodeElimination
 from nnspec.compiler.passes.fold_constants import FoldConstants
@@ -48,14 +50,14 @@ from nnspec.errors import InternalError
 PASSES: dict[str, Pass] = {p.name: p for p in (
     Canonicalize(), FoldConstants(), CommonSubexpressions(), DeadCodeElimination(), FuseLinear(),
     RecognizeAttention(), RecognizeMoE(), ReassociateProducts(), FuseAddNorm(), FuseEpilogue(),
-    FuseElementwise(), RotaryTables(), HoistInvariant())}
+    FuseElementwise(), RotaryTables(), HoistInvariant(), CausalIntoMask())}
 
 _CLEANUP = ["canonicalize", "fold-constants", "cse", "dce"]
 PIPELINES: dict[int, list[str]] = {
     0: [],
     1: _CLEANUP,
-    2: [*_CLEANUP, "moe", "fuse-linear", "attention", "rotary-tables", "canonicalize", "reassociate-products",
-        "cse", "hoist-invariant", "cse", "dce",
+    2: [*_CLEANUP, "moe", "fuse-linear", "attention", "rotary-tables", "causal-into-mask", "canonicalize",
+        "reassociate-products", "cse", "hoist-invariant", "cse", "dce",
         "fuse-add-norm", "fuse-epilogue", "fuse-elementwise"],
 }
 

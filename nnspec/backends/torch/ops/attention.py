@@ -67,7 +67,7 @@ def _emit_attention(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
     if a["has_bias"]:
         bias, b_t = extra.pop(0)
         s = fn.let(P.binop("+", s, align(bias, b_t, names)), "scores", rebind=s)
-    if a["causal"]:
+    if a["causal"] and not (a.get("mask_causal") and not _none_mask(fn, node)):   # else the mask holds it
         allowed, mask_t = _causal(fn, a, scores_t)
         s = fn.let(method(s, "masked_fill", P.Unary("~", align(allowed, mask_t, names)), NEG_INF), "scores",
                    rebind=s)
@@ -134,7 +134,8 @@ def _sdpa(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType],
     y: Expr = call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"])
     if masked is not None:   # two statements: the call, then its empty rows
         y = fn.let(y, "y", comment="(" + ", ".join([*batch, qn, *value]) + ")")
-        y = fn.let(_unless_none(fn, node, _empty_rows_nan(fn, y, masked), masked, y), "y", rebind=y)
+        if not a.get("rows_see_a_key"):   # (a decoding step's cache mask: each row sees its own slot)
+            y = fn.let(_unless_none(fn, node, _empty_rows_nan(fn, y, masked), masked, y), "y", rebind=y)
     if lead:   # the call a statement of its own: the split after it reads as in the fused layouts above
         y = y if masked is not None else fn.let(y, "y", comment="(" + ", ".join([" ".join(batch[:lead]),
                                                                                   *batch[lead:], qn, *value]) + ")")
@@ -216,7 +217,7 @@ def _sdpa_grouped(fn: FunctionGen, node: Node, ins: list[Expr], types: list[Tens
     order = [*shared, *group, qn, *value]
     y: Expr = fn.let(call("F.scaled_dot_product_attention", q, k, v, **kwargs, scale=a["scale"], enable_gqa=True),
                      "y", comment="(" + ", ".join([shared[0], "heads", qn, *value]) + ")")
-    if masked is not None:
+    if masked is not None and not a.get("rows_see_a_key"):   # (see `_sdpa`)
         y = fn.let(_unless_none(fn, node, _empty_rows_nan(fn, y, masked), masked, y), "y", rebind=y)
     y = method(y, "reshape", *[size(out_t, n) for n in order])
     return permute(y, [order.index(n) for n in out_t.names])
@@ -234,13 +235,14 @@ def _causal(fn: FunctionGen, a: dict[str, Any], scores_t: TensorType) -> tuple[E
 def _masked(fn: FunctionGen, node: Node, ins: list[Expr], types: list[TensorType], scores_t: TensorType,
             names: tuple[str, ...]) -> Expr | None:
     """The boolean mask as SDPA's `attn_mask` laid out as `names` (its last two the query and key axes), with
-    causality folded in (SDPA takes a mask or `is_causal`, not both); bound to a name, since the empty-row
+    causality folded in (SDPA takes a mask or `is_causal`, not both) unless the mask holds it already
+    (`mask_causal`: and-ed in once per forward by `causal-into-mask`); bound to a name, since the empty-row
     fix-up reads it again. None with a bias as well (one `attn_mask` cannot carry both)."""
     a = node.attrs
     if a["has_bias"] or not set(types[3].names) <= set(names):
         return None
     m = align(ins[3], types[3], names, full=True)
-    if a["causal"]:   # the query and key axes are the last two of `names`: the [q, k] triangle broadcasts
+    if a["causal"] and not a.get("mask_causal"):   # the query and key axes, last in `names`: the triangle broadcasts
         triangle = _causal(fn, a, scores_t)[0]
         m = P.binop("&", m, fn.let(triangle, "causal") if _none_mask(fn, node) else triangle)
     m = _unless_none(fn, node, m, ins[3], P.Lit(None))

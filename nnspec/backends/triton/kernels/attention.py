@@ -3,7 +3,7 @@
 q is [B, H, T, D]; k and v are [B, Hkv, S, D] (v's last dim may differ) with H % Hkv == 0: query head h reads
 key/value head h // (H // Hkv) (grouped-query and multi-query attention). Program (m, b*H + h) holds BLOCK_M
 query rows and streams the keys in blocks of BLOCK_N with the online softmax (running max and sum in fp32, the
-scores in base 2), accumulating p v in fp32.
+scores in base 2; `_online_softmax`, shared with `decode_attention`), accumulating p v in fp32.
 
 - `causal`: key j is visible to query i iff j <= i (top-left aligned, torch.ones(T, S).tril()); a query block
   stops at its last visible key.
@@ -21,6 +21,11 @@ import torch
 
 from nnspec.backends.triton import runtime
 from nnspec.backends.triton.kernels._common import check_float, tl, triton
+from nnspec.backends.triton.kernels._online_softmax import (
+    online_softmax_finish,
+    online_softmax_start,
+    online_softmax_update,
+)
 
 
 def _configs() -> list:
@@ -56,9 +61,7 @@ def _attention_fwd(Q, K, V, O, Mask, Bias,
         q = q.to(tl.float32)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
-    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = online_softmax_start(BLOCK_M, BLOCK_DV)
     qk_scale = scale * LOG2E
     hi = S
     if CAUSAL:
@@ -79,21 +82,11 @@ def _attention_fwd(Q, K, V, O, Mask, Bias,
                                mask=visible, other=0) != 0
         if CAUSAL:
             visible &= cols[None, :] <= rows[:, None]
-        s = tl.where(visible, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)   # no visible key yet: exp(-inf - 0) = 0, not NaN
-        p = tl.math.exp2(s - m_ref[:, None])
-        alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + cols[:, None] * svs + dv[None, :] * svd,
                     mask=(cols < S)[:, None] & (dv < DV)[None, :], other=0.0)
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_update(s, visible, v, m_i, l_i, acc, UPCAST, PRECISION)
     # l_i == 0: every key masked; torch's softmax of an all -inf row is NaN, so is this row
-    o = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], float("nan"))
+    o = online_softmax_finish(acc, l_i)
     tl.store(O + b * sob + h * soh + rows[:, None] * sot + dv[None, :] * sod, o.to(O.dtype.element_ty),
              mask=(rows < T)[:, None] & (dv < DV)[None, :])
 

@@ -12,7 +12,8 @@ Two kernels:
   GQA group's heads times the new tokens: one block of `GROUP * T` rows reads each key block once) against the
   keys of one split of the cache - `CHUNK` slots, and none past the largest position in its rows (the cache
   after it is not written yet, so a short sequence in a long cache costs its length, not the cache's). Online
-  softmax (running max and sum in fp32, base 2); it writes the unnormalised accumulator, the max and the sum.
+  softmax (running max and sum in fp32, base 2; `_online_softmax`, shared with `attention`); it writes the
+  unnormalised accumulator, the max and the sum.
 - `_decode_combine`: the splits' partial results merged by their maxima (the log-sum-exp rescaling) and
   normalised. With one split the partial kernel normalises and writes the output itself.
 
@@ -28,6 +29,11 @@ import torch
 
 from nnspec.backends.triton import runtime
 from nnspec.backends.triton.kernels._common import check_float, tl, triton
+from nnspec.backends.triton.kernels._online_softmax import (
+    online_softmax_finish,
+    online_softmax_start,
+    online_softmax_update,
+)
 
 
 @triton.jit
@@ -60,9 +66,7 @@ def _decode_partial(Q, K, V, Pos, Mask, Acc, Max, Sum, O,
     hi = tl.minimum(tl.minimum(S, lo + CHUNK), tl.max(tl.where(live, pos, -1)) + 1)
     k_base = K + b * skb + hk * skh
     v_base = V + b * svb + hk * svh
-    m_i = tl.full([BLOCK_M], -float("inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    m_i, l_i, acc = online_softmax_start(BLOCK_M, BLOCK_DV)
     qk_scale = scale * LOG2E
     for start in range(lo, hi, BLOCK_N):
         cols = start + keys
@@ -75,21 +79,11 @@ def _decode_partial(Q, K, V, Pos, Mask, Acc, Max, Sum, O,
         visible = live[:, None] & inside[None, :] & (cols[None, :] <= pos[:, None])
         if HAS_MASK:
             visible &= tl.load(Mask + b * smb + i[:, None] * smt + cols[None, :] * sms, mask=visible, other=0) != 0
-        s = tl.where(visible, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)   # no visible key yet: exp(-inf - 0) = 0, not NaN
-        p = tl.math.exp2(s - m_ref[:, None])
-        alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + cols[:, None] * svs + dv[None, :] * svd, mask=inside[:, None] & (dv < DV)[None, :],
                     other=0.0)
-        if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision=PRECISION)
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_update(s, visible, v, m_i, l_i, acc, UPCAST, PRECISION)
     if SINGLE:   # the only split: normalise and write the output (l_i == 0: no visible key, NaN as torch)
-        o = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], float("nan"))
+        o = online_softmax_finish(acc, l_i)
         tl.store(O + b * sob + h[:, None] * soh + i[:, None] * sot + dv[None, :] * sod, o.to(O.dtype.element_ty),
                  mask=live[:, None] & (dv < DV)[None, :])
     else:        # partial results, [B * Hkv, SPLITS, GROUP * T] (and DV), merged by _decode_combine
@@ -123,7 +117,7 @@ def _decode_combine(Acc, Max, Sum, O, sob, soh, sot, sod, HKV, GROUP, T, DV, SPL
         l = l * alpha + l_s * beta
         acc = acc * alpha[:, None] + a_s * beta[:, None]
         m = m_new
-    o = tl.where(l[:, None] > 0, acc / tl.where(l > 0, l, 1.0)[:, None], float("nan"))
+    o = online_softmax_finish(acc, l)
     h = hk * GROUP + rows // T
     i = rows % T
     tl.store(O + b * sob + h[:, None] * soh + i[:, None] * sot + dv[None, :] * sod, o.to(O.dtype.element_ty),

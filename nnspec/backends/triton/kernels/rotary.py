@@ -3,7 +3,9 @@
 Pairs (x_a, x_b) turn by angle pos * base^(-2k/d): x_a' = x_a cos - x_b sin, x_b' = x_b cos + x_a sin. In the
 `half` style (GPT-NeoX, Llama) pair k is (k, k + d/2); `interleaved` (GPT-J) pairs neighbours (2k, 2k + 1).
 The cos/sin tables come from the torch lowering's `rotary_tables` (in x's dtype, as the lowering rounds them),
-so both backends turn by the same numbers; the kernel does the rotation in fp32 and rounds once.
+so both backends turn by the same numbers; the kernel does the rotation in fp32 and rounds once. Tables made once
+per forward (-O2's `rotary-tables` node, float32) are passed in as `cos`, `sin` and read as they are (cast to x's
+dtype, as the torch lowering casts them): then nothing is recomputed per call.
 
 x is viewed as [outer, n_pos, inner, d] (a copy only when its strides do not allow that view); program
 (p, j) rotates BLOCK_R of the outer x inner rows at position p, loading that position's table row once (with
@@ -51,13 +53,14 @@ def _rotary(X, Y, COS, SIN, inner, rows, n_pos, sxo, sxp, sxi, sxd, syo, syp, sy
 
 
 def rotary_reference(x: torch.Tensor, pos_axis: int, base: float, positions: torch.Tensor | None = None,
-                     interleaved: bool = False) -> torch.Tensor:
+                     interleaved: bool = False, tables: tuple[torch.Tensor, torch.Tensor] | None = None) \
+        -> torch.Tensor:
     """The torch lowering's rotation (`_rotary`), for x with its feature axis last."""
     p = pos_axis % x.dim()
     n, d = x.shape[p], x.shape[-1]
-    cos, sin = rotary_tables(n, d, base, positions, x.device, x.dtype)
+    cos, sin = rotary_tables(n, d, base, positions, x.device, x.dtype) if tables is None else tables
     if interleaved:  # the table holds each frequency twice in a row
-        cos, sin = cos[:, : d // 2].repeat_interleave(2, -1), sin[:, : d // 2].repeat_interleave(2, -1)
+        cos, sin = cos[..., : d // 2].repeat_interleave(2, -1), sin[..., : d // 2].repeat_interleave(2, -1)
         pairs = x.unflatten(-1, (d // 2, 2))
         rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     else:
@@ -111,8 +114,9 @@ class _Rotary(torch.autograd.Function):
 
 
 def rotary(x: torch.Tensor, pos_axis: int, base: float, positions: torch.Tensor | None = None,
-           interleaved: bool = False) -> torch.Tensor:
-    """Rotate x's last axis (even size d) by the positions along axis `pos_axis` (0..n-1 or `positions`)."""
+           interleaved: bool = False, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate x's last axis (even size d) by the positions along axis `pos_axis` (0..n-1 or `positions`), or by
+    the tables `cos`, `sin` made for them (`rotary_tables`: [n, d], or x's axes up to `pos_axis` then d)."""
     check_float("rotary: x", x)
     if x.dim() < 2:
         raise ValueError(f"rotary: x needs a position axis and a feature axis, got shape {tuple(x.shape)}")
@@ -131,8 +135,25 @@ def rotary(x: torch.Tensor, pos_axis: int, base: float, positions: torch.Tensor 
                              f"{tuple(positions.shape)} {positions.dtype}")
         if positions.device != x.device:
             raise ValueError(f"rotary: positions are on {positions.device} but x is on {x.device}")
+    tables = None
+    if cos is not None or sin is not None:
+        tables = _given_tables(x, p, cos, sin)
     if not runtime.use_triton(x, positions) or x.numel() == 0:
         runtime.fell_back("rotary")
-        return rotary_reference(x, p, base, positions, interleaved)
-    cos, sin = rotary_tables(x.shape[p], d, base, positions, x.device, x.dtype)
-    return _Rotary.apply(x, p, cos.contiguous(), sin.contiguous(), bool(interleaved))
+        return rotary_reference(x, p, base, positions, interleaved, tables)
+    if tables is None:
+        tables = rotary_tables(x.shape[p], d, base, positions, x.device, x.dtype)
+    return _Rotary.apply(x, p, tables[0].contiguous(), tables[1].contiguous(), bool(interleaved))
+
+
+def _given_tables(x: torch.Tensor, p: int, cos: torch.Tensor | None, sin: torch.Tensor | None) \
+        -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables made once per forward, checked and cast to x's dtype (free when they agree)."""
+    if cos is None or sin is None:
+        raise ValueError("rotary: give both tables, cos and sin, or neither")
+    shapes = ((x.shape[p], x.shape[-1]), (*x.shape[:p + 1], x.shape[-1]))
+    for name, t in (("cos", cos), ("sin", sin)):
+        if tuple(t.shape) not in shapes or not t.dtype.is_floating_point or t.device != x.device:
+            raise ValueError(f"rotary: the {name} table must be a float tensor of shape {shapes[0]} or {shapes[1]} "
+                             f"on {x.device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
+    return cos.to(x.dtype), sin.to(x.dtype)
