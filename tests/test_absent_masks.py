@@ -85,6 +85,12 @@ def test_absent_mask_is_passed_as_none(keep: str, causal: bool) -> None:
     source = compile_spec(text, opt=2, B=2, T=5).source
     assert "mask_given = mask is not None" in source and re.search(r"layer\(x, \w+ if mask_given else None\)", source)
     assert bool(re.search(r"is_causal=\w+ is None", source)) == causal
+    assert_equal_to_reference_and_o0(text, keep, causal)
+
+
+def assert_equal_to_reference_and_o0(text: str, keep: str, causal: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    """-O2 of `text` equals the plain softmax attention written here and -O0, with the padding mask given and
+    left out. Returns the -O2 model and its input, for further checks."""
     model, plain = build(text, 2), build(text, 0)
     x = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -97,6 +103,7 @@ def test_absent_mask_is_passed_as_none(keep: str, causal: bool) -> None:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
             torch.testing.assert_close(got, plain(x) if mask is None else plain(x, mask), rtol=1e-5, atol=1e-5,
                                        equal_nan=True)
+    return model, x
 
 
 @pytest.mark.parametrize(("mask_input", "keep", "extra", "causal", "why"), [

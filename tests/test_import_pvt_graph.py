@@ -29,21 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_import_round_trip import _assert_equal_models, _config_and_free  # noqa: E402
 
 
-def _assert_same(model: nn.Module, text: str, inputs: dict[str, torch.Tensor]) -> None:
-    """The imported spec, loaded with `model`'s state dict through its own mapping, computes `model`'s outputs (a
-    tuple of them: the spec's outputs in the same order)."""
-    assert nnspec.check(text).params == sum(p.numel() for p in model.parameters())
-    second = nnspec.build(text).eval()
-    nnspec.load_weights(second, model.state_dict())
-    with torch.no_grad():
-        want, got = model(**inputs), second(**inputs)
-    want = want if isinstance(want, tuple) else (want,)
-    got = tuple(got.values()) if isinstance(got, dict) else (got,)
-    assert len(got) == len(want)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
 # ---- axes named by provenance ----------------------------------------------------------------------------------
 def test_an_axis_is_named_after_the_dim_continuing_its_source() -> None:
     dims = Dims(values={"height": 64, "width": 64, "height0": 16, "width0": 16, "height1": 8, "width1": 8, "c": 8})
@@ -91,7 +76,7 @@ def test_a_square_grid_leaving_its_block_is_named_by_provenance() -> None:
     assert "over=(height, width), into=(height0, width0)" in text
     assert "over=(height0, width0), into=(height1, width1)" in text
     assert "output0: float32[B, 4, height2, width2]" in text and "_1" not in text
-    _assert_same(model, text, {"pixel_values": torch.randn(2, 3, 16, 16)})
+    _assert_equal_models(model, text, {"pixel_values": torch.randn(2, 3, 16, 16)})
 
 
 def test_a_square_grid_without_dims_to_name_it_is_refused() -> None:
@@ -198,7 +183,7 @@ def test_a_module_list_carrying_two_values_is_a_tuple_repeat(n: int, order: str)
     text = import_module(model, _streams(4, 5), config, name="streams").text
     assert re.search(r"\n  \w+, \w+ = repeat\(num_layers, layer, \(\w+, \w+\), m, name=layers\)\n", text), text
     assert text.count("name=norm)") == 1
-    _assert_same(model, text, _streams(2, 7))
+    _assert_equal_models(model, text, _streams(2, 7))
 
 
 def test_layers_whose_results_do_not_feed_the_next_are_separate_calls() -> None:
@@ -206,7 +191,7 @@ def test_layers_whose_results_do_not_feed_the_next_are_separate_calls() -> None:
     model = _Streams(2, "between").eval()
     text = import_module(model, _streams(4, 5), {"hidden": 8, "num_layers": 2}, name="streams").text
     assert "repeat(" not in text and "name=layers_0)" in text and "name=layers_1)" in text
-    _assert_same(model, text, _streams(2, 7))
+    _assert_equal_models(model, text, _streams(2, 7))
 
 
 class _SharedPair(nn.Module):
@@ -228,7 +213,7 @@ def test_a_shared_layer_carrying_two_values_is_a_shared_tuple_repeat() -> None:
     model = _SharedPair().eval()
     text = import_module(model, _streams(4, 5), {"hidden": 8}, name="shared").text
     assert re.search(r"= repeat\(3, layer, \(\w+, \w+\), m, name=layer, shared=true\)", text), text
-    _assert_same(model, text, _streams(2, 7))
+    _assert_equal_models(model, text, _streams(2, 7))
 
 
 # ---- a recurrence written inline ---------------------------------------------------------------------------------
@@ -256,7 +241,7 @@ def test_a_recurrence_written_inline_is_a_scan() -> None:
     text = import_module(model, {"x": torch.randn(3, 5, 8)}, {"hidden": 8}, name="inline").text
     assert re.search(r"= scan\(step, \w+, gate, inp, over=T, name=step\)", text) and "zeros(B, hidden)" in text
     assert "take(" not in text and "stack" not in text
-    _assert_same(model, text, {"x": torch.randn(2, 9, 8)})
+    _assert_equal_models(model, text, {"x": torch.randn(2, 9, 8)})
 
 
 class _Stacked(nn.Module):
@@ -295,7 +280,7 @@ def test_a_split_into_parts_of_other_sizes_is_slices() -> None:
     text = import_module(model, {"x": torch.randn(2, 5, 8)}, config, name="parts").text
     assert "stop=rank, into=rank)" in text and "start=rank, stop=state_size + rank, into=state_size)" in text
     assert "start=state_size + rank, into=state_size)" in text
-    _assert_same(model, text, {"x": torch.randn(3, 7, 8)})
+    _assert_equal_models(model, text, {"x": torch.randn(3, 7, 8)})
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_import_round_trip import _assert_equal_models
 from torch import nn
 
 import nnspec
@@ -73,41 +74,18 @@ body: |
 """
 
 
-def _lively(model: nn.Module) -> nn.Module:
-    """`model` with weights of unit-order sizes: at the spec's init (std 0.02) a stack of linears brings the
-    outputs near 1e-10, where any two models compare equal within `assert_close`'s absolute tolerance."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    return model.eval()
-
-
 def _config(text: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in nnspec.check(text).model.dims.values.items()}
 
 
-def _assert_equal(first: nn.Module, text: str, inputs: dict[str, torch.Tensor]) -> None:
-    assert nnspec.check(text).params == sum(p.numel() for p in first.parameters())
-    second = nnspec.build(text).eval()
-    nnspec.load_weights(second, first.state_dict())
-    with torch.no_grad():
-        want, got = first(**inputs), second(**inputs)
-    want = list(want.values()) if isinstance(want, dict) else [want]
-    got = list(got.values()) if isinstance(got, dict) else [got]
-    assert len(got) == len(want)
-    for a, b in zip(want, got, strict=True):
-        assert a.abs().max() > 0.1                      # values large enough for the comparison to tell
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-
-
 def test_halves_of_a_sequence_traced_where_both_pieces_have_one_size() -> None:
     torch.manual_seed(0)
-    first = _lively(nnspec.build(_HALVES))
+    first = nnspec.build(_HALVES).eval()
     imp = import_module(first, {"x": torch.randn(5, 4, 9)}, _config(_HALVES), name="halves")
     # the fixed piece first, the count (its size follows the length) second, and the mean over the count
     assert "(wt nt)" in imp.text and "over=nt" in imp.text
-    _assert_equal(first, imp.text, {"x": torch.randn(2, 6, 9)})
-    _assert_equal(first, imp.text, {"x": torch.randn(3, 10, 9)})
+    _assert_equal_models(first, imp.text, {"x": torch.randn(2, 6, 9)}, min_magnitude=0.1)
+    _assert_equal_models(first, imp.text, {"x": torch.randn(3, 10, 9)}, min_magnitude=0.1)
 
 
 class _Halves(nn.Module):
@@ -127,22 +105,16 @@ class _Halves(nn.Module):
 
 def test_halves_of_a_sequence_in_a_plain_torch_module() -> None:
     torch.manual_seed(0)
-    first = _lively(_Halves())
+    first = _Halves().eval()
     imp = import_module(first, {"x": torch.randn(3, 4, 8)}, {"hidden_size": 8}, name="halves")
     assert "(wt nt)" in imp.text
-    second = nnspec.build(imp.text).eval()
-    nnspec.load_weights(second, first.state_dict())
-    x = torch.randn(2, 10, 8)
-    with torch.no_grad():
-        want = first(x)
-        assert want.abs().max() > 0.1
-        torch.testing.assert_close(second(x=x), want, atol=1e-5, rtol=1e-5)
+    _assert_equal_models(first, imp.text, {"x": torch.randn(2, 10, 8)}, min_magnitude=0.1)
 
 
 @pytest.mark.parametrize("length", [4, 6], ids=["pieces-of-one-size", "pieces-of-two-sizes"])
 def test_a_repeat_whose_layers_cut_the_sequence_in_halves(length: int) -> None:
     torch.manual_seed(0)
-    first = _lively(nnspec.build(_LAYERS))
+    first = nnspec.build(_LAYERS).eval()
     imp = import_module(first, {"ids": torch.randint(0, 17, (7, length))}, _config(_LAYERS), name="halves_layers")
     assert "repeat(n_layer, " in imp.text and "shared=true" in imp.text and "layers_0" not in imp.text
-    _assert_equal(first, imp.text, {"ids": torch.randint(0, 17, (2, 8))})
+    _assert_equal_models(first, imp.text, {"ids": torch.randint(0, 17, (2, 8))}, min_magnitude=0.1)

@@ -31,19 +31,29 @@ def _config_and_free(text_or_path: str, **dims: int) -> tuple[dict[str, int], di
     return config, {f: picks[i] for i, f in enumerate(free)}
 
 
-def _assert_equal_models(first: torch.nn.Module, text: str, inputs: dict[str, torch.Tensor]) -> None:
+def _assert_equal_models(
+    first: torch.nn.Module, text: str, inputs: dict[str, torch.Tensor], *, min_magnitude: float = 0.0
+) -> None:
+    """The imported spec `text`, loaded with `first`'s state dict (weights re-drawn by `_lively`) through its own
+    mapping, computes `first`'s outputs (a tensor, a tuple, or a dict: the spec's outputs in the same order), each
+    at least `min_magnitude` large somewhere."""
     assert nnspec.check(text).params == sum(p.numel() for p in first.parameters())
     _lively(first)
     second = nnspec.build(text).eval()
     nnspec.load_weights(second, first.state_dict())
     with torch.no_grad():
-        want, got = first(**inputs), second(**inputs)
-    if isinstance(want, dict):
-        assert len(got) == len(want)
-        for (_, a), (_, b) in zip(want.items(), got.items(), strict=True):
-            _assert_close_at_scale(b, a)
-    else:
-        _assert_close_at_scale(got, want)
+        want, got = _outputs(first(**inputs)), _outputs(second(**inputs))
+    assert len(got) == len(want)
+    for a, b in zip(want, got, strict=True):
+        if min_magnitude:
+            assert a.abs().max() > min_magnitude  # values large enough for the comparison to tell
+        _assert_close_at_scale(b, a)
+
+
+def _outputs(out: object) -> list[torch.Tensor]:
+    if isinstance(out, dict):
+        return list(out.values())
+    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def _lively(model: torch.nn.Module) -> None:

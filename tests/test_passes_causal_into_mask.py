@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_absent_masks import GPT2_KEEP, GPT2_MASK, D, build, padding, reference, spec
+from test_absent_masks import GPT2_KEEP, GPT2_MASK, D, assert_equal_to_reference_and_o0, build, padding, reference, spec
 from test_passes_support import assert_idempotent, assert_same_outputs, optimized, state
 
 torch = pytest.importorskip("torch")
@@ -80,17 +80,7 @@ def test_generated_code_builds_the_mask_once_and_computes_the_same(causal: bool)
     # the triangle: built once in the model's forward (only for a causal attention), never in a layer
     assert "tril()" not in blocks and model_forward.count("tril()") == (1 if causal else 0)
     assert bool(re.search(r"is_causal=\w+ is None", blocks)) == causal   # no mask given: the causal kernel
-    model, plain = build(text, 2), build(text, 0)
-    x = torch.randn(2, 5, D, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        for mask in (None, padding()):
-            got = model(x) if mask is None else model(x, mask)
-            m = torch.ones(2, 5, dtype=torch.int64) if mask is None else mask
-            k = m == 1
-            want = reference(model, x, k[:, None, :] | ~k[:, :, None], causal)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
-            torch.testing.assert_close(got, plain(x) if mask is None else plain(x, mask), rtol=1e-5, atol=1e-5,
-                                       equal_nan=True)
+    model, x = assert_equal_to_reference_and_o0(text, GPT2_KEEP, causal)
     if not causal:   # a padding mask that is not causal did not become causal: later keys change the output
         with torch.inference_mode():
             causal_want = reference(model, x, torch.ones(2, 5, 5, dtype=torch.bool), True)
