@@ -95,8 +95,16 @@ def _binary(lifter: Lifter, n: fx.Node, sym: str) -> L:
 
 
 def _broadcast(lifter: Lifter, n: fx.Node, a: L, b: L) -> list[tuple[str, ...]]:
-    """Torch broadcasts by position, the language by name: the two agree when aligned dims carry the same names
-    or one side has none (size 1)."""
+    """`aligned_axes`, where one operand's axes include the other's (an outer broadcast is `outer.py`'s)."""
+    axes = aligned_axes(lifter, n, a, b)
+    if not (set(a.flat()) >= set(b.flat()) or set(b.flat()) >= set(a.flat())):
+        raise lifter.fail(n, "an outer broadcast (each operand has an axis the other lacks)")
+    return axes
+
+
+def aligned_axes(lifter: Lifter, n: fx.Node, a: L, b: L) -> list[tuple[str, ...]]:
+    """The result's axes of a broadcast of `a` and `b`. Torch broadcasts by position, the language by name: the
+    two agree when aligned dims carry the same names or one side has none (size 1)."""
     ra, rb = list(reversed(a.axes)), list(reversed(b.axes))
     out = []
     for i in range(max(len(ra), len(rb))):
@@ -105,8 +113,6 @@ def _broadcast(lifter: Lifter, n: fx.Node, a: L, b: L) -> list[tuple[str, ...]]:
         if x and y and x != y:
             raise lifter.fail(n, f"operands align axes {x} and {y} by position, which names cannot express")
         out.append(x or y)
-    if not (set(a.flat()) >= set(b.flat()) or set(b.flat()) >= set(a.flat())):
-        raise lifter.fail(n, "an outer broadcast (each operand has an axis the other lacks)")
     return list(reversed(out))
 
 

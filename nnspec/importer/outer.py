@@ -30,7 +30,7 @@ def _outer(a: Any, b: Any) -> bool:
 
 
 def lift_outer(lifter: Lifter, n: fx.Node) -> Any:
-    from nnspec.importer.ops import _BINARY, _binary, _broadcast, _scope_idx
+    from nnspec.importer.ops import _BINARY, _binary, _broadcast, _scope_idx, aligned_axes
 
     sym = _SYMBOLS[str(n.target)]
     a0, b0 = a, b = [lifter.lift(x) for x in n.args[:2]]
@@ -47,15 +47,7 @@ def lift_outer(lifter: Lifter, n: fx.Node) -> Any:
                  a.order + [x for x in b.order if x not in a.order], scope, idx, atom=False, hint="h")
     if any(len(g) > 1 for t in (a, b) for g in t.axes):
         raise lifter.fail(n, "an outer broadcast of an operand with merged axes")
-    ra, rb = list(reversed(a.axes)), list(reversed(b.axes))
-    out: list[tuple[str, ...]] = []
-    for i in range(max(len(ra), len(rb))):
-        x = ra[i] if i < len(ra) else ()
-        y = rb[i] if i < len(rb) else ()
-        if x and y and x != y:
-            raise lifter.fail(n, f"operands align axes {x} and {y} by position, which names cannot express")
-        out.append(x or y)
-    axes = list(reversed(out))
+    axes = aligned_axes(lifter, n, a, b)
     names = [x for g in axes for x in g]
     if len(set(names)) != len(names) or "1" in names:
         raise lifter.fail(n, "an outer broadcast whose result would name two axes alike")
