@@ -173,14 +173,46 @@ def test_the_cost_models_kv_bytes_are_what_the_emitted_step_allocates(opt: int, 
     step = Decoder(module).step(3, 20)
     allocated = sum(b.numel() * b.element_size() for kv in step.cache for b in kv.buffers())
     # hand-derived: 2 layers x (k, v) x batch 3 x 2 kv heads (GQA: 4 query heads) x 20 positions x head_dim 8 x
-    # 4 bytes (with --dtype bf16 the transform casts keys and values up to fp32 before the attention, and the cache
-    # holds the attention's inputs: what the cost model counts too, checked below)
-    if dtype is None:
-        assert allocated == 2 * 2 * 3 * 2 * 20 * 8 * 4
+    # 4 bytes; with --dtype bf16, 2 bytes: the attention reads keys and values cast up to float32, the cache holds
+    # them before the cast, in the model's dtype, as Hugging Face's does (what the cost model counts too, below)
+    assert allocated == 2 * 2 * 3 * 2 * 20 * 8 * (2 if dtype else 4)
+    assert {b.dtype for kv in step.cache for b in kv.buffers()} == {torch.bfloat16 if dtype else torch.float32}
     model = nnspec.check(EXAMPLES / "llama.yaml", B=3, T=20, **LLAMA_GQA).model
     if dtype:
         model = apply(model, dtype=dtype)[0]
     assert int(estimate(model, optimized=optimize(model, opt)).kv_bytes) == allocated == step.cache_bytes()
+
+
+@pytest.mark.parametrize("opt", [0, 2])
+def test_a_bf16_rotary_step_caches_bf16_and_gives_the_full_forwards_logits(opt: int) -> None:
+    """Llama at --dtype bf16: its attention reads float32 keys and values (cast up after the bf16 rotary); the cache
+    holds them in bf16 and widens on read. Expected values: the same module's full forward over the whole
+    generated sequence (no cache), at each new token's position."""
+    module = nnspec.build(EXAMPLES / "llama.yaml", opt=opt, transforms={"dtype": "bf16"}, **LLAMA_GQA).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # weights lively enough that a wrong key or value moves the logits (std ~1.6, not 0.1)
+        for p in module.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    decoder = Decoder(module)
+    ids, mask = left_padded(seed=5, lengths=(4, 7, 6))
+    ids = ids % LLAMA_GQA["vocab_size"]    # pads stay 0
+    step = decoder.step(3, ids.shape[1] + NEW)
+    assert {b.dtype for kv in step.cache for b in kv.buffers()} == {torch.bfloat16}
+    source = Pipeline(EXAMPLES / "llama.yaml", transforms={"dtype": "bf16"}).artifact(opt=opt).source
+    assert "kv.keys.to(torch.float32)" in source and "kv.values.to(torch.float32)" in source
+    logits: list[torch.Tensor] = []
+    out = decoder.generate(ids, mask, max_new_tokens=NEW, step=step, output_logits=logits)
+    full_mask = torch.cat([mask, torch.ones(3, NEW, dtype=mask.dtype)], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 1)
+    with torch.no_grad():
+        full = module(out, attention_mask=full_mask, position_ids=positions)
+    for i, got in enumerate(logits):
+        at = ids.shape[1] - 1 + i    # the logits that chose the token at position at + 1
+        assert full[:, at].std() > 1.0
+        # the same bf16 products on fewer rows: equal up to rounding (5e-7 on an AVX2 CPU)
+        torch.testing.assert_close(got.float(), full[:, at].float(), atol=2e-2, rtol=1e-2,
+                                   msg=lambda m, i=i: f"step {i}: {m}")
 
 
 def test_triton_explain_names_the_cache_attentions_kernel(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import sympy
 
 from nnspec.compiler.analysis import DTYPE_BYTES, Analysis, runs_block
+from nnspec.compiler.decode import cached_values
 from nnspec.compiler.ir import FusionGroup, Graph, Model, Node, Type, repeat_counts
 from nnspec.compiler.ops import OPS
 from nnspec.compiler.sizes import MAX_EXPANDED_TERMS, expand, expanded_terms
@@ -224,7 +225,7 @@ class _Estimator:
             for node in graph:
                 if node.op != "attention" or not node.attrs["causal"]:
                     continue
-                k, v = (graph[i].tensor_type for i in node.inputs[1:3])
+                k, v = (graph[i].tensor_type for i in cached_values(graph, node))  # as the step stores them
                 kv = nbytes(k) + nbytes(v)
                 per = [a.size for a in k.axes if a.name == node.attrs["key"] or self.free & a.size.free_symbols]
                 per_token += n * kv / sympy.Mul(*per)

@@ -6,12 +6,14 @@ free dim `T`) is a view of it: the query side keeps its name, the key side is re
 Over the graph the attention pass has run on (spelled-out attention becomes one `attention` node), each node
 is one of:
 
-- a **cache site**: `attention` causal over the sequence (query axis `T`, key axis `S`). Its keys and values,
-  computed from the new tokens (after rotary), are written into a static cache at their absolute positions, and
-  the queries attend over the whole cache. Sound because causal attention at position t reads keys and values at
-  positions <= t only, each a function of that position's input alone (everything before it is position-wise).
-  Its bool mask must come from the model's `attention_mask` input (the padding mask, which the step keeps for
-  the whole cache); an additive bias over the keys (ALiBi) is refused.
+- a **cache site**: `attention` causal over the sequence (query axis `T`, key axis `S`). Its keys and values, computed
+  from the new tokens (after rotary), are written into a static cache at their absolute positions, and the queries
+  attend over the whole cache. Where the attention reads them through a widening cast (a bf16 model's attention computes
+  in float32: `keeps_float32`), the cache holds the value before the cast, in the model's dtype, and the step widens it
+  on read: the cast is exact, so the numbers are the same at half the bytes. Sound because causal attention at position
+  t reads keys and values at positions <= t only, each a function of that position's input alone (everything before it
+  is position-wise). Its bool mask must come from the model's `attention_mask` input (the padding mask, which the step
+  keeps for the whole cache); an additive bias over the keys (ALiBi) is refused.
 - a **position source**: `arange` over the sequence (absolute positions: learned tables index them), `rotary`
   over it (rotated at the absolute positions unless the spec passes its own `positions`), `sinusoidal` over it.
   In a step they take the new tokens' absolute positions instead of 0, 1, ...
@@ -39,6 +41,7 @@ from typing import Any
 
 import sympy
 
+from nnspec.compiler.analysis import DTYPE_BYTES
 from nnspec.compiler.ir import Axis, Graph, Model, Node, TensorType, repeat_plan
 from nnspec.compiler.ops import OPS
 from nnspec.errors import SpecError
@@ -52,13 +55,16 @@ _NOT_AXES = frozenset({"type", "params", "result", "name", "path", "block", "sco
 @dataclass(frozen=True)
 class Site:
     """One execution of a causal attention node: its graph (block template), node, and the types of the keys and
-    values it reads (the cache's types: the key axis `key` becomes the cache length)."""
+    values its cache stores (the key axis `key` becomes the cache length): those of `k_value` and `v_value`, the
+    nodes whose values are cached (`cached_values`)."""
 
     graph: str
     node: str
     key: str
     k_type: TensorType
     v_type: TensorType
+    k_value: str = ""
+    v_value: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,33 @@ class DecodePlan:
 
 
 def _itemsize(t: TensorType) -> int:
-    return {"float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "bool": 1}[t.dtype.value]
+    return DTYPE_BYTES[t.dtype]
+
+
+def cached_values(graph: Graph, attention: Node) -> tuple[str, str]:
+    """The nodes whose values a causal attention's cache stores for its keys and values: the attention's inputs, or,
+    where both are widening casts of floats of one dtype (a bf16 model's attention reads float32: the dtype
+    transform's `keeps_float32` islands), the values before the casts. Widening a float is exact, so storing the
+    narrow value and widening it on read gives the same numbers as caching the wide one, in the model's dtype
+    (the bytes of Hugging Face's cache). The cost model's KV bytes count these values too."""
+    k, v = attention.inputs[1], attention.inputs[2]
+    narrow = [_widened(graph, name) for name in (k, v)]
+    if narrow[0] is None or narrow[1] is None or \
+            graph[narrow[0]].tensor_type.dtype != graph[narrow[1]].tensor_type.dtype:
+        return k, v
+    return narrow[0], narrow[1]
+
+
+def _widened(graph: Graph, name: str) -> str | None:
+    """The input of `name` when it is a cast of a float to a wider float (same axes), else None."""
+    node = graph[name]
+    if node.op != "cast" or not isinstance(node.type, TensorType):
+        return None
+    src = graph[node.inputs[0]]
+    if not isinstance(src.type, TensorType) or not src.type.dtype.is_float or not node.type.dtype.is_float or \
+            _itemsize(src.type) >= _itemsize(node.type) or src.type.names != node.type.names:
+        return None
+    return src.name
 
 
 def cache_shape(plan: DecodePlan, t: TensorType, key: str, values: dict[sympy.Symbol, int], batch: int,
@@ -343,8 +375,9 @@ class _Deriver:
         layer once per execution."""
         for node in graph:
             if node.op == "attention" and node.attrs["causal"] and node.attrs["key"] in self.axes[graph.name]:
-                k, v = graph[node.inputs[1]].tensor_type, graph[node.inputs[2]].tensor_type
-                out.append(Site(graph.name, node.name, node.attrs["key"], k, v))
+                k, v = cached_values(graph, node)
+                out.append(Site(graph.name, node.name, node.attrs["key"], graph[k].tensor_type, graph[v].tensor_type,
+                                k, v))
                 order.append(out[-1])
             elif node.op == "scan" and _mentions(node.attrs["axis"], self.axes[graph.name]):
                 states.append(State(graph.name, node.name, graph[node.inputs[0]].tensor_type))

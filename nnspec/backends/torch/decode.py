@@ -1,13 +1,13 @@
 """The decoding step the compiler derives (`nnspec.compiler.decode`), run on a model's parameters.
 
-`DecodeStep(module, model, plan, batch=, length=)` holds a static cache - one key and one value buffer per
-execution of a causal attention, each shaped like the keys/values it caches with the key axis `length` long, in
-their dtype - and its `forward(input_ids, cache_position, key_mask, **inputs)` runs the model's graph on the new
-tokens only: position-wise nodes as the reference interpreter runs them, position sources at the absolute
-positions `cache_position`, and each cache site writing its new keys and values at `cache_position` and
-attending over the whole cache with the causal and padding mask. The buffers are updated in place
-(`index_copy_`), so `torch.export` exports a step with the cache as mutated buffers and `torch.compile` traces
-one graph for every decoding step of the same shape.
+`DecodeStep(module, model, plan, batch=, length=)` holds a static cache - one key and one value buffer per execution of
+a causal attention, each shaped like the keys/values it caches with the key axis `length` long, in their dtype (before
+an exact widening cast: `cached_values`) - and its `forward(input_ids, cache_position, key_mask, **inputs)` runs the
+model's graph on the new tokens only: position-wise nodes as the reference interpreter runs them, position sources at
+the absolute positions `cache_position`, and each cache site writing its new keys and values at `cache_position` and
+attending over the whole cache with the causal and padding mask. The buffers are updated in place (`index_copy_`), so
+`torch.export` exports a step with the cache as mutated buffers and `torch.compile` traces one graph for every decoding
+step of the same shape.
 
 It is the reference the step written into a generated file (`decode_codegen`: `<Model>Decoder`, same constructor
 arguments after the module, same `forward`) is tested against, and what `nnspec.generate` runs for a module without
@@ -199,16 +199,19 @@ class DecodeStep(nn.Module):
         k_name, v_name = self.cache_names[slot]
         k_cache, v_cache = getattr(self, k_name), getattr(self, v_name)
         position = self._state["position"]
+        # a cache narrower than what the attention reads (`cached_values`) stores the value before an exact
+        # widening cast: narrowing back is exact too; it is widened on read
         k_cache.index_copy_(k_t.index(a["key"]), position, ins[1].to(k_cache.dtype))
         v_cache.index_copy_(v_t.index(a["key"]), position, ins[2].to(v_cache.dtype))
+        keys, values = k_cache.to(ins[1].dtype), v_cache.to(ins[2].dtype)
         allowed, allowed_t = self._mask(scores_t, a["query"], a["key"])
-        fused = _sdpa(ins[0], k_cache, v_cache, q_t, k_t, v_t, out_t, a, allowed, allowed_t)
+        fused = _sdpa(ins[0], keys, values, q_t, k_t, v_t, out_t, a, allowed, allowed_t)
         if fused is not None:
             return fused
-        s = torch.einsum(einsum_string([q_t, k_t], scores_t), ins[0], k_cache) * a["scale"]
+        s = torch.einsum(einsum_string([q_t, k_t], scores_t), ins[0], keys) * a["scale"]
         s = s.masked_fill(~align_tensor(allowed, allowed_t, scores_t.names), float("-inf"))
         p = torch.softmax(s, dim=scores_t.index(a["key"]))
-        return torch.einsum(einsum_string([scores_t, v_t], out_t), p, v_cache)
+        return torch.einsum(einsum_string([scores_t, v_t], out_t), p, values)
 
     def _mask(self, scores_t: TensorType, query: str, key: str) -> tuple[torch.Tensor, TensorType]:
         """[B, t, length]: key j is visible to the query at position p when j <= p and j is a token; a padding

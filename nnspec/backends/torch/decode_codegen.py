@@ -45,7 +45,7 @@ from nnspec.backends.torch.layout import permute
 from nnspec.backends.torch.members import plan_members
 from nnspec.backends.torch.pysrc import Expr, Lit, call, method
 from nnspec.backends.torch.source import Stmt, Var, owns_block, size_expr
-from nnspec.compiler.decode import DecodePlan, Site, derive
+from nnspec.compiler.decode import DecodePlan, Site, cached_values, derive
 from nnspec.compiler.ir import DType, Graph, Model, Node, TensorType, repeat_plan
 from nnspec.compiler.ops.attention import attention_types
 from nnspec.compiler.passes import optimize
@@ -433,26 +433,36 @@ class _DecodeMixin(FunctionGen):
         """Write the new keys and values into this call's cache, then the forward's attention over the cache."""
         a = node.attrs
         types = [self.in_type(node, i) for i in range(3)]
-        stored = cache_types(types[1], types[2], a["key"], a["dim"])   # the cache's layout: as the attention reads
+        # what the cache stores: k and v, or the values before an exact widening cast (`cached_values`: a bf16
+        # model's float32 attention), widened on read
+        values = cached_values(self.graph, node)
+        narrow = [self.type_of(n) for n in values]
+        stored = cache_types(narrow[0], narrow[1], a["key"], a["dim"])   # the cache's layout: as the attention reads
         kv = self.let(method(P.Name(self.cache_name), "pop", 0), "kv",
                       comment="this attention call's cache: " + _comment(stored[0], a["key"]))
         position = P.Name(self.position_name)
+        reads = []
         for i, field in ((1, "keys"), (2, "values")):
-            new = permute(ins[i], [types[i].index(n) for n in stored[i - 1].names])
+            value = ins[i] if values[i - 1] == node.inputs[i] else self.value(values[i - 1])
+            new = permute(value, [narrow[i - 1].index(n) for n in stored[i - 1].names])
             write = method(P.Attr(kv, field), "index_copy_", stored[i - 1].index(a["key"]), position, new)
             self.add(Stmt([(0, (write,))], evaluates=[]))
+            read: Expr = P.Attr(kv, field)
+            if narrow[i - 1].dtype != types[i].dtype:
+                read = method(read, "to", self.dtype(types[i].dtype))
+            reads.append(read)
         scores_t, _ = attention_types([*types, *(self.in_type(node, i) for i in range(3, len(ins)))], a,
                                       self.mg.model.dims)
         axes = [ax for ax in scores_t.axes if sympy.sympify(ax.size) == self.plan_.batch][:1]  # type: ignore
         axes += [scores_t.axis(a["query"]), scores_t.axis(a["key"])]
         self.types[_MASK] = TensorType(tuple(axes), DType.bool)  # type: ignore[arg-type]
-        self.types[_KEYS], self.types[_VALUES] = stored
+        self.types[_KEYS], self.types[_VALUES] = (t.with_dtype(types[i + 1].dtype) for i, t in enumerate(stored))
         # the cache mask (`decode_mask`) shows each new token its own slot: no row is empty, so the forward's
         # NaN fix-up for empty rows (after SDPA) is not emitted
         attrs = {**a, "causal": False, "has_mask": True, "rows_see_a_key": True}
         cached = Node(node.name, node.op, [node.inputs[0], _KEYS, _VALUES, _MASK], attrs, node.type, node.span,
                       node.meta)
-        args = [ins[0], P.Attr(kv, "keys"), P.Attr(kv, "values"), P.Name(self.mask_name)]
+        args = [ins[0], *reads, P.Name(self.mask_name)]
         cache_attention = getattr(self, "cache_attention", None)   # a target's own kernel over the cache
         if cache_attention is not None:
             return cache_attention(cached, args, P.Name(self.position_name))   # type: ignore[no-any-return]
