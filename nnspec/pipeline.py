@@ -41,7 +41,7 @@ ExplainSink = list[str] | Callable[[str], None] | None
 # `parallel_scan` is not among -O2's: on CPU it was slower than the step loop on Mamba (0.40x against 1.13x HF, see
 # benchmarks/RESULTS.md); it is asked for by name (`backend_options={"parallel_scan": True}`)
 LEVEL_OPTIONS: dict[int, dict[str, Any]] = {0: {}, 1: {}, 2: {"fused_linear": True, "sdpa": True,
-                                                     "regroup_contractions": True}}
+                                                     "regroup_contractions": True, "kept_casts": True}}
 
 
 @dataclass

@@ -24,14 +24,16 @@ def test_backends_are_registered_and_declare_their_options(name: str) -> None:
     backend = base.get(name)
     assert backend.name == name and backend.description
     options = {o.name: o for o in backend.options}
-    assert set(options) == {"fused_linear", "sdpa", "parallel_scan", "regroup_contractions"}
+    assert set(options) == {"fused_linear", "sdpa", "parallel_scan", "regroup_contractions", "kept_casts"}
     assert all(o.default is False and o.help for o in options.values())
     assert base.resolve_options(backend, {"sdpa": True}) == {"fused_linear": False, "sdpa": True,
-                                                             "parallel_scan": False, "regroup_contractions": False}
+                                                             "parallel_scan": False, "regroup_contractions": False,
+                                                             "kept_casts": False}
 
 
 def test_an_unknown_option_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"no option 'fast'.*fused_linear, sdpa, parallel_scan, regroup_contractions"):
+    known = "fused_linear, sdpa, parallel_scan, regroup_contractions, kept_casts"
+    with pytest.raises(ValueError, match=rf"no option 'fast'.*{known}"):
         base.resolve_options(base.get("torch"), {"fast": True})
 
 

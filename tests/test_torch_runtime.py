@@ -130,6 +130,42 @@ def test_cat_weights_is_made_once_and_again_when_a_part_changes() -> None:
     torch.testing.assert_close(again, torch.cat([a, b]).detach())
 
 
+def test_cast_weight_is_made_once_again_when_the_weight_changes_and_afresh_under_autograd() -> None:
+    owner = torch.nn.Module()
+    w = torch.nn.Parameter(randn(3, 5).bfloat16())
+    with torch.no_grad():
+        first = runtime.cast_weight(owner, "w_f32", w, torch.float32)
+        assert first.dtype == torch.float32 and torch.equal(first, w.float())
+        assert runtime.cast_weight(owner, "w_f32", w, torch.float32) is first
+        w.mul_(2.0)
+        again = runtime.cast_weight(owner, "w_f32", w, torch.float32)
+    assert again is not first and torch.equal(again, w.detach().float())
+    recorded = runtime.cast_weight(owner, "w_f32", w, torch.float32)   # autograd records: not the kept copy
+    assert recorded is not again and recorded.requires_grad
+
+
+def test_a_bf16_linear_of_32_rows_or_more_runs_in_float32_where_the_cpu_has_no_bf16_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(runtime, "runs_onednn", lambda *a: False)
+    w, b = randn(48, 40).bfloat16(), randn(48).bfloat16()
+    x = randn(4, 8, 40).bfloat16()
+    with torch.no_grad():
+        assert runtime.widens(x, w, b)
+        y = runtime.linear(x, w, b, "gelu")
+        assert y.dtype == torch.bfloat16
+        # expected: the float32 product of the same (exactly widened) operands, rounded to bf16 once, then gelu
+        want = F.gelu(F.linear(x.float(), w.float(), b.float()).bfloat16())
+        torch.testing.assert_close(y, want, atol=0, rtol=0)
+        torch.testing.assert_close(y, F.gelu(F.linear(x, w, b)))   # torch's own bf16 product, up to rounding
+        assert not runtime.widens(x[:3], w, b)                      # 24 rows: a bf16 GEMV per row is cheaper
+        assert not runtime.widens(x.float(), w.float(), b.float())
+    assert not runtime.widens(x, w.requires_grad_(), b)             # autograd records
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    with torch.no_grad():
+        assert not runtime.widens(x, w, b)                          # the CPU has bf16 kernels
+
+
 @pytest.mark.parametrize("name", list(helpers.HELPERS))
 def test_each_emitted_helper_is_its_runtime_definition_and_needs_only_its_dependencies(name: str) -> None:
     text = helpers.source(name)

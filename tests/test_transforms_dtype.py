@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from _transforms_helpers import GPT2, LLAMA, checked, params_of, run, verify_model
@@ -106,3 +108,28 @@ def _compares_floats(model: nnspec.compiler.ir.Model) -> bool:
     return any(isinstance(n.type, TensorType) and n.type.dtype == DType.bool and
                any(isinstance(g[i].type, TensorType) and g[i].type.dtype.is_float for i in n.inputs)
                for g in model.graphs() for n in g)
+
+
+def test_o2_casts_a_bf16_models_float32_head_once_not_per_call() -> None:
+    """The float32 LM head of a bf16 Llama reads its weight cast up: -O0 casts it on every call, -O2 once
+    (`cast_weight`) until the weight changes. Expected values: the -O0 module holding the same weights."""
+    dims = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=61)
+    spec = Path(__file__).parent.parent / "examples" / "llama.yaml"
+    plain = nnspec.build(spec, opt=0, transforms={"dtype": "bf16"}, **dims).eval()
+    kept = nnspec.build(spec, opt=2, transforms={"dtype": "bf16"}, **dims).eval()
+    kept.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 61, (2, 7), generator=torch.Generator().manual_seed(0))
+
+    def head_casts(module: torch.nn.Module) -> int:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            module(ids)
+        return sum(1 for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [[61, 32]])
+
+    with torch.no_grad():
+        torch.testing.assert_close(kept(ids), plain(ids))
+        assert head_casts(plain) == 1 and head_casts(kept) == 0
+        new = {k: torch.randn_like(v.float()).to(v.dtype) for k, v in plain.state_dict().items()}
+        plain.load_state_dict(new)
+        kept.load_state_dict(new)          # copied in place: a new version of the same tensors
+        torch.testing.assert_close(kept(ids), plain(ids))

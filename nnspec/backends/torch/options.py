@@ -19,12 +19,15 @@ class TorchOptions:
     (`nnspec.compiler.affine_scan`) as the `affine_scan` helper (all steps at once, chunked) instead of a loop.
     `regroup_contractions`: a contraction that no view makes one GEMM runs in another grouping (three operands as
     an elementwise product then a GEMM; a weight [k1, out, k2] as a GEMM batched over k1, then summed) rather
-    than copying the weight as torch.einsum does; it sums in another order, so rounding differs."""
+    than copying the weight as torch.einsum does; it sums in another order, so rounding differs. `kept_casts`: a
+    parameter cast to another dtype (a bf16 model's LM head read in float32) is cast once and kept until the
+    parameter changes (`cast_weight`, inference only), not on every call."""
 
     fused_linear: bool = False
     sdpa: bool = False
     parallel_scan: bool = False
     regroup_contractions: bool = False
+    kept_casts: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TorchOptions:
@@ -41,4 +44,5 @@ HELP = {
     "sdpa": "attention as F.scaled_dot_product_attention where it computes what the spec does",
     "parallel_scan": "a scan whose state update is a * state + b as a chunked parallel scan, not a step loop",
     "regroup_contractions": "contractions regrouped so no weight is copied per call (rounding differs)",
+    "kept_casts": "a parameter cast to another dtype kept across inference calls, not cast on every call",
 }

@@ -54,8 +54,34 @@ def linear(
     post_op, algorithm, torch_fn = LINEAR_ACTIVATIONS[activation]
     if runs_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
-    y = aligned_linear(x, weight, bias) if aligns_rows(x, weight, bias) else F.linear(x, weight, bias)
+    if widens(x, weight, bias):
+        y = linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    else:
+        y = aligned_linear(x, weight, bias) if aligns_rows(x, weight, bias) else F.linear(x, weight, bias)
     return y if torch_fn is None else torch_fn(y)
+
+
+def widens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `linear` computes a bf16 call in float32: operands widened (exact), the product rounded to bf16
+    once, as torch's bf16 product does after accumulating in float32 (the same numbers up to summation order). On
+    CPUs without bf16 matrix kernels (AVX2: oneDNN reports no bf16 support) torch's bf16 product costs about one
+    GEMV per row (1.5 ms a row at 2048 x 5632, 2 threads), float32's blocked GEMM with the weight widened per call
+    less from ~32 rows on (2.6x at 128 rows, 5.8x at 1024; benchmarks/RESULTS.md); fewer rows, a decoding step's,
+    stay in bf16. CPU inference in eager mode only, as `aligns_rows`."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
+        and x.dim() >= 2
+        and weight.dim() == 2
+        and x.numel() >= 32 * x.shape[-1]
+        and all(t.dtype == x.dtype for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def aligns_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -130,11 +156,19 @@ def weight_stamp(t: torch.Tensor) -> tuple[object, ...]:
     return (t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
 
 
-def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """`torch.cat(parts, dim)` of parameters (a fused linear's weights), made once and kept on `owner` until one
-    of them is replaced or modified in place; made afresh when autograd records or torch traces the call."""
+def kept_weight(
+    owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int = 0, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`torch.cat(parts, dim)` of parameters (one part: itself), cast to `dtype` if given, made once and kept on
+    `owner` under `key` until one of them is replaced or modified in place (`weight_stamp`); made afresh when
+    autograd records or torch traces the call. What `cat_weights` and `cast_weight` keep."""
+
+    def made() -> torch.Tensor:
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+        return whole if dtype is None else whole.to(dtype)
+
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in parts)):
-        return torch.cat(parts, dim=dim)
+        return made()
     stamp = [weight_stamp(p) for p in parts]
     cache = owner.__dict__.setdefault("_fused_weights", {})
     kept = cache.get(key)
@@ -142,8 +176,20 @@ def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int)
         return kept[2]
     with torch.inference_mode(False), torch.no_grad():
         # holding the parts keeps their memory from being reused by other tensors while the stamp names it
-        cache[key] = (stamp, [p.detach() for p in parts], torch.cat(parts, dim=dim))
+        cache[key] = (stamp, [p.detach() for p in parts], made())
     return cache[key][2]
+
+
+def cat_weights(owner: nn.Module, key: str, parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """`torch.cat(parts, dim)` of parameters (a fused linear's weights), kept across calls (`kept_weight`)."""
+    return kept_weight(owner, key, parts, dim)
+
+
+def cast_weight(owner: nn.Module, key: str, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`weight.to(dtype)` of a parameter (a bf16 model's LM head read in float32), kept across calls
+    (`kept_weight`): casting it on every call costs a pass over the weight, which a decoding step otherwise
+    spends most of its time on (a ~1B model's head, 262 MB written per token)."""
+    return kept_weight(owner, key, [weight], dtype=dtype)
 
 
 def linear_group(

@@ -106,6 +106,10 @@ def _lower_cast(frame: Frame, node: Node, ins: list[Any]) -> Any:
 
 @emits("cast")
 def _emit_cast(fn: FunctionGen, node: Node, ins: list[Expr]) -> Expr:
+    if fn.mg.options.kept_casts and fn.graph[node.inputs[0]].op == "param":
+        fn.mg.note(f"torch: {fn.graph.name}.{node.name}: the parameter cast to {node.attrs['dtype']} once and kept "
+                   "until it changes (inference)")
+        return call(fn.mg.helper("cast_weight"), P.Name("self"), node.name, ins[0], fn.dtype(node.attrs["dtype"]))
     return method(ins[0], "to", fn.dtype(node.attrs["dtype"]))
 
 
