@@ -18,7 +18,14 @@ compared with HF's before anything is timed (a mismatch is reported in the table
 (torch.compile compiles during them), then `--repeats` rounds in which every variant of a family runs once, in an
 order rotated each round (interleaved, so drift in the machine's speed hits all alike); the median time of each.
 Ratios are HF time / variant time (above 1: faster than HF). For each family, the profile of three nnspec -O2 calls
-after a warm-up call: the top ops by self CPU time, as shares of those calls.
+after a warm-up call: the top ops by self CPU time, as shares of those calls; and, for HF and -O2, the share in the
+library kernels both call (BLAS products, convolutions, fused attention) with the ratio -O2 would reach if every other
+op took no time (HF time / -O2's time in those kernels): the ceiling for code that calls the same kernels.
+
+Control: the HF model is built first, then nnspec's, then the same HF model again ("HF, built last": a second
+instance loaded from the first's state dict). Where the same code runs at two speeds depending on when its weights
+were allocated, the two HF rows differ: a 2-core AMD EPYC ran Llama's first HF instance at 241 ms and the one built
+after nnspec's at 252 ms, nnspec -O2 at 253 ms (benchmarks/RESULTS.md). Both ratios are reported.
 
 Heap: before anything runs, glibc is told to keep freed memory for reuse (`keep_heap`; `--no-keep-heap` leaves its
 defaults). By default each allocation above glibc's mmap threshold (at most 32 MiB) is a fresh mapping the kernel
@@ -57,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 HEADING = "## `cpu_families.py`"
 HF = "HF"
+HF_LAST = "HF, built last"
 
 
 @dataclass
@@ -187,6 +195,7 @@ def output_of(out: Any, key: str) -> torch.Tensor:
 
 
 def build_family(name: str, quick: bool, compile_: bool, workdir: Path) -> tuple[list[Variant], Any, str]:
+    """The family's variants, (the HF model, nnspec -O2, the inputs) for the profiles, and the input's shape."""
     import transformers
     fam = FAMILIES[name]
     config = getattr(transformers, fam.config)(**(fam.quick if quick else fam.full))
@@ -201,6 +210,10 @@ def build_family(name: str, quick: bool, compile_: bool, workdir: Path) -> tuple
         m = nnspec.build(EXAMPLES / fam.spec, config=path, opt=opt).eval()
         nnspec.load_weights(m, hf.state_dict())
         models[f"nnspec -O{opt}"] = m
+    # the control: the same HF model again, built after nnspec's (see the module's docstring)
+    later = getattr(transformers, fam.model)(config).eval()
+    later.load_state_dict(hf.state_dict())
+    models[HF_LAST] = later
     variants = [Variant(k, (lambda m=m: m(**inputs))) for k, m in models.items()]
     if compile_:
         for k in (HF, "nnspec -O2"):
@@ -213,7 +226,7 @@ def build_family(name: str, quick: bool, compile_: bool, workdir: Path) -> tuple
                 torch.testing.assert_close(output_of(v.run(), fam.output), want, rtol=1e-3, atol=1e-3)
             except AssertionError as e:
                 v.note = "MISMATCH: " + str(e).splitlines()[0]
-    return variants, (models["nnspec -O2"], inputs), fam.shape(quick)
+    return variants, (hf, models["nnspec -O2"], inputs), fam.shape(quick)
 
 
 def measure(variants: list[Variant], repeats: int, warmup: int) -> None:
@@ -229,7 +242,21 @@ def measure(variants: list[Variant], repeats: int, warmup: int) -> None:
                 v.times.append(time.perf_counter() - start)
 
 
-def profile_shares(model: Any, inputs: dict[str, torch.Tensor], top: int = 5, calls: int = 3) -> str:
+# The library kernels HF and nnspec both call (BLAS/oneDNN products, convolutions, torch's fused attention), by
+# profiler name: what is left to win is the time outside them.
+LIBRARY = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm", "aten::_mkl_linear",
+           "mkldnn::_linear_pointwise", "convolution", "scaled_dot_product")
+
+
+@dataclass
+class Profile:
+    """Self CPU time of a few calls, by op: the top ops' shares and the share in library kernels (`LIBRARY`)."""
+
+    top: str
+    library: float
+
+
+def profile_shares(model: Any, inputs: dict[str, torch.Tensor], top: int = 5, calls: int = 3) -> Profile:
     """The top ops' shares of self CPU time over `calls` calls (after a warm-up call: a first call builds caches,
     such as the fused linears' concatenated weights; several calls, so one stall on a loaded machine weighs less)."""
     with torch.inference_mode():
@@ -240,10 +267,32 @@ def profile_shares(model: Any, inputs: dict[str, torch.Tensor], top: int = 5, ca
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events) or 1
     events.sort(key=lambda e: -e.self_cpu_time_total)
-    return ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in events[:top])
+    library = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in LIBRARY)) / total
+    return Profile(", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in events[:top]), library)
 
 
-# ---- the spellings row ----
+def ceiling_table(rows: list[tuple[str, str, list[Variant], Profile, Profile]]) -> list[str]:
+    """Where each family's time goes on both sides, and the HF / -O2 ratio nnspec would reach if everything outside
+    the library kernels took no time at all (HF time / -O2's library time): above it, only faster kernels help."""
+    lines = ["| family | library kernels, HF | library kernels, -O2 | HF / -O2 | HF / -O2, nothing but library "
+             "kernels (ceiling) |", "|---|---|---|---|---|"]
+    ceilings = []
+    for fam, _, variants, prof_hf, prof_o2 in rows:
+        by = {v.name: v for v in variants}
+        o2 = by.get("nnspec -O2")
+        if o2 is None or o2.note or not o2.times or not prof_o2.library:
+            continue
+        hf, ours = statistics.median(by[HF].times), statistics.median(o2.times)
+        ceiling = hf / (ours * prof_o2.library)
+        ceilings.append(ceiling)
+        lines.append(f"| {fam} | {100 * prof_hf.library:.0f}% | {100 * prof_o2.library:.0f}% | {hf / ours:.2f}x | "
+                     f"{ceiling:.2f}x |")
+    if ceilings:
+        lines += ["", f"Geometric mean of the ceilings: {statistics.geometric_mean(ceilings):.2f}x over "
+                  f"{len(ceilings)} families."]
+    return lines
+
+
 SPELLINGS = {
     "x * w (annotated)": "y[B, T, e, f] = x * param(e, f, h, name=w)",
     "matmul()": "y = matmul(x, param(e, f, h, name=w), over=h)",
@@ -302,28 +351,36 @@ def ratio(hf: float, v: Variant | None) -> str:
     return f"{hf / statistics.median(v.times):.2f}x"
 
 
-def family_table(rows: list[tuple[str, str, list[Variant], str]]) -> list[str]:
+def family_table(rows: list[tuple[str, str, list[Variant], Profile, Profile]]) -> list[str]:
     names = [v.name for v in rows[0][2]] if rows else []
     lines = ["| family | input | " + " | ".join(f"{n} (ms)" for n in names) + " | HF / -O0 | HF / -O2 | "
-             "HF / -O2 + compile |", "|" + "---|" * (len(names) + 5)]
-    ratios = []
-    for fam, shape, variants, _ in rows:
+             "HF built last / -O2 | HF / -O2 + compile |", "|" + "---|" * (len(names) + 6)]
+    ratios: dict[str, list[float]] = {HF: [], HF_LAST: []}
+    for fam, shape, variants, _, _ in rows:
         by = {v.name: v for v in variants}
         hf = statistics.median(by[HF].times)
         cells = " | ".join(ms(by[n]) if n in by else "-" for n in names)
-        ratios_text = " | ".join(ratio(hf, by.get(k)) for k in ("nnspec -O0", "nnspec -O2", "nnspec -O2 + compile"))
-        lines.append(f"| {fam} | {shape} | {cells} | {ratios_text} |")
         o2 = by.get("nnspec -O2")
+        cols = [ratio(hf, by.get("nnspec -O0")), ratio(hf, o2)]
+        last = by.get(HF_LAST)
+        cols.append(ratio(statistics.median(last.times), o2) if last is not None and last.times else "-")
+        cols.append(ratio(hf, by.get("nnspec -O2 + compile")))
+        lines.append(f"| {fam} | {shape} | {cells} | {' | '.join(cols)} |")
         if o2 is not None and not o2.note:
-            ratios.append(hf / statistics.median(o2.times))
-    if ratios:
-        lines.append("")
-        lines.append(f"Geometric mean of HF / nnspec -O2: {statistics.geometric_mean(ratios):.2f}x "
-                     f"over {len(ratios)} families.")
+            for key in ratios:
+                if key in by and by[key].times:
+                    ratios[key].append(statistics.median(by[key].times) / statistics.median(o2.times))
+    for key, values in ratios.items():
+        if values:
+            lines += ["", f"Geometric mean of {key} / nnspec -O2: {statistics.geometric_mean(values):.2f}x over "
+                      f"{len(values)} families."]
     lines.append("")
     lines.append("Top ops of one nnspec -O2 call (self CPU time):")
     lines.append("")
-    lines += [f"- {fam}: {prof}" for fam, _, _, prof in rows]
+    lines += [f"- {fam}: {prof.top}" for fam, _, _, _, prof in rows]
+    lines += ["", "Share of self CPU time in the library kernels both sides call (BLAS products, convolutions, fused "
+              "attention), and the ratio -O2 would reach with every other op free:", ""]
+    lines += ceiling_table(rows)
     return lines
 
 
@@ -354,9 +411,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in chosen:
             start = time.perf_counter()
-            variants, (o2, inputs), shape = build_family(name, args.quick, compile_, Path(tmp))
+            variants, (hf, o2, inputs), shape = build_family(name, args.quick, compile_, Path(tmp))
             measure(variants, repeats, warmup)
-            rows.append((name, shape, variants, profile_shares(o2, inputs)))
+            rows.append((name, shape, variants, profile_shares(hf, inputs), profile_shares(o2, inputs)))
             print(f"{name}: {', '.join(f'{v.name} {ms(v)}' for v in variants)} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     spellings: list[Variant] = []
