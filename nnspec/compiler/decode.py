@@ -55,16 +55,13 @@ _NOT_AXES = frozenset({"type", "params", "result", "name", "path", "block", "sco
 @dataclass(frozen=True)
 class Site:
     """One execution of a causal attention node: its graph (block template), node, and the types of the keys and
-    values its cache stores (the key axis `key` becomes the cache length): those of `k_value` and `v_value`, the
-    nodes whose values are cached (`cached_values`)."""
+    values its cache stores (`cached_values`; the key axis `key` becomes the cache length)."""
 
     graph: str
     node: str
     key: str
     k_type: TensorType
     v_type: TensorType
-    k_value: str = ""
-    v_value: str = ""
 
 
 @dataclass(frozen=True)
@@ -376,8 +373,7 @@ class _Deriver:
         for node in graph:
             if node.op == "attention" and node.attrs["causal"] and node.attrs["key"] in self.axes[graph.name]:
                 k, v = cached_values(graph, node)
-                out.append(Site(graph.name, node.name, node.attrs["key"], graph[k].tensor_type, graph[v].tensor_type,
-                                k, v))
+                out.append(Site(graph.name, node.name, node.attrs["key"], graph[k].tensor_type, graph[v].tensor_type))
                 order.append(out[-1])
             elif node.op == "scan" and _mentions(node.attrs["axis"], self.axes[graph.name]):
                 states.append(State(graph.name, node.name, graph[node.inputs[0]].tensor_type))
