@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nnspec.importer.graph import L
-from nnspec.importer.lift import instance_of
+from nnspec.importer.lift import ancestors, instance_of
 
 if TYPE_CHECKING:
     from nnspec.importer.capture import Captured
@@ -25,13 +25,7 @@ if TYPE_CHECKING:
 def dead_parameters(cap: Captured, lifter: Lifter) -> list[str]:
     """State-dict keys of the parameters no output reads (a tied weight read through either name is live; one
     read through neither is one parameter, under its first name), whether export kept them as inputs or not."""
-    out = next(n for n in cap.program.graph.nodes if n.op == "output")
-    live, stack = set(), [out]
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.all_input_nodes)
+    live = ancestors(next(n for n in cap.program.graph.nodes if n.op == "output"))
     tensors = dict(cap.model.named_parameters(remove_duplicate=False))
     live_keys = {key for n in live if n.op == "placeholder" and (key := lifter.params.get(n.name)) is not None}
     live_ids = {id(tensors[k]) for k in live_keys if k in tensors}

@@ -36,6 +36,17 @@ def op_name(n: fx.Node) -> str:
     return str(n.target) if n.op == "call_function" else n.op
 
 
+def ancestors(n: fx.Node) -> set[fx.Node]:
+    """`n` and every node it reads, directly or not."""
+    seen, todo = set(), [n]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(m.all_input_nodes)
+    return seen
+
+
 class Lifter:
     def __init__(self, cap: Captured, dims: Dims, rules: Any) -> None:
         self.rules = rules                    # `rules.RULES`: the op table and recognisers (they import this module)

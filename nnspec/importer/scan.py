@@ -18,6 +18,7 @@ from torch import fx
 
 from nnspec.importer.graph import L
 from nnspec.importer.leaves import _inputs
+from nnspec.importer.lift import ancestors
 
 if TYPE_CHECKING:
     from nnspec.importer.lift import Lifter
@@ -82,16 +83,6 @@ class InlineStep(torch.nn.Module):
     `P.step@1`, ... of one block, which `lift_stack` writes as a `scan` like a generated step's."""
 
 
-def _ancestors(n: fx.Node) -> set[fx.Node]:
-    seen, todo = set(), [n]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(m.all_input_nodes)
-    return seen
-
-
 def inline_steps(lifter: Lifter, n: fx.Node, outs: list[fx.Node]) -> bool:
     """Tag the unrolled steps of an inline loop as calls of one step block (`P.step`, `P.step@1`, ...); False when
     `outs` are not such steps. Step i is what its output needs that reads the step's entries `select(X, d, i)` of
@@ -104,10 +95,10 @@ def inline_steps(lifter: Lifter, n: fx.Node, outs: list[fx.Node]) -> bool:
     regions: list[set[fx.Node]] = []
     done: set[fx.Node] = set()
     for i, out in enumerate(outs):
-        need = _ancestors(out) - done
+        need = ancestors(out) - done
         cand = {m for m in need if str(m.target) == "aten.select.int" and m.args[2] == i
                 and isinstance(m.args[0], fx.Node) and m.args[0] not in done}
-        picks = {m for m in cand if not _ancestors(m.args[0]) & cand}     # `y[:, :, 0]` of a step's value is not one
+        picks = {m for m in cand if not ancestors(m.args[0]) & cand}     # `y[:, :, 0]` of a step's value is not one
         if not picks:
             return False
         region: set[fx.Node] = set()            # what reads a pick, in graph order: one pass
