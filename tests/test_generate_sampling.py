@@ -88,15 +88,11 @@ def test_cli_generate_prints_hf_tokens(tmp_path: Path) -> None:
     with torch.no_grad():
         theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
                              eos_token_id=None)
-    prompts = ";".join(",".join(str(t) for t in row[m.bool()].tolist()) for row, m in zip(ids, mask, strict=True))
     result = CliRunner().invoke(app, ["generate", str(EXAMPLES / "gpt2.yaml"), "--config",
                                       str(tmp_path / "w" / "config.json"), "--weights", str(tmp_path / "w"),
-                                      "--prompt-ids", prompts, "--max-new-tokens", "6"])
+                                      "--prompt-ids", _cli_prompts(ids, mask), "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    for row, m, line, hf_row in zip(ids, mask, lines, theirs, strict=True):
-        want = [*row[m.bool()].tolist(), *hf_row[ids.shape[1]:].tolist()]
-        assert line == ",".join(map(str, want))
+    assert result.output.strip().splitlines() == _cli_rows(theirs, ids, mask)
 
 
 def test_cli_generate_refuses_an_encoder_and_bad_ids() -> None:
