@@ -17,9 +17,10 @@ RUNTIME = Path(__file__).with_name("runtime.py")
 HELPERS: dict[str, tuple[str, ...]] = {
     "LINEAR_ACTIVATIONS": (),
     "runs_onednn": (),
-    "aligns_rows": (),
+    "eager_cpu_inference": (),
+    "aligns_rows": ("eager_cpu_inference",),
     "aligned_linear": (),
-    "widens": (),
+    "widens": ("eager_cpu_inference",),
     "linear": ("LINEAR_ACTIVATIONS", "runs_onednn", "aligns_rows", "aligned_linear", "widens"),
     "Linear": ("linear",),
     "weight_stamp": (),

@@ -67,20 +67,29 @@ def widens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     CPUs without bf16 matrix kernels (AVX2: oneDNN reports no bf16 support) torch's bf16 product costs about one
     GEMV per row (1.5 ms a row at 2048 x 5632, 2 threads), float32's blocked GEMM with the weight widened per call
     less from ~32 rows on (2.6x at 128 rows, 5.8x at 1024; benchmarks/RESULTS.md); fewer rows, a decoding step's,
-    stay in bf16. CPU inference in eager mode only, as `aligns_rows`."""
+    stay in bf16."""
+    return (
+        eager_cpu_inference(x, weight, bias)
+        and x.dtype == torch.bfloat16
+        and weight.dim() == 2
+        and x.numel() >= 32 * x.shape[-1]
+        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def eager_cpu_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether a linear's call is CPU inference in eager mode on rows of one dtype, where `linear` may take a route
+    of its own (`aligns_rows`, `widens`): autograd records nothing, and no compiler, tracer or autocast sees it."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
         and x.dim() >= 2
-        and weight.dim() == 2
-        and x.numel() >= 32 * x.shape[-1]
+        and x.numel() > 0
         and all(t.dtype == x.dtype for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.is_autocast_enabled("cpu")
-        and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
 
 
@@ -90,20 +99,7 @@ def aligns_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     start on 64-byte boundaries. MKL's sgemm ran 1.3-1.5x slower writing such rows (GPT-2's 50257-token head,
     32001, 4099 wide; 1 thread, benchmarks/RESULTS.md); at 1000 features (rows 32-byte aligned) no difference."""
     n = weight.shape[0]
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (
-        x.device.type == "cpu"
-        and x.dim() >= 2
-        and x.numel() > 0
-        and weight.dim() == 2
-        and n >= 1024
-        and n * x.element_size() % 64 != 0
-        and all(t.dtype == x.dtype for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.is_autocast_enabled("cpu")
-    )
+    return eager_cpu_inference(x, weight, bias) and weight.dim() == 2 and n >= 1024 and n * x.element_size() % 64 != 0
 
 
 def aligned_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
